@@ -1,0 +1,278 @@
+//! The ports: what the actors need from the world, as traits. Adapters live
+//! in the `rmm` binary crate (`src/drivers/`, `src/rancher/`); the actors
+//! never see reqwest, processes or files.
+//!
+//! Every port error says whether trying again can help ([`DriverError::is_retryable`],
+//! [`ApiError::is_retryable`]): transient failures are recorded as
+//! `StepFailed { retryable: true }` and retried with backoff; permanent ones
+//! fail the run (a resume after fixing the cause continues it).
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rmm_events::Role;
+
+/// A secret value (password, token, a command that embeds a token). Its
+/// `Debug` and `Display` never show the value; use [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// First 12 hex digits of SHA-256: safe to log, enough to compare.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(&Sha256::digest(self.0.as_bytes())[..6])
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(sha256:{})", self.fingerprint())
+    }
+}
+
+// ---------------------------------------------------------------- machines
+
+/// What to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineSpec {
+    /// Machine name, unique within the driver: `rancher`, `master01`, …
+    pub name: String,
+    /// The cluster this machine belongs to; `list` finds machines by it.
+    pub cluster: String,
+    pub role: Role,
+}
+
+/// What the driver says exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub name: String,
+    /// The cluster label, when the driver knows it.
+    pub cluster: Option<String>,
+    pub state: MachineState,
+    /// Address, once the machine has one.
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MachineState {
+    Running,
+    Stopped,
+    /// Being created (by us, or by a process that died half-way).
+    Creating,
+    /// Broken: a failed or half-made create. Remove it and create again.
+    Error(String),
+}
+
+/// Output of a command run on a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// The driver or the machine could not be reached or failed in a way
+    /// that may pass (a flaky provider, a timeout).
+    /// Handling: retried with backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// Trying again cannot help (bad configuration, quota, unknown machine).
+    /// Handling: the run fails; the user fixes the cause and resumes.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl DriverError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DriverError::Transient(_))
+    }
+}
+
+/// Creates and drives machines.
+///
+/// # Contract
+/// * Names are unique per driver; `create` of a name that exists fails
+///   (the actors `inspect` first, and on resume reconcile: running → adopt,
+///   broken → `remove`, then create).
+/// * `remove` of a machine that does not exist succeeds (idempotent).
+/// * `exec` runs a shell command on the machine, like `docker-machine ssh`;
+///   a non-zero exit is an `Ok(ExecOutput)` with that status, not an error.
+/// * Nothing here may print secrets passed in `exec`'s command.
+#[async_trait]
+pub trait MachineDriver: Send + Sync + 'static {
+    async fn create(&self, spec: &MachineSpec) -> Result<Machine, DriverError>;
+    async fn inspect(&self, name: &str) -> Result<Option<Machine>, DriverError>;
+    /// Every machine labelled with this cluster, known to the log or not.
+    async fn list(&self, cluster: &str) -> Result<Vec<Machine>, DriverError>;
+    async fn exec(&self, name: &str, command: &str) -> Result<ExecOutput, DriverError>;
+    async fn remove(&self, name: &str) -> Result<(), DriverError>;
+    /// The port where a Rancher container started with `-p 443:443` on
+    /// `machine` answers HTTPS. 443 on real machines.
+    fn https_port(&self) -> u16 {
+        443
+    }
+}
+
+// ---------------------------------------------------------------- rancher
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// No answer, a connection error, a timeout or a 5xx/503.
+    /// Handling: retried with backoff (or, in a wait, polled again).
+    #[error("Rancher unavailable: {0}")]
+    Unavailable(String),
+    /// The server answered with an error (4xx): `code` is norman's
+    /// (`NotUnique`, `InvalidBodyContent`, `Unauthorized` …).
+    /// Handling: the step decides (401 on login while Rancher starts is
+    /// polled; most others are permanent).
+    #[error("Rancher answered {status}{}: {message}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default())]
+    Status { status: u16, code: Option<String>, message: String },
+    /// The server's certificate does not chain to the pinned CA, or a
+    /// credential was about to be sent without a pinned CA.
+    /// Handling: permanent; never retried.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The answer did not have the expected shape. Handling: permanent.
+    #[error("unexpected answer from Rancher: {0}")]
+    Decode(String),
+}
+
+impl ApiError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::Unavailable(_) => true,
+            ApiError::Status { status, .. } => *status >= 500 || *status == 429,
+            ApiError::Tls(_) | ApiError::Decode(_) => false,
+        }
+    }
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ApiError::Status { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// `token-xxxxx`
+    pub id: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// `c-xxxxx`
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    /// `yes` / `no` / `error`
+    pub transitioning: String,
+    pub transitioning_message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationToken {
+    /// `c-xxxxx:crt-xxxxx` or `c-xxxxx:default-token`
+    pub id: String,
+    pub cluster_id: String,
+    /// Empty until Rancher's controller fills it in (2.6+).
+    pub node_command: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// `c-xxxxx:m-<md5(hostname)[:12]>`
+    pub id: String,
+    pub requested_hostname: String,
+    pub state: String,
+    pub etcd: bool,
+    pub control_plane: bool,
+    pub worker: bool,
+    pub ip_address: Option<String>,
+}
+
+/// Rancher's v3 API, one server. `auth` is the bearer token
+/// (`token-xxxxx:secret`).
+///
+/// # Contract
+/// * An adapter made with [`CaTrust::Unverified`] only answers `ping` and
+///   `cacerts` (they carry no credential); every other call fails with
+///   [`ApiError::Tls`] before anything is sent.
+/// * Errors never contain secrets.
+#[async_trait]
+pub trait RancherApi: Send + Sync {
+    /// `GET /ping`: `Ok` only when the body is `pong`.
+    async fn ping(&self) -> Result<(), ApiError>;
+    /// `GET /v3/settings/cacerts` → `.value` (a PEM, no trailing newline).
+    async fn cacerts(&self) -> Result<String, ApiError>;
+    /// `POST /v3-public/localProviders/local?action=login` (201) → bearer token.
+    async fn login(&self, username: &str, password: &Secret) -> Result<Secret, ApiError>;
+    /// `POST /v3/users?action=changepassword` (200, empty body).
+    async fn change_password(&self, auth: &Secret, current: &Secret, new: &Secret) -> Result<(), ApiError>;
+    /// `POST /v3/token` (201) → (id, bearer token).
+    async fn create_token(&self, auth: &Secret, description: &str) -> Result<(String, Secret), ApiError>;
+    /// `GET /v3/tokens`
+    async fn list_tokens(&self, auth: &Secret) -> Result<Vec<ApiToken>, ApiError>;
+    /// `DELETE /v3/tokens/<id>`
+    async fn delete_token(&self, auth: &Secret, id: &str) -> Result<(), ApiError>;
+    /// `PUT /v3/settings/<name>`
+    async fn set_setting(&self, auth: &Secret, name: &str, value: &str) -> Result<(), ApiError>;
+    /// `POST /v3/cluster` (201). A duplicate name is 422 `NotUnique`.
+    async fn create_cluster(&self, auth: &Secret, name: &str) -> Result<ClusterInfo, ApiError>;
+    /// `GET /v3/clusters?name=<name>`
+    async fn find_cluster(&self, auth: &Secret, name: &str) -> Result<Option<ClusterInfo>, ApiError>;
+    /// `GET /v3/clusters/<id>`
+    async fn get_cluster(&self, auth: &Secret, id: &str) -> Result<ClusterInfo, ApiError>;
+    /// `GET /v3/clusterregistrationtokens?clusterId=<id>`
+    async fn list_registration_tokens(&self, auth: &Secret, cluster_id: &str) -> Result<Vec<RegistrationToken>, ApiError>;
+    /// `POST /v3/clusterregistrationtoken` (201)
+    async fn create_registration_token(&self, auth: &Secret, cluster_id: &str) -> Result<RegistrationToken, ApiError>;
+    /// `GET /v3/clusterregistrationtokens/<id>`
+    async fn get_registration_token(&self, auth: &Secret, id: &str) -> Result<RegistrationToken, ApiError>;
+    /// `GET /v3/nodes?clusterId=<id>`
+    async fn list_nodes(&self, auth: &Secret, cluster_id: &str) -> Result<Vec<NodeInfo>, ApiError>;
+}
+
+/// Which certificates a Rancher client trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaTrust {
+    /// Any certificate, for `ping` and `cacerts` only (what the agent does
+    /// with `curl --insecure` before it checks `--ca-checksum`).
+    Unverified,
+    /// Only this CA (PEM): the one whose checksum is recorded in the log.
+    Pinned(String),
+}
+
+/// Makes Rancher clients for a server URL (`https://IP[:port]`).
+pub trait RancherConnector: Send + Sync + 'static {
+    fn connect(&self, base_url: &str, trust: CaTrust) -> Result<Arc<dyn RancherApi>, ApiError>;
+}
+
+/// The CA checksum Rancher puts in `--ca-checksum`: lower-case hex of
+/// SHA-256 of the `cacerts` value plus a newline (added only when missing).
+pub fn ca_checksum(cacerts: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(cacerts.as_bytes());
+    if !cacerts.ends_with('\n') {
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}

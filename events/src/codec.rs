@@ -1,0 +1,51 @@
+//! The only place that calls bincode. Every encoded envelope starts with a
+//! format version byte, so that old logs keep decoding when the types grow:
+//! a new version adds a decoder here that upcasts into today's types, and an
+//! unknown (future) version is refused with its number.
+//!
+//! bincode is pinned to 2.0.1 (3.0.0 only contains a compile error).
+
+use crate::{Envelope, Error};
+
+/// The version written today.
+pub const FORMAT_VERSION: u8 = 1;
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes an envelope: `[FORMAT_VERSION] ‖ bincode(envelope)`.
+pub fn encode(envelope: &Envelope) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    // Encoding into a Vec cannot fail for these types (no maps with
+    // non-string keys, no custom serializers that error).
+    let body = bincode::serde::encode_to_vec(envelope, config())
+        .expect("bincode encoding of an Envelope into a Vec never fails");
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes what [`encode`] wrote, in any format version this build knows.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, Error> {
+    let (&version, body) = bytes.split_first().ok_or(Error::Corrupt {
+        seq: None,
+        reason: "empty record".into(),
+    })?;
+    match version {
+        1 => {
+            let (envelope, used): (Envelope, usize) =
+                bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Corrupt {
+                    seq: None,
+                    reason: format!("undecodable record: {e}"),
+                })?;
+            if used != body.len() {
+                return Err(Error::Corrupt {
+                    seq: None,
+                    reason: format!("{} trailing bytes after the record", body.len() - used),
+                });
+            }
+            Ok(envelope)
+        }
+        found => Err(Error::UnknownVersion { found }),
+    }
+}

@@ -1,0 +1,263 @@
+//! The facts rmm records. Past tense, never renamed or reordered: bincode
+//! encodes the variant *index*, so new variants go at the end (and the codec
+//! version goes up when a variant's fields change; see `codec`).
+//!
+//! Every side effect is a [`Step`]: `StepStarted` (the intent) is durable
+//! before the effect starts, and exactly one of `StepSucceeded` /
+//! `StepFailed` closes it. Waits are steps too (they have no effect, but
+//! they have a start, an end and a timeout, and the timeline shows them).
+
+use serde::{Deserialize, Serialize};
+
+use crate::Plan;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Rancher,
+    Master,
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Rancher => "rancher",
+            Role::Master => "master",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// What a run does to the world: build the cluster, or remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    Up,
+    Down,
+}
+
+/// A secret is never written to the log: events name it and give the first
+/// 12 hex digits of its SHA-256, so two events can be seen to refer to the
+/// same value without revealing it. The value lives in the state dir's
+/// owner-only secrets file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    pub name: String,
+    pub fingerprint: String,
+}
+
+/// One unit of work of one actor. Imperative, like the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Create this actor's machine through the driver.
+    CreateMachine,
+    /// `docker run … rancher/rancher` on the rancher machine.
+    StartServer,
+    /// Poll `GET /ping` until it answers `pong`.
+    WaitReady,
+    /// Read `/v3/settings/cacerts` once and pin its checksum.
+    PinCa,
+    /// Log in as `admin` with the bootstrap password.
+    Login,
+    /// `changepassword` to a generated password (stored before the call).
+    ChangePassword,
+    /// `POST /v3/token` with a description that names the run.
+    CreateApiToken,
+    /// `PUT /v3/settings/server-url`.
+    SetServerUrl,
+    /// `POST /v3/cluster` (a custom RKE cluster).
+    CreateCluster,
+    /// Find the cluster's registration token, or create one.
+    CreateRegistrationToken,
+    /// Poll the registration token until its `nodeCommand` is filled in.
+    WaitNodeCommand,
+    /// Poll the cluster until it is `active`.
+    WaitClusterActive,
+    /// Run `nodeCommand` with this node's address and roles on its machine.
+    RunAgent,
+    /// Poll `/v3/nodes` until Rancher lists this node.
+    WaitNodeListed,
+    /// Poll `/v3/nodes` until this node is `active`.
+    WaitNodeActive,
+    /// Remove this actor's machine (`rmm down`).
+    RemoveMachine,
+}
+
+impl Step {
+    /// Steps that change the world. Waits and reads only look.
+    pub fn is_effect(self) -> bool {
+        !matches!(
+            self,
+            Step::WaitReady
+                | Step::PinCa
+                | Step::WaitNodeCommand
+                | Step::WaitClusterActive
+                | Step::WaitNodeListed
+                | Step::WaitNodeActive
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::CreateMachine => "create_machine",
+            Step::StartServer => "start_server",
+            Step::WaitReady => "wait_ready",
+            Step::PinCa => "pin_ca",
+            Step::Login => "login",
+            Step::ChangePassword => "change_password",
+            Step::CreateApiToken => "create_api_token",
+            Step::SetServerUrl => "set_server_url",
+            Step::CreateCluster => "create_cluster",
+            Step::CreateRegistrationToken => "create_registration_token",
+            Step::WaitNodeCommand => "wait_node_command",
+            Step::WaitClusterActive => "wait_cluster_active",
+            Step::RunAgent => "run_agent",
+            Step::WaitNodeListed => "wait_node_listed",
+            Step::WaitNodeActive => "wait_node_active",
+            Step::RemoveMachine => "remove_machine",
+        }
+    }
+}
+
+/// What a finished step produced. Secrets appear only as [`SecretRef`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    MachineCreated { ip: String },
+    ServerStarted { image: String },
+    Ready,
+    CaPinned { checksum: String },
+    LoggedIn { token: SecretRef },
+    PasswordChanged { password: SecretRef },
+    ApiTokenCreated { token_id: String, token: SecretRef },
+    ServerUrlSet { url: String },
+    ClusterCreated { cluster_id: String },
+    RegistrationTokenCreated { token_id: String },
+    NodeCommandReady { command: SecretRef },
+    ClusterActive,
+    AgentStarted,
+    NodeListed { node_id: String },
+    NodeActive,
+    MachineRemoved,
+}
+
+/// How a step's outcome was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// The step ran and did it.
+    Done,
+    /// A resume found the effect already in the world and adopted it.
+    Adopted,
+}
+
+/// The body of an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// First event of a run: what it is asked to do.
+    RunStarted { kind: RunKind, plan: Plan },
+    /// A process began working on the run (1 for the first, +1 per resume).
+    AttemptStarted { attempt: u32, command: String, pid: u32, rmm_version: String },
+    /// Intent: the step is about to run. Durable before the effect starts.
+    StepStarted { step: Step, try_no: u32, detail: String },
+    /// Outcome: the step is done.
+    StepSucceeded { step: Step, outcome: Outcome, via: Via },
+    /// Outcome: the step failed. `retryable` failures are tried again after
+    /// a backoff, until `Retry::max_tries`; then the run fails.
+    StepFailed { step: Step, try_no: u32, error: String, retryable: bool },
+    /// The coordinator let a node run its agent (masters one at a time).
+    JoinGranted { node: String },
+    /// Every actor is done.
+    RunCompleted,
+    /// A step failed for good; resume after fixing the cause.
+    RunFailed { actor: String, step: Option<Step>, reason: String },
+    /// The process was asked to stop (Ctrl-C, SIGTERM) and stopped cleanly.
+    AttemptInterrupted { reason: String },
+}
+
+impl Event {
+    /// The variant name, as `rmm log` shows it in `kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::RunStarted { .. } => "RunStarted",
+            Event::AttemptStarted { .. } => "AttemptStarted",
+            Event::StepStarted { .. } => "StepStarted",
+            Event::StepSucceeded { .. } => "StepSucceeded",
+            Event::StepFailed { .. } => "StepFailed",
+            Event::JoinGranted { .. } => "JoinGranted",
+            Event::RunCompleted => "RunCompleted",
+            Event::RunFailed { .. } => "RunFailed",
+            Event::AttemptInterrupted { .. } => "AttemptInterrupted",
+        }
+    }
+
+    /// One short line for `rmm log`.
+    pub fn summary(&self) -> String {
+        match self {
+            Event::RunStarted { kind, plan } => format!(
+                "{} cluster {} ({} masters, {} workers, driver {})",
+                match kind {
+                    RunKind::Up => "up",
+                    RunKind::Down => "down",
+                },
+                plan.cluster_name,
+                plan.masters,
+                plan.workers,
+                plan.driver
+            ),
+            Event::AttemptStarted { attempt, command, pid, .. } => {
+                format!("attempt {attempt} by pid {pid}: {command}")
+            }
+            Event::StepStarted { step, try_no, detail } => {
+                let mut s = format!("{} (try {try_no})", step.as_str());
+                if !detail.is_empty() {
+                    s.push_str(": ");
+                    s.push_str(detail);
+                }
+                s
+            }
+            Event::StepSucceeded { step, outcome, via } => {
+                let via = match via {
+                    Via::Done => "",
+                    Via::Adopted => " [adopted]",
+                };
+                format!("{} ok{via}{}", step.as_str(), outcome_summary(outcome))
+            }
+            Event::StepFailed { step, try_no, error, retryable } => format!(
+                "{} failed (try {try_no}, {}): {error}",
+                step.as_str(),
+                if *retryable { "will retry" } else { "permanent" }
+            ),
+            Event::JoinGranted { node } => format!("{node} may join"),
+            Event::RunCompleted => "run completed".into(),
+            Event::RunFailed { actor, step, reason } => match step {
+                Some(step) => format!("run failed at {actor}/{}: {reason}", step.as_str()),
+                None => format!("run failed at {actor}: {reason}"),
+            },
+            Event::AttemptInterrupted { reason } => format!("interrupted: {reason}"),
+        }
+    }
+}
+
+fn outcome_summary(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::MachineCreated { ip } => format!(": ip {ip}"),
+        Outcome::ServerStarted { image } => format!(": {image}"),
+        Outcome::CaPinned { checksum } => format!(": ca sha256 {}", &checksum[..checksum.len().min(16)]),
+        Outcome::LoggedIn { token } => format!(": token {}", token.fingerprint),
+        Outcome::PasswordChanged { password } => format!(": password {}", password.fingerprint),
+        Outcome::ApiTokenCreated { token_id, .. } => format!(": {token_id}"),
+        Outcome::ServerUrlSet { url } => format!(": {url}"),
+        Outcome::ClusterCreated { cluster_id } => format!(": {cluster_id}"),
+        Outcome::RegistrationTokenCreated { token_id } => format!(": {token_id}"),
+        Outcome::NodeCommandReady { command } => format!(": command {}", command.fingerprint),
+        Outcome::NodeListed { node_id } => format!(": {node_id}"),
+        Outcome::Ready
+        | Outcome::ClusterActive
+        | Outcome::AgentStarted
+        | Outcome::NodeActive
+        | Outcome::MachineRemoved => String::new(),
+    }
+}

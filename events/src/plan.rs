@@ -1,0 +1,87 @@
+//! The desired run, carried inside `RunStarted` so the log is self-contained:
+//! `up --resume`, `replay` and `status` never need the original `rmm.toml`.
+
+use serde::{Deserialize, Serialize};
+
+/// What one `rmm up` was asked to build. Validated by the binary's `plan`
+/// module before it is recorded; the core trusts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Rancher cluster name (`tinysetup` by default); unique in Rancher.
+    pub cluster_name: String,
+    pub masters: u32,
+    pub workers: u32,
+    /// Machine driver name (`local`, later `docker-machine`, `docker`).
+    pub driver: String,
+    /// At most this many machine creations at once.
+    pub parallel: u32,
+    /// The Rancher server image, e.g. `rancher/rancher:v2.11.3`.
+    pub rancher_image: String,
+    /// `hex(sha256(cacerts + "\n"))` pinned up front by the user, if any.
+    pub ca_checksum: Option<String>,
+    pub timeouts: Timeouts,
+    pub retry: Retry,
+    /// How often waits poll the world, in milliseconds.
+    pub poll_ms: u64,
+}
+
+/// Every wait has an end. Seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// `/ping` answering `pong` after the server container started.
+    pub rancher_ready_s: u64,
+    /// Login with the bootstrap password succeeding (admin user created).
+    pub login_s: u64,
+    /// The registration token's `nodeCommand` being filled in.
+    pub node_command_s: u64,
+    /// Rancher listing a node after its agent ran.
+    pub node_listed_s: u64,
+    /// A node, or the cluster, reaching `active`.
+    pub active_s: u64,
+    /// One machine creation.
+    pub machine_create_s: u64,
+}
+
+/// Transient failures are retried with exponential backoff.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// Tries per step within one attempt (1 = no retry).
+    pub max_tries: u32,
+    /// First backoff; doubles per try, capped at 30 s.
+    pub backoff_ms: u64,
+}
+
+impl Plan {
+    /// Actor names of the nodes, masters first: `master01…`, `worker01…`.
+    pub fn node_names(&self) -> Vec<(String, crate::Role)> {
+        let masters = (1..=self.masters).map(|i| (format!("master{i:02}"), crate::Role::Master));
+        let workers = (1..=self.workers).map(|i| (format!("worker{i:02}"), crate::Role::Worker));
+        masters.chain(workers).collect()
+    }
+
+    /// Every machine of the run: `rancher` first, then the nodes.
+    pub fn machine_names(&self) -> Vec<(String, crate::Role)> {
+        let mut all = vec![("rancher".to_string(), crate::Role::Rancher)];
+        all.extend(self.node_names());
+        all
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            rancher_ready_s: 600,
+            login_s: 300,
+            node_command_s: 300,
+            node_listed_s: 600,
+            active_s: 1800,
+            machine_create_s: 900,
+        }
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { max_tries: 4, backoff_ms: 250 }
+    }
+}

@@ -1,0 +1,263 @@
+//! Folding events into state. `apply` is total and makes no decisions; the
+//! actors decide from this state (`rmm_actors::decide`), and `status`,
+//! `replay` and `log` show it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use uuid::Uuid;
+
+use crate::{Envelope, Event, Outcome, Plan, Role, RunKind, Step};
+
+/// Where one step of one actor stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepState {
+    /// The intent is recorded and no outcome yet: the step is running, or a
+    /// crash left it in doubt (a resume asks the world).
+    InFlight { try_no: u32, attempt: u32, started_ms: i64 },
+    Succeeded { outcome: Outcome, started_ms: i64, ended_ms: i64, tries: u32 },
+    Failed { try_no: u32, attempt: u32, error: String, retryable: bool, started_ms: i64, ended_ms: i64 },
+}
+
+/// The folded history of one actor within a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActorState {
+    pub steps: BTreeMap<Step, StepState>,
+    /// Id of this actor's latest event: the cause of its next one.
+    pub last_event: Option<Uuid>,
+    /// When the actor's first event was recorded, and its latest.
+    pub first_ms: Option<i64>,
+    pub last_ms: Option<i64>,
+}
+
+impl ActorState {
+    pub fn apply(&mut self, env: &Envelope) {
+        self.last_event = Some(env.id);
+        self.first_ms.get_or_insert(env.at_ms);
+        self.last_ms = Some(env.at_ms);
+        match &env.event {
+            Event::StepStarted { step, try_no, .. } => {
+                self.steps.insert(
+                    *step,
+                    StepState::InFlight { try_no: *try_no, attempt: env.attempt, started_ms: env.at_ms },
+                );
+            }
+            Event::StepSucceeded { step, outcome, .. } => {
+                let (started_ms, tries) = match self.steps.get(step) {
+                    Some(StepState::InFlight { started_ms, try_no, .. }) => (*started_ms, *try_no),
+                    _ => (env.at_ms, 1),
+                };
+                self.steps.insert(
+                    *step,
+                    StepState::Succeeded { outcome: outcome.clone(), started_ms, ended_ms: env.at_ms, tries },
+                );
+            }
+            Event::StepFailed { step, try_no, error, retryable } => {
+                let started_ms = match self.steps.get(step) {
+                    Some(StepState::InFlight { started_ms, .. }) => *started_ms,
+                    _ => env.at_ms,
+                };
+                self.steps.insert(
+                    *step,
+                    StepState::Failed {
+                        try_no: *try_no,
+                        attempt: env.attempt,
+                        error: error.clone(),
+                        retryable: *retryable,
+                        started_ms,
+                        ended_ms: env.at_ms,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+
+    pub fn step(&self, step: Step) -> Option<&StepState> {
+        self.steps.get(&step)
+    }
+
+    pub fn outcome(&self, step: Step) -> Option<&Outcome> {
+        match self.steps.get(&step) {
+            Some(StepState::Succeeded { outcome, .. }) => Some(outcome),
+            _ => None,
+        }
+    }
+
+    pub fn done(&self, step: Step) -> bool {
+        self.outcome(step).is_some()
+    }
+
+    /// The machine's address, once created.
+    pub fn ip(&self) -> Option<&str> {
+        match self.outcome(Step::CreateMachine) {
+            Some(Outcome::MachineCreated { ip }) => Some(ip),
+            _ => None,
+        }
+    }
+
+    /// The step in flight, if any.
+    pub fn in_flight(&self) -> Option<(Step, u32)> {
+        self.steps.iter().find_map(|(s, st)| match st {
+            StepState::InFlight { try_no, .. } => Some((*s, *try_no)),
+            _ => None,
+        })
+    }
+}
+
+/// How a run stands, as the log tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// An attempt is (or was, until a crash) working on it.
+    Running,
+    Completed,
+    Failed,
+    /// The last attempt stopped cleanly before the end (Ctrl-C, SIGTERM).
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// The folded state of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunState {
+    pub id: Uuid,
+    pub kind: RunKind,
+    pub plan: Plan,
+    pub status: RunStatus,
+    /// Number of attempts so far.
+    pub attempts: u32,
+    pub actors: BTreeMap<String, ActorState>,
+    /// Nodes the coordinator let join.
+    pub granted: BTreeSet<String>,
+    /// The reason of the last `RunFailed`.
+    pub failure: Option<String>,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    /// Seq of the first and last event of the run.
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+impl RunState {
+    fn new(env: &Envelope, kind: RunKind, plan: Plan) -> RunState {
+        RunState {
+            id: env.run,
+            kind,
+            plan,
+            status: RunStatus::Running,
+            attempts: 0,
+            actors: BTreeMap::new(),
+            granted: BTreeSet::new(),
+            failure: None,
+            started_ms: env.at_ms,
+            ended_ms: None,
+            first_seq: env.seq,
+            last_seq: env.seq,
+        }
+    }
+
+    pub fn apply(&mut self, env: &Envelope) {
+        debug_assert_eq!(env.run, self.id, "event of another run applied");
+        self.last_seq = env.seq;
+        match &env.event {
+            Event::RunStarted { .. } => {}
+            Event::AttemptStarted { attempt, .. } => {
+                self.attempts = *attempt;
+                self.status = RunStatus::Running;
+                self.ended_ms = None;
+            }
+            Event::JoinGranted { node } => {
+                self.granted.insert(node.clone());
+            }
+            Event::RunCompleted => {
+                self.status = RunStatus::Completed;
+                self.ended_ms = Some(env.at_ms);
+            }
+            Event::RunFailed { reason, .. } => {
+                self.status = RunStatus::Failed;
+                self.failure = Some(reason.clone());
+                self.ended_ms = Some(env.at_ms);
+            }
+            Event::AttemptInterrupted { .. } => {
+                self.status = RunStatus::Interrupted;
+                self.ended_ms = Some(env.at_ms);
+            }
+            Event::StepStarted { .. } | Event::StepSucceeded { .. } | Event::StepFailed { .. } => {}
+        }
+        self.actors.entry(env.actor.clone()).or_default().apply(env);
+    }
+
+    pub fn actor(&self, name: &str) -> Option<&ActorState> {
+        self.actors.get(name)
+    }
+
+    /// Whether the run still has work to do.
+    pub fn finished(&self) -> bool {
+        self.status == RunStatus::Completed
+    }
+
+    /// Every machine of the plan with its role, `rancher` first.
+    pub fn machines(&self) -> Vec<(String, Role)> {
+        self.plan.machine_names()
+    }
+
+    /// `https://…` of the Rancher server, once `server-url` is set.
+    pub fn rancher_url(&self) -> Option<&str> {
+        match self.actor("rancher")?.outcome(Step::SetServerUrl) {
+            Some(Outcome::ServerUrlSet { url }) => Some(url),
+            _ => None,
+        }
+    }
+
+    pub fn cluster_id(&self) -> Option<&str> {
+        match self.actor("rancher")?.outcome(Step::CreateCluster) {
+            Some(Outcome::ClusterCreated { cluster_id }) => Some(cluster_id),
+            _ => None,
+        }
+    }
+
+    pub fn ca_checksum(&self) -> Option<&str> {
+        match self.actor("rancher")?.outcome(Step::PinCa) {
+            Some(Outcome::CaPinned { checksum }) => Some(checksum),
+            _ => None,
+        }
+    }
+}
+
+/// Folds a whole log: every run, newest last. The latest run is kept whole;
+/// earlier ones too (a log holds few runs; a million events are still one
+/// or a few runs, and per-actor state is bounded by the steps).
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub runs: Vec<RunState>,
+}
+
+impl History {
+    pub fn apply(&mut self, env: &Envelope) {
+        if let Event::RunStarted { kind, plan } = &env.event {
+            self.runs.push(RunState::new(env, *kind, plan.clone()));
+        }
+        match self.runs.iter_mut().rev().find(|r| r.id == env.run) {
+            Some(run) => run.apply(env),
+            None => panic!("seq {}: event of run {} before its RunStarted", env.seq, env.run),
+        }
+    }
+
+    pub fn latest(&self) -> Option<&RunState> {
+        self.runs.last()
+    }
+
+    /// The latest `up` run.
+    pub fn latest_up(&self) -> Option<&RunState> {
+        self.runs.iter().rev().find(|r| r.kind == RunKind::Up)
+    }
+}

@@ -1,0 +1,1 @@
+//! The local world driver.

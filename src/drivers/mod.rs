@@ -1,0 +1,2 @@
+//! Machine drivers.
+pub mod local;

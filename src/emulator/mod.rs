@@ -1,0 +1,1 @@
+//! The Rancher API emulator (see mod docs once written).
