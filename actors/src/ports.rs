@@ -276,3 +276,14 @@ pub fn ca_checksum(cacerts: &str) -> String {
     }
     hex::encode(h.finalize())
 }
+
+/// Where secrets live, apart from the log (owner-only file in the state
+/// dir). Events reference them by name and fingerprint.
+///
+/// # Contract
+/// `put` is durable when it returns (the write-ahead rule for a password
+/// chosen before the call that sets it).
+pub trait SecretStore: Send + Sync + 'static {
+    fn get(&self, name: &str) -> Option<Secret>;
+    fn put(&self, name: &str, value: &Secret) -> Result<(), String>;
+}

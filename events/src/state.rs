@@ -27,6 +27,8 @@ pub struct ActorState {
     /// When the actor's first event was recorded, and its latest.
     pub first_ms: Option<i64>,
     pub last_ms: Option<i64>,
+    /// Per step: (attempt, tries within that attempt), for retry budgets.
+    pub attempt_tries: BTreeMap<Step, (u32, u32)>,
 }
 
 impl ActorState {
@@ -36,6 +38,11 @@ impl ActorState {
         self.last_ms = Some(env.at_ms);
         match &env.event {
             Event::StepStarted { step, try_no, .. } => {
+                let tries = self.attempt_tries.entry(*step).or_insert((env.attempt, 0));
+                if tries.0 != env.attempt {
+                    *tries = (env.attempt, 0);
+                }
+                tries.1 += 1;
                 self.steps.insert(
                     *step,
                     StepState::InFlight { try_no: *try_no, attempt: env.attempt, started_ms: env.at_ms },
@@ -69,6 +76,23 @@ impl ActorState {
                 );
             }
             _ => {}
+        }
+    }
+
+    /// Tries of `step` within `attempt`.
+    pub fn tries_in_attempt(&self, step: Step, attempt: u32) -> u32 {
+        match self.attempt_tries.get(&step) {
+            Some((a, n)) if *a == attempt => *n,
+            _ => 0,
+        }
+    }
+
+    /// The highest try number of `step` so far (0 if never started).
+    pub fn last_try(&self, step: Step) -> u32 {
+        match self.steps.get(&step) {
+            Some(StepState::InFlight { try_no, .. }) | Some(StepState::Failed { try_no, .. }) => *try_no,
+            Some(StepState::Succeeded { tries, .. }) => *tries,
+            None => 0,
         }
     }
 

@@ -1,0 +1,614 @@
+//! The effects behind each step, and the probes a resume uses to ask the
+//! world whether an in-doubt step already happened (DESIGN §4).
+//!
+//! Each effect is written so that running it again is safe: where a retry
+//! could meet its own earlier effect (try > 1), it looks first.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmm_events::{ActorState, Outcome, Role, SecretRef, Step};
+
+use crate::context::{generate_password, secret, RunCtx};
+use crate::ports::{
+    ca_checksum, ApiError, CaTrust, DriverError, MachineSpec, MachineState, RancherApi, Secret,
+};
+
+/// What a node needs to know from the Rancher side to join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinInfo {
+    pub url: String,
+    pub cluster_id: String,
+    pub ca_checksum: String,
+}
+
+/// One step to run, with everything it may read.
+pub struct StepCall<'a> {
+    pub ctx: &'a RunCtx,
+    pub actor: &'a str,
+    pub role: Role,
+    pub step: Step,
+    pub try_no: u32,
+    /// The actor's folded state when the step was decided.
+    pub state: &'a ActorState,
+    pub join: Option<&'a JoinInfo>,
+}
+
+/// A failed step: recorded as `StepFailed`; retried when `retryable`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl StepError {
+    pub fn permanent(message: impl Into<String>) -> StepError {
+        StepError { message: message.into(), retryable: false }
+    }
+    pub fn transient(message: impl Into<String>) -> StepError {
+        StepError { message: message.into(), retryable: true }
+    }
+}
+
+impl From<DriverError> for StepError {
+    fn from(e: DriverError) -> Self {
+        StepError { retryable: e.is_retryable(), message: e.to_string() }
+    }
+}
+
+impl From<ApiError> for StepError {
+    fn from(e: ApiError) -> Self {
+        StepError { retryable: e.is_retryable(), message: e.to_string() }
+    }
+}
+
+type StepResult<T> = Result<T, StepError>;
+
+fn secret_ref(name: &str, value: &Secret) -> SecretRef {
+    SecretRef { name: name.to_string(), fingerprint: value.fingerprint() }
+}
+
+/// Work done *before* the intent is recorded: values that must be chosen
+/// and stored before the call that uses them (the bootstrap password, the
+/// new admin password). Returns the intent's detail line.
+pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
+    let ctx = call.ctx;
+    let ensure = |name: &str, len: usize| -> StepResult<Secret> {
+        if let Some(s) = ctx.secret(name) {
+            return Ok(s);
+        }
+        let s = generate_password(len);
+        ctx.put_secret(name, &s).map_err(StepError::permanent)?;
+        Ok(s)
+    };
+    Ok(match call.step {
+        Step::CreateMachine => format!("{} machine {} (driver {})", call.role.as_str(), call.actor, ctx.plan.driver),
+        Step::StartServer => {
+            let pw = ensure(secret::BOOTSTRAP_PASSWORD, 24)?;
+            format!("{} with bootstrap password {}", ctx.plan.rancher_image, pw.fingerprint())
+        }
+        Step::ChangePassword => {
+            let pw = ensure(secret::ADMIN_PASSWORD, 24)?;
+            format!("admin password {} (stored before the call)", pw.fingerprint())
+        }
+        Step::CreateApiToken => format!("description {:?}", token_description(ctx)),
+        Step::CreateCluster => format!("cluster {}", ctx.plan.cluster_name),
+        Step::RunAgent => format!("roles {}", roles(call.role).join(",")),
+        Step::WaitReady => format!("GET /ping (timeout {}s)", ctx.plan.timeouts.rancher_ready_s),
+        Step::WaitNodeCommand => format!("nodeCommand filled in (timeout {}s)", ctx.plan.timeouts.node_command_s),
+        Step::WaitNodeListed => format!("Rancher lists {} (timeout {}s)", call.actor, ctx.plan.timeouts.node_listed_s),
+        Step::WaitNodeActive | Step::WaitClusterActive => format!("state active (timeout {}s)", ctx.plan.timeouts.active_s),
+        _ => String::new(),
+    })
+}
+
+/// Runs the step's effect.
+pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
+    match call.step {
+        Step::CreateMachine => create_machine(call).await,
+        Step::StartServer => start_server(call).await,
+        Step::WaitReady => wait_ready(call).await,
+        Step::PinCa => pin_ca(call).await,
+        Step::Login => login(call).await,
+        Step::ChangePassword => change_password(call).await,
+        Step::CreateApiToken => create_api_token(call).await,
+        Step::SetServerUrl => set_server_url(call).await,
+        Step::CreateCluster => create_cluster(call).await,
+        Step::CreateRegistrationToken => registration_token(call).await,
+        Step::WaitNodeCommand => wait_node_command(call).await,
+        Step::WaitClusterActive => wait_cluster_active(call).await,
+        Step::RunAgent => run_agent(call).await,
+        Step::WaitNodeListed => wait_node_listed(call).await,
+        Step::WaitNodeActive => wait_node_active(call).await,
+        Step::RemoveMachine => remove_machine(call).await,
+    }
+}
+
+/// Asks the world whether an in-doubt step's effect happened. `Some` adopts
+/// it; `None` means run it again (waits and idempotent calls always do).
+pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
+    let ctx = call.ctx;
+    match call.step {
+        Step::CreateMachine => Ok(match ctx.driver.inspect(call.actor).await? {
+            Some(m) if m.state == MachineState::Running => m.ip.map(|ip| Outcome::MachineCreated { ip }),
+            _ => None,
+        }),
+        Step::StartServer => Ok(server_running(ctx).await?.then(|| Outcome::ServerStarted {
+            image: ctx.plan.rancher_image.clone(),
+        })),
+        Step::ChangePassword => {
+            let api = rancher_api(call)?;
+            let Some(new) = ctx.secret(secret::ADMIN_PASSWORD) else { return Ok(None) };
+            match api.login("admin", &new).await {
+                Ok(token) => {
+                    ctx.put_secret(secret::LOGIN_TOKEN, &token).map_err(StepError::permanent)?;
+                    Ok(Some(Outcome::PasswordChanged { password: secret_ref(secret::ADMIN_PASSWORD, &new) }))
+                }
+                Err(e) if e.status() == Some(401) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Step::CreateApiToken => find_api_token(call).await,
+        Step::CreateCluster => {
+            let api = rancher_api(call)?;
+            let auth = auth(ctx)?;
+            Ok(api
+                .find_cluster(&auth, &ctx.plan.cluster_name)
+                .await?
+                .map(|c| Outcome::ClusterCreated { cluster_id: c.id }))
+        }
+        Step::CreateRegistrationToken => find_registration_token(call).await,
+        Step::RunAgent => Ok(listed_node(call).await?.map(|_| Outcome::AgentStarted)),
+        Step::RemoveMachine => Ok(ctx.driver.inspect(call.actor).await?.is_none().then_some(Outcome::MachineRemoved)),
+        Step::WaitReady
+        | Step::PinCa
+        | Step::Login
+        | Step::SetServerUrl
+        | Step::WaitNodeCommand
+        | Step::WaitClusterActive
+        | Step::WaitNodeListed
+        | Step::WaitNodeActive => Ok(None),
+    }
+}
+
+// ------------------------------------------------------------------ machines
+
+async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let _slot = ctx.create_slots.acquire().await.map_err(|_| StepError::transient("creation slots closed"))?;
+    if let Some(m) = ctx.driver.inspect(call.actor).await? {
+        match m.state {
+            // Only a machine this run already tried to create is ours to adopt.
+            MachineState::Running if call.try_no > 1 => {
+                if let Some(ip) = m.ip {
+                    return Ok(Outcome::MachineCreated { ip });
+                }
+            }
+            MachineState::Running | MachineState::Stopped if call.try_no == 1 => {
+                return Err(StepError::permanent(format!(
+                    "a machine named {} already exists{}; remove it (rmm down) or use another state dir",
+                    call.actor,
+                    m.cluster.map(|c| format!(" (cluster {c})")).unwrap_or_default()
+                )));
+            }
+            _ => {}
+        }
+        // Broken or half-made: remove it and create it again.
+        ctx.driver.remove(call.actor).await?;
+    }
+    let spec = MachineSpec { name: call.actor.to_string(), cluster: ctx.plan.cluster_name.clone(), role: call.role };
+    let timeout = Duration::from_secs(ctx.plan.timeouts.machine_create_s);
+    let machine = tokio::time::timeout(timeout, ctx.driver.create(&spec))
+        .await
+        .map_err(|_| StepError::transient(format!("machine {} not created within {}s", call.actor, timeout.as_secs())))??;
+    match machine.ip {
+        Some(ip) => Ok(Outcome::MachineCreated { ip }),
+        None => Err(StepError::transient(format!("machine {} has no address", call.actor))),
+    }
+}
+
+async fn remove_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
+    call.ctx.driver.remove(call.actor).await?;
+    Ok(Outcome::MachineRemoved)
+}
+
+// ------------------------------------------------------------------ rancher
+
+/// `https://IP` (with the port when it is not 443).
+pub fn server_url(ip: &str, port: u16) -> String {
+    if port == 443 {
+        format!("https://{ip}")
+    } else {
+        format!("https://{ip}:{port}")
+    }
+}
+
+fn rancher_url(call: &StepCall<'_>) -> StepResult<String> {
+    if let Some(join) = call.join {
+        return Ok(join.url.clone());
+    }
+    let ip = call.state.ip().ok_or_else(|| StepError::permanent("the rancher machine has no address"))?;
+    Ok(server_url(ip, call.ctx.driver.https_port()))
+}
+
+fn token_description(ctx: &RunCtx) -> String {
+    format!("rmm run {}", ctx.run)
+}
+
+/// A client that trusts only the pinned CA, after checking the stored PEM
+/// against the checksum recorded in the log.
+fn rancher_api(call: &StepCall<'_>) -> StepResult<Arc<dyn RancherApi>> {
+    let ctx = call.ctx;
+    let logged = match (call.join, call.state.outcome(Step::PinCa)) {
+        (Some(join), _) => join.ca_checksum.clone(),
+        (None, Some(Outcome::CaPinned { checksum })) => checksum.clone(),
+        _ => return Err(StepError::permanent("no CA pinned yet")),
+    };
+    let pem = ctx
+        .secret(secret::RANCHER_CA)
+        .ok_or_else(|| StepError::permanent("the pinned Rancher CA is missing from the state dir"))?;
+    if ca_checksum(pem.expose()) != logged {
+        return Err(StepError::permanent("the stored Rancher CA does not match the checksum in the log"));
+    }
+    Ok(ctx.connector.connect(&rancher_url(call)?, CaTrust::Pinned(pem.expose().to_string()))?)
+}
+
+fn auth(ctx: &RunCtx) -> StepResult<Secret> {
+    ctx.secret(secret::API_TOKEN)
+        .or_else(|| ctx.secret(secret::LOGIN_TOKEN))
+        .ok_or_else(|| StepError::permanent("no Rancher token in the state dir (log in again: a resume does)"))
+}
+
+fn start_command(ctx: &RunCtx, bootstrap: &Secret) -> String {
+    format!(
+        "docker run -d --name rancher --restart=unless-stopped --privileged -p 80:80 -p 443:443 \
+         -v /opt/rancher:/var/lib/rancher -e CATTLE_BOOTSTRAP_PASSWORD={} {}",
+        bootstrap.expose(),
+        ctx.plan.rancher_image
+    )
+}
+
+async fn server_running(ctx: &RunCtx) -> StepResult<bool> {
+    let out = ctx.driver.exec("rancher", "docker ps -q --filter name=rancher").await?;
+    Ok(out.status == 0 && !out.stdout.trim().is_empty())
+}
+
+async fn start_server(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let image = ctx.plan.rancher_image.clone();
+    if call.try_no > 1 && server_running(ctx).await? {
+        return Ok(Outcome::ServerStarted { image });
+    }
+    let bootstrap = ctx
+        .secret(secret::BOOTSTRAP_PASSWORD)
+        .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
+    let out = ctx.driver.exec(call.actor, &start_command(ctx, &bootstrap)).await?;
+    if out.status != 0 {
+        if out.stderr.contains("is already in use") && server_running(ctx).await? {
+            return Ok(Outcome::ServerStarted { image });
+        }
+        return Err(StepError::transient(format!(
+            "docker run exited {}: {}",
+            out.status,
+            ctx.redact(out.stderr.trim())
+        )));
+    }
+    Ok(Outcome::ServerStarted { image })
+}
+
+/// Polls `check` every `poll_ms` until it gives a value, the timeout passes
+/// (a permanent failure naming `what`), or the run is told to stop.
+async fn poll<T, F, Fut>(ctx: &RunCtx, timeout_s: u64, what: &str, mut check: F) -> StepResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StepResult<Option<T>>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    let mut last = String::from("no answer yet");
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) if e.retryable => last = e.message,
+            Err(e) => return Err(e),
+        }
+        if Instant::now() >= deadline {
+            return Err(StepError::permanent(format!(
+                "timed out after {timeout_s}s waiting for {what} (last: {last})"
+            )));
+        }
+        if !ctx.sleep(Duration::from_millis(ctx.plan.poll_ms)).await {
+            return Err(StepError::transient(format!("stopped while waiting for {what}")));
+        }
+    }
+}
+
+async fn wait_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let url = rancher_url(call)?;
+    // /ping carries no credential; the CA is pinned right after.
+    let api = ctx.connector.connect(&url, CaTrust::Unverified)?;
+    let what = format!("Rancher at {url} to answer /ping");
+    poll(ctx, ctx.plan.timeouts.rancher_ready_s, &what, || {
+        let api = api.clone();
+        async move {
+            match api.ping().await {
+                Ok(()) => Ok(Some(Outcome::Ready)),
+                Err(e) if e.is_retryable() || e.status().is_some() => Err(StepError::transient(e.to_string())),
+                Err(e) => Err(e.into()),
+            }
+        }
+    })
+    .await
+}
+
+async fn pin_ca(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = ctx.connector.connect(&rancher_url(call)?, CaTrust::Unverified)?;
+    let pem = api.cacerts().await?;
+    if pem.trim().is_empty() {
+        return Err(StepError::permanent("Rancher's cacerts setting is empty; nothing to pin"));
+    }
+    let checksum = ca_checksum(&pem);
+    if let Some(expected) = &ctx.plan.ca_checksum {
+        if !expected.eq_ignore_ascii_case(&checksum) {
+            return Err(StepError::permanent(format!(
+                "Rancher's CA checksum {checksum} does not match the pinned --ca-checksum {expected}"
+            )));
+        }
+    }
+    ctx.put_secret(secret::RANCHER_CA, &Secret::new(pem)).map_err(StepError::permanent)?;
+    Ok(Outcome::CaPinned { checksum })
+}
+
+async fn login(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let bootstrap = ctx
+        .secret(secret::BOOTSTRAP_PASSWORD)
+        .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
+    let admin = ctx.secret(secret::ADMIN_PASSWORD);
+    // Rancher answers /ping before its admin user exists: 401 is polled.
+    let token = poll(ctx, ctx.plan.timeouts.login_s, "the admin login to succeed", || {
+        let (api, bootstrap, admin) = (api.clone(), bootstrap.clone(), admin.clone());
+        async move {
+            match api.login("admin", &bootstrap).await {
+                Ok(t) => return Ok(Some(t)),
+                Err(e) if e.status() == Some(401) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(admin) = admin {
+                match api.login("admin", &admin).await {
+                    Ok(t) => return Ok(Some(t)),
+                    Err(e) if e.status() == Some(401) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(StepError::transient("401 authentication failed"))
+        }
+    })
+    .await?;
+    ctx.put_secret(secret::LOGIN_TOKEN, &token).map_err(StepError::permanent)?;
+    Ok(Outcome::LoggedIn { token: secret_ref(secret::LOGIN_TOKEN, &token) })
+}
+
+async fn change_password(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let login = ctx
+        .secret(secret::LOGIN_TOKEN)
+        .ok_or_else(|| StepError::permanent("login token missing from the state dir"))?;
+    let bootstrap = ctx
+        .secret(secret::BOOTSTRAP_PASSWORD)
+        .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
+    let new = ctx
+        .secret(secret::ADMIN_PASSWORD)
+        .ok_or_else(|| StepError::permanent("new admin password missing from the state dir"))?;
+    let done = Outcome::PasswordChanged { password: secret_ref(secret::ADMIN_PASSWORD, &new) };
+    match api.change_password(&login, &bootstrap, &new).await {
+        Ok(()) => Ok(done),
+        // Changed by an earlier try whose outcome was lost: the new one works.
+        Err(e) if e.status() == Some(422) && api.login("admin", &new).await.is_ok() => Ok(done),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn find_api_token(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let login = ctx
+        .secret(secret::LOGIN_TOKEN)
+        .ok_or_else(|| StepError::permanent("login token missing from the state dir"))?;
+    let description = token_description(ctx);
+    let stored = ctx.secret(secret::API_TOKEN);
+    let stored_id = stored.as_ref().and_then(|s| s.expose().split(':').next().map(str::to_string));
+    for token in api.list_tokens(&login).await? {
+        if token.description != description {
+            continue;
+        }
+        match (&stored, &stored_id) {
+            (Some(secret), Some(id)) if *id == token.id => {
+                return Ok(Some(Outcome::ApiTokenCreated {
+                    token_id: token.id,
+                    token: secret_ref(secret::API_TOKEN, secret),
+                }))
+            }
+            // Ours, but its secret was lost with the crash: delete it.
+            _ => api.delete_token(&login, &token.id).await?,
+        }
+    }
+    Ok(None)
+}
+
+async fn create_api_token(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    if call.try_no > 1 {
+        if let Some(found) = find_api_token(call).await? {
+            return Ok(found);
+        }
+    }
+    let api = rancher_api(call)?;
+    let login = ctx
+        .secret(secret::LOGIN_TOKEN)
+        .ok_or_else(|| StepError::permanent("login token missing from the state dir"))?;
+    let (token_id, token) = api.create_token(&login, &token_description(ctx)).await?;
+    ctx.put_secret(secret::API_TOKEN, &token).map_err(StepError::permanent)?;
+    Ok(Outcome::ApiTokenCreated { token_id, token: secret_ref(secret::API_TOKEN, &token) })
+}
+
+async fn set_server_url(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let url = rancher_url(call)?;
+    api.set_setting(&auth(ctx)?, "server-url", &url).await?;
+    Ok(Outcome::ServerUrlSet { url })
+}
+
+async fn create_cluster(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let auth = auth(ctx)?;
+    let name = &ctx.plan.cluster_name;
+    if call.try_no > 1 {
+        if let Some(c) = api.find_cluster(&auth, name).await? {
+            return Ok(Outcome::ClusterCreated { cluster_id: c.id });
+        }
+    }
+    match api.create_cluster(&auth, name).await {
+        Ok(c) => Ok(Outcome::ClusterCreated { cluster_id: c.id }),
+        // This Rancher was started by this run: a cluster of that name is ours.
+        Err(e) if e.code() == Some("NotUnique") => match api.find_cluster(&auth, name).await? {
+            Some(c) => Ok(Outcome::ClusterCreated { cluster_id: c.id }),
+            None => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn cluster_id(call: &StepCall<'_>) -> StepResult<String> {
+    if let Some(join) = call.join {
+        return Ok(join.cluster_id.clone());
+    }
+    match call.state.outcome(Step::CreateCluster) {
+        Some(Outcome::ClusterCreated { cluster_id }) => Ok(cluster_id.clone()),
+        _ => Err(StepError::permanent("no cluster yet")),
+    }
+}
+
+async fn find_registration_token(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
+    let api = rancher_api(call)?;
+    let tokens = api.list_registration_tokens(&auth(call.ctx)?, &cluster_id(call)?).await?;
+    Ok(tokens.into_iter().next().map(|t| Outcome::RegistrationTokenCreated { token_id: t.id }))
+}
+
+/// Reuses the cluster's registration token when there is one (Rancher 2.6+
+/// creates `default-token` itself; the CLI and terraform reuse it too), and
+/// creates one only when there is none.
+async fn registration_token(call: &StepCall<'_>) -> StepResult<Outcome> {
+    if let Some(found) = find_registration_token(call).await? {
+        return Ok(found);
+    }
+    let api = rancher_api(call)?;
+    let token = api.create_registration_token(&auth(call.ctx)?, &cluster_id(call)?).await?;
+    Ok(Outcome::RegistrationTokenCreated { token_id: token.id })
+}
+
+async fn wait_node_command(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let auth = auth(ctx)?;
+    let token_id = match call.state.outcome(Step::CreateRegistrationToken) {
+        Some(Outcome::RegistrationTokenCreated { token_id }) => token_id.clone(),
+        _ => return Err(StepError::permanent("no registration token yet")),
+    };
+    let what = format!("registration token {token_id} to get its nodeCommand");
+    let command = poll(ctx, ctx.plan.timeouts.node_command_s, &what, || {
+        let (api, auth, token_id) = (api.clone(), auth.clone(), token_id.clone());
+        async move { Ok(api.get_registration_token(&auth, &token_id).await?.node_command) }
+    })
+    .await?;
+    ctx.put_secret(secret::NODE_COMMAND, &command).map_err(StepError::permanent)?;
+    Ok(Outcome::NodeCommandReady { command: secret_ref(secret::NODE_COMMAND, &command) })
+}
+
+async fn wait_cluster_active(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let auth = auth(ctx)?;
+    let id = cluster_id(call)?;
+    let what = format!("cluster {id} to be active");
+    poll(ctx, ctx.plan.timeouts.active_s, &what, || {
+        let (api, auth, id) = (api.clone(), auth.clone(), id.clone());
+        async move {
+            let c = api.get_cluster(&auth, &id).await?;
+            if c.state == "active" {
+                Ok(Some(Outcome::ClusterActive))
+            } else {
+                Err(StepError::transient(format!(
+                    "{}{}",
+                    c.state,
+                    if c.transitioning_message.is_empty() { String::new() } else { format!(": {}", c.transitioning_message) }
+                )))
+            }
+        }
+    })
+    .await
+}
+
+// ------------------------------------------------------------------ nodes
+
+fn roles(role: Role) -> Vec<&'static str> {
+    match role {
+        Role::Master => vec!["etcd", "controlplane"],
+        Role::Worker => vec!["worker"],
+        Role::Rancher => vec![],
+    }
+}
+
+async fn listed_node(call: &StepCall<'_>) -> StepResult<Option<crate::ports::NodeInfo>> {
+    let api = rancher_api(call)?;
+    let nodes = api.list_nodes(&auth(call.ctx)?, &cluster_id(call)?).await?;
+    Ok(nodes.into_iter().find(|n| n.requested_hostname == call.actor))
+}
+
+async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    if call.try_no > 1 && listed_node(call).await?.is_some() {
+        return Ok(Outcome::AgentStarted);
+    }
+    let command = ctx
+        .secret(secret::NODE_COMMAND)
+        .ok_or_else(|| StepError::permanent("node command missing from the state dir"))?;
+    let ip = call.state.ip().ok_or_else(|| StepError::permanent("the machine has no address"))?;
+    let mut full = format!("{} --address {ip} --internal-address {ip}", command.expose().trim());
+    for r in roles(call.role) {
+        full.push_str(" --");
+        full.push_str(r);
+    }
+    let out = ctx.driver.exec(call.actor, &full).await?;
+    if out.status != 0 {
+        let why = out.stderr.lines().last().unwrap_or("").trim();
+        return Err(StepError::transient(format!("agent exited {}: {}", out.status, ctx.redact(why))));
+    }
+    Ok(Outcome::AgentStarted)
+}
+
+async fn wait_node_listed(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let what = format!("Rancher to list node {}", call.actor);
+    poll(call.ctx, call.ctx.plan.timeouts.node_listed_s, &what, || async {
+        Ok(listed_node(call).await?.map(|n| Outcome::NodeListed { node_id: n.id }))
+    })
+    .await
+}
+
+async fn wait_node_active(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let what = format!("node {} to be active", call.actor);
+    poll(call.ctx, call.ctx.plan.timeouts.active_s, &what, || async {
+        match listed_node(call).await? {
+            Some(n) if n.state == "active" => Ok(Some(Outcome::NodeActive)),
+            Some(n) => Err(StepError::transient(format!("node is {}", n.state))),
+            None => Err(StepError::transient("node not listed")),
+        }
+    })
+    .await
+}

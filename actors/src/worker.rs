@@ -1,0 +1,266 @@
+//! `StepActor`: one per machine — the RancherHost actor (`rancher`) and a
+//! Node actor per master and worker. Thin glue around the pure
+//! [`next_step`](crate::decide::next_step) and the effects in `steps`.
+//!
+//! ```text
+//!  Drive ──► decide(state) ──► Run/Reconcile ──► [intent] ─► effect ─► [outcome]
+//!    ▲                                                                    │
+//!    └──────────────────── apply durable records ◄────────────────────────┘
+//! ```
+//! State trails the log: the actor applies a record only once the journal
+//! returned it (durable). Every record goes to the coordinator as well.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use rmm_events::{ActorState, Event, Record, Role, Step, Via};
+use uuid::Uuid;
+
+use crate::context::RunCtx;
+use crate::coordinator::{Appended, Coordinator, Finished, Fatal};
+use crate::crashpoint;
+use crate::decide::{next_step, Next};
+use crate::steps::{self, JoinInfo, StepCall};
+
+/// How an actor ended its part of this attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Done,
+    GaveUp { step: Step, reason: String },
+    Stopped,
+}
+
+pub struct StepActor {
+    name: String,
+    role: Role,
+    order: &'static [Step],
+    state: ActorState,
+    ctx: Arc<RunCtx>,
+    coordinator: Addr<Coordinator>,
+    /// Node actors need the Rancher side's details before any step after
+    /// their machine; `None` until the coordinator lets them join.
+    join: Option<JoinInfo>,
+    needs_join: bool,
+    /// The event that caused the actor's next step.
+    cause: Option<Uuid>,
+    busy: bool,
+    stopping: bool,
+    ended: bool,
+}
+
+impl StepActor {
+    pub fn new(
+        name: String,
+        role: Role,
+        order: &'static [Step],
+        state: ActorState,
+        ctx: Arc<RunCtx>,
+        coordinator: Addr<Coordinator>,
+    ) -> StepActor {
+        let needs_join = role != Role::Rancher && order.contains(&Step::RunAgent);
+        let cause = state.last_event;
+        StepActor {
+            name,
+            role,
+            order,
+            state,
+            ctx,
+            coordinator,
+            join: None,
+            needs_join,
+            cause,
+            busy: false,
+            stopping: false,
+            ended: false,
+        }
+    }
+
+    fn end(&mut self, ending: Ending) {
+        if !self.ended {
+            self.ended = true;
+            self.coordinator.do_send(Finished { actor: self.name.clone(), ending });
+        }
+    }
+}
+
+impl Actor for StepActor {
+    type Context = Context<Self>;
+}
+
+/// Look at the state and start the next step, if any.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drive;
+
+/// The coordinator lets a node run its agent. `cause` is the id of the
+/// `JoinGranted` event.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Join {
+    pub cause: Uuid,
+    pub info: JoinInfo,
+}
+
+/// Finish the step in flight (waits end early) and start nothing new.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Join> for StepActor {
+    type Result = ();
+    fn handle(&mut self, msg: Join, ctx: &mut Context<Self>) {
+        self.join = Some(msg.info);
+        self.cause = Some(msg.cause);
+        ctx.notify(Drive);
+    }
+}
+
+impl Handler<Stop> for StepActor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, _: &mut Context<Self>) {
+        self.stopping = true;
+        if !self.busy {
+            self.end(Ending::Stopped);
+        }
+    }
+}
+
+impl Handler<Drive> for StepActor {
+    type Result = ();
+    fn handle(&mut self, _: Drive, ctx: &mut Context<Self>) {
+        if self.busy || self.ended {
+            return;
+        }
+        if self.stopping {
+            self.end(Ending::Stopped);
+            return;
+        }
+        let has_join = self.join.is_some();
+        let needs_join = self.needs_join;
+        let open = |s: Step| !needs_join || s == Step::CreateMachine || has_join;
+        let next = next_step(self.order, open, &self.state, self.ctx.attempt, &self.ctx.plan.retry);
+        match next {
+            Next::Wait => {}
+            Next::Done => self.end(Ending::Done),
+            Next::GiveUp { step, reason } => self.end(Ending::GaveUp { step, reason }),
+            Next::Run { .. } | Next::Reconcile { .. } => {
+                self.busy = true;
+                let job = Job {
+                    ctx: self.ctx.clone(),
+                    actor: self.name.clone(),
+                    role: self.role,
+                    state: self.state.clone(),
+                    join: self.join.clone(),
+                    cause: self.cause,
+                    coordinator: self.coordinator.clone(),
+                };
+                ctx.spawn(job.run(next).into_actor(self).map(|result, act, ctx| {
+                    act.busy = false;
+                    match result {
+                        Ok(records) => {
+                            for r in &records {
+                                act.state.apply(&r.envelope);
+                                act.cause = Some(r.envelope.id);
+                            }
+                            ctx.notify(Drive);
+                        }
+                        Err(e) => {
+                            act.ended = true;
+                            act.coordinator.do_send(Fatal(e));
+                        }
+                    }
+                }));
+            }
+        }
+    }
+}
+
+/// One step's work, owned so it can run while the actor keeps receiving.
+struct Job {
+    ctx: Arc<RunCtx>,
+    actor: String,
+    role: Role,
+    state: ActorState,
+    join: Option<JoinInfo>,
+    cause: Option<Uuid>,
+    coordinator: Addr<Coordinator>,
+}
+
+impl Job {
+    /// Returns the durable records it appended; `Err` only when the log
+    /// cannot be written (fatal).
+    async fn run(self, next: Next) -> Result<Vec<Record>, String> {
+        match next {
+            Next::Run { step, try_no, delay_ms } => self.run_step(step, try_no, delay_ms).await,
+            Next::Reconcile { step, try_no } => self.reconcile(step, try_no).await,
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn call(&self, step: Step, try_no: u32) -> StepCall<'_> {
+        StepCall {
+            ctx: &self.ctx,
+            actor: &self.actor,
+            role: self.role,
+            step,
+            try_no,
+            state: &self.state,
+            join: self.join.as_ref(),
+        }
+    }
+
+    async fn append(&self, cause: Option<Uuid>, event: Event) -> Result<Record, String> {
+        let env = self.ctx.envelope(&self.actor, cause, event);
+        let record = self.ctx.journal.append(vec![env]).await?.remove(0);
+        self.coordinator.do_send(Appended(vec![record.clone()]));
+        Ok(record)
+    }
+
+    async fn run_step(&self, step: Step, try_no: u32, delay_ms: u64) -> Result<Vec<Record>, String> {
+        if delay_ms > 0 && !self.ctx.sleep(Duration::from_millis(delay_ms)).await {
+            return Ok(Vec::new());
+        }
+        if self.ctx.stopped() {
+            return Ok(Vec::new());
+        }
+        let call = self.call(step, try_no);
+        let detail = steps::prepare(&call).map_err(|e| format!("{} {}: {}", self.actor, step.as_str(), e.message))?;
+        let started = self.append(self.cause, Event::StepStarted { step, try_no, detail }).await?;
+        let result = steps::effect(&call).await;
+        if step.is_effect() {
+            crashpoint::effect_done();
+        }
+        let outcome = match result {
+            Ok(outcome) => Event::StepSucceeded { step, outcome, via: Via::Done },
+            Err(e) => Event::StepFailed {
+                step,
+                try_no,
+                error: self.ctx.redact(&e.message),
+                retryable: e.retryable,
+            },
+        };
+        let ended = self.append(Some(started.envelope.id), outcome).await?;
+        Ok(vec![started, ended])
+    }
+
+    async fn reconcile(&self, step: Step, try_no: u32) -> Result<Vec<Record>, String> {
+        let call = self.call(step, try_no);
+        let event = match steps::probe(&call).await {
+            Ok(Some(outcome)) => Event::StepSucceeded { step, outcome, via: Via::Adopted },
+            Ok(None) => Event::StepFailed {
+                step,
+                try_no,
+                error: "interrupted before its outcome was recorded; not found in the world, so it runs again".into(),
+                retryable: true,
+            },
+            Err(e) => Event::StepFailed {
+                step,
+                try_no,
+                error: format!("interrupted; could not check the world ({}), so it runs again", self.ctx.redact(&e.message)),
+                retryable: true,
+            },
+        };
+        Ok(vec![self.append(self.cause, event).await?])
+    }
+}
