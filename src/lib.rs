@@ -1,5 +1,55 @@
-//! rmm: stands up a Rancher management server and an HA Kubernetes cluster
-//! under it, recording every step in a durable, hash-chained event log.
+//! rmm stands up a Rancher management server and a highly available
+//! Kubernetes cluster under it, on machines it creates through drivers, and
+//! records every step in a durable, hash-chained event log, so that a run
+//! that crashes anywhere is resumed with `rmm up --resume` without creating
+//! anything twice.
+//!
+//! # Layout
+//! * `cli`        — clap commands, one file per subcommand.
+//! * `config`     — `rmm.toml` + flags → a validated `Plan`.
+//! * `engine`     — runs one attempt: journal, actix System, Coordinator, signals.
+//! * `state_dir`  — the lock (names its holder), the store, the secrets file.
+//! * `secrets`    — `FileSecrets`, the owner-only `SecretStore`.
+//! * `view`       — the JSON and text shapes of `status`, `replay`, `log`.
+//! * `progress`   — the live view while `up` runs.
+//! * `drivers`    — machine drivers (`local`: the embedded world).
+//! * `rancher`    — the reqwest client of Rancher's v3 API.
+//! * `emulator`   — the Rancher API emulator the local world runs.
+//! * `error`      — `Error` and the exit codes.
+//!
+//! The pure core is in the `rmm-events` crate; the actors and the ports in
+//! `rmm-actors`.
+
+pub mod cli;
+pub mod config;
 pub mod drivers;
 pub mod emulator;
+pub mod engine;
+pub mod error;
+pub mod progress;
 pub mod rancher;
+pub mod secrets;
+pub mod state_dir;
+pub mod view;
+
+use cli::{Cli, Command};
+use error::Result;
+use state_dir::StateDir;
+
+/// Runs one command line.
+pub fn run(cli: Cli) -> Result<()> {
+    let dir = StateDir::new(cli.state_dir.clone());
+    let config = cli::up::ConfigFileSource {
+        required: cli.config.is_some(),
+        path: cli.config.clone().unwrap_or_else(|| "rmm.toml".into()),
+    };
+    match cli.command {
+        Command::Up(args) => cli::up::run(args, &dir, &config),
+        Command::Status(args) => cli::status::run(args, &dir),
+        Command::Log(args) => cli::log::run(args, &dir),
+        Command::Replay(args) => cli::replay::run(args, &dir),
+        Command::Down(args) => cli::down::run(args, &dir),
+        Command::Credentials(args) => cli::credentials::run(args, &dir),
+        Command::Emulator(args) => emulator::run(args).map_err(|e| error::Error::Other(format!("{e:#}"))),
+    }
+}

@@ -1,18 +1,29 @@
+//! `rmm`: parse, set up diagnostics, run, map the result to an exit code.
+
+use std::process::ExitCode;
+
 use clap::Parser;
 
-#[derive(Parser)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(clap::Subcommand)]
-enum Command {
-    Emulator(rmm::emulator::EmulatorArgs),
-}
-
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Emulator(args) => rmm::emulator::run(args),
+fn main() -> ExitCode {
+    let cli = rmm::cli::Cli::parse();
+    init_tracing(cli.verbose);
+    match rmm::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rmm: {e}");
+            e.exit_code()
+        }
     }
+}
+
+/// Diagnostics go to stderr; `RUST_LOG` wins over `-v`.
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }

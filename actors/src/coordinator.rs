@@ -166,6 +166,8 @@ impl Coordinator {
 
     fn finish(&mut self, end: RunEnd, ctx: &mut Context<Self>) {
         let _ = self.stop_tx.send(true);
+        // Ends the progress view.
+        self.sink = None;
         if let Some(tx) = self.end_tx.take() {
             let _ = tx.send(end);
         }
@@ -200,6 +202,8 @@ impl Actor for Coordinator {
             addr.do_send(Drive);
         }
         self.grant(None, ctx);
+        // Nothing to do (a `down` with no machines) ends at once.
+        self.maybe_end(ctx);
     }
 }
 

@@ -1,0 +1,69 @@
+//! The command line (clap derive). One file per subcommand under `cli/`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub mod credentials;
+pub mod down;
+pub mod log;
+pub mod replay;
+pub mod status;
+pub mod up;
+
+const AFTER_HELP: &str = "\
+Examples:
+  rmm up                          build Rancher + 3 masters + 3 workers on the local world
+  rmm up --masters 1 --workers 1  a small cluster
+  rmm up --resume                 continue a run that crashed or was interrupted
+  rmm status --json               the state folded from the log, for scripts
+  rmm status --refresh            also ask the driver what really exists (orphans)
+  rmm log                         every event: seq, time, attempt, actor, event, summary
+  rmm credentials                 the Rancher URL, user and password (only here)
+  rmm down                        remove every machine of the cluster
+
+Exit codes:
+  0 success; 1 the run failed (fix the cause, then `rmm up --resume`);
+  2 usage or configuration error; 3 refused by the run state (an unfinished run exists,
+  nothing to resume); 4 the state dir is in use by another rmm; 5 the event log fails
+  verification; 130 interrupted (resumable).";
+
+/// Stands up a Rancher management server and a highly available Kubernetes
+/// cluster under it, and records every step in a durable, hash-chained log.
+#[derive(Debug, Parser)]
+#[command(name = "rmm", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Where rmm keeps its log, secrets and (local driver) machines.
+    #[arg(long, global = true, default_value = ".rmm", env = "RMM_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Configuration file; read when present (default `rmm.toml`).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// More diagnostics on stderr (-v info, -vv debug). `RUST_LOG` also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the cluster: a new run, or `--resume` the last unfinished one.
+    #[command(after_help = "Examples:\n  rmm up\n  rmm up --masters 5 --workers 10 --parallel 4\n  rmm up --resume")]
+    Up(up::UpArgs),
+    /// The state of the last run, folded from the log.
+    #[command(after_help = "Examples:\n  rmm status\n  rmm status --json | jq .run.state\n  rmm status --refresh")]
+    Status(status::StatusArgs),
+    /// The events of the log, one line each.
+    #[command(after_help = "Examples:\n  rmm log\n  rmm log --json | jq 'select(.actor==\"master01\")'")]
+    Log(log::LogArgs),
+    /// Fold the log up to an event and print the state then.
+    #[command(after_help = "Examples:\n  rmm replay\n  rmm replay --to 42")]
+    Replay(replay::ReplayArgs),
+    /// Remove every machine of the cluster (resumable; a second run is a no-op).
+    Down(down::DownArgs),
+    /// Print the Rancher URL, user, password and CA checksum (on request only).
+    Credentials(credentials::CredentialsArgs),
+    /// The Rancher API emulator of the local world (started by the local driver).
+    Emulator(crate::emulator::EmulatorArgs),
+}

@@ -1,0 +1,46 @@
+//! `rmm credentials [--json]`: the only place the admin password is shown.
+
+use std::io::Write;
+
+use rmm_actors::context::secret;
+use rmm_actors::ports::SecretStore;
+use rmm_events::Step;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::secrets::FileSecrets;
+use crate::state_dir::{fold, StateDir};
+
+#[derive(Debug, clap::Args)]
+pub struct CredentialsArgs {
+    /// Print `{url, username, password, ca_checksum}` as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: CredentialsArgs, dir: &StateDir) -> Result<()> {
+    let log = dir.open_store_for_reading()?;
+    let history = fold(&log)?;
+    let run = history
+        .latest_up()
+        .ok_or_else(|| Error::Refused("no run yet: `rmm up` first".into()))?;
+    let secrets = FileSecrets::open(dir.secrets()).map_err(|e| Error::StateDir(format!("cannot read secrets: {e}")))?;
+    let rancher = run.actor("rancher");
+    let changed = rancher.is_some_and(|a| a.done(Step::ChangePassword));
+    let name = if changed { secret::ADMIN_PASSWORD } else { secret::BOOTSTRAP_PASSWORD };
+    let password = secrets
+        .get(&format!("{}/{name}", run.id))
+        .ok_or_else(|| Error::Refused("no admin password yet: Rancher has not been started by this run".into()))?;
+    let url = run.rancher_url();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = json!({"url": url, "username": "admin", "password": password.expose(), "ca_checksum": run.ca_checksum()});
+        let _ = writeln!(out, "{v}");
+    } else {
+        let _ = writeln!(out, "url:         {}", url.unwrap_or("(not set yet)"));
+        let _ = writeln!(out, "username:    admin");
+        let _ = writeln!(out, "password:    {}", password.expose());
+        let _ = writeln!(out, "ca_checksum: {}", run.ca_checksum().unwrap_or("(not pinned yet)"));
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! `rmm up [--resume]`: start a new run, or continue the last unfinished one.
+
+use std::io::Write;
+
+use rmm_actors::RunEnd;
+use rmm_events::{RunKind, RunStatus};
+
+use crate::config::{ConfigFile, Overrides};
+use crate::engine;
+use crate::error::{Error, Result};
+use crate::state_dir::{fold, StateDir};
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Continue the last unfinished run from its log.
+    #[arg(long)]
+    pub resume: bool,
+    /// Masters (etcd + control plane). Odd, for etcd quorum.
+    #[arg(long)]
+    pub masters: Option<u32>,
+    /// Worker nodes.
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Machine driver (`local`: machines under the state dir, Rancher emulated).
+    #[arg(long)]
+    pub driver: Option<String>,
+    /// Rancher cluster name.
+    #[arg(long)]
+    pub cluster_name: Option<String>,
+    /// At most this many machine creations at once.
+    #[arg(long)]
+    pub parallel: Option<u32>,
+    /// Pin Rancher's CA up front: hex sha256 of the CA PEM plus a newline.
+    #[arg(long)]
+    pub ca_checksum: Option<String>,
+    /// Accept an even number of masters (etcd quorum needs an odd count).
+    #[arg(long)]
+    pub allow_even_masters: bool,
+}
+
+impl UpArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            masters: self.masters,
+            workers: self.workers,
+            driver: self.driver.clone(),
+            cluster_name: self.cluster_name.clone(),
+            parallel: self.parallel,
+            ca_checksum: self.ca_checksum.clone(),
+            allow_even_masters: self.allow_even_masters,
+        }
+    }
+    fn changes_plan(&self) -> bool {
+        self.masters.is_some()
+            || self.workers.is_some()
+            || self.driver.is_some()
+            || self.cluster_name.is_some()
+            || self.parallel.is_some()
+            || self.ca_checksum.is_some()
+    }
+}
+
+pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()> {
+    // Validate everything the user typed before touching the state dir.
+    let plan = config.load()?.plan(&args.overrides())?;
+    dir.create()?;
+    let _lock = dir.lock()?;
+    let mut log = dir.open_store()?;
+    let mut history = fold(&log)?;
+    let latest = history.latest().cloned();
+
+    let run = match (&latest, args.resume) {
+        (Some(r), false) if r.kind == RunKind::Up && r.status == RunStatus::Completed => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "The last run ({}) completed: cluster {} is up{}. Nothing to do (`rmm status`, `rmm down`).",
+                r.id,
+                r.plan.cluster_name,
+                r.rancher_url().map(|u| format!(" at {u}")).unwrap_or_default()
+            );
+            return Ok(());
+        }
+        (Some(r), false) if r.kind == RunKind::Up => {
+            return Err(Error::Refused(format!(
+                "an unfinished run {} exists ({}): continue it with `rmm up --resume`, or remove its machines with `rmm down`",
+                r.id,
+                describe(r.status)
+            )))
+        }
+        (Some(r), _) if r.kind == RunKind::Down && r.status != RunStatus::Completed => {
+            return Err(Error::Refused(format!(
+                "an unfinished `rmm down` ({}) exists: run `rmm down` again to finish it first",
+                r.id
+            )))
+        }
+        (Some(r), true) if r.kind == RunKind::Up && r.status != RunStatus::Completed => {
+            if args.changes_plan() {
+                eprintln!("rmm: --resume continues the recorded plan; the plan flags are ignored");
+            }
+            Some(r.id)
+        }
+        (_, true) => {
+            return Err(Error::Refused(match &latest {
+                Some(r) if r.kind == RunKind::Up => format!("nothing to resume: the last run ({}) completed", r.id),
+                _ => "nothing to resume: there is no unfinished run (start one with `rmm up`)".into(),
+            }))
+        }
+        (_, false) => None,
+    };
+    let plan = match run {
+        Some(id) => history.runs.iter().find(|r| r.id == id).expect("run in history").plan.clone(),
+        None => plan,
+    };
+    let driver = engine::driver(&plan, dir)?;
+    let state = engine::begin(&mut log, &mut history, run, RunKind::Up, &plan)?;
+    let machines = plan.machine_names();
+    let run_id = state.id;
+    let attempt = state.attempts;
+    eprintln!(
+        "rmm: {} run {run_id} (attempt {attempt}): cluster {}, {} masters, {} workers, driver {}",
+        if attempt == 1 { "starting" } else { "resuming" },
+        plan.cluster_name,
+        plan.masters,
+        plan.workers,
+        plan.driver
+    );
+    let end = engine::run_attempt(dir, log, state, machines, driver)?;
+    // Re-read the outcome from the log: what we print is what is recorded.
+    match end {
+        RunEnd::Completed => {
+            let log = dir.open_store_for_reading()?;
+            let history = fold(&log)?;
+            let r = history.latest().expect("a run");
+            let took = r.ended_ms.unwrap_or(r.started_ms) - r.started_ms;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "Cluster {} is active ({} masters, {} workers) after {:.1}s.", r.plan.cluster_name, r.plan.masters, r.plan.workers, took as f64 / 1000.0);
+            let _ = writeln!(out, "Rancher: {}", r.rancher_url().unwrap_or("?"));
+            let _ = writeln!(out, "User:    admin");
+            let _ = writeln!(out, "Password: not shown; run `rmm credentials` to print it.");
+            Ok(())
+        }
+        RunEnd::Failed { actor, step, reason } => Err(Error::RunFailed(format!(
+            "run failed: {actor} {}: {reason} (fix the cause, then `rmm up --resume`; `rmm log` has the details)",
+            step.as_str()
+        ))),
+        RunEnd::Interrupted => Err(Error::Interrupted("interrupted; `rmm up --resume` continues from the log".into())),
+        RunEnd::Fatal(e) => Err(Error::StateDir(format!(
+            "cannot write the event log ({e}); nothing after the last durable event happened unrecorded. Fix the disk, then `rmm up --resume`"
+        ))),
+    }
+}
+
+fn describe(status: RunStatus) -> &'static str {
+    match status {
+        RunStatus::Running => "it stopped without recording an end: a crash",
+        RunStatus::Failed => "failed",
+        RunStatus::Interrupted => "interrupted",
+        RunStatus::Completed => "completed",
+    }
+}
+
+/// Where the configuration comes from: `--config FILE` (must exist) or
+/// `rmm.toml` in the current directory (read when present).
+pub struct ConfigFileSource {
+    pub path: std::path::PathBuf,
+    pub required: bool,
+}
+
+impl ConfigFileSource {
+    pub fn load(&self) -> Result<ConfigFile> {
+        ConfigFile::load(&self.path, self.required)
+    }
+}

@@ -1,0 +1,230 @@
+//! `rmm.toml` and the flags that override it → a validated [`Plan`].
+//!
+//! Every key is optional; unknown keys are refused (a typo must not be
+//! silently ignored). See the README for each key.
+
+use std::path::Path;
+
+use rmm_events::{Plan, Retry, Timeouts};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The Rancher image rmm starts by default: the last line with RKE1 custom
+/// clusters (2.12 removed RKE1).
+pub const DEFAULT_RANCHER_IMAGE: &str = "rancher/rancher:v2.11.3";
+
+/// The file as written by the user.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub cluster_name: Option<String>,
+    pub masters: Option<u32>,
+    pub workers: Option<u32>,
+    pub driver: Option<String>,
+    pub parallel: Option<u32>,
+    pub rancher_image: Option<String>,
+    pub ca_checksum: Option<String>,
+    pub allow_even_masters: Option<bool>,
+    pub poll_ms: Option<u64>,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    #[serde(default)]
+    pub retry: RetryFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    pub rancher_ready_s: Option<u64>,
+    pub login_s: Option<u64>,
+    pub node_command_s: Option<u64>,
+    pub node_listed_s: Option<u64>,
+    pub active_s: Option<u64>,
+    pub machine_create_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    pub max_tries: Option<u32>,
+    pub backoff_ms: Option<u64>,
+}
+
+/// Flags of `rmm up` that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub masters: Option<u32>,
+    pub workers: Option<u32>,
+    pub driver: Option<String>,
+    pub cluster_name: Option<String>,
+    pub parallel: Option<u32>,
+    pub ca_checksum: Option<String>,
+    pub allow_even_masters: bool,
+}
+
+pub const DRIVERS: &[&str] = &["local"];
+
+impl ConfigFile {
+    /// Reads `path`; a missing file is the defaults.
+    pub fn load(path: &Path, required: bool) -> Result<ConfigFile> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(ConfigFile::default()),
+            Err(e) => return Err(Error::Config(format!("cannot read {}: {e}", path.display()))),
+        };
+        toml::from_str(&text).map_err(|e| {
+            let msg = e.message().replace('\n', " ");
+            let at = e
+                .span()
+                .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
+                .unwrap_or_default();
+            Error::Config(format!("{}{at}: {msg}", path.display()))
+        })
+    }
+
+    /// Merges flags over the file over the defaults, and validates.
+    pub fn plan(self, flags: &Overrides) -> Result<Plan> {
+        let d = Timeouts::default();
+        let t = self.timeouts;
+        let r = Retry::default();
+        let driver = flags.driver.clone().or(self.driver).unwrap_or_else(|| "local".into());
+        let plan = Plan {
+            cluster_name: flags.cluster_name.clone().or(self.cluster_name).unwrap_or_else(|| "tinysetup".into()),
+            masters: flags.masters.or(self.masters).unwrap_or(3),
+            workers: flags.workers.or(self.workers).unwrap_or(3),
+            parallel: flags.parallel.or(self.parallel).unwrap_or(8),
+            rancher_image: self.rancher_image.unwrap_or_else(|| DEFAULT_RANCHER_IMAGE.into()),
+            ca_checksum: flags.ca_checksum.clone().or(self.ca_checksum).map(|c| c.to_ascii_lowercase()),
+            poll_ms: self.poll_ms.unwrap_or(if driver == "local" { 100 } else { 2000 }),
+            driver,
+            timeouts: Timeouts {
+                rancher_ready_s: t.rancher_ready_s.unwrap_or(d.rancher_ready_s),
+                login_s: t.login_s.unwrap_or(d.login_s),
+                node_command_s: t.node_command_s.unwrap_or(d.node_command_s),
+                node_listed_s: t.node_listed_s.unwrap_or(d.node_listed_s),
+                active_s: t.active_s.unwrap_or(d.active_s),
+                machine_create_s: t.machine_create_s.unwrap_or(d.machine_create_s),
+            },
+            retry: Retry {
+                max_tries: self.retry.max_tries.unwrap_or(r.max_tries),
+                backoff_ms: self.retry.backoff_ms.unwrap_or(r.backoff_ms),
+            },
+        };
+        validate(&plan, flags.allow_even_masters || self.allow_even_masters.unwrap_or(false))?;
+        Ok(plan)
+    }
+}
+
+fn validate(plan: &Plan, allow_even_masters: bool) -> Result<()> {
+    let bad = |m: String| Err(Error::Config(m));
+    if plan.masters == 0 {
+        return bad("masters must be at least 1 (etcd needs a member)".into());
+    }
+    if plan.masters % 2 == 0 && !allow_even_masters {
+        return bad(format!(
+            "masters = {} is even: etcd quorum needs an odd count (an even one tolerates no more failures than one fewer); use {} or {}, or pass --allow-even-masters",
+            plan.masters,
+            plan.masters - 1,
+            plan.masters + 1
+        ));
+    }
+    if plan.masters > 99 || plan.workers > 99 {
+        return bad("at most 99 masters and 99 workers".into());
+    }
+    if plan.workers == 0 {
+        return bad("workers must be at least 1 (Rancher activates a cluster only with a worker node)".into());
+    }
+    if plan.parallel == 0 {
+        return bad("parallel must be at least 1".into());
+    }
+    if !DRIVERS.contains(&plan.driver.as_str()) {
+        return bad(format!("unknown driver {:?} (known: {})", plan.driver, DRIVERS.join(", ")));
+    }
+    let name_ok = !plan.cluster_name.is_empty()
+        && plan.cluster_name.len() <= 63
+        && plan.cluster_name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !plan.cluster_name.starts_with('-')
+        && !plan.cluster_name.ends_with('-');
+    if !name_ok {
+        return bad(format!(
+            "cluster name {:?} is not valid: use 1-63 lower-case letters, digits and '-', not starting or ending with '-'",
+            plan.cluster_name
+        ));
+    }
+    if let Some(sum) = &plan.ca_checksum {
+        if sum.len() != 64 || !sum.chars().all(|c| c.is_ascii_hexdigit()) {
+            return bad("ca_checksum must be 64 hex digits (sha256 of the CA PEM plus a newline)".into());
+        }
+    }
+    if plan.rancher_image.trim().is_empty() || plan.rancher_image.contains(char::is_whitespace) {
+        return bad(format!("rancher_image {:?} is not an image reference", plan.rancher_image));
+    }
+    if plan.retry.max_tries == 0 {
+        return bad("retry.max_tries must be at least 1".into());
+    }
+    if plan.poll_ms == 0 {
+        return bad("poll_ms must be at least 1".into());
+    }
+    let t = &plan.timeouts;
+    for (name, v) in [
+        ("rancher_ready_s", t.rancher_ready_s),
+        ("login_s", t.login_s),
+        ("node_command_s", t.node_command_s),
+        ("node_listed_s", t.node_listed_s),
+        ("active_s", t.active_s),
+        ("machine_create_s", t.machine_create_s),
+    ] {
+        if v == 0 {
+            return bad(format!("timeouts.{name} must be at least 1 second"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Plan> {
+        toml::from_str::<ConfigFile>(text)
+            .map_err(|e| Error::Config(e.to_string()))?
+            .plan(&Overrides::default())
+    }
+
+    #[test]
+    fn defaults_are_three_masters_three_workers_local_tinysetup() {
+        let plan = parse("").unwrap();
+        assert_eq!((plan.masters, plan.workers, plan.driver.as_str()), (3, 3, "local"));
+        assert_eq!(plan.cluster_name, "tinysetup");
+        assert_eq!(plan.parallel, 8);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file: ConfigFile = toml::from_str("masters = 5\nworkers = 2").unwrap();
+        let plan = file.plan(&Overrides { workers: Some(4), ..Default::default() }).unwrap();
+        assert_eq!((plan.masters, plan.workers), (5, 4));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<ConfigFile>("mastres = 3").is_err());
+        assert!(toml::from_str::<ConfigFile>("[timeouts]\nping = 3").is_err());
+    }
+
+    #[test]
+    fn zero_and_even_masters_are_refused_unless_allowed() {
+        assert!(parse("masters = 0").is_err());
+        let err = parse("masters = 2").unwrap_err().to_string();
+        assert!(err.contains("--allow-even-masters"), "{err}");
+        assert!(parse("masters = 2\nallow_even_masters = true").is_ok());
+    }
+
+    #[test]
+    fn bad_names_drivers_and_checksums_are_refused() {
+        assert!(parse("cluster_name = \"Tiny Setup\"").is_err());
+        assert!(parse("driver = \"virtualbox\"").is_err());
+        assert!(parse("ca_checksum = \"abc\"").is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! The live view of `up` and `down`: on a terminal, one line per actor with
+//! its current step and how long it has been running; otherwise (CI, a
+//! pipe) one timestamped line per event. Both go to stderr: stdout keeps
+//! the result.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rmm_events::{Event, Record};
+use tokio::sync::mpsc;
+
+/// Renders records as they become durable. Runs until the sender side is
+/// dropped.
+pub async fn render(mut rx: mpsc::UnboundedReceiver<Record>, actors: Vec<String>) {
+    if std::io::stderr().is_terminal() && std::env::var_os("RMM_PLAIN").is_none() {
+        live(&mut rx, actors).await
+    } else {
+        plain(&mut rx).await
+    }
+}
+
+async fn plain(rx: &mut mpsc::UnboundedReceiver<Record>) {
+    while let Some(r) = rx.recv().await {
+        let e = &r.envelope;
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{} {:<11} {}", e.at_rfc3339(), e.actor, e.event.summary());
+    }
+}
+
+async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>) {
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{spinner:.cyan} {prefix:<11.bold} {wide_msg} {elapsed:>4}")
+        .expect("valid template")
+        .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏✓");
+    let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    for name in actors.iter().chain(std::iter::once(&"coordinator".to_string())) {
+        let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
+        bar.set_prefix(name.clone());
+        bar.set_message("waiting");
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bars.insert(name.clone(), bar);
+    }
+    while let Some(r) = rx.recv().await {
+        let e = &r.envelope;
+        let bar = bars.entry(e.actor.clone()).or_insert_with(|| {
+            let b = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
+            b.set_prefix(e.actor.clone());
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        match &e.event {
+            Event::StepStarted { .. } => {
+                bar.reset_elapsed();
+                bar.set_message(e.event.summary());
+            }
+            Event::StepSucceeded { step, .. } if step.as_str().starts_with("wait_node_active") || *step == rmm_events::Step::WaitClusterActive || *step == rmm_events::Step::RemoveMachine => {
+                bar.finish_with_message(format!("done: {}", e.event.summary()));
+            }
+            Event::RunCompleted | Event::RunFailed { .. } | Event::AttemptInterrupted { .. } => {
+                bar.finish_with_message(e.event.summary());
+            }
+            _ => bar.set_message(e.event.summary()),
+        }
+    }
+    for bar in bars.values() {
+        if !bar.is_finished() {
+            bar.abandon();
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The state dir (`.rmm/` by default): the lock, the event store, the
+//! secrets file and the local world.
+//!
+//! ```text
+//! .rmm/
+//!   lock           flock'd by the one rmm that may write; holds its pid
+//!   events/        the sled event store
+//!   secrets.json   passwords, tokens, the node command (0600)
+//!   world/         the local driver's machines and the emulator's data
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rmm_events::{History, OpenError, SledLog};
+
+use crate::error::{Error, Result};
+
+pub struct StateDir {
+    pub root: PathBuf,
+}
+
+/// The writer's lock. Released when dropped (or when the process dies).
+pub struct Lock {
+    _file: File,
+}
+
+impl StateDir {
+    pub fn new(root: PathBuf) -> StateDir {
+        StateDir { root }
+    }
+
+    pub fn events(&self) -> PathBuf {
+        self.root.join("events")
+    }
+    pub fn secrets(&self) -> PathBuf {
+        self.root.join("secrets.json")
+    }
+    pub fn world(&self) -> PathBuf {
+        self.root.join("world")
+    }
+    fn lock_path(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+
+    pub fn exists(&self) -> bool {
+        self.events().exists()
+    }
+
+    /// Creates the dir (owner-only) if needed.
+    pub fn create(&self) -> Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| Error::StateDir(format!("cannot create state dir {}: {e}", self.root.display())))?;
+        // Writable? Find out now rather than half-way through a run.
+        let probe = self.root.join(".probe");
+        fs::write(&probe, b"")
+            .and_then(|_| fs::remove_file(&probe))
+            .map_err(|e| Error::StateDir(format!("state dir {} is not writable: {e}", self.root.display())))
+    }
+
+    /// Takes the writer's lock, or names the pid that holds it.
+    pub fn lock(&self) -> Result<Lock> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(self.lock_path())
+            .map_err(|e| Error::StateDir(format!("cannot open {}: {e}", self.lock_path().display())))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(Error::Busy(format!(
+                    "state dir {} is in use by another rmm (pid {}); wait for it or stop it",
+                    self.root.display(),
+                    if pid.is_empty() { "unknown" } else { pid }
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(Error::StateDir(format!("cannot lock {}: {e}", self.lock_path().display())))
+            }
+        }
+        let _ = file.set_len(0);
+        let _ = file.seek(SeekFrom::Start(0));
+        let _ = write!(file, "{}", std::process::id());
+        let _ = file.sync_all();
+        Ok(Lock { _file: file })
+    }
+
+    /// Whether another process holds the writer's lock now.
+    pub fn locked_by_other(&self) -> Option<String> {
+        let mut file = File::open(self.lock_path()).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => None,
+            Err(_) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Some(pid.trim().to_string())
+            }
+        }
+    }
+
+    /// Opens the store for writing (the caller holds the lock).
+    pub fn open_store(&self) -> Result<SledLog> {
+        SledLog::open(&self.events()).map_err(|e| match e {
+            OpenError::Locked => Error::Busy(format!("the event store in {} is open in another process", self.root.display())),
+            OpenError::Other(e) => e.into(),
+        })
+    }
+
+    /// Opens the store for reading, beside a writer if there is one.
+    pub fn open_store_for_reading(&self) -> Result<SledLog> {
+        if !self.exists() {
+            return Err(Error::Refused(format!("no rmm state in {} (run `rmm up` first)", self.root.display())));
+        }
+        match SledLog::open(&self.events()) {
+            Ok(log) => Ok(log),
+            Err(OpenError::Locked) => Ok(SledLog::open_snapshot(&self.events())?),
+            Err(OpenError::Other(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// Reads and verifies the whole log, folding it.
+pub fn fold(log: &SledLog) -> Result<History> {
+    let mut history = History::default();
+    for record in log.scan(1) {
+        history.apply(&record?.envelope);
+    }
+    Ok(history)
+}
+
+/// `path` made absolute, for messages and for the emulator's data dir.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
