@@ -132,3 +132,195 @@ fn all_done(plan: &Plan, state: &RunState, down: bool) -> bool {
             .is_some_and(|a| steps_for(*role, down).iter().all(|s| a.done(*s)))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmm_events::{Envelope, Event, Outcome, RunKind, Via};
+    use uuid::Uuid;
+
+    fn plan() -> Plan {
+        Plan {
+            cluster_name: "tinysetup".into(),
+            masters: 3,
+            workers: 2,
+            driver: "local".into(),
+            parallel: 8,
+            rancher_image: "rancher/rancher:v2.11.3".into(),
+            ca_checksum: None,
+            timeouts: Default::default(),
+            retry: Retry { max_tries: 3, backoff_ms: 100 },
+            poll_ms: 100,
+        }
+    }
+
+    /// A little history builder: `given().attempt(1).started(..)…`.
+    struct Given {
+        run: Uuid,
+        attempt: u32,
+        events: Vec<Envelope>,
+    }
+
+    fn given() -> Given {
+        let run = Uuid::now_v7();
+        let mut g = Given { run, attempt: 1, events: Vec::new() };
+        g.push("coordinator", Event::RunStarted { kind: RunKind::Up, plan: plan() });
+        g.attempt(1)
+    }
+
+    impl Given {
+        fn push(&mut self, actor: &str, event: Event) {
+            let seq = self.events.len() as u64 + 1;
+            self.events.push(Envelope {
+                seq,
+                id: Uuid::now_v7(),
+                run: self.run,
+                attempt: self.attempt,
+                actor: actor.into(),
+                cause: None,
+                at_ms: seq as i64,
+                event,
+            });
+        }
+        fn attempt(mut self, n: u32) -> Self {
+            self.attempt = n;
+            self.push("coordinator", Event::AttemptStarted { attempt: n, command: "rmm up".into(), pid: 1, rmm_version: "0".into() });
+            self
+        }
+        fn started(mut self, actor: &str, step: Step, try_no: u32) -> Self {
+            self.push(actor, Event::StepStarted { step, try_no, detail: String::new() });
+            self
+        }
+        fn ok(mut self, actor: &str, step: Step, outcome: Outcome) -> Self {
+            self.push(actor, Event::StepSucceeded { step, outcome, via: Via::Done });
+            self
+        }
+        fn done(self, actor: &str, step: Step, outcome: Outcome) -> Self {
+            let try_no = 1;
+            self.started(actor, step, try_no).ok(actor, step, outcome)
+        }
+        fn failed(mut self, actor: &str, step: Step, try_no: u32, retryable: bool) -> Self {
+            self.push(actor, Event::StepFailed { step, try_no, error: "boom".into(), retryable });
+            self
+        }
+        fn granted(mut self, node: &str) -> Self {
+            self.push("coordinator", Event::JoinGranted { node: node.into() });
+            self
+        }
+        fn state(&self) -> RunState {
+            let mut h = rmm_events::History::default();
+            for e in &self.events {
+                h.apply(e);
+            }
+            h.latest().unwrap().clone()
+        }
+        fn next(&self, actor: &str, order: &[Step], open: bool) -> Next {
+            let state = self.state();
+            let a = state.actor(actor).cloned().unwrap_or_default();
+            next_step(order, |s| open || s == Step::CreateMachine, &a, self.attempt, &plan().retry)
+        }
+    }
+
+    fn machine() -> Outcome {
+        Outcome::MachineCreated { ip: "127.0.0.2".into() }
+    }
+
+    #[test]
+    fn a_fresh_actor_creates_its_machine_first() {
+        assert_eq!(given().next("master01", NODE_STEPS, false), Next::Run { step: Step::CreateMachine, try_no: 1, delay_ms: 0 });
+    }
+
+    #[test]
+    fn a_node_with_a_machine_waits_for_permission_to_join() {
+        let g = given().done("master01", Step::CreateMachine, machine());
+        assert_eq!(g.next("master01", NODE_STEPS, false), Next::Wait);
+        assert_eq!(g.next("master01", NODE_STEPS, true), Next::Run { step: Step::RunAgent, try_no: 1, delay_ms: 0 });
+    }
+
+    #[test]
+    fn an_intent_without_outcome_from_an_earlier_attempt_is_reconciled_not_redone() {
+        let g = given().started("rancher", Step::CreateMachine, 1).attempt(2);
+        assert_eq!(g.next("rancher", RANCHER_STEPS, true), Next::Reconcile { step: Step::CreateMachine, try_no: 1 });
+    }
+
+    #[test]
+    fn an_intent_in_flight_in_this_attempt_means_busy() {
+        let g = given().started("rancher", Step::CreateMachine, 1);
+        assert_eq!(g.next("rancher", RANCHER_STEPS, true), Next::Wait);
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_with_growing_backoff() {
+        let g = given().started("worker01", Step::CreateMachine, 1).failed("worker01", Step::CreateMachine, 1, true);
+        assert_eq!(g.next("worker01", NODE_STEPS, true), Next::Run { step: Step::CreateMachine, try_no: 2, delay_ms: 100 });
+        let g = g.started("worker01", Step::CreateMachine, 2).failed("worker01", Step::CreateMachine, 2, true);
+        assert_eq!(g.next("worker01", NODE_STEPS, true), Next::Run { step: Step::CreateMachine, try_no: 3, delay_ms: 200 });
+    }
+
+    #[test]
+    fn the_run_gives_up_after_max_tries_or_a_permanent_failure() {
+        let mut g = given();
+        for t in 1..=3 {
+            g = g.started("worker01", Step::CreateMachine, t).failed("worker01", Step::CreateMachine, t, true);
+        }
+        assert!(matches!(g.next("worker01", NODE_STEPS, true), Next::GiveUp { step: Step::CreateMachine, .. }));
+        let g = given().started("rancher", Step::CreateMachine, 1).failed("rancher", Step::CreateMachine, 1, false);
+        assert!(matches!(g.next("rancher", RANCHER_STEPS, true), Next::GiveUp { .. }));
+    }
+
+    #[test]
+    fn a_resume_gives_a_failed_step_a_fresh_budget_without_delay() {
+        let mut g = given();
+        for t in 1..=3 {
+            g = g.started("worker01", Step::CreateMachine, t).failed("worker01", Step::CreateMachine, t, true);
+        }
+        let g = g.attempt(2);
+        assert_eq!(g.next("worker01", NODE_STEPS, true), Next::Run { step: Step::CreateMachine, try_no: 4, delay_ms: 0 });
+    }
+
+    #[test]
+    fn an_actor_with_every_step_done_is_done() {
+        let mut g = given();
+        for s in NODE_STEPS {
+            g = g.done("worker02", *s, machine());
+        }
+        assert_eq!(g.next("worker02", NODE_STEPS, true), Next::Done);
+    }
+
+    fn with_node_command() -> Given {
+        given().done("rancher", Step::WaitNodeCommand, Outcome::NodeCommandReady {
+            command: rmm_events::SecretRef { name: "node-command".into(), fingerprint: "abc".into() },
+        })
+    }
+
+    #[test]
+    fn nobody_joins_before_the_node_command_exists() {
+        assert!(grants(&given().state()).is_empty());
+    }
+
+    #[test]
+    fn masters_join_one_at_a_time_then_all_workers_together() {
+        let listed = |id: &str| Outcome::NodeListed { node_id: id.into() };
+        let g = with_node_command();
+        assert_eq!(grants(&g.state()), vec!["master01"]);
+        let g = g.granted("master01");
+        assert!(grants(&g.state()).is_empty(), "master02 must wait until master01 is listed");
+        let g = g.done("master01", Step::WaitNodeListed, listed("m1"));
+        assert_eq!(grants(&g.state()), vec!["master02"]);
+        let g = g.granted("master02").done("master02", Step::WaitNodeListed, listed("m2"));
+        assert_eq!(grants(&g.state()), vec!["master03"]);
+        let g = g.granted("master03");
+        assert!(grants(&g.state()).is_empty(), "workers wait for the last master");
+        let g = g.done("master03", Step::WaitNodeListed, listed("m3"));
+        assert_eq!(grants(&g.state()), vec!["worker01", "worker02"]);
+        let g = g.granted("worker01").granted("worker02");
+        assert!(grants(&g.state()).is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let r = Retry { max_tries: 10, backoff_ms: 1000 };
+        assert_eq!((backoff_ms(&r, 1), backoff_ms(&r, 2), backoff_ms(&r, 3)), (1000, 2000, 4000));
+        assert_eq!(backoff_ms(&r, 12), 30_000);
+    }
+}
