@@ -66,4 +66,36 @@ pub enum Command {
     Credentials(credentials::CredentialsArgs),
     /// The Rancher API emulator of the local world (started by the local driver).
     Emulator(crate::emulator::EmulatorArgs),
+    /// Tamper drill: flip one byte of a stored record (hidden; for tests and drills).
+    #[command(hide = true)]
+    Tamper(TamperArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TamperArgs {
+    /// The record to alter.
+    #[arg(long)]
+    pub seq: u64,
+    /// Remove the record instead of flipping a byte.
+    #[arg(long)]
+    pub delete: bool,
+}
+
+/// Alters the log on purpose, so `rmm log` and `up --resume` can be seen
+/// refusing it.
+pub fn tamper(args: TamperArgs, dir: &crate::state_dir::StateDir) -> crate::error::Result<()> {
+    let _lock = dir.lock()?;
+    let mut log = dir.open_store()?;
+    let raw = log
+        .raw(args.seq)?
+        .ok_or_else(|| crate::error::Error::Config(format!("no record {}", args.seq)))?;
+    if args.delete {
+        log.tamper(args.seq, None)?;
+    } else {
+        let mut raw = raw;
+        let mid = raw.len() / 2;
+        raw[mid] ^= 0x01;
+        log.tamper(args.seq, Some(raw))?;
+    }
+    Ok(())
 }

@@ -1,1 +1,9 @@
+//! End-to-end tests: the real `rmm` binary on the local world.
 
+mod support;
+
+mod bad_input;
+mod crash;
+mod down;
+mod faults;
+mod up;

@@ -1,0 +1,80 @@
+//! Every bad input: one line on stderr, a documented exit code, and nothing
+//! written to the world or the log.
+
+use crate::support::*;
+
+fn one_line_error(out: &std::process::Output) -> String {
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one clear line on stderr, got: {stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn zero_or_even_masters_are_refused_before_anything_is_written() {
+    let dir = TestDir::new();
+    let line = one_line_error(&dir.rmm(&["up", "--masters", "0"]).code(2));
+    assert!(line.contains("masters"), "{line}");
+    let line = one_line_error(&dir.rmm(&["up", "--masters", "2"]).code(2));
+    assert!(line.contains("--allow-even-masters"), "{line}");
+    assert!(!dir.state().exists(), "nothing written for bad input");
+}
+
+#[test]
+fn unknown_and_invalid_config_keys_are_refused() {
+    let dir = TestDir::new();
+    std::fs::write(dir.tmp.path().join("rmm.toml"), "mastres = 3\n").unwrap();
+    let line = one_line_error(&dir.rmm(&["up"]).code(2));
+    assert!(line.contains("rmm.toml") && line.contains("mastres"), "{line}");
+    std::fs::write(dir.tmp.path().join("rmm.toml"), "workers = \"three\"\n").unwrap();
+    one_line_error(&dir.rmm(&["up"]).code(2));
+    std::fs::write(dir.tmp.path().join("rmm.toml"), "[timeouts]\nactive_s = 0\n").unwrap();
+    let line = one_line_error(&dir.rmm(&["up"]).code(2));
+    assert!(line.contains("active_s"), "{line}");
+    assert!(!dir.state().exists());
+}
+
+#[test]
+fn an_unwritable_state_dir_is_refused() {
+    let dir = TestDir::new();
+    let blocker = dir.tmp.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let out = dir.rmm(&["--state-dir", blocker.join("state").to_str().unwrap(), "up"]).code(2);
+    assert!(one_line_error(&out).contains("state dir"));
+}
+
+#[test]
+fn a_second_rmm_on_the_same_state_dir_is_refused_naming_the_pid_that_holds_it() {
+    let dir = TestDir::new();
+    let mut first = dir.rmm(&["up", "--masters", "1", "--workers", "1"]).env("RMM_LOCAL_CREATE_MS", "3000").cmd.spawn().unwrap();
+    // Wait until the first holds the lock (its pid is in the lock file).
+    let lock = dir.state().join("lock");
+    let pid = first.id().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != pid {
+        assert!(std::time::Instant::now() < deadline, "first rmm never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for cmd in [&["up"][..], &["down"][..]] {
+        let out = dir.rmm(cmd).code(4);
+        let line = one_line_error(&out);
+        assert!(line.contains(&format!("pid {pid}")), "{line}");
+    }
+    // status works beside it.
+    let status = dir.status();
+    assert_eq!(status["run"]["state"], "running");
+    assert!(first.wait().unwrap().success(), "the first run is unharmed");
+    assert_eq!(dir.status()["run"]["state"], "completed");
+}
+
+#[test]
+fn a_tampered_log_is_refused_by_resume_naming_the_first_bad_seq() {
+    let dir = TestDir::new();
+    let out = dir.rmm(&["up", "--masters", "1", "--workers", "1"]).env("RMM_CRASH_AFTER_APPEND", "12").run();
+    assert!(!out.status.success());
+    // Flip one byte of record 5's stored value (a hidden drill command).
+    dir.rmm(&["tamper", "--seq", "5"]).ok();
+    let line = one_line_error(&dir.rmm(&["up", "--resume"]).code(5));
+    assert!(line.contains("seq 5"), "{line}");
+    one_line_error(&dir.rmm(&["log"]).code(5));
+}

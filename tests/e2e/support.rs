@@ -1,0 +1,189 @@
+//! The harness: a fresh state dir per test, a command builder for the real
+//! binary, readers for the log and status, and a client that asks the
+//! emulator through its Rancher API. Every process a test starts under its
+//! state dir (the emulator is detached on purpose) is killed when the
+//! `TestDir` is dropped, also when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct TestDir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        TestDir { tmp: tempfile::Builder::new().prefix("rmm-e2e-").tempdir().expect("temp dir") }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    /// `rmm ARGS` in this test's directory, with this test's state dir.
+    pub fn rmm(&self, args: &[&str]) -> RmmCmd {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rmm"));
+        cmd.current_dir(self.tmp.path())
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(args)
+            .env_remove("RMM_LOCAL_CREATE_MS")
+            .env_remove("RMM_LOCAL_RANCHER_BOOT_MS")
+            .env_remove("RMM_LOCAL_NODE_READY_MS")
+            .env_remove("RMM_LOCAL_FAIL_CREATE")
+            .env_remove("RMM_CRASH_AFTER_APPEND")
+            .env_remove("RMM_CRASH_BEFORE_OUTCOME")
+            .env("RMM_PLAIN", "1");
+        RmmCmd { cmd }
+    }
+
+    /// `rmm up` that must succeed.
+    pub fn up_ok(&self, args: &[&str]) -> Output {
+        let mut all = vec!["up"];
+        all.extend_from_slice(args);
+        self.rmm(&all).ok()
+    }
+
+    pub fn status(&self) -> Value {
+        json(&self.rmm(&["status", "--json"]).ok().stdout)
+    }
+
+    pub fn status_refresh(&self) -> Value {
+        json(&self.rmm(&["status", "--json", "--refresh"]).ok().stdout)
+    }
+
+    /// Every event of the log, as `rmm log --json` prints them.
+    pub fn events(&self) -> Vec<Value> {
+        let out = self.rmm(&["log", "--json"]).ok();
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect()
+    }
+
+    pub fn credentials(&self) -> Value {
+        json(&self.rmm(&["credentials", "--json"]).ok().stdout)
+    }
+
+    /// Kills every process whose command line mentions this test's dir
+    /// (the detached emulator of its local world).
+    fn kill_processes(&self) {
+        let needle = self.tmp.path().to_string_lossy().to_string();
+        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+            if pid == std::process::id() as i32 {
+                continue;
+            }
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+        }
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        self.kill_processes();
+    }
+}
+
+pub struct RmmCmd {
+    pub cmd: Command,
+}
+
+impl RmmCmd {
+    pub fn env(mut self, k: &str, v: &str) -> RmmCmd {
+        self.cmd.env(k, v);
+        self
+    }
+
+    pub fn run(mut self) -> Output {
+        self.cmd.output().expect("run rmm")
+    }
+
+    /// Runs and requires exit 0.
+    pub fn ok(self) -> Output {
+        let desc = format!("{:?}", self.cmd);
+        let out = self.run();
+        assert!(out.status.success(), "{desc} failed: {}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr));
+        out
+    }
+
+    /// Runs and requires exit `code`.
+    pub fn code(self, code: i32) -> Output {
+        let desc = format!("{:?}", self.cmd);
+        let out = self.run();
+        assert_eq!(out.status.code(), Some(code), "{desc}: stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
+        out
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+pub fn json(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(b)))
+}
+
+/// What the emulator says, asked through its Rancher API as an admin.
+pub struct RancherView {
+    pub clusters: Vec<Value>,
+    pub nodes: Vec<Value>,
+    pub tokens: Vec<Value>,
+    pub registration_tokens: Vec<Value>,
+}
+
+pub fn ask_rancher(dir: &TestDir) -> RancherView {
+    let creds = dir.credentials();
+    let url = creds["url"].as_str().expect("url").to_string();
+    let password = creds["password"].as_str().expect("password").to_string();
+    let checksum = creds["ca_checksum"].as_str().expect("ca checksum").to_string();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let insecure = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+        let ca: Value = insecure.get(format!("{url}/v3/settings/cacerts")).send().await.unwrap().json().await.unwrap();
+        let pem = ca["value"].as_str().unwrap().to_string();
+        assert_eq!(rmm_actors::ports::ca_checksum(&pem), checksum, "the CA served is the one pinned in the log");
+        let client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        let login: Value = client
+            .post(format!("{url}/v3-public/localProviders/local?action=login"))
+            .json(&serde_json::json!({"username": "admin", "password": password}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["token"].as_str().expect("login with the password `rmm credentials` prints").to_string();
+        let get = |path: String| {
+            let (client, token) = (client.clone(), token.clone());
+            async move {
+                let v: Value = client.get(format!("{url}{path}")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+                v["data"].as_array().cloned().unwrap_or_else(|| panic!("a collection: {v}"))
+            }
+        };
+        let clusters = get("/v3/clusters".into()).await;
+        let cid = clusters.first().map(|c| c["id"].as_str().unwrap().to_string()).unwrap_or_default();
+        RancherView {
+            nodes: get(format!("/v3/nodes?clusterId={cid}")).await,
+            registration_tokens: get(format!("/v3/clusterregistrationtokens?clusterId={cid}")).await,
+            tokens: get("/v3/tokens".into()).await,
+            clusters,
+        }
+    })
+}
+
+pub fn state_path(dir: &TestDir) -> PathBuf {
+    dir.state()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

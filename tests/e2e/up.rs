@@ -1,0 +1,115 @@
+use crate::support::*;
+
+/// The whole job: Rancher + 3 masters + 3 workers, as the emulator sees it.
+#[test]
+fn fresh_up_builds_an_active_cluster_of_three_masters_and_three_workers() {
+    let dir = TestDir::new();
+    let out = dir.up_ok(&[]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Rancher: https://"), "{stdout}");
+    assert!(stdout.contains("rmm credentials"), "the password is not printed, its command is: {stdout}");
+
+    let status = dir.status();
+    assert_eq!(status["run"]["state"], "completed");
+    assert_eq!(status["rancher"]["cluster_state"], "active");
+    assert_eq!(status["actors"].as_array().unwrap().len(), 7);
+    assert!(status["actors"].as_array().unwrap().iter().all(|a| a["state"] == "done"), "{status}");
+
+    let rancher = ask_rancher(&dir);
+    assert_eq!(rancher.clusters.len(), 1);
+    assert_eq!(rancher.clusters[0]["state"], "active");
+    assert_eq!(rancher.clusters[0]["name"], "tinysetup");
+    assert_eq!(rancher.nodes.len(), 6);
+    assert!(rancher.nodes.iter().all(|n| n["state"] == "active"), "{:?}", rancher.nodes);
+    let masters: Vec<_> = rancher.nodes.iter().filter(|n| n["etcd"] == true && n["controlPlane"] == true && n["worker"] == false).collect();
+    let workers: Vec<_> = rancher.nodes.iter().filter(|n| n["etcd"] == false && n["controlPlane"] == false && n["worker"] == true).collect();
+    assert_eq!((masters.len(), workers.len()), (3, 3));
+
+    // A second `up` says the run completed and changes nothing.
+    let again = dir.rmm(&["up"]).ok();
+    assert!(text(&again.stdout).contains("completed"));
+}
+
+#[test]
+fn masters_join_one_at_a_time_and_workers_after_them() {
+    let dir = TestDir::new();
+    dir.up_ok(&[]);
+    let events = dir.events();
+    let seq_of = |actor: &str, kind: &str, step: &str| {
+        events
+            .iter()
+            .find(|e| e["actor"] == actor && e["kind"] == kind && e["data"]["step"] == step)
+            .map(|e| e["seq"].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("{actor} {kind} {step}"))
+    };
+    for (prev, next) in [("master01", "master02"), ("master02", "master03")] {
+        assert!(seq_of(prev, "StepSucceeded", "wait_node_listed") < seq_of(next, "StepStarted", "run_agent"));
+    }
+    for w in ["worker01", "worker02", "worker03"] {
+        assert!(seq_of("master03", "StepSucceeded", "wait_node_listed") < seq_of(w, "StepStarted", "run_agent"));
+    }
+}
+
+#[test]
+fn secrets_stay_out_of_the_log_status_and_errors() {
+    let dir = TestDir::new();
+    dir.up_ok(&["--masters", "1", "--workers", "1"]);
+    let creds = dir.credentials();
+    let password = creds["password"].as_str().unwrap().to_string();
+    assert!(password.len() >= 16);
+    let secrets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.state().join("secrets.json")).unwrap()).unwrap();
+    let log = text(&dir.rmm(&["log", "--json"]).ok().stdout) + &text(&dir.rmm(&["log"]).ok().stdout);
+    let status = text(&dir.rmm(&["status", "--json"]).ok().stdout);
+    for (name, value) in secrets.as_object().unwrap() {
+        let value = value.as_str().unwrap();
+        if name.ends_with("rancher-ca") {
+            continue;
+        }
+        // The node command carries the registration token.
+        for part in value.split(' ').filter(|p| p.len() >= 12) {
+            assert!(!log.contains(part), "{name} leaks into rmm log");
+            assert!(!status.contains(part), "{name} leaks into rmm status");
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.state().join("secrets.json")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "secrets file is owner-only");
+}
+
+#[test]
+fn every_intent_has_exactly_one_outcome_and_every_event_names_its_cause() {
+    let dir = TestDir::new();
+    dir.up_ok(&["--masters", "1", "--workers", "1"]);
+    let events = dir.events();
+    assert_intents_closed(&events);
+    let ids: std::collections::HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    for e in &events[1..] {
+        let cause = e["cause"].as_str().unwrap_or_else(|| panic!("no cause: {e}"));
+        assert!(ids.contains(cause), "cause of seq {} is not in the log", e["seq"]);
+    }
+    let fields = ["seq", "id", "run", "attempt", "actor", "kind", "cause", "at", "data", "hash"];
+    for e in &events {
+        let keys: Vec<&str> = e.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys.len(), fields.len(), "{e}");
+        assert!(fields.iter().all(|f| keys.contains(f)));
+    }
+}
+
+/// Every `StepStarted` is followed by exactly one outcome of that actor's step.
+pub fn assert_intents_closed(events: &[serde_json::Value]) {
+    let mut open: std::collections::HashMap<(String, String), u64> = Default::default();
+    for e in events {
+        let key = (e["actor"].as_str().unwrap().to_string(), e["data"]["step"].as_str().unwrap_or("").to_string());
+        match e["kind"].as_str().unwrap() {
+            "StepStarted" => {
+                assert!(open.insert(key.clone(), e["seq"].as_u64().unwrap()).is_none(), "two intents without outcome: {key:?}");
+            }
+            "StepSucceeded" | "StepFailed" => {
+                assert!(open.remove(&key).is_some(), "outcome without intent at seq {}", e["seq"]);
+            }
+            _ => {}
+        }
+    }
+    assert!(open.is_empty(), "intents without outcome: {open:?}");
+}
