@@ -189,7 +189,15 @@ impl Actor for Coordinator {
         let me = ctx.address();
         for (name, role) in self.machines.clone() {
             let state = self.state.actor(&name).cloned().unwrap_or_default();
-            let actor = StepActor::new(name.clone(), role, steps_for(role, self.down), state, self.ctx.clone(), me.clone());
+            let actor = StepActor::new(
+                name.clone(),
+                role,
+                steps_for(role, self.down),
+                state,
+                self.ctx.clone(),
+                me.clone(),
+                self.last_id(),
+            );
             self.actors.insert(name, actor.start());
         }
         // A resume: nodes let in by an earlier attempt are let in again.

@@ -269,7 +269,7 @@ fn start_command(ctx: &RunCtx, bootstrap: &Secret) -> String {
 }
 
 async fn server_running(ctx: &RunCtx) -> StepResult<bool> {
-    let out = ctx.driver.exec("rancher", "docker ps -q --filter name=rancher").await?;
+    let out = ctx.driver.exec("rancher", "docker ps -q --filter name=^rancher$").await?;
     Ok(out.status == 0 && !out.stdout.trim().is_empty())
 }
 

@@ -57,9 +57,12 @@ impl StepActor {
         state: ActorState,
         ctx: Arc<RunCtx>,
         coordinator: Addr<Coordinator>,
+        started_by: Option<Uuid>,
     ) -> StepActor {
         let needs_join = role != Role::Rancher && order.contains(&Step::RunAgent);
-        let cause = state.last_event;
+        // This attempt's first event of the actor is caused by the
+        // attempt's start (which records the command the user typed).
+        let cause = started_by.or(state.last_event);
         StepActor {
             name,
             role,

@@ -48,7 +48,12 @@ impl SledLog {
     /// Opens (or creates) the store in `dir`, exclusively.
     pub fn open(dir: &Path) -> Result<SledLog, OpenError> {
         let db = sled::Config::new().path(dir).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => OpenError::Locked,
+            // sled reports its file lock as an Io error whose text names it.
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") =>
+            {
+                OpenError::Locked
+            }
             other => OpenError::Other(Error::Store(other.to_string())),
         })?;
         Self::from_db(db, dir, None).map_err(OpenError::Other)

@@ -61,7 +61,7 @@ pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
     let resume = unfinished_down.then_some(latest.id);
     let state = engine::begin(&mut log, &mut history, resume, RunKind::Down, &plan)?;
     eprintln!(
-        "rmm: removing {} machine{} of cluster {} (run {}, attempt {})",
+        "removing {} machine{} of cluster {} (run {}, attempt {})",
         machines.len(),
         if machines.len() == 1 { "" } else { "s" },
         plan.cluster_name,

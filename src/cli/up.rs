@@ -118,7 +118,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     let run_id = state.id;
     let attempt = state.attempts;
     eprintln!(
-        "rmm: {} run {run_id} (attempt {attempt}): cluster {}, {} masters, {} workers, driver {}",
+        "{} run {run_id} (attempt {attempt}): cluster {}, {} masters, {} workers, driver {}",
         if attempt == 1 { "starting" } else { "resuming" },
         plan.cluster_name,
         plan.masters,

@@ -39,7 +39,12 @@ fn an_unwritable_state_dir_is_refused() {
     let dir = TestDir::new();
     let blocker = dir.tmp.path().join("file");
     std::fs::write(&blocker, "").unwrap();
-    let out = dir.rmm(&["--state-dir", blocker.join("state").to_str().unwrap(), "up"]).code(2);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rmm"))
+        .current_dir(dir.tmp.path())
+        .args(["--state-dir", blocker.join("state").to_str().unwrap(), "up"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
     assert!(one_line_error(&out).contains("state dir"));
 }
 
@@ -60,9 +65,13 @@ fn a_second_rmm_on_the_same_state_dir_is_refused_naming_the_pid_that_holds_it() 
         let line = one_line_error(&out);
         assert!(line.contains(&format!("pid {pid}")), "{line}");
     }
-    // status works beside it.
-    let status = dir.status();
-    assert_eq!(status["run"]["state"], "running");
+    // status works beside it, and shows the live run (once its first
+    // events are durable).
+    while dir.status()["run"]["state"] == "none" {
+        assert!(std::time::Instant::now() < deadline, "the run never showed in status");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(dir.status()["run"]["state"], "running");
     assert!(first.wait().unwrap().success(), "the first run is unharmed");
     assert_eq!(dir.status()["run"]["state"], "completed");
 }

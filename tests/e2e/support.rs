@@ -4,7 +4,7 @@
 //! state dir (the emulator is detached on purpose) is killed when the
 //! `TestDir` is dropped, also when the test fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -163,7 +163,7 @@ pub fn ask_rancher(dir: &TestDir) -> RancherView {
             .unwrap();
         let token = login["token"].as_str().expect("login with the password `rmm credentials` prints").to_string();
         let get = |path: String| {
-            let (client, token) = (client.clone(), token.clone());
+            let (client, token, url) = (client.clone(), token.clone(), url.clone());
             async move {
                 let v: Value = client.get(format!("{url}{path}")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
                 v["data"].as_array().cloned().unwrap_or_else(|| panic!("a collection: {v}"))
@@ -180,10 +180,3 @@ pub fn ask_rancher(dir: &TestDir) -> RancherView {
     })
 }
 
-pub fn state_path(dir: &TestDir) -> PathBuf {
-    dir.state()
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
-}
