@@ -47,7 +47,9 @@ pub enum OpenError {
 impl SledLog {
     /// Opens (or creates) the store in `dir`, exclusively.
     pub fn open(dir: &Path) -> Result<SledLog, OpenError> {
-        let db = sled::Config::new().path(dir).open().map_err(|e| match e {
+        // No background flusher: every append flushes and syncs itself, and
+        // without that thread the store is closed as soon as it is dropped.
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open().map_err(|e| match e {
             // sled reports its file lock as an Io error whose text names it.
             sled::Error::Io(io)
                 if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") =>
@@ -67,6 +69,7 @@ impl SledLog {
         let snap = SnapshotDir::copy_of(dir)?;
         let db = sled::Config::new()
             .path(&snap.0)
+            .flush_every_ms(None)
             .open()
             .map_err(|e| Error::Store(e.to_string()))?;
         let path = snap.0.clone();
