@@ -96,7 +96,7 @@ impl ConfigFile {
             parallel: flags.parallel.or(self.parallel).unwrap_or(8),
             rancher_image: self.rancher_image.unwrap_or_else(|| DEFAULT_RANCHER_IMAGE.into()),
             ca_checksum: flags.ca_checksum.clone().or(self.ca_checksum).map(|c| c.to_ascii_lowercase()),
-            poll_ms: self.poll_ms.unwrap_or(if driver == "local" { 100 } else { 2000 }),
+            poll_ms: self.poll_ms.unwrap_or(if driver == "local" { 50 } else { 2000 }),
             driver,
             timeouts: Timeouts {
                 rancher_ready_s: t.rancher_ready_s.unwrap_or(d.rancher_ready_s),

@@ -32,6 +32,14 @@ fn read(var: &str) -> Option<u64> {
 static APPENDS: AtomicU64 = AtomicU64::new(0);
 static EFFECTS: AtomicU64 = AtomicU64::new(0);
 
+/// How many more records may be appended before the append crash point;
+/// the journal cuts a batch there so the crash comes exactly after the
+/// N-th record.
+pub fn appends_before_crash() -> Option<u64> {
+    let n = points().after_append?;
+    Some(n.saturating_sub(APPENDS.load(Ordering::SeqCst)))
+}
+
 /// Called by the journal after `count` more records became durable.
 pub fn appended(count: u64) {
     let before = APPENDS.fetch_add(count, Ordering::SeqCst);

@@ -55,7 +55,14 @@ fn writer(mut log: SledLog, rx: mpsc::Receiver<(Vec<Envelope>, Reply)>) -> SledL
             requests.push(more);
         }
         let sizes: Vec<usize> = requests.iter().map(|(e, _)| e.len()).collect();
-        let all: Vec<Envelope> = requests.iter_mut().flat_map(|(e, _)| std::mem::take(e)).collect();
+        let mut all: Vec<Envelope> = requests.iter_mut().flat_map(|(e, _)| std::mem::take(e)).collect();
+        // A crash drill due inside this batch: write only up to it (the
+        // crash point then aborts before anyone hears back).
+        if let Some(left) = crashpoint::appends_before_crash() {
+            if left > 0 && (left as usize) < all.len() {
+                all.truncate(left as usize);
+            }
+        }
         let total = all.len() as u64;
         match log.append_batch(all) {
             Ok(mut records) => {

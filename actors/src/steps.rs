@@ -296,31 +296,37 @@ async fn start_server(call: &StepCall<'_>) -> StepResult<Outcome> {
     Ok(Outcome::ServerStarted { image })
 }
 
-/// Polls `check` every `poll_ms` until it gives a value, the timeout passes
+/// Polls `check` every `poll_ms` (a fixed rate: the time a check takes does
+/// not push the next one back) until it gives a value, the timeout passes
 /// (a permanent failure naming `what`), or the run is told to stop.
 async fn poll<T, F, Fut>(ctx: &RunCtx, timeout_s: u64, what: &str, mut check: F) -> StepResult<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = StepResult<Option<T>>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(timeout_s);
+    let period = Duration::from_millis(ctx.plan.poll_ms.max(1));
     let mut last = String::from("no answer yet");
-    loop {
+    for tick in 1u32.. {
         match check().await {
             Ok(Some(v)) => return Ok(v),
             Ok(None) => {}
             Err(e) if e.retryable => last = e.message,
             Err(e) => return Err(e),
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Err(StepError::permanent(format!(
                 "timed out after {timeout_s}s waiting for {what} (last: {last})"
             )));
         }
-        if !ctx.sleep(Duration::from_millis(ctx.plan.poll_ms)).await {
+        let next = (start + period * tick).max(now).min(deadline);
+        if !ctx.sleep(next - now).await {
             return Err(StepError::transient(format!("stopped while waiting for {what}")));
         }
     }
+    unreachable!("the loop only ends by returning")
 }
 
 async fn wait_ready(call: &StepCall<'_>) -> StepResult<Outcome> {

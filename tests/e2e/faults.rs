@@ -41,3 +41,47 @@ fn a_permanent_create_failure_fails_the_run_with_its_cause_and_a_resume_after_th
     let rancher = ask_rancher(&dir);
     assert_eq!(rancher.nodes.len(), 2);
 }
+
+#[test]
+fn a_ca_checksum_pinned_up_front_that_does_not_match_fails_before_any_credential_is_sent() {
+    let dir = TestDir::new();
+    let wrong = "0".repeat(64);
+    let out = dir.rmm(&["up", "--masters", "1", "--workers", "1", "--ca-checksum", &wrong]).code(1);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("does not match the pinned --ca-checksum"), "{stderr}");
+    let events = dir.events();
+    let rancher_steps: Vec<&str> = events
+        .iter()
+        .filter(|e| e["actor"] == "rancher" && e["kind"] == "StepStarted")
+        .map(|e| e["data"]["step"].as_str().unwrap())
+        .collect();
+    assert!(!rancher_steps.contains(&"login"), "no login after a CA mismatch: {rancher_steps:?}");
+    assert_eq!(dir.status()["run"]["state"], "failed");
+}
+
+#[test]
+fn ctrl_c_lets_steps_in_flight_finish_records_the_interruption_and_resume_completes() {
+    let dir = TestDir::new();
+    let child = dir
+        .rmm(&["up", "--masters", "1", "--workers", "1"])
+        .env("RMM_LOCAL_CREATE_MS", "1500")
+        .cmd
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // Wait until the machines are being created (their intents are durable).
+    while !dir.events_while_running().iter().any(|e| e["kind"] == "StepStarted") {
+        assert!(std::time::Instant::now() < deadline, "the run never started a step");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let events = dir.events();
+    assert_eq!(events.last().unwrap()["kind"], "AttemptInterrupted");
+    crate::up::assert_intents_closed(&events);
+    assert_eq!(dir.status()["run"]["state"], "interrupted");
+    dir.rmm(&["up", "--resume"]).ok();
+    assert_eq!(dir.status()["run"]["state"], "completed");
+}

@@ -60,6 +60,15 @@ impl TestDir {
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect()
     }
 
+    /// The log so far, read beside a running `up` (empty before it exists).
+    pub fn events_while_running(&self) -> Vec<Value> {
+        let out = self.rmm(&["log", "--json"]).run();
+        if !out.status.success() {
+            return Vec::new();
+        }
+        String::from_utf8(out.stdout).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
     pub fn credentials(&self) -> Value {
         json(&self.rmm(&["credentials", "--json"]).ok().stdout)
     }

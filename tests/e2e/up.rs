@@ -119,3 +119,24 @@ pub fn assert_intents_closed(events: &[serde_json::Value]) {
     }
     assert!(open.is_empty(), "intents without outcome: {open:?}");
 }
+
+#[test]
+fn replay_to_a_seq_shows_the_state_at_that_event() {
+    let dir = TestDir::new();
+    dir.up_ok(&["--masters", "1", "--workers", "1"]);
+    let events = dir.events();
+    let created = events
+        .iter()
+        .find(|e| e["actor"] == "rancher" && e["kind"] == "StepSucceeded" && e["data"]["step"] == "create_cluster")
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let then = json(&dir.rmm(&["replay", "--to", &created.to_string(), "--json"]).ok().stdout);
+    assert_eq!(then["rancher"]["cluster_state"], "provisioning");
+    assert_eq!(then["run"]["last_seq"], created);
+    let master = then["actors"].as_array().unwrap().iter().find(|a| a["name"] == "master01").unwrap().clone();
+    assert_ne!(master["state"], "done");
+    let end = json(&dir.rmm(&["replay", "--json"]).ok().stdout);
+    assert_eq!(end["rancher"]["cluster_state"], "active");
+    dir.rmm(&["replay", "--to", "100000"]).code(2);
+}
