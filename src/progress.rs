@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rmm_events::{Event, Record};
+use rmm_events::{Event, Record, Step};
 use tokio::sync::mpsc;
 
 /// Renders records as they become durable. Runs until the sender side is
@@ -31,10 +31,11 @@ async fn plain(rx: &mut mpsc::UnboundedReceiver<Record>) {
 
 async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>) {
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template("{spinner:.cyan} {prefix:<11.bold} {wide_msg} {elapsed:>4}")
+    let style = ProgressStyle::with_template("{spinner:.cyan} {prefix:<11.bold} {elapsed:>4} {wide_msg}")
         .expect("valid template")
         .tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏✓");
     let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    let mut first: BTreeMap<String, i64> = BTreeMap::new();
     for name in actors.iter().chain(std::iter::once(&"coordinator".to_string())) {
         let bar = multi.add(ProgressBar::new_spinner().with_style(style.clone()));
         bar.set_prefix(name.clone());
@@ -50,13 +51,15 @@ async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>) {
             b.enable_steady_tick(Duration::from_millis(120));
             b
         });
+        let since = *first.entry(e.actor.clone()).or_insert(e.at_ms);
+        let total = format!("{:.1}s", (e.at_ms - since) as f64 / 1000.0);
         match &e.event {
             Event::StepStarted { .. } => {
                 bar.reset_elapsed();
                 bar.set_message(e.event.summary());
             }
-            Event::StepSucceeded { step, .. } if step.as_str().starts_with("wait_node_active") || *step == rmm_events::Step::WaitClusterActive || *step == rmm_events::Step::RemoveMachine => {
-                bar.finish_with_message(format!("done: {}", e.event.summary()));
+            Event::StepSucceeded { step, .. } if LAST_STEPS.contains(step) => {
+                bar.finish_with_message(format!("done in {total} ({})", e.event.summary()));
             }
             Event::RunCompleted | Event::RunFailed { .. } | Event::AttemptInterrupted { .. } => {
                 bar.finish_with_message(e.event.summary());
@@ -69,4 +72,10 @@ async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>) {
             bar.abandon();
         }
     }
+    drop(multi);
+    // Leave the cursor below the bars, before the result on stdout.
+    eprintln!();
 }
+
+/// The step that ends each kind of actor.
+const LAST_STEPS: &[Step] = &[Step::WaitNodeActive, Step::WaitClusterActive, Step::RemoveMachine];

@@ -118,11 +118,11 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     let run_id = state.id;
     let attempt = state.attempts;
     eprintln!(
-        "{} run {run_id} (attempt {attempt}): cluster {}, {} masters, {} workers, driver {}",
+        "{} run {run_id} (attempt {attempt}): cluster {}, {}, {}, driver {}",
         if attempt == 1 { "starting" } else { "resuming" },
         plan.cluster_name,
-        plan.masters,
-        plan.workers,
+        plural(plan.masters, "master"),
+        plural(plan.workers, "worker"),
         plan.driver
     );
     let end = engine::run_attempt(dir, log, state, machines, driver)?;
@@ -134,7 +134,14 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let r = history.latest().expect("a run");
             let took = r.ended_ms.unwrap_or(r.started_ms) - r.started_ms;
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "Cluster {} is active ({} masters, {} workers) after {:.1}s.", r.plan.cluster_name, r.plan.masters, r.plan.workers, took as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "Cluster {} is active ({}, {}) after {:.1}s.",
+                r.plan.cluster_name,
+                plural(r.plan.masters, "master"),
+                plural(r.plan.workers, "worker"),
+                took as f64 / 1000.0
+            );
             let _ = writeln!(out, "Rancher: {}", r.rancher_url().unwrap_or("?"));
             let _ = writeln!(out, "User:    admin");
             let _ = writeln!(out, "Password: not shown; run `rmm credentials` to print it.");
@@ -149,6 +156,10 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             "cannot write the event log ({e}); nothing after the last durable event happened unrecorded. Fix the disk, then `rmm up --resume`"
         ))),
     }
+}
+
+fn plural(n: u32, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 fn describe(status: RunStatus) -> &'static str {
