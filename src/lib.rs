@@ -28,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod progress;
 pub mod rancher;
+pub mod report;
 pub mod secrets;
 pub mod state_dir;
 pub mod view;
