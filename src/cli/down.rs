@@ -16,11 +16,16 @@ use crate::state_dir::{fold, StateDir};
 pub struct DownArgs {}
 
 pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
+    if !dir.root.exists() {
+        println!("Nothing to remove: no rmm state in {}.", dir.root.display());
+        return Ok(());
+    }
+    // Take the lock before looking: an `up` may be creating the store.
+    let _lock = dir.lock()?;
     if !dir.exists() {
         println!("Nothing to remove: no rmm state in {}.", dir.root.display());
         return Ok(());
     }
-    let _lock = dir.lock()?;
     let mut log = dir.open_store()?;
     let mut history = fold(&log)?;
     let Some(latest) = history.latest().cloned() else {
