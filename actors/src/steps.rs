@@ -158,7 +158,7 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
                 .map(|c| Outcome::ClusterCreated { cluster_id: c.id }))
         }
         Step::CreateRegistrationToken => find_registration_token(call).await,
-        Step::RunAgent => Ok(listed_node(call).await?.map(|_| Outcome::AgentStarted)),
+        Step::RunAgent => Ok(agent_ran(call).await?.then_some(Outcome::AgentStarted)),
         Step::RemoveMachine => Ok(ctx.driver.inspect(call.actor).await?.is_none().then_some(Outcome::MachineRemoved)),
         Step::WaitReady
         | Step::PinCa
@@ -577,9 +577,28 @@ async fn listed_node(call: &StepCall<'_>) -> StepResult<Option<crate::ports::Nod
     Ok(nodes.into_iter().find(|n| n.requested_hostname == call.actor))
 }
 
+/// Whether the agent already ran on this node: Rancher lists it, or (it
+/// takes a while to register) its container exists on the machine.
+async fn agent_ran(call: &StepCall<'_>) -> StepResult<bool> {
+    if listed_node(call).await?.is_some() {
+        return Ok(true);
+    }
+    let Some(command) = call.ctx.secret(secret::NODE_COMMAND) else { return Ok(false) };
+    let Some(image) = agent_image(command.expose()) else { return Ok(false) };
+    let out = call.ctx.driver.exec(call.actor, &format!("docker ps -a -q --filter ancestor={image}")).await?;
+    Ok(out.status == 0 && !out.stdout.trim().is_empty())
+}
+
+/// The agent image of a node command: the word before `--server`.
+fn agent_image(command: &str) -> Option<&str> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == "--server")?;
+    words.get(i.checked_sub(1)?).copied().filter(|w| w.contains("rancher-agent"))
+}
+
 async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
-    if call.try_no > 1 && listed_node(call).await?.is_some() {
+    if call.try_no > 1 && agent_ran(call).await? {
         return Ok(Outcome::AgentStarted);
     }
     let command = ctx

@@ -100,11 +100,15 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             }
             Some(r.id)
         }
+        (Some(r), true) if r.kind == RunKind::Up => {
+            // Resuming a finished run is a no-op, so a script (or a crash
+            // drill) can always end with `up --resume`.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "Nothing to resume: the last run ({}) completed.", r.id);
+            return Ok(());
+        }
         (_, true) => {
-            return Err(Error::Refused(match &latest {
-                Some(r) if r.kind == RunKind::Up => format!("nothing to resume: the last run ({}) completed", r.id),
-                _ => "nothing to resume: there is no unfinished run (start one with `rmm up`)".into(),
-            }))
+            return Err(Error::Refused("nothing to resume: there is no unfinished run (start one with `rmm up`)".into()))
         }
         (_, false) => None,
     };

@@ -6,6 +6,8 @@
 //! <world>/
 //!   world.json              subnet 127.R1.R2.0 and the next host number
 //!   fail-create.json        failures injected so far (RMM_LOCAL_FAIL_CREATE)
+//!   created.json            completed creates per machine name (the world's
+//!                           ledger: tests check nothing is created twice)
 //!   .lock                   flock: one writer of the world at a time
 //!   machines/<name>/
 //!     machine.json          name, cluster, role, state, ip, created
@@ -270,6 +272,20 @@ impl LocalDriver {
         )))
     }
 
+    /// Adds one completed create of `name` to the world's ledger. Call with
+    /// the world lock held.
+    fn count_created(&self, name: &str) -> Result<(), DriverError> {
+        let path = self.world.join("created.json");
+        let mut counts: BTreeMap<String, u32> = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(io_error("read created.json", &e)),
+        };
+        *counts.entry(name.to_string()).or_insert(0) += 1;
+        write_atomic(&path, &serde_json::to_vec_pretty(&counts).expect("counts serialise"))
+            .map_err(|e| io_error("write created.json", &e))
+    }
+
     fn finish_create(&self, mut record: MachineRecord) -> Result<Machine, DriverError> {
         let _lock = self.lock()?;
         // Still the machine we began? (A remove may have run meanwhile.)
@@ -289,6 +305,7 @@ impl LocalDriver {
             return Err(DriverError::Transient(why));
         }
         record.state = RecordState::Running;
+        self.count_created(&record.name)?;
         self.write_record(&record)?;
         Ok(record.to_machine())
     }

@@ -497,10 +497,12 @@ fn ps(host: &Host, args: &[String]) -> ExecOutput {
     }
     let mut names = Vec::new();
     let mut ids = Vec::new();
+    let mut ancestors = Vec::new();
     for f in &filters {
         match f.split_once('=') {
             Some(("name", v)) => names.push(v.to_string()),
             Some(("id", v)) => ids.push(v.to_string()),
+            Some(("ancestor", v)) => ancestors.push(v.to_string()),
             _ => return out(1, "", format!("Error response from daemon: invalid filter '{}'\n", showable(f))),
         }
     }
@@ -515,6 +517,7 @@ fn ps(host: &Host, args: &[String]) -> ExecOutput {
         .filter(|(_, running)| all || *running)
         .filter(|(c, _)| names.is_empty() || names.iter().any(|n| name_filter_matches(n, &c.name)))
         .filter(|(c, _)| ids.is_empty() || ids.iter().any(|p| c.id.starts_with(p.as_str())))
+        .filter(|(c, _)| ancestors.is_empty() || ancestors.iter().any(|a| ancestor_matches(a, &c.image)))
         .collect();
     let id_of = |c: &Container| if no_trunc { c.id.clone() } else { c.id[..12].to_string() };
     let mut stdout = String::new();
@@ -531,6 +534,11 @@ fn ps(host: &Host, args: &[String]) -> ExecOutput {
         stdout.push('\n');
     }
     out(0, stdout, "")
+}
+
+/// docker's `ancestor=` filter: the image, with or without its tag.
+fn ancestor_matches(filter: &str, image: &str) -> bool {
+    image == filter || image.split_once(':').is_some_and(|(repo, _)| repo == filter)
 }
 
 /// docker's `name=` filter is an unanchored regular expression; this
