@@ -6,4 +6,5 @@ mod bad_input;
 mod crash;
 mod down;
 mod faults;
+mod kills;
 mod up;
