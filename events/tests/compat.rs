@@ -1,0 +1,140 @@
+//! Old logs keep working: one encoded record of every event kind, for every
+//! format version rmm has written, is checked in under `tests/fixtures/v*/`
+//! and decoded here into today's types (upcasting older versions).
+//!
+//! To add fixtures for a new format version, bump `codec::FORMAT_VERSION`,
+//! then run `RMM_WRITE_FIXTURES=1 cargo test -p rmm-events --test compat`
+//! once and commit the new directory. Never rewrite an old directory.
+
+use std::path::PathBuf;
+
+use rmm_events::{codec, Envelope, Event, Outcome, Plan, RunKind, SecretRef, Step, Via};
+use uuid::Uuid;
+
+fn plan() -> Plan {
+    Plan {
+        cluster_name: "tinysetup".into(),
+        masters: 3,
+        workers: 3,
+        driver: "local".into(),
+        parallel: 8,
+        rancher_image: "rancher/rancher:v2.11.3".into(),
+        ca_checksum: Some("ab".repeat(32)),
+        timeouts: Default::default(),
+        retry: Default::default(),
+        poll_ms: 50,
+    }
+}
+
+/// One canonical event of every kind (and every outcome), by name.
+fn canonical() -> Vec<(&'static str, Event)> {
+    let secret = |name: &str| SecretRef { name: name.into(), fingerprint: "0123456789ab".into() };
+    let ok = |step, outcome| Event::StepSucceeded { step, outcome, via: Via::Done };
+    vec![
+        ("run_started", Event::RunStarted { kind: RunKind::Up, plan: plan() }),
+        ("run_started_down", Event::RunStarted { kind: RunKind::Down, plan: plan() }),
+        ("attempt_started", attempt_started()),
+        ("step_started", Event::StepStarted { step: Step::CreateMachine, try_no: 1, detail: "master machine master01".into() }),
+        ("step_failed", Event::StepFailed { step: Step::Login, try_no: 2, error: "401 authentication failed".into(), retryable: true }),
+        ("machine_created", ok(Step::CreateMachine, Outcome::MachineCreated { ip: "127.1.2.3".into() })),
+        ("server_started", ok(Step::StartServer, Outcome::ServerStarted { image: "rancher/rancher:v2.11.3".into() })),
+        ("ready", ok(Step::WaitReady, Outcome::Ready)),
+        ("ca_pinned", ok(Step::PinCa, Outcome::CaPinned { checksum: "cd".repeat(32) })),
+        ("logged_in", ok(Step::Login, Outcome::LoggedIn { token: secret("login-token") })),
+        ("password_changed", ok(Step::ChangePassword, Outcome::PasswordChanged { password: secret("admin-password") })),
+        ("api_token_created", ok(Step::CreateApiToken, Outcome::ApiTokenCreated { token_id: "token-x69qs".into(), token: secret("api-token") })),
+        ("server_url_set", ok(Step::SetServerUrl, Outcome::ServerUrlSet { url: "https://127.1.2.1:8443".into() })),
+        ("cluster_created", ok(Step::CreateCluster, Outcome::ClusterCreated { cluster_id: "c-7kx2q".into() })),
+        ("registration_token", ok(Step::CreateRegistrationToken, Outcome::RegistrationTokenCreated { token_id: "c-7kx2q:default-token".into() })),
+        ("node_command_ready", ok(Step::WaitNodeCommand, Outcome::NodeCommandReady { command: secret("node-command") })),
+        ("cluster_active", ok(Step::WaitClusterActive, Outcome::ClusterActive)),
+        ("agent_started", Event::StepSucceeded { step: Step::RunAgent, outcome: Outcome::AgentStarted, via: Via::Adopted }),
+        ("node_listed", ok(Step::WaitNodeListed, Outcome::NodeListed { node_id: "c-7kx2q:m-594b5a31a8ed".into() })),
+        ("node_active", ok(Step::WaitNodeActive, Outcome::NodeActive)),
+        ("machine_removed", ok(Step::RemoveMachine, Outcome::MachineRemoved)),
+        ("join_granted", Event::JoinGranted { node: "master02".into() }),
+        ("run_completed", Event::RunCompleted),
+        ("run_failed", Event::RunFailed { actor: "worker01".into(), step: Some(Step::CreateMachine), reason: "quota".into() }),
+        ("attempt_interrupted", Event::AttemptInterrupted { reason: "stopped by a signal".into() }),
+    ]
+}
+
+fn attempt_started() -> Event {
+    Event::AttemptStarted { attempt: 2, command: "rmm up --resume".into(), pid: 4242, rmm_version: "0.1.0".into() }
+}
+
+fn envelope(event: Event) -> Envelope {
+    Envelope {
+        seq: 7,
+        id: Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0001),
+        run: Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0002),
+        attempt: 2,
+        actor: "master01".into(),
+        cause: Some(Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0003)),
+        at_ms: 1_764_000_000_000,
+        event,
+    }
+}
+
+fn fixtures(version: u8) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("v{version}"))
+}
+
+/// What a fixture of `version` must decode to today.
+fn expected(_version: u8, event: Event) -> Envelope {
+    envelope(event)
+}
+
+#[test]
+fn fixtures_of_every_kind_and_every_version_decode_into_todays_types() {
+    if std::env::var_os("RMM_WRITE_FIXTURES").is_some() {
+        let dir = fixtures(codec::FORMAT_VERSION);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, event) in canonical() {
+            std::fs::write(dir.join(format!("{name}.bin")), codec::encode(&envelope(event))).unwrap();
+        }
+    }
+    let mut checked = 0;
+    for version in 1..=codec::FORMAT_VERSION {
+        let dir = fixtures(version);
+        assert!(dir.is_dir(), "no fixtures for format version {version}: {}", dir.display());
+        for (name, event) in canonical() {
+            let path = dir.join(format!("{name}.bin"));
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(bytes[0], version, "{}", path.display());
+            let decoded = codec::decode(&bytes).unwrap_or_else(|e| panic!("v{version} {name}: {e}"));
+            assert_eq!(decoded, expected(version, event), "v{version} {name}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25);
+}
+
+#[test]
+fn every_event_kind_has_a_fixture() {
+    // A new Event variant must get a canonical fixture: this match breaks
+    // the build until it is listed.
+    for (_, event) in canonical() {
+        match event {
+            Event::RunStarted { .. }
+            | Event::AttemptStarted { .. }
+            | Event::StepStarted { .. }
+            | Event::StepSucceeded { .. }
+            | Event::StepFailed { .. }
+            | Event::JoinGranted { .. }
+            | Event::RunCompleted
+            | Event::RunFailed { .. }
+            | Event::AttemptInterrupted { .. } => {}
+        }
+    }
+    let kinds: std::collections::BTreeSet<&str> = canonical().iter().map(|(_, e)| e.kind()).collect();
+    assert_eq!(kinds.len(), 9);
+}
+
+#[test]
+fn a_future_format_version_is_refused_naming_it() {
+    let mut bytes = codec::encode(&envelope(Event::RunCompleted));
+    bytes[0] = codec::FORMAT_VERSION + 1;
+    let err = codec::decode(&bytes).unwrap_err().to_string();
+    assert!(err.contains(&format!("version {}", codec::FORMAT_VERSION + 1)), "{err}");
+}
