@@ -76,26 +76,54 @@ pub struct TamperArgs {
     /// The record to alter.
     #[arg(long)]
     pub seq: u64,
-    /// Remove the record instead of flipping a byte.
+    /// Remove the record.
     #[arg(long)]
     pub delete: bool,
+    /// Swap the record with this one.
+    #[arg(long)]
+    pub swap_with: Option<u64>,
+    /// Rewrite the record (another actor name) and recompute its own chain
+    /// hash from the record before it, as a careful forger would.
+    #[arg(long)]
+    pub rewrite: bool,
 }
 
-/// Alters the log on purpose, so `rmm log` and `up --resume` can be seen
-/// refusing it.
+/// Alters the log on purpose (a flipped byte by default), so `rmm log` and
+/// `up --resume` can be seen refusing it.
 pub fn tamper(args: TamperArgs, dir: &crate::state_dir::StateDir) -> crate::error::Result<()> {
+    use crate::error::Error;
     let _lock = dir.lock()?;
     let mut log = dir.open_store()?;
-    let raw = log
-        .raw(args.seq)?
-        .ok_or_else(|| crate::error::Error::Config(format!("no record {}", args.seq)))?;
+    let raw = |log: &rmm_events::SledLog, seq: u64| -> crate::error::Result<Vec<u8>> {
+        log.raw(seq)?.ok_or_else(|| Error::Config(format!("no record {seq}")))
+    };
+    let value = raw(&log, args.seq)?;
     if args.delete {
         log.tamper(args.seq, None)?;
+    } else if let Some(other) = args.swap_with {
+        let other_value = raw(&log, other)?;
+        log.tamper(args.seq, Some(other_value))?;
+        log.tamper(other, Some(value))?;
+    } else if args.rewrite {
+        let (body, _) = value.split_at(value.len() - 32);
+        let mut envelope = rmm_events::codec::decode(body)?;
+        envelope.actor = format!("{}-forged", envelope.actor);
+        let prev = match args.seq {
+            1 => rmm_events::GENESIS,
+            n => {
+                let p = raw(&log, n - 1)?;
+                p[p.len() - 32..].try_into().expect("32 bytes")
+            }
+        };
+        let body = rmm_events::codec::encode(&envelope);
+        let mut forged = body.clone();
+        forged.extend_from_slice(&rmm_events::chain_hash(&prev, &body));
+        log.tamper(args.seq, Some(forged))?;
     } else {
-        let mut raw = raw;
-        let mid = raw.len() / 2;
-        raw[mid] ^= 0x01;
-        log.tamper(args.seq, Some(raw))?;
+        let mut value = value;
+        let mid = value.len() / 2;
+        value[mid] ^= 0x01;
+        log.tamper(args.seq, Some(value))?;
     }
     Ok(())
 }

@@ -76,14 +76,56 @@ fn a_second_rmm_on_the_same_state_dir_is_refused_naming_the_pid_that_holds_it() 
     assert_eq!(dir.status()["run"]["state"], "completed");
 }
 
-#[test]
-fn a_tampered_log_is_refused_by_resume_naming_the_first_bad_seq() {
+/// What the local world holds: machine dirs and the ledgers.
+fn world_snapshot(dir: &TestDir) -> Vec<(String, Vec<u8>)> {
+    let world = dir.state().join("world");
+    let mut out = Vec::new();
+    for name in ["world.json", "created.json"] {
+        out.push((name.to_string(), std::fs::read(world.join(name)).unwrap_or_default()));
+    }
+    let mut machines: Vec<String> = std::fs::read_dir(world.join("machines"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    machines.sort();
+    for m in machines {
+        let json = std::fs::read(world.join("machines").join(&m).join("machine.json")).unwrap_or_default();
+        out.push((m, json));
+    }
+    out
+}
+
+/// Tampers with a crashed run's log one way, then checks `up --resume`
+/// refuses (exit 5) naming `bad_seq`, and the world did not change.
+fn refused_after(tamper: &[&str], bad_seq: u64) {
     let dir = TestDir::new();
     let out = dir.rmm(&["up", "--masters", "1", "--workers", "1"]).env("RMM_CRASH_AFTER_APPEND", "12").run();
     assert!(!out.status.success());
-    // Flip one byte of record 5's stored value (a hidden drill command).
-    dir.rmm(&["tamper", "--seq", "5"]).ok();
+    let before = world_snapshot(&dir);
+    let mut args = vec!["tamper"];
+    args.extend_from_slice(tamper);
+    dir.rmm(&args).ok();
     let line = one_line_error(&dir.rmm(&["up", "--resume"]).code(5));
-    assert!(line.contains("seq 5"), "{line}");
+    assert!(line.contains(&format!("seq {bad_seq}")), "{tamper:?}: {line}");
+    assert_eq!(world_snapshot(&dir), before, "{tamper:?}: a refused resume changes nothing in the world");
     one_line_error(&dir.rmm(&["log"]).code(5));
+}
+
+#[test]
+fn a_flipped_byte_is_refused_by_resume_naming_its_seq() {
+    refused_after(&["--seq", "5"], 5);
+}
+
+#[test]
+fn a_deleted_record_is_refused_by_resume_naming_its_seq() {
+    refused_after(&["--seq", "6", "--delete"], 6);
+}
+
+#[test]
+fn swapped_records_are_refused_by_resume_naming_the_first() {
+    refused_after(&["--seq", "4", "--swap-with", "7"], 4);
+}
+
+#[test]
+fn a_record_rewritten_with_its_own_hash_recomputed_is_refused_at_the_next_seq() {
+    refused_after(&["--seq", "5", "--rewrite"], 6);
 }
