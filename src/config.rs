@@ -121,7 +121,7 @@ fn validate(plan: &Plan, allow_even_masters: bool) -> Result<()> {
     if plan.masters == 0 {
         return bad("masters must be at least 1 (etcd needs a member)".into());
     }
-    if plan.masters % 2 == 0 && !allow_even_masters {
+    if plan.masters.is_multiple_of(2) && !allow_even_masters {
         return bad(format!(
             "masters = {} is even: etcd quorum needs an odd count (an even one tolerates no more failures than one fewer); use {} or {}, or pass --allow-even-masters",
             plan.masters,
