@@ -23,8 +23,9 @@ fn role_of(name: &str) -> Role {
     }
 }
 
-/// One actor's state word and current step.
-pub fn actor_state(run: &RunState, actor: Option<&ActorState>, role: Role) -> (&'static str, Option<Step>) {
+/// One actor's state word and current step. A step in flight when no
+/// process works on the run is `in_doubt`: the next resume asks the world.
+pub fn actor_state(run: &RunState, actor: Option<&ActorState>, role: Role, writer_alive: bool) -> (&'static str, Option<Step>) {
     let down = run.kind == RunKind::Down;
     let Some(a) = actor else { return ("pending", None) };
     let steps = steps_for(role, down);
@@ -32,7 +33,8 @@ pub fn actor_state(run: &RunState, actor: Option<&ActorState>, role: Role) -> (&
         return (if down { "removed" } else { "done" }, None);
     }
     if let Some((step, _)) = a.in_flight() {
-        return ("running", Some(step));
+        let alive = writer_alive && run.status == RunStatus::Running;
+        return (if alive { "running" } else { "in_doubt" }, Some(step));
     }
     let failed = steps.iter().find(|s| matches!(a.step(**s), Some(StepState::Failed { .. })));
     if let Some(step) = failed {
@@ -86,7 +88,7 @@ pub fn status_json(history: &History, run: Option<&RunState>, writer_alive: bool
         .iter()
         .map(|(name, role)| {
             let a = run.actor(name);
-            let (state, step) = actor_state(run, a, *role);
+            let (state, step) = actor_state(run, a, *role, writer_alive);
             let ip = a.and_then(|a| a.ip()).or_else(|| up.and_then(|u| u.actor(name)).and_then(|a| a.ip()));
             json!({
                 "name": name,
