@@ -172,3 +172,20 @@ fn seeded_crash_chains_crash_the_resumes_too_and_still_complete() {
         .unwrap_or_else(|| vec![1, 2, 3, 4, 5, 6, random]);
     two_at_a_time(seeds, chain);
 }
+
+/// A crash in the middle of writing a record leaves a torn last frame in
+/// the write-ahead file: that is not tampering. The resume drops it and
+/// continues from the last whole record.
+#[test]
+fn a_torn_last_record_is_dropped_and_the_resume_completes() {
+    let dir = TestDir::new();
+    assert!(crash_run(&dir, false, "RMM_CRASH_AFTER_APPEND", 30));
+    let wal = dir.state().join("events").join("journal.wal");
+    let len = std::fs::metadata(&wal).unwrap().len();
+    assert!(len > 40, "the records since the last checkpoint are in the write-ahead file");
+    std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(len - 17).unwrap();
+    let events = dir.events();
+    assert_eq!(events.len(), 29, "the torn 30th record is gone, the 29 before it verify");
+    dir.rmm(&["up", "--resume"]).ok();
+    check_completed_once(&dir, "torn tail", 1);
+}
