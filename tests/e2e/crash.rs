@@ -164,13 +164,7 @@ fn chain(seed: u64) {
 
 #[test]
 fn seeded_crash_chains_crash_the_resumes_too_and_still_complete() {
-    let random = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    let seeds: Vec<u64> = std::env::var("RMM_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(|s| vec![s])
-        .unwrap_or_else(|| vec![1, 2, 3, 4, 5, 6, random]);
-    two_at_a_time(seeds, chain);
+    two_at_a_time(seeds("RMM_CRASH_SEED", &[1, 2, 3, 4, 5, 6]), chain);
 }
 
 /// A crash in the middle of writing a record leaves a torn last frame in

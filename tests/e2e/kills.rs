@@ -57,13 +57,7 @@ fn sigkill_chain(seed: u64) {
 
 #[test]
 fn sigkill_at_random_moments_of_runs_and_resumes_then_resume_completes() {
-    let random = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    let seeds: Vec<u64> = std::env::var("RMM_KILL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map(|s| vec![s])
-        .unwrap_or_else(|| vec![11, 12, 13, 14, random]);
-    for seed in seeds {
+    for seed in seeds("RMM_KILL_SEED", &[11, 12, 13, 14]) {
         sigkill_chain(seed);
     }
 }

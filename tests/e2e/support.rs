@@ -189,3 +189,14 @@ pub fn ask_rancher(dir: &TestDir) -> RancherView {
     })
 }
 
+
+/// The seeds a seeded test runs: `var=N` replays one; otherwise the pinned
+/// ones plus one new (printed by the test, so a failure can be replayed and
+/// pinned).
+pub fn seeds(var: &str, pinned: &[u64]) -> Vec<u64> {
+    if let Some(seed) = std::env::var(var).ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let fresh = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    pinned.iter().copied().chain(std::iter::once(fresh)).collect()
+}
