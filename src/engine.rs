@@ -51,6 +51,8 @@ pub fn begin(log: &mut SledLog, history: &mut History, run: Option<Uuid>, kind: 
             command: redact_args(&command).join(" "),
             pid: std::process::id(),
             rmm_version: env!("CARGO_PKG_VERSION").to_string(),
+            user: std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default(),
+            host: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
         },
     ));
     for record in log.append_batch(events)? {

@@ -184,7 +184,7 @@ mod tests {
         }
         fn attempt(mut self, n: u32) -> Self {
             self.attempt = n;
-            self.push("coordinator", Event::AttemptStarted { attempt: n, command: "rmm up".into(), pid: 1, rmm_version: "0".into() });
+            self.push("coordinator", Event::AttemptStarted { attempt: n, command: "rmm up".into(), pid: 1, rmm_version: "0".into(), user: "ops".into(), host: "box".into() });
             self
         }
         fn started(mut self, actor: &str, step: Step, try_no: u32) -> Self {

@@ -3,12 +3,26 @@
 //! a new version adds a decoder here that upcasts into today's types, and an
 //! unknown (future) version is refused with its number.
 //!
+//! bincode is positional (field order, variant *index*), so:
+//! * adding a variant at the end of an enum needs no new version;
+//! * adding, removing or reordering fields does: freeze the old shapes in a
+//!   `vN` module (as `v1` is), decode into them and upcast, bump
+//!   [`FORMAT_VERSION`], and check in fixtures of the new version
+//!   (`events/tests/compat.rs` says how).
+//!
+//! | version | change |
+//! |---|---|
+//! | 1 | first format |
+//! | 2 | `AttemptStarted` gained `user` and `host` |
+//!
 //! bincode is pinned to 2.0.1 (3.0.0 only contains a compile error).
+
+mod v1;
 
 use crate::{Envelope, Error};
 
 /// The version written today.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -32,20 +46,23 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, Error> {
         reason: "empty record".into(),
     })?;
     match version {
-        1 => {
-            let (envelope, used): (Envelope, usize) =
-                bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Corrupt {
-                    seq: None,
-                    reason: format!("undecodable record: {e}"),
-                })?;
-            if used != body.len() {
-                return Err(Error::Corrupt {
-                    seq: None,
-                    reason: format!("{} trailing bytes after the record", body.len() - used),
-                });
-            }
-            Ok(envelope)
-        }
+        1 => Ok(decode_as::<v1::Envelope>(body)?.into()),
+        2 => decode_as::<Envelope>(body),
         found => Err(Error::UnknownVersion { found }),
     }
+}
+
+/// Decodes the whole of `body` as `T` (trailing bytes are corruption).
+fn decode_as<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    let (value, used): (T, usize) = bincode::serde::decode_from_slice(body, config()).map_err(|e| Error::Corrupt {
+        seq: None,
+        reason: format!("undecodable record: {e}"),
+    })?;
+    if used != body.len() {
+        return Err(Error::Corrupt {
+            seq: None,
+            reason: format!("{} trailing bytes after the record", body.len() - used),
+        });
+    }
+    Ok(value)
 }

@@ -158,8 +158,10 @@ pub enum Via {
 pub enum Event {
     /// First event of a run: what it is asked to do.
     RunStarted { kind: RunKind, plan: Plan },
-    /// A process began working on the run (1 for the first, +1 per resume).
-    AttemptStarted { attempt: u32, command: String, pid: u32, rmm_version: String },
+    /// A process began working on the run (1 for the first, +1 per resume):
+    /// who typed what, where. (`user` and `host` since format version 2;
+    /// empty when upcast from version 1.)
+    AttemptStarted { attempt: u32, command: String, pid: u32, rmm_version: String, user: String, host: String },
     /// Intent: the step is about to run. Durable before the effect starts.
     StepStarted { step: Step, try_no: u32, detail: String },
     /// Outcome: the step is done.
@@ -207,8 +209,14 @@ impl Event {
                 plan.workers,
                 plan.driver
             ),
-            Event::AttemptStarted { attempt, command, pid, .. } => {
-                format!("attempt {attempt} by pid {pid}: {command}")
+            Event::AttemptStarted { attempt, command, pid, user, host, .. } => {
+                let who = match (user.is_empty(), host.is_empty()) {
+                    (false, false) => format!("{user}@{host} "),
+                    (false, true) => format!("{user} "),
+                    (true, false) => format!("@{host} "),
+                    (true, true) => String::new(),
+                };
+                format!("attempt {attempt} by {who}pid {pid}: {command}")
             }
             Event::StepStarted { step, try_no, detail } => {
                 let mut s = format!("{} (try {try_no})", step.as_str());

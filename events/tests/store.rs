@@ -101,7 +101,7 @@ fn every_event_kind_round_trips_through_the_codec() {
     let run = Uuid::now_v7();
     let events = vec![
         Event::RunStarted { kind: RunKind::Down, plan: plan() },
-        Event::AttemptStarted { attempt: 2, command: "rmm up --resume".into(), pid: 7, rmm_version: "0.1.0".into() },
+        Event::AttemptStarted { attempt: 2, command: "rmm up --resume".into(), pid: 7, rmm_version: "0.1.0".into(), user: "ops".into(), host: "box".into() },
         Event::StepStarted { step: Step::RunAgent, try_no: 1, detail: "roles worker".into() },
         Event::StepSucceeded { step: Step::CreateCluster, outcome: Outcome::ClusterCreated { cluster_id: "c-abcde".into() }, via: Via::Adopted },
         Event::StepFailed { step: Step::Login, try_no: 3, error: "401".into(), retryable: true },
