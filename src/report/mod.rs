@@ -1,7 +1,28 @@
-//! Timeline and HTML report of the log (being written: this first version
-//! lists steps with their durations; the Gantt chart replaces it).
+//! Timeline and HTML report of the log.
+//!
+//! * [`timeline_text`] — `rmm log --timeline`: a Gantt chart for a terminal,
+//!   one row per actor, one bar per try of a step (intent → outcome),
+//!   failures, open intents and the critical path marked, attempts
+//!   separated, then the critical path and a table of every step with its
+//!   duration.
+//! * [`html_report`] — `rmm report --html FILE`: one self-contained page
+//!   (inline CSS, SVG and JS; nothing fetched) with the same timeline as SVG
+//!   and the event table with filters.
+//!
+//! Both draw the same [`model`]: see there how bars, attempts and the
+//! critical path are derived from the events.
 
-use rmm_events::{Envelope, Event};
+mod axis;
+mod html;
+pub mod model;
+mod text;
+
+#[cfg(test)]
+mod tests;
+
+use rmm_events::Envelope;
+
+pub use text::strip_ansi;
 
 /// How `rmm log --timeline` draws.
 #[derive(Debug, Clone)]
@@ -9,26 +30,23 @@ pub struct TimelineOptions {
     /// Terminal width in columns (at least 80 is assumed to be available).
     pub width: usize,
     /// ANSI colour (off for `NO_COLOR` or when stdout is not a terminal).
+    /// Without colour only printable ASCII is written.
     pub color: bool,
 }
 
-/// The timeline of `events` (one or more runs, in log order) as text.
-pub fn timeline_text(events: &[Envelope], _opts: &TimelineOptions) -> String {
-    let mut out = String::new();
-    for e in events {
-        if let Event::StepSucceeded { .. } | Event::StepFailed { .. } = e.event {
-            out.push_str(&format!("{:<11} {}\n", e.actor, e.event.summary()));
-        }
+impl Default for TimelineOptions {
+    fn default() -> Self {
+        TimelineOptions { width: 80, color: false }
     }
-    out
 }
 
-/// A self-contained HTML report of `events`.
+/// The timeline of `events` (one or more runs, in log order) as text: every
+/// line at most `max(opts.width, 80)` columns.
+pub fn timeline_text(events: &[Envelope], opts: &TimelineOptions) -> String {
+    text::render(&model::build(events), opts)
+}
+
+/// A self-contained HTML report of `events` (one or more runs, in log order).
 pub fn html_report(events: &[Envelope]) -> String {
-    let mut out = String::from("<!doctype html><meta charset=utf-8><title>rmm report</title><table>");
-    for e in events {
-        out.push_str(&format!("<tr><td>{}</td><td>{}</td></tr>", e.seq, e.event.kind()));
-    }
-    out.push_str("</table>");
-    out
+    html::render(events, &model::build(events))
 }
