@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod down;
 pub mod log;
 pub mod replay;
+pub mod report;
 pub mod status;
 pub mod up;
 
@@ -19,6 +20,7 @@ Examples:
   rmm status --json               the state folded from the log, for scripts
   rmm status --refresh            also ask the driver what really exists (orphans)
   rmm log                         every event: seq, time, attempt, actor, event, summary
+  rmm report --html report.html   the timeline and the events as one HTML page
   rmm credentials                 the Rancher URL, user and password (only here)
   rmm down                        remove every machine of the cluster
 
@@ -57,6 +59,9 @@ pub enum Command {
     /// The events of the log, one line each.
     #[command(after_help = "Examples:\n  rmm log\n  rmm log --json | jq 'select(.actor==\"master01\")'")]
     Log(log::LogArgs),
+    /// Write the timeline and the events as one self-contained HTML page.
+    #[command(after_help = "Examples:\n  rmm report --html report.html\n  rmm report --html all.html --all-runs")]
+    Report(report::ReportArgs),
     /// Fold the log up to an event and print the state then.
     #[command(after_help = "Examples:\n  rmm replay\n  rmm replay --to 42")]
     Replay(replay::ReplayArgs),

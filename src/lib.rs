@@ -49,6 +49,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => cli::status::run(args, &dir),
         Command::Log(args) => cli::log::run(args, &dir),
         Command::Replay(args) => cli::replay::run(args, &dir),
+        Command::Report(args) => cli::report::run(args, &dir),
         Command::Down(args) => cli::down::run(args, &dir),
         Command::Credentials(args) => cli::credentials::run(args, &dir),
         Command::Tamper(args) => cli::tamper(args, &dir),
