@@ -119,7 +119,31 @@ const JS: &str = r#"
     lanes.forEach(function (g) {
       g.classList.toggle('selected', !!actor && g.getAttribute('data-actor') === actor);
     });
+    return shown;
   }
+  // Filters can come in the address: report.html#actor=master01&kind=StepFailed&q=timeout
+  function pick(select, value) {
+    for (var i = 0; i < select.options.length; i++) {
+      if (select.options[i].value === value) { select.value = value; return; }
+    }
+  }
+  function fromHash() {
+    var parts = location.hash.replace(/^#/, '').split('&');
+    for (var i = 0; i < parts.length; i++) {
+      var eq = parts[i].indexOf('=');
+      if (eq < 0) { continue; }
+      var key, value;
+      try {
+        key = decodeURIComponent(parts[i].slice(0, eq));
+        value = decodeURIComponent(parts[i].slice(eq + 1).replace(/\+/g, ' '));
+      } catch (err) { continue; }
+      if (key === 'run') { pick(fRun, value); }
+      else if (key === 'actor') { pick(fActor, value); }
+      else if (key === 'kind') { pick(fKind, value); }
+      else if (key === 'q') { fText.value = value; }
+    }
+  }
+  window.addEventListener('hashchange', function () { fromHash(); apply(); });
   [fRun, fActor, fKind].forEach(function (el) { el.addEventListener('change', apply); });
   fText.addEventListener('input', apply);
   lanes.forEach(function (g) {
@@ -130,12 +154,14 @@ const JS: &str = r#"
       document.getElementById('events').scrollIntoView({ block: 'start' });
     });
   });
-  apply();
+  fromHash();
+  var shown = apply();
   var done = document.createElement('div');
   done.id = 'rmm-' + 'rendered';
   done.hidden = true;
   done.setAttribute('data-lanes', String(lanes.length));
   done.setAttribute('data-events', String(rows.length));
+  done.setAttribute('data-shown', String(shown));
   document.body.appendChild(done);
 })();
 "#;
@@ -215,11 +241,17 @@ fn run_section(out: &mut String, run: &Run) {
     ));
     for (k, chain) in run.critical.iter().enumerate() {
         let Some((length, between)) = run.critical_summary(k) else { continue };
+        let mut last_actor = None;
         let steps: Vec<String> = chain
             .iter()
             .map(|&i| {
                 let b = &run.bars[i];
-                let mut s = format!("{} {}", run.actors[b.actor].name, b.step.as_str());
+                let mut s = String::new();
+                if last_actor != Some(b.actor) {
+                    let _ = write!(s, "{} ", run.actors[b.actor].name);
+                    last_actor = Some(b.actor);
+                }
+                s.push_str(b.step.as_str());
                 if b.try_no > 1 || matches!(b.end, BarEnd::Failed { .. }) {
                     let _ = write!(s, " (try {})", b.try_no);
                 }
@@ -345,7 +377,9 @@ fn svg(out: &mut String, run: &Run) {
         for &bi in &actor.bars {
             let b = &run.bars[bi];
             let x0 = x_of(b.attempt, b.start_ms);
-            let w = (x_of(b.attempt, b.end_ms) - x0).max(2.0);
+            let w = x_of(b.attempt, b.end_ms) - x0;
+            // A hair of space between two bars that touch; never thinner than 2.
+            let w = if w > 4.0 { w - 1.0 } else { w.max(2.0) };
             let mut class = vec!["bar"];
             match &b.end {
                 BarEnd::Ok { adopted: true } => class.push("adopted"),

@@ -201,7 +201,7 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
     let _ = writeln!(out, "{}", pen.fit(&head, width));
     let mut head = format!("{} in {}", end.word(), fmt_dur(run.busy_ms()));
     if attempts > 1 {
-        let _ = write!(head, " over {attempts} attempts ({} wall clock, the time between attempts cut out)", fmt_dur(wall));
+        let _ = write!(head, " over {attempts} attempts ({} wall clock)", fmt_dur(wall));
     }
     let _ = writeln!(out, "{}", pen.fit(&head, width));
 
@@ -363,7 +363,7 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
     let mut legend = vec![
         format!("{} critical path", sample(Kind::Crit, pen.glyph(Kind::Crit))),
         format!("{} step", sample(Kind::Step, pen.glyph(Kind::Step))),
-        format!("{} failed try (retried after)", sample(Kind::Failed, 'x')),
+        format!("{} failed try", sample(Kind::Failed, 'x')),
         format!("{} no outcome (in flight, or cut by a crash)", sample(Kind::Open, '?')),
         format!("{} adopted on resume", sample(Kind::Adopted, '@')),
         format!("{} waiting", sample(Kind::Wait, '.')),

@@ -7,4 +7,5 @@ mod crash;
 mod down;
 mod faults;
 mod kills;
+mod report;
 mod up;
