@@ -10,6 +10,7 @@ pub mod log;
 pub mod replay;
 pub mod report;
 pub mod status;
+pub mod synth;
 pub mod up;
 
 const AFTER_HELP: &str = "\
@@ -74,6 +75,9 @@ pub enum Command {
     /// Tamper drill: flip one byte of a stored record (hidden; for tests and drills).
     #[command(hide = true)]
     Tamper(TamperArgs),
+    /// Write a synthetic log of N events into an empty state dir (hidden; for benchmarks).
+    #[command(hide = true)]
+    Synth(synth::SynthArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -117,14 +117,17 @@ impl StateDir {
         })
     }
 
-    /// Opens the store for reading, beside a writer if there is one.
+    /// Opens the store for reading, beside a writer if there is one (then
+    /// as a snapshot copy), with a small page cache: readers stream the log
+    /// once, and sled's default 1 GiB cache would only grow them.
     pub fn open_store_for_reading(&self) -> Result<SledLog> {
         if !self.exists() {
             return Err(Error::Refused(format!("no rmm state in {} (run `rmm up` first)", self.root.display())));
         }
-        match SledLog::open(&self.events()) {
+        let cache = Some(rmm_events::READER_CACHE_BYTES);
+        match SledLog::open_with_cache(&self.events(), cache) {
             Ok(log) => Ok(log),
-            Err(OpenError::Locked) => Ok(SledLog::open_snapshot(&self.events())?),
+            Err(OpenError::Locked) => Ok(SledLog::open_snapshot_with_cache(&self.events(), cache)?),
             Err(OpenError::Other(e)) => Err(e.into()),
         }
     }
@@ -135,6 +138,39 @@ pub fn fold(log: &SledLog) -> Result<History> {
     let mut history = History::default();
     for record in log.scan(1) {
         history.apply(&record?.envelope);
+    }
+    Ok(history)
+}
+
+/// Reads and verifies the whole log (up to `upto`, if given), keeping only
+/// what `status` and `replay` show: the latest run, and the latest `up` run
+/// before it (the Rancher side of a `down`). Memory is bounded by those two
+/// runs, not by the log (a million events may be thousands of runs), and
+/// sled is read ahead on a thread of its own.
+///
+/// Runs are contiguous in the log (only the latest run is ever resumed);
+/// an event of a run already dropped would be one of an earlier run that
+/// neither command shows, and is skipped.
+pub fn fold_latest(log: &SledLog, upto: Option<u64>) -> Result<History> {
+    let mut history = History::default();
+    for record in log.scan_read_ahead(1) {
+        let record = record?;
+        let e = &record.envelope;
+        if let rmm_events::Event::RunStarted { .. } = e.event {
+            // The new run becomes the latest: keep only the latest `up` before it.
+            let keep = history.runs.iter().rposition(|r| r.kind == rmm_events::RunKind::Up);
+            let mut i = 0;
+            history.runs.retain(|_| {
+                i += 1;
+                Some(i - 1) == keep
+            });
+        } else if !history.runs.iter().any(|r| r.id == e.run) {
+            continue;
+        }
+        history.apply(e);
+        if Some(e.seq) == upto {
+            break;
+        }
     }
     Ok(history)
 }

@@ -175,10 +175,7 @@ pub fn status_text(v: &Value) -> String {
 
 /// `log --json`: one object a line.
 pub fn event_json(e: &Envelope, hash: &[u8; 32]) -> Value {
-    let data = match serde_json::to_value(&e.event).unwrap_or(Value::Null) {
-        Value::Object(mut m) if m.len() == 1 => m.values_mut().next().map(std::mem::take).unwrap_or(Value::Null),
-        _ => json!({}),
-    };
+    let data = event_data(&e.event);
     json!({
         "seq": e.seq,
         "id": e.id.to_string(),
@@ -191,4 +188,330 @@ pub fn event_json(e: &Envelope, hash: &[u8; 32]) -> Value {
         "data": data,
         "hash": hex::encode(hash),
     })
+}
+
+/// The `data` of [`event_json`]: the event's fields, without its kind.
+pub fn event_data(event: &rmm_events::Event) -> Value {
+    match serde_json::to_value(event).unwrap_or(Value::Null) {
+        Value::Object(mut m) if m.len() == 1 => m.values_mut().next().map(std::mem::take).unwrap_or(Value::Null),
+        _ => json!({}),
+    }
+}
+
+/// Appends [`event_json`]`(e, hash)` to `out`, byte for byte as
+/// `event_json(e, hash).to_string()` prints it (keys sorted, as
+/// serde_json's map sorts them), without building a `Value`: the hot path of
+/// `rmm log --json`. The frequent kinds (steps and joins) are written field
+/// by field; the rare ones go through `Value`. `tests::fast_json_is_event_json`
+/// holds the two together for every kind and outcome.
+pub fn write_event_json(out: &mut Vec<u8>, e: &Envelope, hash: &[u8; 32]) {
+    out.extend_from_slice(b"{\"actor\":");
+    json_str(out, &e.actor);
+    out.extend_from_slice(b",\"at\":\"");
+    write_rfc3339_ms(out, e.at_ms);
+    out.extend_from_slice(b"\",\"attempt\":");
+    out.extend_from_slice(itoa::Buffer::new().format(e.attempt).as_bytes());
+    out.extend_from_slice(b",\"cause\":");
+    match &e.cause {
+        Some(c) => uuid_str(out, c),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"data\":");
+    write_event_data(out, &e.event);
+    out.extend_from_slice(b",\"hash\":\"");
+    let mut hex_buf = [0u8; 64];
+    hex::encode_to_slice(hash, &mut hex_buf).expect("64 hex digits for 32 bytes");
+    out.extend_from_slice(&hex_buf);
+    out.extend_from_slice(b"\",\"id\":");
+    uuid_str(out, &e.id);
+    out.extend_from_slice(b",\"kind\":\"");
+    out.extend_from_slice(e.event.kind().as_bytes());
+    out.extend_from_slice(b"\",\"run\":");
+    uuid_str(out, &e.run);
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(itoa::Buffer::new().format(e.seq).as_bytes());
+    out.push(b'}');
+}
+
+/// Appends the `data` of [`event_json`] to `out` (see [`write_event_json`]).
+pub fn write_event_data(out: &mut Vec<u8>, event: &rmm_events::Event) {
+    use rmm_events::Event;
+    match event {
+        Event::StepStarted { step, try_no, detail } => {
+            out.extend_from_slice(b"{\"detail\":");
+            json_str(out, detail);
+            step_field(out, *step);
+            out.extend_from_slice(b",\"try_no\":");
+            out.extend_from_slice(itoa::Buffer::new().format(*try_no).as_bytes());
+            out.push(b'}');
+        }
+        Event::StepSucceeded { step, outcome, via } => {
+            out.extend_from_slice(b"{\"outcome\":");
+            write_outcome(out, outcome);
+            step_field(out, *step);
+            out.extend_from_slice(match via {
+                rmm_events::Via::Done => b",\"via\":\"done\"}".as_slice(),
+                rmm_events::Via::Adopted => b",\"via\":\"adopted\"}".as_slice(),
+            });
+        }
+        Event::StepFailed { step, try_no, error, retryable } => {
+            out.extend_from_slice(b"{\"error\":");
+            json_str(out, error);
+            out.extend_from_slice(if *retryable { b",\"retryable\":true".as_slice() } else { b",\"retryable\":false".as_slice() });
+            step_field(out, *step);
+            out.extend_from_slice(b",\"try_no\":");
+            out.extend_from_slice(itoa::Buffer::new().format(*try_no).as_bytes());
+            out.push(b'}');
+        }
+        Event::JoinGranted { node } => {
+            out.extend_from_slice(b"{\"node\":");
+            json_str(out, node);
+            out.push(b'}');
+        }
+        Event::RunStarted { .. }
+        | Event::AttemptStarted { .. }
+        | Event::RunCompleted
+        | Event::RunFailed { .. }
+        | Event::AttemptInterrupted { .. } => {
+            serde_json::to_writer(&mut *out, &event_data(event)).expect("writing JSON into a Vec never fails");
+        }
+    }
+}
+
+fn step_field(out: &mut Vec<u8>, step: Step) {
+    out.extend_from_slice(b",\"step\":\"");
+    out.extend_from_slice(step.as_str().as_bytes());
+    out.push(b'"');
+}
+
+/// An `Outcome` as serde writes it (externally tagged, snake_case), keys sorted.
+fn write_outcome(out: &mut Vec<u8>, outcome: &rmm_events::Outcome) {
+    use rmm_events::Outcome as O;
+    let one = |out: &mut Vec<u8>, tag: &str, key: &str, value: &str| {
+        out.extend_from_slice(b"{\"");
+        out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(b"\":{\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        json_str(out, value);
+        out.extend_from_slice(b"}}");
+    };
+    let secret = |out: &mut Vec<u8>, tag: &str, key: &str, s: &rmm_events::SecretRef| {
+        out.extend_from_slice(b"{\"");
+        out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(b"\":{\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        secret_ref(out, s);
+        out.extend_from_slice(b"}}");
+    };
+    let unit = |out: &mut Vec<u8>, tag: &str| {
+        out.push(b'"');
+        out.extend_from_slice(tag.as_bytes());
+        out.push(b'"');
+    };
+    match outcome {
+        O::MachineCreated { ip } => one(out, "machine_created", "ip", ip),
+        O::ServerStarted { image } => one(out, "server_started", "image", image),
+        O::Ready => unit(out, "ready"),
+        O::CaPinned { checksum } => one(out, "ca_pinned", "checksum", checksum),
+        O::LoggedIn { token } => secret(out, "logged_in", "token", token),
+        O::PasswordChanged { password } => secret(out, "password_changed", "password", password),
+        O::ApiTokenCreated { token_id, token } => {
+            out.extend_from_slice(b"{\"api_token_created\":{\"token\":");
+            secret_ref(out, token);
+            out.extend_from_slice(b",\"token_id\":");
+            json_str(out, token_id);
+            out.extend_from_slice(b"}}");
+        }
+        O::ServerUrlSet { url } => one(out, "server_url_set", "url", url),
+        O::ClusterCreated { cluster_id } => one(out, "cluster_created", "cluster_id", cluster_id),
+        O::RegistrationTokenCreated { token_id } => one(out, "registration_token_created", "token_id", token_id),
+        O::NodeCommandReady { command } => secret(out, "node_command_ready", "command", command),
+        O::ClusterActive => unit(out, "cluster_active"),
+        O::AgentStarted => unit(out, "agent_started"),
+        O::NodeListed { node_id } => one(out, "node_listed", "node_id", node_id),
+        O::NodeActive => unit(out, "node_active"),
+        O::MachineRemoved => unit(out, "machine_removed"),
+    }
+}
+
+fn secret_ref(out: &mut Vec<u8>, s: &rmm_events::SecretRef) {
+    let rmm_events::SecretRef { name, fingerprint } = s;
+    out.extend_from_slice(b"{\"fingerprint\":");
+    json_str(out, fingerprint);
+    out.extend_from_slice(b",\"name\":");
+    json_str(out, name);
+    out.push(b'}');
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing JSON into a Vec never fails");
+    }
+}
+
+fn uuid_str(out: &mut Vec<u8>, id: &uuid::Uuid) {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    out.push(b'"');
+    out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
+    out.push(b'"');
+}
+
+/// Appends `at_ms` as [`rmm_events::rfc3339_ms`] formats it
+/// (`2026-11-24T13:00:55.366Z`), without going through `Display`.
+pub fn write_rfc3339_ms(out: &mut Vec<u8>, at_ms: i64) {
+    let ms = at_ms.max(0);
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        out.extend_from_slice(rmm_events::rfc3339_ms(at_ms).as_bytes());
+        return;
+    }
+    let (h, m, s, milli) = (rem / 3_600_000, rem / 60_000 % 60, rem / 1000 % 60, rem % 1000);
+    let digits = |out: &mut Vec<u8>, v: i64, n: u32| {
+        for i in (0..n).rev() {
+            out.push(b'0' + (v / 10i64.pow(i) % 10) as u8);
+        }
+    };
+    digits(out, year, 4);
+    out.push(b'-');
+    digits(out, month, 2);
+    out.push(b'-');
+    digits(out, day, 2);
+    out.push(b'T');
+    digits(out, h, 2);
+    out.push(b':');
+    digits(out, m, 2);
+    out.push(b':');
+    digits(out, s, 2);
+    out.push(b'.');
+    digits(out, milli, 3);
+    out.push(b'Z');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmm_events::{Event, Outcome, Plan, RunKind, SecretRef, Via};
+    use uuid::Uuid;
+
+    fn every_event() -> Vec<Event> {
+        let secret = SecretRef { name: "rancher/api-token".into(), fingerprint: "0123456789ab".into() };
+        let outcomes = vec![
+            Outcome::MachineCreated { ip: "127.0.0.2".into() },
+            Outcome::ServerStarted { image: "rancher/rancher:v2.11.3".into() },
+            Outcome::Ready,
+            Outcome::CaPinned { checksum: "ab".repeat(32) },
+            Outcome::LoggedIn { token: secret.clone() },
+            Outcome::PasswordChanged { password: secret.clone() },
+            Outcome::ApiTokenCreated { token_id: "token-x1".into(), token: secret.clone() },
+            Outcome::ServerUrlSet { url: "https://127.0.0.1:8443".into() },
+            Outcome::ClusterCreated { cluster_id: "c-abcde".into() },
+            Outcome::RegistrationTokenCreated { token_id: "crt-1".into() },
+            Outcome::NodeCommandReady { command: secret },
+            Outcome::ClusterActive,
+            Outcome::AgentStarted,
+            Outcome::NodeListed { node_id: "m-1".into() },
+            Outcome::NodeActive,
+            Outcome::MachineRemoved,
+        ];
+        let plan = Plan {
+            cluster_name: "tiny \"quoted\"".into(),
+            masters: 3,
+            workers: 3,
+            driver: "local".into(),
+            parallel: 8,
+            rancher_image: "rancher/rancher:v2.11.3".into(),
+            ca_checksum: None,
+            timeouts: Default::default(),
+            retry: Default::default(),
+            poll_ms: 50,
+        };
+        let mut events = vec![
+            Event::RunStarted { kind: RunKind::Up, plan },
+            Event::AttemptStarted {
+                attempt: 2,
+                command: "rmm up --resume".into(),
+                pid: 42,
+                rmm_version: "0.1.0".into(),
+                user: "ops".into(),
+                host: "h".into(),
+            },
+            Event::StepStarted { step: Step::RunAgent, try_no: 2, detail: "tab\there \"q\" \\ é \u{1}".into() },
+            Event::StepFailed { step: Step::Login, try_no: 1, error: "401\nUnauthorized".into(), retryable: true },
+            Event::StepFailed { step: Step::Login, try_no: 4, error: "gone".into(), retryable: false },
+            Event::JoinGranted { node: "master02".into() },
+            Event::RunCompleted,
+            Event::RunFailed { actor: "master01".into(), step: Some(Step::RunAgent), reason: "no space".into() },
+            Event::RunFailed { actor: "coordinator".into(), step: None, reason: "x".into() },
+            Event::AttemptInterrupted { reason: "SIGTERM".into() },
+        ];
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            let step = [Step::CreateMachine, Step::WaitNodeActive, Step::CreateRegistrationToken][i % 3];
+            let via = if i % 2 == 0 { Via::Done } else { Via::Adopted };
+            events.push(Event::StepSucceeded { step, outcome, via });
+        }
+        events
+    }
+
+    #[test]
+    fn fast_json_is_event_json() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("events/tests/fixtures");
+        let mut envelopes: Vec<Envelope> = Vec::new();
+        for version in std::fs::read_dir(&fixtures).unwrap().flatten() {
+            for file in std::fs::read_dir(version.path()).unwrap().flatten() {
+                if file.path().extension().is_some_and(|x| x == "bin") {
+                    let bytes = std::fs::read(file.path()).unwrap();
+                    if let Ok(e) = rmm_events::codec::decode(&bytes) {
+                        envelopes.push(e);
+                    }
+                }
+            }
+        }
+        assert!(!envelopes.is_empty(), "fixtures decode");
+        for (i, event) in every_event().into_iter().enumerate() {
+            envelopes.push(Envelope {
+                seq: i as u64 + 1,
+                id: Uuid::now_v7(),
+                run: Uuid::now_v7(),
+                attempt: 1 + i as u32 % 3,
+                actor: if i % 4 == 0 { "coordinator".into() } else { "wörker\"01".into() },
+                cause: (i % 5 != 0).then(Uuid::now_v7),
+                at_ms: 1_764_000_000_000 + (i as i64) * 86_399_999,
+                event,
+            });
+        }
+        let hash = [0xa5u8; 32];
+        for e in &envelopes {
+            let mut fast = Vec::new();
+            write_event_json(&mut fast, e, &hash);
+            assert_eq!(String::from_utf8(fast).unwrap(), event_json(e, &hash).to_string(), "{:?}", e.event);
+        }
+    }
+
+    #[test]
+    fn rfc3339_matches_humantime() {
+        let mut at = -5i64;
+        while at < 253_402_300_799_999 {
+            let mut out = Vec::new();
+            write_rfc3339_ms(&mut out, at);
+            assert_eq!(String::from_utf8(out).unwrap(), rmm_events::rfc3339_ms(at), "{at}");
+            at = at * 3 + 7_777_777;
+        }
+    }
 }

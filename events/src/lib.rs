@@ -9,6 +9,7 @@
 //! * `codec`    — the only bincode call sites; a format version byte first.
 //! * `store`    — [`SledLog`]: sled 0.34.7 plus `fdatasync`, group commit.
 //! * `state`    — [`History`], [`RunState`], [`ActorState`]: `apply` only, no decisions.
+//! * `tail`     — [`WalTail`]: records another process appended, read from its write-ahead file.
 //!
 //! # Glossary
 //! * **Step** — one unit of work of one actor (create a machine, log in …).
@@ -28,10 +29,12 @@ pub mod event;
 pub mod plan;
 pub mod state;
 pub mod store;
+pub mod tail;
 
 pub use envelope::{chain_hash, now_ms, rfc3339_ms, Envelope, Hash, Record, GENESIS};
 pub use error::{Error, Result};
 pub use event::{Event, Outcome, Role, RunKind, SecretRef, Step, Via};
 pub use plan::{Plan, Retry, Timeouts};
 pub use state::{ActorState, History, RunState, RunStatus, StepState};
-pub use store::{OpenError, SledLog};
+pub use store::{OpenError, SledLog, READER_CACHE_BYTES};
+pub use tail::{Tail, WalTail};

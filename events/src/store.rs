@@ -31,7 +31,9 @@ use crate::envelope::{chain_hash, Hash, Record, GENESIS};
 use crate::{codec, Envelope, Error, Result};
 
 const TREE: &str = "events";
-const WAL: &str = "journal.wal";
+pub(crate) const WAL: &str = "journal.wal";
+/// The page cache readers ask for (see [`SledLog::open_with_cache`]).
+pub const READER_CACHE_BYTES: u64 = 4 << 20;
 /// Records between checkpoints (sled flush + fdatasync, then the
 /// write-ahead file is emptied).
 pub const CHECKPOINT_EVERY: u64 = 4096;
@@ -66,9 +68,18 @@ pub enum OpenError {
 impl SledLog {
     /// Opens (or creates) the store in `dir`, exclusively.
     pub fn open(dir: &Path) -> Result<SledLog, OpenError> {
+        Self::open_with_cache(dir, None)
+    }
+
+    /// [`SledLog::open`] with sled's page cache bounded to `cache_bytes`
+    /// (`None`: sled's default, 1 GiB). Readers pass [`READER_CACHE_BYTES`]:
+    /// a scan reads every page once, in key order, so a large cache only
+    /// grows the process (a million records fill ~200 MB of it) without
+    /// saving a read.
+    pub fn open_with_cache(dir: &Path, cache_bytes: Option<u64>) -> Result<SledLog, OpenError> {
         // No background flusher: every append flushes and syncs itself, and
         // without that thread the store is closed as soon as it is dropped.
-        let db = sled::Config::new().path(dir).flush_every_ms(None).open().map_err(|e| match e {
+        let db = config(dir, cache_bytes).open().map_err(|e| match e {
             // sled reports its file lock as an Io error whose text names it.
             sled::Error::Io(io)
                 if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") =>
@@ -85,12 +96,14 @@ impl SledLog {
     /// The copy is as of now; sled recovers its torn tail, if any, like after
     /// a crash.
     pub fn open_snapshot(dir: &Path) -> Result<SledLog> {
+        Self::open_snapshot_with_cache(dir, None)
+    }
+
+    /// [`SledLog::open_snapshot`] with the page cache bounded as in
+    /// [`SledLog::open_with_cache`].
+    pub fn open_snapshot_with_cache(dir: &Path, cache_bytes: Option<u64>) -> Result<SledLog> {
         let snap = SnapshotDir::copy_of(dir)?;
-        let db = sled::Config::new()
-            .path(&snap.0)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| Error::Store(e.to_string()))?;
+        let db = config(&snap.0, cache_bytes).open().map_err(|e| Error::Store(e.to_string()))?;
         let path = snap.0.clone();
         Self::from_db(db, &path, Some(snap), false)
     }
@@ -241,12 +254,62 @@ impl SledLog {
     /// the record before `from_seq`). Stops at the first bad record.
     pub fn scan(&self, from_seq: u64) -> Scan {
         Scan {
-            iter: self.tree.iter(),
+            iter: Source::Sled(self.tree.iter()),
             expect_seq: 1,
             prev: GENESIS,
             from_seq,
             failed: false,
         }
+    }
+
+    /// Streams the records after `seq`, checking them as [`SledLog::scan`]
+    /// does but continuing a chain already checked up to `seq`, whose hash
+    /// is `prev` (`0, GENESIS` for the whole log). Costs only the records
+    /// read: a follower that has verified the log up to `seq` does not read
+    /// it again.
+    pub fn scan_after(&self, seq: u64, prev: Hash) -> Scan {
+        Scan {
+            iter: Source::Sled(self.tree.range((seq + 1).to_be_bytes()..)),
+            expect_seq: seq + 1,
+            prev,
+            from_seq: 0,
+            failed: false,
+        }
+    }
+
+    /// [`SledLog::scan`] with sled's own reading on a thread of its own,
+    /// up to [`READ_AHEAD`] batches of records ahead of the checking.
+    /// sled's iteration is most of the cost of a scan (~1.3 µs a record on
+    /// a million, see BENCHMARKS.md); this way it overlaps with the chain
+    /// check, the decoding and whatever the caller does with each record.
+    /// Same records, same checks, same errors. Costs one thread and at most
+    /// `READ_AHEAD` batches of values in memory; the thread ends when the
+    /// scan is dropped.
+    pub fn scan_read_ahead(&self, from_seq: u64) -> Scan {
+        let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+        let tree = self.tree.clone();
+        let reader = std::thread::Builder::new().name("rmm-read-ahead".into()).spawn(move || {
+            let mut batch = Vec::with_capacity(READ_AHEAD_BATCH);
+            for item in tree.iter() {
+                let failed = item.is_err();
+                batch.push(item);
+                if batch.len() == READ_AHEAD_BATCH || failed {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_AHEAD_BATCH));
+                    if failed || tx.send(full).is_err() {
+                        return;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+        });
+        let iter = match reader {
+            Ok(_) => Source::ReadAhead { rx, batch: Vec::new().into_iter() },
+            // No thread to be had: read in line.
+            Err(_) => Source::Sled(self.tree.iter()),
+        };
+        Scan { iter, expect_seq: 1, prev: GENESIS, from_seq, failed: false }
     }
 
     /// Reads the raw stored bytes of a record, for export and tests.
@@ -319,7 +382,7 @@ fn wal_frames(bytes: &[u8]) -> Result<Frames<'_>> {
 }
 
 /// The value of a whole, checksummed frame starting at `at`.
-fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
+pub(crate) fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
     let rest = bytes.get(at..)?;
     let len = u32::from_le_bytes(rest.get(0..4)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(rest.get(4..8)?.try_into().ok()?);
@@ -327,9 +390,38 @@ fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
     (len >= 33 && crc32fast::hash(value) == crc).then_some(value)
 }
 
+/// Batches [`SledLog::scan_read_ahead`] keeps ready, and their size.
+pub const READ_AHEAD: usize = 8;
+const READ_AHEAD_BATCH: usize = 1024;
+
+type Item = sled::Result<(sled::IVec, sled::IVec)>;
+
+/// Where a [`Scan`] gets its records from.
+enum Source {
+    Sled(sled::Iter),
+    /// Batches read by a thread of their own ([`SledLog::scan_read_ahead`]).
+    ReadAhead { rx: std::sync::mpsc::Receiver<Vec<Item>>, batch: std::vec::IntoIter<Item> },
+}
+
+impl Iterator for Source {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        match self {
+            Source::Sled(iter) => iter.next(),
+            Source::ReadAhead { rx, batch } => loop {
+                if let Some(item) = batch.next() {
+                    return Some(item);
+                }
+                *batch = rx.recv().ok()?.into_iter();
+            },
+        }
+    }
+}
+
 /// Iterator of [`SledLog::scan`].
 pub struct Scan {
-    iter: sled::Iter,
+    iter: Source,
     expect_seq: u64,
     prev: Hash,
     from_seq: u64,
@@ -359,7 +451,7 @@ impl Iterator for Scan {
 }
 
 impl Scan {
-    fn check(&mut self, item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Record> {
+    fn check(&mut self, item: Item) -> Result<Record> {
         let (k, v) = item.map_err(store_err)?;
         let seq = key_seq(&k)?;
         let expect = self.expect_seq;
@@ -404,12 +496,20 @@ fn key_seq(k: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(bytes))
 }
 
-fn split_value(seq: u64, v: &[u8]) -> Result<(&[u8], Hash)> {
+pub(crate) fn split_value(seq: u64, v: &[u8]) -> Result<(&[u8], Hash)> {
     if v.len() < 33 {
         return Err(Error::Corrupt { seq: Some(seq), reason: "record too short".into() });
     }
     let (body, hash) = v.split_at(v.len() - 32);
     Ok((body, hash.try_into().expect("split_at leaves 32 bytes")))
+}
+
+fn config(path: &Path, cache_bytes: Option<u64>) -> sled::Config {
+    let config = sled::Config::new().path(path).flush_every_ms(None);
+    match cache_bytes {
+        Some(bytes) => config.cache_capacity(bytes),
+        None => config,
+    }
 }
 
 fn store_err(e: sled::Error) -> Error {

@@ -3,10 +3,8 @@
 
 use std::io::Write;
 
-use rmm_events::History;
-
 use crate::error::{Error, Result};
-use crate::state_dir::StateDir;
+use crate::state_dir::{fold_latest, StateDir};
 use crate::view;
 
 #[derive(Debug, clap::Args)]
@@ -27,17 +25,9 @@ pub fn run(args: ReplayArgs, dir: &StateDir) -> Result<()> {
             return Err(Error::Config(format!("--to {to} is outside the log (1..={last})")));
         }
     }
-    let mut history = History::default();
-    let mut at = None;
-    for record in log.scan(1) {
-        let record = record?;
-        history.apply(&record.envelope);
-        at = Some(record.envelope.run);
-        if Some(record.envelope.seq) == args.to {
-            break;
-        }
-    }
-    let run = at.and_then(|id| history.runs.iter().find(|r| r.id == id));
+    let history = fold_latest(&log, args.to)?;
+    // The run of the event replayed to (the last one folded).
+    let run = history.latest();
     // A replay shows recorded state; a run still `running` at that point is shown so.
     let v = view::status_json(&history, run, true);
     let mut out = std::io::stdout().lock();

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::state_dir::{fold, StateDir};
+use crate::state_dir::{fold_latest, StateDir};
 use crate::view;
 
 #[derive(Debug, clap::Args)]
@@ -24,7 +24,7 @@ pub fn run(args: StatusArgs, dir: &StateDir) -> Result<()> {
     let (history, writer) = if dir.exists() {
         let writer = dir.locked_by_other();
         let log = dir.open_store_for_reading()?;
-        (fold(&log)?, writer)
+        (fold_latest(&log, None)?, writer)
     } else {
         (Default::default(), None)
     };

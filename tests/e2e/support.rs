@@ -56,13 +56,13 @@ impl TestDir {
 
     /// Every event of the log, as `rmm log --json` prints them.
     pub fn events(&self) -> Vec<Value> {
-        let out = self.rmm(&["log", "--json"]).ok();
+        let out = self.rmm(&["log", "--json", "--all-runs"]).ok();
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect()
     }
 
     /// The log so far, read beside a running `up` (empty before it exists).
     pub fn events_while_running(&self) -> Vec<Value> {
-        let out = self.rmm(&["log", "--json"]).run();
+        let out = self.rmm(&["log", "--json", "--all-runs"]).run();
         if !out.status.success() {
             return Vec::new();
         }
