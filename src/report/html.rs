@@ -208,7 +208,7 @@ pub fn render(events: &[Envelope], runs: &[Run]) -> String {
 
 fn run_section(out: &mut String, run: &Run) {
     let id = run.id.to_string();
-    let _ = write!(out, "<section class=\"run\" data-run=\"{}\">\n", esc(&id));
+    let _ = writeln!(out, "<section class=\"run\" data-run=\"{}\">", esc(&id));
     let mut title = format!("Run {} · {} · {} · {}", &id[..8.min(id.len())], run.title(), run.final_end().word(), fmt_dur(run.busy_ms()));
     if run.attempts.len() > 1 {
         let _ = write!(title, " in {} attempts ({} wall clock)", run.attempts.len(), fmt_dur(run.end_ms() - run.start_ms()));

@@ -569,7 +569,7 @@ fn predecessor(run: &Run, bars: &[usize], b: usize) -> Option<usize> {
                 } else if other.step == Step::WaitNodeListed {
                     match masters.iter().position(|m| *m == me) {
                         Some(pos) => pos > 0 && masters[pos - 1] == other_name,
-                        None => masters.iter().any(|m| *m == other_name),
+                        None => masters.contains(&other_name),
                     }
                 } else {
                     false
@@ -578,26 +578,21 @@ fn predecessor(run: &Run, bars: &[usize], b: usize) -> Option<usize> {
                     consider(i);
                 }
             }
-            Step::CreateMachine => {
-                if other.step == Step::CreateMachine && before_start(i) && slots_full(run, bars, i) {
-                    consider(i);
-                }
-            }
+            Step::CreateMachine if other.step == Step::CreateMachine && before_start(i) && slots_full(run, bars, i) => consider(i),
             Step::WaitClusterActive if me == "rancher" => {
                 let node_step = matches!(other.step, Step::RunAgent | Step::WaitNodeListed);
                 if node_step && ok(i) && other.end_seq > bar.start_seq && other.end_seq < bar.end_seq {
                     consider(i);
                 }
             }
-            Step::WaitNodeActive => {
+            Step::WaitNodeActive
                 if other_name == "rancher"
                     && other.step == Step::WaitClusterActive
                     && ok(i)
                     && other.end_seq > bar.start_seq
-                    && other.end_seq < bar.end_seq
-                {
-                    consider(i);
-                }
+                    && other.end_seq < bar.end_seq =>
+            {
+                consider(i)
             }
             _ => {}
         }

@@ -541,3 +541,44 @@ fn html_shows_attempts_and_the_gap() {
     assert!(html.contains("bar open"));
     assert!(html.contains("bar adopted crit") || html.contains("bar adopted"));
 }
+
+#[test]
+fn with_one_creation_slot_a_machine_waits_for_the_one_before() {
+    // parallel = 1: master01's machine is created after rancher's, and that
+    // wait is on the path (the slot, not a step of master01, held it up).
+    let mut h = H::new(1, 0);
+    if let Event::RunStarted { plan, .. } = &mut h.events[0].event {
+        plan.parallel = 1;
+    }
+    let h = h
+        .step(1, 1000, "rancher", Step::CreateMachine)
+        .start(1001, "master01", Step::CreateMachine, 1);
+    let (h, t) = h.rancher_until_node_command(1002, 5);
+    let h = h
+        .start(t, "rancher", Step::WaitClusterActive, 1)
+        .ok(t + 2000, "master01", Step::CreateMachine)
+        .grant(t + 2001, "master01")
+        .step(t + 2002, t + 2010, "master01", Step::RunAgent)
+        .step(t + 2011, t + 2300, "master01", Step::WaitNodeListed)
+        .start(t + 2301, "master01", Step::WaitNodeActive, 1)
+        .ok(t + 2400, "rancher", Step::WaitClusterActive)
+        .ok(t + 2450, "master01", Step::WaitNodeActive)
+        .completed(t + 2451);
+    let path = critical(&h.timeline());
+    let head: Vec<(&str, Step)> = path.iter().take(2).map(|(a, s, _)| (a.as_str(), *s)).collect();
+    assert_eq!(head, vec![("rancher", Step::CreateMachine), ("master01", Step::CreateMachine)], "{path:?}");
+    // With 8 slots the same history has no such link: master01's machine starts the path.
+    let mut h8 = h;
+    if let Event::RunStarted { plan, .. } = &mut h8.events[0].event {
+        plan.parallel = 8;
+    }
+    let path = critical(&h8.timeline());
+    assert_eq!(path.first().map(|(a, s, _)| (a.as_str(), *s)), Some(("master01", Step::CreateMachine)), "{path:?}");
+}
+
+#[test]
+fn touching_bars_get_two_shades_in_colour() {
+    let out = text(&happy(), 80, true);
+    let rancher = row(&out, "rancher")[0];
+    assert!(rancher.contains("\x1b[1;30;43m") && rancher.contains("\x1b[30;103m"), "{rancher:?}");
+}

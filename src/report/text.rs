@@ -28,8 +28,12 @@ enum Kind {
     Empty,
     Wait,
     Step,
+    /// The same as the kind before it, in another shade (colour mode), so
+    /// that two bars that touch stay two bars.
+    StepAlt,
     Adopted,
     Crit,
+    CritAlt,
     Open,
     Failed,
     Mark,
@@ -55,9 +59,9 @@ impl Pen {
         match (kind, self.color) {
             (Kind::Empty, _) => ' ',
             (Kind::Wait, _) => '.',
-            (Kind::Step, false) => '=',
-            (Kind::Crit, false) => '#',
-            (Kind::Step | Kind::Crit, true) => ' ',
+            (Kind::Step | Kind::StepAlt, false) => '=',
+            (Kind::Crit | Kind::CritAlt, false) => '#',
+            (Kind::Step | Kind::StepAlt | Kind::Crit | Kind::CritAlt, true) => ' ',
             (Kind::Adopted, _) => '@',
             (Kind::Open, _) => '?',
             (Kind::Failed, _) => 'x',
@@ -74,7 +78,9 @@ impl Pen {
             Kind::Empty => "",
             Kind::Wait | Kind::Sep | Kind::Axis => "2",
             Kind::Step => "30;46",
+            Kind::StepAlt => "97;44",
             Kind::Crit => "1;30;43",
+            Kind::CritAlt => "30;103",
             Kind::Adopted => "30;42",
             Kind::Open => "1;37;45",
             Kind::Failed => "1;37;41",
@@ -286,9 +292,13 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
                 }
             }
         }
-        for &bi in &actor.bars {
+        for (nth, &bi) in actor.bars.iter().enumerate() {
             let bar = &run.bars[bi];
-            let kind = bar_kind(bar);
+            let kind = match bar_kind(bar) {
+                Kind::Step if nth % 2 == 1 => Kind::StepAlt,
+                Kind::Crit if nth % 2 == 1 => Kind::CritAlt,
+                k => k,
+            };
             let (c0, c1) = col_range(bar);
             for cell in row.iter_mut().take(c1).skip(c0) {
                 if cell.kind <= kind && cell.kind != Kind::Sep {
@@ -310,7 +320,8 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
                 while c < chart_w && row[c].owner == Some(bi) {
                     c += 1;
                 }
-                if c - start >= need && matches!(row[start].kind, Kind::Step | Kind::Crit | Kind::Adopted) {
+                let labelled = matches!(row[start].kind, Kind::Step | Kind::StepAlt | Kind::Crit | Kind::CritAlt | Kind::Adopted);
+                if c - start >= need && labelled {
                     let at = start + (c - start - label.len()) / 2;
                     for (j, ch) in label.chars().enumerate() {
                         row[at + j].ch = ch;
