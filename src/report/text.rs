@@ -357,11 +357,13 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
             let c = (axis.x(seg.attempt, seg.start_ms + t).floor() as usize).clamp(c0, c1 - 1);
             ticks[c] = Cell { ch: '+', kind: Kind::Axis, owner: None };
             let text = fmt_tick(t);
-            if c >= free && c + text.len() <= c1 {
+            // Under its tick, or ending at the segment's end if it would overflow it.
+            let at = c.min(c1.saturating_sub(text.len()));
+            if at >= free && at + text.len() <= c1 {
                 for (j, ch) in text.chars().enumerate() {
-                    labels[c + j] = Cell { ch, kind: Kind::Empty, owner: None };
+                    labels[at + j] = Cell { ch, kind: Kind::Empty, owner: None };
                 }
-                free = c + text.len() + 1;
+                free = at + text.len() + 1;
             }
             t += step;
         }
@@ -528,15 +530,16 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
             }
         }
     }
-    let total = match run.critical_summary(run.attempts.len().saturating_sub(1)) {
-        Some(_) => format!(
-            "{} steps, {} tries failed; total {} in attempts",
-            run.bars.len(),
-            failures.len(),
-            fmt_dur(run.busy_ms())
-        ),
-        None => format!("{} steps", run.bars.len()),
-    };
+    let steps: std::collections::BTreeSet<(usize, rmm_events::Step)> = run.bars.iter().map(|b| (b.actor, b.step)).collect();
+    let plural = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let total = format!(
+        "{} ({}), {} failed; {} in {}",
+        plural(steps.len(), "step", "steps"),
+        plural(run.bars.len(), "try", "tries"),
+        failures.len(),
+        fmt_dur(run.busy_ms()),
+        plural(attempts, "attempt", "attempts")
+    );
     let _ = writeln!(out, "{}", pen.fit(&format!("  {total}"), width));
     if !failures.is_empty() {
         out.push('\n');
