@@ -24,11 +24,7 @@ pub struct ReportArgs {
 
 pub fn run(args: ReportArgs, dir: &StateDir) -> Result<()> {
     let log = dir.open_store_for_reading()?;
-    let mut events: Vec<Envelope> = Vec::new();
-    for record in log.scan(1) {
-        events.push(record?.envelope);
-    }
-    let events = select(events, args.run.as_deref(), args.all_runs)?;
+    let events = select(log.scan(1).map(|r| r.map(|r| r.envelope)), args.run.as_deref(), args.all_runs)?;
     let html = crate::report::html_report(&events);
     let runs = {
         let mut ids: Vec<_> = events.iter().map(|e| e.run).collect();
@@ -55,33 +51,47 @@ pub fn run(args: ReportArgs, dir: &StateDir) -> Result<()> {
     Ok(())
 }
 
-/// The events of the chosen run(s), in log order.
-fn select(events: Vec<Envelope>, run: Option<&str>, all: bool) -> Result<Vec<Envelope>> {
-    if all {
-        return Ok(events);
-    }
-    let mut runs = Vec::new();
-    for e in &events {
-        if matches!(e.event, Event::RunStarted { .. }) && !runs.contains(&e.run) {
-            runs.push(e.run);
-        }
-    }
-    let chosen = match run {
-        None => match runs.last() {
-            Some(id) => *id,
-            None => return Ok(events),
-        },
-        Some(want) => {
-            let want = want.to_ascii_lowercase();
-            let hits: Vec<_> = runs.iter().filter(|id| id.to_string().starts_with(&want)).collect();
-            match hits.as_slice() {
-                [one] => **one,
-                [] => return Err(Error::Config(format!("--run {want}: no such run in the log ({} runs)", runs.len()))),
-                _ => return Err(Error::Config(format!("--run {want}: {} runs start with it; give more of the id", hits.len()))),
+/// The events of the chosen run(s), in log order. Streams: only the
+/// chosen run's events are kept (the latest run's: those after the last
+/// `RunStarted`).
+fn select(
+    records: impl Iterator<Item = rmm_events::Result<Envelope>>,
+    run: Option<&str>,
+    all: bool,
+) -> Result<Vec<Envelope>> {
+    let want = run.map(|r| r.to_ascii_lowercase());
+    let mut events = Vec::new();
+    let mut runs = 0usize;
+    let mut current = None;
+    let mut matching: Vec<uuid::Uuid> = Vec::new();
+    for e in records {
+        let e = e?;
+        if matches!(e.event, Event::RunStarted { .. }) {
+            runs += 1;
+            current = Some(e.run);
+            match &want {
+                None if !all => events.clear(),
+                Some(w) if e.run.to_string().starts_with(w.as_str()) && !matching.contains(&e.run) => matching.push(e.run),
+                _ => {}
             }
         }
-    };
-    Ok(events.into_iter().filter(|e| e.run == chosen).collect())
+        let keep = match &want {
+            _ if all => true,
+            None => Some(e.run) == current,
+            Some(_) => matching.contains(&e.run),
+        };
+        if keep {
+            events.push(e);
+        }
+    }
+    if let Some(w) = &want {
+        match matching.len() {
+            1 => {}
+            0 => return Err(Error::Config(format!("--run {w}: no such run in the log ({runs} runs)"))),
+            n => return Err(Error::Config(format!("--run {w}: {n} runs start with it; give more of the id"))),
+        }
+    }
+    Ok(events)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over
