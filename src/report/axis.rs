@@ -20,6 +20,9 @@ pub struct Segment {
 #[derive(Debug, Clone)]
 pub struct Axis {
     pub segments: Vec<Segment>,
+    /// Units between two attempts (0 when there are too many attempts to
+    /// separate: then they only follow one another).
+    pub sep: f64,
 }
 
 impl Axis {
@@ -27,8 +30,9 @@ impl Axis {
     /// two attempts, each attempt at least `min` units wide.
     pub fn new(run: &Run, total: f64, sep: f64, min: f64) -> Axis {
         let n = run.attempts.len().max(1);
-        let seps = sep * (n - 1) as f64;
-        let room = (total - seps).max(n as f64);
+        // Every attempt gets at least one unit and a separator, if they fit.
+        let sep = if n as f64 + sep * (n - 1) as f64 > total { 0.0 } else { sep };
+        let room = total - sep * (n - 1) as f64;
         let min = min.min(room / n as f64);
         let durations: Vec<f64> = run.attempts.iter().map(|a| a.duration_ms().max(1) as f64).collect();
         let sum: f64 = durations.iter().sum::<f64>().max(1.0);
@@ -50,7 +54,7 @@ impl Axis {
             x += width + sep;
             prev_end = Some(a.end_ms);
         }
-        Axis { segments }
+        Axis { segments, sep }
     }
 
     pub fn segment(&self, attempt: u32) -> Option<&Segment> {

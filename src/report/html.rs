@@ -342,9 +342,9 @@ fn svg(out: &mut String, run: &Run) {
     for (k, seg) in axis.segments.iter().enumerate() {
         let att = &run.attempts[k];
         let mut text = format!("attempt {} · {}", seg.attempt, att.end.word());
-        if let Some(gap) = seg.gap_before_ms {
+        if let Some(gap) = seg.gap_before_ms.filter(|_| axis.sep > 0.0) {
             let _ = write!(text, " · resumed {} later", fmt_dur(gap));
-            let sx = LABEL_W + seg.x0 - SEP_W / 2.0;
+            let sx = LABEL_W + seg.x0 - axis.sep / 2.0;
             let _ = writeln!(
                 out,
                 "<line class=\"sep\" x1=\"{sx:.1}\" y1=\"2\" x2=\"{sx:.1}\" y2=\"{:.1}\"><title>{}</title></line>",
@@ -352,7 +352,12 @@ fn svg(out: &mut String, run: &Run) {
                 esc(&format!("{} between attempts, cut out", fmt_dur(gap)))
             );
         }
-        let _ = writeln!(out, "<text class=\"heading\" x=\"{:.1}\" y=\"14\">{}</text>", LABEL_W + seg.x0 + 2.0, esc(&text));
+        // Headings need room: with many attempts only the wide ones get one.
+        if seg.width >= text.chars().count() as f64 * 6.0 || axis.segments.len() == 1 {
+            let _ = writeln!(out, "<text class=\"heading\" x=\"{:.1}\" y=\"14\">{}</text>", LABEL_W + seg.x0 + 2.0, esc(&text));
+        } else if seg.width >= 30.0 {
+            let _ = writeln!(out, "<text class=\"heading\" x=\"{:.1}\" y=\"14\">a{}</text>", LABEL_W + seg.x0 + 2.0, seg.attempt);
+        }
     }
     for (ai, actor) in run.actors.iter().enumerate() {
         let y = HEAD_H + ai as f64 * ROW_H;
@@ -448,7 +453,7 @@ fn svg(out: &mut String, run: &Run) {
         let dur = seg.end_ms - seg.start_ms;
         let step = tick_step(dur as f64 / seg.width, 70.0);
         let mut t = 0;
-        while t <= dur {
+        while t <= dur && seg.width >= 40.0 {
             let x = x_of(seg.attempt, seg.start_ms + t);
             let _ = writeln!(
                 out,

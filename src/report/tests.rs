@@ -582,3 +582,25 @@ fn touching_bars_get_two_shades_in_colour() {
     let rancher = row(&out, "rancher")[0];
     assert!(rancher.contains("\x1b[1;30;43m") && rancher.contains("\x1b[30;103m"), "{rancher:?}");
 }
+
+#[test]
+fn many_attempts_still_fit() {
+    // A run resumed 60 times (more attempts than the chart has room to separate).
+    let mut h = H::new(1, 0);
+    let mut t = 1;
+    for n in 1..=60u32 {
+        if n > 1 {
+            h = h.attempt(t, n);
+        }
+        h = h.start(t + 1, "rancher", Step::CreateMachine, n);
+        t += 1000;
+    }
+    for width in [80, 81, 120] {
+        let out = text(&h, width, false);
+        assert_fits(&out, width);
+        assert_eq!(h.timeline().attempts.len(), 60);
+        assert!(row(&out, "rancher")[0].contains('?'));
+    }
+    let html = html_report(&h.events);
+    assert!(html.contains("attempt 60"));
+}

@@ -220,12 +220,16 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
         .segments
         .iter()
         .map(|s| {
-            let c0 = s.x0.round() as usize;
+            let c0 = (s.x0.round() as usize).min(chart_w - 1);
             let c1 = ((s.x0 + s.width).round() as usize).clamp(c0 + 1, chart_w);
             (c0, c1)
         })
         .collect();
-    let sep_cols: Vec<usize> = seg_cols.iter().skip(1).map(|(c0, _)| c0.saturating_sub(1)).collect();
+    let sep_cols: Vec<usize> = if axis.sep > 0.0 {
+        seg_cols.iter().skip(1).map(|(c0, _)| c0.saturating_sub(1)).collect()
+    } else {
+        Vec::new()
+    };
     let blank_row = || {
         let mut row = vec![EMPTY; chart_w];
         for &c in &sep_cols {
