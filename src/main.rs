@@ -10,7 +10,9 @@ fn main() -> ExitCode {
     match rmm::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rmm: {e}");
+            // One line, whatever the cause's text holds.
+            let line = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("rmm: {line}");
             e.exit_code()
         }
     }

@@ -28,8 +28,10 @@ pub struct Lock {
 }
 
 impl StateDir {
+    /// `root` is made absolute: the local world hands paths under it to
+    /// processes that run elsewhere (the emulator).
     pub fn new(root: PathBuf) -> StateDir {
-        StateDir { root }
+        StateDir { root: absolute(&root) }
     }
 
     pub fn events(&self) -> PathBuf {

@@ -38,9 +38,8 @@ pub fn actor_state(run: &RunState, actor: Option<&ActorState>, role: Role, write
     }
     let failed = steps.iter().find(|s| matches!(a.step(**s), Some(StepState::Failed { .. })));
     if let Some(step) = failed {
-        if run.status == RunStatus::Failed || run.status == RunStatus::Interrupted || run.status == RunStatus::Running {
-            return ("failed", Some(*step));
-        }
+        // A failed try of a run still going (or resumable) is tried again.
+        return (if run.status == RunStatus::Failed { "failed" } else { "retrying" }, Some(*step));
     }
     if a.steps.is_empty() {
         ("pending", None)

@@ -82,6 +82,20 @@ impl RunCtx {
         *self.stop.borrow()
     }
 
+    /// Waits for a machine-creation slot; `None` when the run is told to
+    /// stop first.
+    pub async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let mut stop = self.stop.clone();
+        if *stop.borrow() {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => None,
+            permit = self.create_slots.acquire() => permit.ok(),
+        }
+    }
+
     /// Sleeps, or returns `false` early when the run is told to stop.
     pub async fn sleep(&self, d: Duration) -> bool {
         let mut stop = self.stop.clone();

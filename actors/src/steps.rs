@@ -175,7 +175,6 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
 
 async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
-    let _slot = ctx.create_slots.acquire().await.map_err(|_| StepError::transient("creation slots closed"))?;
     if let Some(m) = ctx.driver.inspect(call.actor).await? {
         match m.state {
             // Only a machine this run already tried to create is ours to adopt.

@@ -179,6 +179,11 @@ impl Handler<Drive> for StepActor {
     }
 }
 
+/// A failure reason as one line (tools answer with several).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// One step's work, owned so it can run while the actor keeps receiving.
 struct Job {
     ctx: Arc<RunCtx>,
@@ -224,6 +229,16 @@ impl Job {
         if delay_ms > 0 && !self.ctx.sleep(Duration::from_millis(delay_ms)).await {
             return Ok(Vec::new());
         }
+        // A creation waits for a slot (`--parallel`) *before* its intent is
+        // recorded: a queued machine is not "being created", and a stop
+        // while it queues creates nothing.
+        let _slot = match step {
+            Step::CreateMachine => match self.ctx.slot().await {
+                Some(slot) => Some(slot),
+                None => return Ok(Vec::new()),
+            },
+            _ => None,
+        };
         if self.ctx.stopped() {
             return Ok(Vec::new());
         }
@@ -239,7 +254,7 @@ impl Job {
             Err(e) => Event::StepFailed {
                 step,
                 try_no,
-                error: self.ctx.redact(&e.message),
+                error: one_line(&self.ctx.redact(&e.message)),
                 retryable: e.retryable,
             },
         };
@@ -260,7 +275,10 @@ impl Job {
             Err(e) => Event::StepFailed {
                 step,
                 try_no,
-                error: format!("interrupted; could not check the world ({}), so it runs again", self.ctx.redact(&e.message)),
+                error: one_line(&format!(
+                    "interrupted; could not check the world ({}), so it runs again",
+                    self.ctx.redact(&e.message)
+                )),
                 retryable: true,
             },
         };

@@ -27,7 +27,13 @@ pub fn run(args: CredentialsArgs, dir: &StateDir) -> Result<()> {
     let secrets = FileSecrets::open(dir.secrets()).map_err(|e| Error::StateDir(format!("cannot read secrets: {e}")))?;
     let rancher = run.actor("rancher");
     let changed = rancher.is_some_and(|a| a.done(Step::ChangePassword));
-    let name = if changed { secret::ADMIN_PASSWORD } else { secret::BOOTSTRAP_PASSWORD };
+    // The new password is stored before the call that sets it: if that call
+    // was in flight when the run stopped, the new one is most likely in force.
+    let in_doubt = !changed && rancher.is_some_and(|a| a.step(Step::ChangePassword).is_some());
+    let name = if changed || in_doubt { secret::ADMIN_PASSWORD } else { secret::BOOTSTRAP_PASSWORD };
+    if in_doubt {
+        eprintln!("note: the password change was in flight when the run stopped; `rmm up --resume` confirms it");
+    }
     let password = secrets
         .get(&format!("{}/{name}", run.id))
         .ok_or_else(|| Error::Refused("no admin password yet: Rancher has not been started by this run".into()))?;

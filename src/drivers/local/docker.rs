@@ -622,15 +622,41 @@ pub fn load_containers(machine_dir: &Path) -> io::Result<Vec<Container>> {
     Ok(containers)
 }
 
+/// Pids of live processes whose command line mentions `dir` (Linux /proc).
+fn processes_naming(dir: &Path) -> Vec<i32> {
+    let needle = format!("{}/", dir.to_string_lossy());
+    let me = std::process::id() as i32;
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 /// Stops every process started on the machine: SIGTERM to each process
 /// group, up to 5 s for them to end, then SIGKILL.
 pub async fn stop_all(machine_dir: &Path) {
-    let Ok(containers) = load_containers(machine_dir) else { return };
-    let procs: Vec<(i32, Option<u64>)> = containers
+    let containers = load_containers(machine_dir).unwrap_or_default();
+    let mut procs: Vec<(i32, Option<u64>)> = containers
         .iter()
         .filter_map(|c| c.pid.map(|p| (p, c.pid_start)))
         .filter(|&(pid, start)| process_alive(pid, start))
         .collect();
+    // A process started on the machine whose record was never written (rmm
+    // killed between the spawn and the record) is still the machine's: its
+    // command line names the machine's directory, as a VM's processes die
+    // with the VM.
+    for pid in processes_naming(machine_dir) {
+        if !procs.iter().any(|&(p, _)| p == pid) {
+            procs.push((pid, proc_stat(pid).map(|(_, start)| start)));
+        }
+    }
     if procs.is_empty() {
         return;
     }
