@@ -7,5 +7,6 @@ mod crash;
 mod down;
 mod faults;
 mod kills;
+mod log;
 mod report;
 mod up;
