@@ -20,7 +20,9 @@ Examples:
   rmm up --resume                 continue a run that crashed or was interrupted
   rmm status --json               the state folded from the log, for scripts
   rmm status --refresh            also ask the driver what really exists (orphans)
-  rmm log                         every event: seq, time, attempt, actor, event, summary
+  rmm log                         the latest run's events: seq, time, attempt, actor, event, summary
+  rmm log --follow                the events as a running `rmm up` appends them
+  rmm log --verify                check the whole hash chain
   rmm report --html report.html   the timeline and the events as one HTML page
   rmm credentials                 the Rancher URL, user and password (only here)
   rmm down                        remove every machine of the cluster
@@ -57,8 +59,8 @@ pub enum Command {
     /// The state of the last run, folded from the log.
     #[command(after_help = "Examples:\n  rmm status\n  rmm status --json | jq .run.state\n  rmm status --refresh")]
     Status(status::StatusArgs),
-    /// The events of the log, one line each.
-    #[command(after_help = "Examples:\n  rmm log\n  rmm log --json | jq 'select(.actor==\"master01\")'")]
+    /// The events of the log: filter, follow, verify, export, show one with its causes.
+    #[command(after_help = "Examples:\n  rmm log                                   the latest run\n  rmm log --all-runs --actor 'master*' --kind StepFailed\n  rmm log --since 10m --grep timeout\n  rmm log --follow                          while `rmm up` runs elsewhere\n  rmm log --verify\n  rmm log --export history.jsonl; rmm log --verify --from history.jsonl\n  rmm log show 42                           one event and what caused it\n  rmm log --json | jq 'select(.actor==\"master01\")'")]
     Log(log::LogArgs),
     /// Write the timeline and the events as one self-contained HTML page.
     #[command(after_help = "Examples:\n  rmm report --html report.html\n  rmm report --html all.html --all-runs")]
