@@ -18,6 +18,9 @@ use rmm_events::{History, OpenError, SledLog};
 
 use crate::error::{Error, Result};
 
+/// How long a writer waits for a reader to close the store.
+pub const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub struct StateDir {
     pub root: PathBuf,
 }
@@ -112,11 +115,28 @@ impl StateDir {
     }
 
     /// Opens the store for writing (the caller holds the lock).
+    ///
+    /// The caller holds the writer's lock, so only a reader (`status`,
+    /// `log`, opened while no writer ran) can hold the store: readers are
+    /// short, so this waits for it, up to [`READER_WAIT`].
     pub fn open_store(&self) -> Result<SledLog> {
-        SledLog::open(&self.events()).map_err(|e| match e {
-            OpenError::Locked => Error::Busy(format!("the event store in {} is open in another process", self.root.display())),
-            OpenError::Other(e) => e.into(),
-        })
+        let deadline = std::time::Instant::now() + READER_WAIT;
+        loop {
+            match SledLog::open(&self.events()) {
+                Ok(log) => return Ok(log),
+                Err(OpenError::Locked) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(OpenError::Locked) => {
+                    return Err(Error::Busy(format!(
+                        "the event store in {} stayed open in another process (a reader such as `rmm status` or `rmm log`) for {}s",
+                        self.root.display(),
+                        READER_WAIT.as_secs()
+                    )))
+                }
+                Err(OpenError::Other(e)) => return Err(e.into()),
+            }
+        }
     }
 
     /// Opens the store for reading, beside a writer if there is one (then

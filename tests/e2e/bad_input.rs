@@ -129,3 +129,26 @@ fn swapped_records_are_refused_by_resume_naming_the_first() {
 fn a_record_rewritten_with_its_own_hash_recomputed_is_refused_at_the_next_seq() {
     refused_after(&["--seq", "5", "--rewrite"], 6);
 }
+
+/// `watch rmm status` in one terminal must not make `rmm up` in another
+/// fail: readers that open the store while no writer runs are waited for.
+#[test]
+fn readers_in_a_loop_do_not_make_up_or_down_fail() {
+    let dir = TestDir::new();
+    dir.up_ok(&["--masters", "1", "--workers", "1"]);
+    dir.rmm(&["down"]).ok();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                dir.rmm(&["status", "--json"]).run();
+                dir.rmm(&["log"]).run();
+            }
+        });
+        for _ in 0..3 {
+            dir.up_ok(&["--masters", "1", "--workers", "1"]);
+            dir.rmm(&["down"]).ok();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
