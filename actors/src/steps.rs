@@ -397,12 +397,37 @@ async fn login(call: &StepCall<'_>) -> StepResult<Outcome> {
     Ok(Outcome::LoggedIn { token: secret_ref(secret::LOGIN_TOKEN, &token) })
 }
 
+/// A session token for the calls made before the API token exists. Rancher
+/// expires session tokens (16 h by default), so one kept from an earlier
+/// attempt is checked, and a new one made with the password in force when
+/// it no longer works.
+async fn session(call: &StepCall<'_>, api: &Arc<dyn RancherApi>) -> StepResult<Secret> {
+    let ctx = call.ctx;
+    if let Some(token) = ctx.secret(secret::LOGIN_TOKEN) {
+        match api.list_tokens(&token).await {
+            Ok(_) => return Ok(token),
+            Err(e) if e.status() == Some(401) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let candidates = [secret::ADMIN_PASSWORD, secret::BOOTSTRAP_PASSWORD];
+    for password in candidates.iter().filter_map(|name| ctx.secret(name)) {
+        match api.login("admin", &password).await {
+            Ok(token) => {
+                ctx.put_secret(secret::LOGIN_TOKEN, &token).map_err(StepError::permanent)?;
+                return Ok(token);
+            }
+            Err(e) if e.status() == Some(401) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StepError::permanent("cannot log in to Rancher as admin with the stored passwords"))
+}
+
 async fn change_password(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
     let api = rancher_api(call)?;
-    let login = ctx
-        .secret(secret::LOGIN_TOKEN)
-        .ok_or_else(|| StepError::permanent("login token missing from the state dir"))?;
+    let login = session(call, &api).await?;
     let bootstrap = ctx
         .secret(secret::BOOTSTRAP_PASSWORD)
         .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
@@ -421,9 +446,7 @@ async fn change_password(call: &StepCall<'_>) -> StepResult<Outcome> {
 async fn find_api_token(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
     let ctx = call.ctx;
     let api = rancher_api(call)?;
-    let login = ctx
-        .secret(secret::LOGIN_TOKEN)
-        .ok_or_else(|| StepError::permanent("login token missing from the state dir"))?;
+    let login = session(call, &api).await?;
     let description = token_description(ctx);
     let stored = ctx.secret(secret::API_TOKEN);
     let stored_id = stored.as_ref().and_then(|s| s.expose().split(':').next().map(str::to_string));
@@ -453,9 +476,7 @@ async fn create_api_token(call: &StepCall<'_>) -> StepResult<Outcome> {
         }
     }
     let api = rancher_api(call)?;
-    let login = ctx
-        .secret(secret::LOGIN_TOKEN)
-        .ok_or_else(|| StepError::permanent("login token missing from the state dir"))?;
+    let login = session(call, &api).await?;
     let (token_id, token) = api.create_token(&login, &token_description(ctx)).await?;
     ctx.put_secret(secret::API_TOKEN, &token).map_err(StepError::permanent)?;
     Ok(Outcome::ApiTokenCreated { token_id, token: secret_ref(secret::API_TOKEN, &token) })
