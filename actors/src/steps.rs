@@ -130,7 +130,10 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
     let ctx = call.ctx;
     match call.step {
         Step::CreateMachine => Ok(match ctx.driver.inspect(call.actor).await? {
-            Some(m) if m.state == MachineState::Running => m.ip.map(|ip| Outcome::MachineCreated { ip }),
+            // Ours only if it carries this cluster's label (when the driver has labels).
+            Some(m) if m.state == MachineState::Running && m.cluster.as_ref().is_none_or(|c| *c == ctx.plan.cluster_name) => {
+                m.ip.map(|ip| Outcome::MachineCreated { ip })
+            }
             _ => None,
         }),
         Step::StartServer => Ok(server_running(ctx).await?.then(|| Outcome::ServerStarted {
@@ -173,6 +176,31 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
 
 // ------------------------------------------------------------------ machines
 
+/// How long one command on a machine, or one removal, may take.
+const DRIVER_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `driver.exec` with an end: a command that hangs is a transient failure.
+async fn exec(ctx: &RunCtx, machine: &str, command: &str) -> StepResult<crate::ports::ExecOutput> {
+    match tokio::time::timeout(DRIVER_CALL_TIMEOUT, ctx.driver.exec(machine, command)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StepError::transient(format!(
+            "a command on machine {machine} did not finish within {}s",
+            DRIVER_CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// `driver.remove` with an end.
+async fn remove(ctx: &RunCtx, machine: &str) -> StepResult<()> {
+    match tokio::time::timeout(DRIVER_CALL_TIMEOUT, ctx.driver.remove(machine)).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(StepError::transient(format!(
+            "removing machine {machine} did not finish within {}s",
+            DRIVER_CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
     if let Some(m) = ctx.driver.inspect(call.actor).await? {
@@ -193,7 +221,7 @@ async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
             _ => {}
         }
         // Broken or half-made: remove it and create it again.
-        ctx.driver.remove(call.actor).await?;
+        remove(ctx, call.actor).await?;
     }
     let spec = MachineSpec { name: call.actor.to_string(), cluster: ctx.plan.cluster_name.clone(), role: call.role };
     let timeout = Duration::from_secs(ctx.plan.timeouts.machine_create_s);
@@ -207,7 +235,7 @@ async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
 }
 
 async fn remove_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
-    call.ctx.driver.remove(call.actor).await?;
+    remove(call.ctx, call.actor).await?;
     Ok(Outcome::MachineRemoved)
 }
 
@@ -268,7 +296,7 @@ fn start_command(ctx: &RunCtx, bootstrap: &Secret) -> String {
 }
 
 async fn server_running(ctx: &RunCtx) -> StepResult<bool> {
-    let out = ctx.driver.exec("rancher", "docker ps -q --filter name=^rancher$").await?;
+    let out = exec(ctx, "rancher", "docker ps -q --filter name=^rancher$").await?;
     Ok(out.status == 0 && !out.stdout.trim().is_empty())
 }
 
@@ -281,7 +309,7 @@ async fn start_server(call: &StepCall<'_>) -> StepResult<Outcome> {
     let bootstrap = ctx
         .secret(secret::BOOTSTRAP_PASSWORD)
         .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
-    let out = ctx.driver.exec(call.actor, &start_command(ctx, &bootstrap)).await?;
+    let out = exec(ctx, call.actor, &start_command(ctx, &bootstrap)).await?;
     if out.status != 0 {
         if out.stderr.contains("is already in use") && server_running(ctx).await? {
             return Ok(Outcome::ServerStarted { image });
@@ -605,7 +633,7 @@ async fn agent_ran(call: &StepCall<'_>) -> StepResult<bool> {
     }
     let Some(command) = call.ctx.secret(secret::NODE_COMMAND) else { return Ok(false) };
     let Some(image) = agent_image(command.expose()) else { return Ok(false) };
-    let out = call.ctx.driver.exec(call.actor, &format!("docker ps -a -q --filter ancestor={image}")).await?;
+    let out = exec(call.ctx, call.actor, &format!("docker ps -a -q --filter ancestor={image}")).await?;
     Ok(out.status == 0 && !out.stdout.trim().is_empty())
 }
 
@@ -630,7 +658,7 @@ async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
         full.push_str(" --");
         full.push_str(r);
     }
-    let out = ctx.driver.exec(call.actor, &full).await?;
+    let out = exec(ctx, call.actor, &full).await?;
     if out.status != 0 {
         let why = out.stderr.lines().last().unwrap_or("").trim();
         return Err(StepError::transient(format!("agent exited {}: {}", out.status, ctx.redact(why))));
