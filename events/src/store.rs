@@ -396,7 +396,8 @@ const READ_AHEAD_BATCH: usize = 1024;
 
 type Item = sled::Result<(sled::IVec, sled::IVec)>;
 
-/// Where a [`Scan`] gets its records from.
+/// Where a [`Scan`] gets its records from. One per scan: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Source {
     Sled(sled::Iter),
     /// Batches read by a thread of their own ([`SledLog::scan_read_ahead`]).

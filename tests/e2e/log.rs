@@ -82,7 +82,7 @@ fn history_of_several_runs_stays_readable_and_replay_reaches_any_event_of_any_ru
         }
     }
     // The first up, replayed to the end, is not mixed with the second.
-    let first_end = all.iter().filter(|e| e["run"] == runs[0].as_str()).last().unwrap()["seq"].as_u64().unwrap();
+    let first_end = all.iter().rfind(|e| e["run"] == runs[0].as_str()).unwrap()["seq"].as_u64().unwrap();
     let v = json(&dir.rmm(&["replay", "--to", &first_end.to_string(), "--json"]).ok().stdout);
     let second = json(&dir.rmm(&["replay", "--json"]).ok().stdout);
     assert_ne!(v["rancher"]["cluster_id"], second["rancher"]["cluster_id"]);

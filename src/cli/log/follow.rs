@@ -73,14 +73,14 @@ pub fn run(args: &LogArgs, dir: &StateDir) -> Result<()> {
             Tail::Records(_) if store_stamp(dir) == f.store_stamp => Vec::new(),
             // A checkpoint moved records not seen yet into sled (or the
             // writer closed the store): read them from there.
-            _ => f.from_store(dir)?,
+            _ => f.catch_up_from_store(dir)?,
         };
         if !f.take_all(&records)? {
             return Ok(());
         }
         if !writer_alive && !f.ended {
             // No process writes: all it wrote is in the store by now.
-            let records = f.from_store(dir)?;
+            let records = f.catch_up_from_store(dir)?;
             if !f.take_all(&records)? || !f.printer.flush()? {
                 return Ok(());
             }
@@ -147,7 +147,7 @@ impl Follower {
     }
 
     /// The records after the last one read, from the store itself.
-    fn from_store(&mut self, dir: &StateDir) -> Result<Vec<Record>> {
+    fn catch_up_from_store(&mut self, dir: &StateDir) -> Result<Vec<Record>> {
         self.store_stamp = store_stamp(dir);
         let log = dir.open_store_for_reading()?;
         let records = log.scan_after(self.seq, self.hash).collect::<rmm_events::Result<Vec<_>>>()?;
