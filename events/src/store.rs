@@ -74,7 +74,8 @@ impl SledLog {
     /// [`SledLog::open`] with sled's page cache bounded to `cache_bytes`
     /// (`None`: sled's default, 1 GiB). Readers pass [`READER_CACHE_BYTES`]:
     /// a scan reads every page once, in key order, so a large cache only
-    /// grows the process (a million records fill ~200 MB of it) without
+    /// grows the process (a scan of a million records: ~315 MB resident,
+    /// against ~70 MB with 4 MiB; measured in BENCHMARKS.md) without
     /// saving a read.
     pub fn open_with_cache(dir: &Path, cache_bytes: Option<u64>) -> Result<SledLog, OpenError> {
         // No background flusher: every append flushes and syncs itself, and
