@@ -17,6 +17,8 @@
 //! `cargo bench --bench log_read`. `RMM_BENCH_EVENTS=N` (default 1000000);
 //! `RMM_BENCH_STORE=DIR` reuses (or makes, once) a state dir there instead of
 //! a fresh temp dir; `RMM_BENCH_RUNS=N` repetitions (default 3, median shown).
+//! `CACHE=BYTES` sets the page cache of the raw scans (default: the readers'
+//! `READER_CACHE_BYTES`), for the cache table in BENCHMARKS.md.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,15 +31,6 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("measure") => return measure(&args[2..]),
         Some("raw-disk") => return raw_disk(Path::new(&args[2])),
-        Some("raw-open") => {
-            let t = Instant::now();
-            let db = sled::Config::new().path(&args[2]).cache_capacity(rmm_events::READER_CACHE_BYTES).open().unwrap();
-            let tree = db.open_tree("events").unwrap();
-            let opened = t.elapsed();
-            let last = tree.last().unwrap().map(|(k, _)| k.to_vec());
-            eprintln!("open {:?}, last {:?} at {:?}", opened, last, t.elapsed());
-            return;
-        }
         Some("raw-scan") => return raw_scan(Path::new(&args[2]), args.get(3).is_some_and(|a| a == "hash")),
         _ => {}
     }
