@@ -40,6 +40,10 @@ pub const CHECKPOINT_EVERY: u64 = 4096;
 
 /// The append-only, hash-chained, durable event log.
 pub struct SledLog {
+    /// Set by a failed append: the write-ahead file may end in a half-written
+    /// batch, so nothing more may be appended after it (the process stops;
+    /// reopening drops the torn tail).
+    poisoned: bool,
     db: sled::Db,
     tree: sled::Tree,
     data_file: File,
@@ -127,6 +131,7 @@ impl SledLog {
             }
         };
         let mut log = SledLog {
+            poisoned: false,
             db,
             tree,
             data_file,
@@ -216,6 +221,15 @@ impl SledLog {
     /// caller must stop (the recovery path is `up --resume`, which re-reads
     /// the log).
     pub fn append_batch(&mut self, envelopes: Vec<Envelope>) -> Result<Vec<Record>> {
+        if self.poisoned {
+            return Err(Error::Store("an earlier append failed; reopen the store".into()));
+        }
+        let result = self.append_batch_inner(envelopes);
+        self.poisoned = result.is_err();
+        result
+    }
+
+    fn append_batch_inner(&mut self, envelopes: Vec<Envelope>) -> Result<Vec<Record>> {
         let mut out = Vec::with_capacity(envelopes.len());
         let mut batch = sled::Batch::default();
         let mut frames = Vec::new();
@@ -231,7 +245,7 @@ impl SledLog {
             batch.insert(&seq.to_be_bytes(), value);
             out.push(Record { envelope, hash: head });
         }
-        self.wal.write_all(&frames).map_err(|e| Error::Store(format!("write {WAL}: {e}")))?;
+        self.wal.write_all(&wal_write(&frames)).map_err(|e| Error::Store(format!("write {WAL}: {e}")))?;
         self.wal.sync_data().map_err(|e| Error::Store(format!("fdatasync {WAL}: {e}")))?;
         self.syncs += 1;
         self.tree.apply_batch(batch).map_err(store_err)?;
@@ -356,23 +370,65 @@ struct Frames<'a> {
     torn_at: Option<usize>,
 }
 
-/// Splits the write-ahead file into frames. Damage that nothing valid
-/// follows is a torn tail (a crash inside the last write); damage with a
-/// whole, valid frame somewhere after it is corruption.
+/// Marks the start of one write (one batch) in the write-ahead file.
+const WRITE_MAGIC: u32 = 0x524d_4d57; // "RMMW"
+
+/// One write of the write-ahead file: `[magic][len][crc32 of the frames]`
+/// then the frames (`[len][crc32][value]` each). The write-level checksum
+/// is what tells a torn tail from damage: a crash can tear only the last
+/// write — in any of its pages, not just at its end — and a torn write
+/// never checks out, while any *whole* write after damage proves the damage
+/// is not a tear.
+fn wal_write(frames: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(frames.len()).expect("a batch is far below 4 GiB");
+    let mut out = Vec::with_capacity(12 + frames.len());
+    out.extend_from_slice(&WRITE_MAGIC.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(frames).to_le_bytes());
+    out.extend_from_slice(frames);
+    out
+}
+
+/// The frame values of a whole, checksummed write starting at `at`, and
+/// where the next write starts.
+pub(crate) fn write_at(bytes: &[u8], at: usize) -> Option<(Vec<&[u8]>, usize)> {
+    let rest = bytes.get(at..)?;
+    let word = |i: usize| rest.get(i..i + 4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")));
+    if word(0)? != WRITE_MAGIC {
+        return None;
+    }
+    let len = word(4)? as usize;
+    let frames = rest.get(12..12usize.checked_add(len)?)?;
+    if crc32fast::hash(frames) != word(8)? {
+        return None;
+    }
+    let mut values = Vec::new();
+    let mut i = 0;
+    while i < frames.len() {
+        let value = frame_at(frames, i)?;
+        i += 8 + value.len();
+        values.push(value);
+    }
+    Some((values, at + 12 + len))
+}
+
+/// Splits the write-ahead file into frames. A write that does not check out
+/// with no whole write after it is a torn tail (a crash inside the last
+/// write); one with a whole write after it is corruption.
 fn wal_frames(bytes: &[u8]) -> Result<Frames<'_>> {
     let mut values = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
-        match frame_at(bytes, at) {
-            Some(value) => {
-                values.push(value);
-                at += 8 + value.len();
+        match write_at(bytes, at) {
+            Some((frames, next)) => {
+                values.extend(frames);
+                at = next;
             }
             None => {
-                if (at + 1..bytes.len()).any(|j| frame_at(bytes, j).is_some()) {
+                if (at + 1..bytes.len()).any(|j| write_at(bytes, j).is_some()) {
                     return Err(Error::Corrupt {
                         seq: None,
-                        reason: format!("write-ahead file damaged at byte {at}, with records after the damage"),
+                        reason: format!("write-ahead file damaged at byte {at}, with whole records after the damage"),
                     });
                 }
                 return Ok(Frames { values, torn_at: Some(at) });
@@ -383,7 +439,7 @@ fn wal_frames(bytes: &[u8]) -> Result<Frames<'_>> {
 }
 
 /// The value of a whole, checksummed frame starting at `at`.
-pub(crate) fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
+fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
     let rest = bytes.get(at..)?;
     let len = u32::from_le_bytes(rest.get(0..4)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(rest.get(4..8)?.try_into().ok()?);

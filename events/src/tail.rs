@@ -26,7 +26,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::envelope::{chain_hash, Hash, Record};
-use crate::store::{frame_at, split_value, WAL};
+use crate::store::{split_value, write_at, WAL};
 use crate::{codec, Error, Result};
 
 /// Reads the write-ahead file of the store in a directory.
@@ -64,12 +64,12 @@ impl WalTail {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tail::Records(Vec::new())),
             Err(e) => return Err(Error::Store(format!("read {WAL}: {e}"))),
         };
-        // Whole frames up to the first one that is not (yet) whole.
+        // The frames of whole writes, up to the first that is not (yet) whole.
         let mut frames = Vec::new();
         let mut at = 0;
-        while let Some(value) = frame_at(&bytes, at) {
-            at += 8 + value.len();
-            frames.push(value);
+        while let Some((values, next)) = write_at(&bytes, at) {
+            frames.extend(values);
+            at = next;
         }
         if frames.is_empty() {
             return Ok(Tail::Records(Vec::new()));

@@ -197,3 +197,28 @@ fn damage_in_the_middle_of_the_write_ahead_file_is_refused_not_taken_for_a_torn_
         Ok(_) => panic!("a damaged write-ahead file must be refused"),
     }
 }
+
+#[test]
+fn a_last_write_torn_in_its_first_page_with_a_later_page_surviving_is_still_a_torn_tail() {
+    // A power cut can keep any subset of an unsynced write's pages. Write a
+    // big batch last, then lose its first page but keep the rest: valid
+    // frames follow the damage, yet it is the last write, torn.
+    let (dir, mut log) = filled(3);
+    let before = log.last_seq();
+    let wal = dir.path().join("journal.wal");
+    let start = std::fs::metadata(&wal).unwrap().len() as usize;
+    let run = Uuid::now_v7();
+    log.append_batch((0..60).map(|i| env(run, Event::StepStarted { step: Step::RunAgent, try_no: i, detail: "x".repeat(80) })).collect())
+        .unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    drop(log);
+    let wal = copy.path().join("journal.wal");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    assert!(bytes.len() - start > 8192, "the last write spans pages");
+    bytes[start..start + 4096].fill(0);
+    std::fs::write(&wal, bytes).unwrap();
+    let log = SledLog::open(copy.path()).unwrap_or_else(|_| panic!("a torn last write must not be refused"));
+    assert_eq!(log.last_seq(), before);
+    assert!(log.scan(1).all(|r| r.is_ok()));
+}
