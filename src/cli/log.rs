@@ -66,7 +66,9 @@ pub struct LogArgs {
     #[arg(long, conflicts_with_all = ["verify", "export", "full", "timeline"])]
     pub follow: bool,
     /// Check the whole hash chain and every record's decoding; print the count and head hash.
-    #[arg(long, conflicts_with_all = ["export", "full", "timeline"])]
+    #[arg(long, conflicts_with_all = [
+        "export", "full", "timeline", "run", "all_runs", "attempt", "actor", "kind", "since", "until", "seq", "grep",
+    ])]
     pub verify: bool,
     /// With `--verify`: check an export file instead of the store.
     #[arg(long, value_name = "FILE", requires = "verify")]
