@@ -122,6 +122,12 @@ impl SledLog {
             .create(true)
             .open(dir.join(WAL))
             .map_err(|e| Error::Store(format!("open {WAL}: {e}")))?;
+        if writer {
+            // The files sled and we may just have created must survive too.
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::Store(format!("fsync {}: {e}", dir.display())))?;
+        }
         let (last_seq, head) = match tree.last().map_err(store_err)? {
             None => (0, GENESIS),
             Some((k, v)) => {
@@ -584,6 +590,10 @@ impl SnapshotDir {
             std::process::id(),
             uuid::Uuid::now_v7().simple()
         ));
+        // Owner-only, like the state dir it copies.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&base)
+            .map_err(|e| Error::Store(format!("copy store for reading: {e}")))?;
         copy_dir(dir, &base).map_err(|e| Error::Store(format!("copy store for reading: {e}")))?;
         Ok(SnapshotDir(base))
     }
