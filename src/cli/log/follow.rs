@@ -35,6 +35,8 @@ pub fn run(args: &LogArgs, dir: &StateDir) -> Result<()> {
         while !dir.exists() {
             std::thread::sleep(POLL);
         }
+        // The writer is creating the store right now: let it finish.
+        std::thread::sleep(POLL * 5);
     }
     let store_stamp_then = store_stamp(dir);
     let log = dir.open_store_for_reading()?;
