@@ -18,6 +18,9 @@ use rmm_events::{History, OpenError, SledLog};
 
 use crate::error::{Error, Result};
 
+/// sled's page cache for the writer.
+const WRITER_CACHE_BYTES: u64 = 16 << 20;
+
 /// How long a writer waits for a reader to close the store.
 pub const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -122,7 +125,9 @@ impl StateDir {
     pub fn open_store(&self) -> Result<SledLog> {
         let deadline = std::time::Instant::now() + READER_WAIT;
         loop {
-            match SledLog::open(&self.events()) {
+            // The writer reads the log once (to fold it) and then only
+            // appends: a small page cache, not sled's 1 GiB default.
+            match SledLog::open_with_cache(&self.events(), Some(WRITER_CACHE_BYTES)) {
                 Ok(log) => return Ok(log),
                 Err(OpenError::Locked) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));

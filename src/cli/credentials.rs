@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::secrets::FileSecrets;
-use crate::state_dir::{fold, StateDir};
+use crate::state_dir::{fold_latest, StateDir};
 
 #[derive(Debug, clap::Args)]
 pub struct CredentialsArgs {
@@ -20,7 +20,7 @@ pub struct CredentialsArgs {
 
 pub fn run(args: CredentialsArgs, dir: &StateDir) -> Result<()> {
     let log = dir.open_store_for_reading()?;
-    let history = fold(&log)?;
+    let history = fold_latest(&log, None)?;
     let run = history
         .latest_up()
         .ok_or_else(|| Error::Refused("no run yet: `rmm up` first".into()))?;

@@ -10,7 +10,7 @@ use rmm_events::{Role, RunKind, RunStatus, Step};
 
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::state_dir::{fold, StateDir};
+use crate::state_dir::{fold_latest, StateDir};
 
 #[derive(Debug, clap::Args)]
 pub struct DownArgs {}
@@ -27,7 +27,7 @@ pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
         return Ok(());
     }
     let mut log = dir.open_store()?;
-    let mut history = fold(&log)?;
+    let mut history = fold_latest(&log, None)?;
     let Some(latest) = history.latest().cloned() else {
         println!("Nothing to remove: the log has no run.");
         return Ok(());

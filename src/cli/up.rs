@@ -8,7 +8,7 @@ use rmm_events::{RunKind, RunStatus};
 use crate::config::{ConfigFile, Overrides};
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::state_dir::{fold, StateDir};
+use crate::state_dir::{fold_latest, StateDir};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -66,7 +66,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     dir.create()?;
     let _lock = dir.lock()?;
     let mut log = dir.open_store()?;
-    let mut history = fold(&log)?;
+    let mut history = fold_latest(&log, None)?;
     let latest = history.latest().cloned();
 
     let run = match (&latest, args.resume) {
@@ -134,7 +134,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     match end {
         RunEnd::Completed => {
             let log = dir.open_store_for_reading()?;
-            let history = fold(&log)?;
+            let history = fold_latest(&log, None)?;
             let r = history.latest().expect("a run");
             let took = r.ended_ms.unwrap_or(r.started_ms) - r.started_ms;
             let mut out = std::io::stdout().lock();
