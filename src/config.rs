@@ -10,9 +10,6 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// The Rancher image rmm starts by default: the last line with RKE1 custom
-/// clusters (2.12 removed RKE1).
-pub const DEFAULT_RANCHER_IMAGE: &str = "rancher/rancher:v2.11.3";
 
 /// The file as written by the user.
 #[derive(Debug, Default, Deserialize)]
@@ -85,18 +82,19 @@ impl ConfigFile {
 
     /// Merges flags over the file over the defaults, and validates.
     pub fn plan(self, flags: &Overrides) -> Result<Plan> {
-        let d = Timeouts::default();
+        let base = Plan::default();
+        let (d, r) = (&base.timeouts, &base.retry);
         let t = self.timeouts;
-        let r = Retry::default();
-        let driver = flags.driver.clone().or(self.driver).unwrap_or_else(|| "local".into());
+        let driver = flags.driver.clone().or(self.driver).unwrap_or(base.driver.clone());
         let plan = Plan {
-            cluster_name: flags.cluster_name.clone().or(self.cluster_name).unwrap_or_else(|| "tinysetup".into()),
-            masters: flags.masters.or(self.masters).unwrap_or(3),
-            workers: flags.workers.or(self.workers).unwrap_or(3),
-            parallel: flags.parallel.or(self.parallel).unwrap_or(8),
-            rancher_image: self.rancher_image.unwrap_or_else(|| DEFAULT_RANCHER_IMAGE.into()),
+            cluster_name: flags.cluster_name.clone().or(self.cluster_name).unwrap_or(base.cluster_name.clone()),
+            masters: flags.masters.or(self.masters).unwrap_or(base.masters),
+            workers: flags.workers.or(self.workers).unwrap_or(base.workers),
+            parallel: flags.parallel.or(self.parallel).unwrap_or(base.parallel),
+            rancher_image: self.rancher_image.unwrap_or(base.rancher_image.clone()),
             ca_checksum: flags.ca_checksum.clone().or(self.ca_checksum).map(|c| c.to_ascii_lowercase()),
-            poll_ms: self.poll_ms.unwrap_or(if driver == "local" { 50 } else { 2000 }),
+            // The local world answers at once; a real Rancher is polled gently.
+            poll_ms: self.poll_ms.unwrap_or(if driver == "local" { base.poll_ms } else { 2000 }),
             driver,
             timeouts: Timeouts {
                 rancher_ready_s: t.rancher_ready_s.unwrap_or(d.rancher_ready_s),

@@ -429,18 +429,7 @@ mod tests {
             Outcome::NodeActive,
             Outcome::MachineRemoved,
         ];
-        let plan = Plan {
-            cluster_name: "tiny \"quoted\"".into(),
-            masters: 3,
-            workers: 3,
-            driver: "local".into(),
-            parallel: 8,
-            rancher_image: "rancher/rancher:v2.11.3".into(),
-            ca_checksum: None,
-            timeouts: Default::default(),
-            retry: Default::default(),
-            poll_ms: 50,
-        };
+        let plan = Plan { cluster_name: "tiny \"quoted\"".into(), ..Plan::default() };
         let mut events = vec![
             Event::RunStarted { kind: RunKind::Up, plan },
             Event::AttemptStarted {

@@ -140,18 +140,7 @@ mod tests {
     use uuid::Uuid;
 
     fn plan() -> Plan {
-        Plan {
-            cluster_name: "tinysetup".into(),
-            masters: 3,
-            workers: 2,
-            driver: "local".into(),
-            parallel: 8,
-            rancher_image: "rancher/rancher:v2.11.3".into(),
-            ca_checksum: None,
-            timeouts: Default::default(),
-            retry: Retry { max_tries: 3, backoff_ms: 100 },
-            poll_ms: 100,
-        }
+        Plan { workers: 2, retry: Retry { max_tries: 3, backoff_ms: 100 }, ..Plan::default() }
     }
 
     /// A little history builder: `given().attempt(1).started(..)…`.

@@ -51,6 +51,29 @@ pub struct Retry {
     pub backoff_ms: u64,
 }
 
+/// The Rancher image rmm starts by default: the last line with RKE1 custom
+/// clusters (2.12 removed RKE1).
+pub const DEFAULT_RANCHER_IMAGE: &str = "rancher/rancher:v2.11.3";
+
+/// The defaults `rmm.toml` documents: cluster `tinysetup`, 3 masters, 3
+/// workers, the local driver, 8 creations at once.
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            cluster_name: "tinysetup".into(),
+            masters: 3,
+            workers: 3,
+            driver: "local".into(),
+            parallel: 8,
+            rancher_image: DEFAULT_RANCHER_IMAGE.into(),
+            ca_checksum: None,
+            timeouts: Timeouts::default(),
+            retry: Retry::default(),
+            poll_ms: 50,
+        }
+    }
+}
+
 impl Plan {
     /// Actor names of the nodes, masters first: `master01…`, `worker01…`.
     pub fn node_names(&self) -> Vec<(String, crate::Role)> {

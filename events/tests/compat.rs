@@ -12,18 +12,7 @@ use rmm_events::{codec, Envelope, Event, Outcome, Plan, RunKind, SecretRef, Step
 use uuid::Uuid;
 
 fn plan() -> Plan {
-    Plan {
-        cluster_name: "tinysetup".into(),
-        masters: 3,
-        workers: 3,
-        driver: "local".into(),
-        parallel: 8,
-        rancher_image: "rancher/rancher:v2.11.3".into(),
-        ca_checksum: Some("ab".repeat(32)),
-        timeouts: Default::default(),
-        retry: Default::default(),
-        poll_ms: 50,
-    }
+    Plan { ca_checksum: Some("ab".repeat(32)), ..Plan::default() }
 }
 
 /// One canonical event of every kind (and every outcome), by name.

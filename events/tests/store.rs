@@ -5,18 +5,7 @@ use rmm_events::{codec, Envelope, Error, Event, Outcome, Plan, RunKind, SledLog,
 use uuid::Uuid;
 
 fn plan() -> Plan {
-    Plan {
-        cluster_name: "tinysetup".into(),
-        masters: 3,
-        workers: 3,
-        driver: "local".into(),
-        parallel: 8,
-        rancher_image: "rancher/rancher:v2.11.3".into(),
-        ca_checksum: None,
-        timeouts: Default::default(),
-        retry: Default::default(),
-        poll_ms: 100,
-    }
+    Plan { poll_ms: 100, ..Plan::default() }
 }
 
 fn env(run: Uuid, event: Event) -> Envelope {

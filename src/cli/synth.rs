@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rmm_actors::decide::{NODE_STEPS, RANCHER_STEPS};
-use rmm_events::{Envelope, Event, Outcome, Plan, Retry, Role, RunKind, SecretRef, Step, Timeouts, Via};
+use rmm_events::{Envelope, Event, Outcome, Plan, Role, RunKind, SecretRef, Step, Via};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -131,18 +131,7 @@ impl Gen {
     }
 
     fn plan(&self) -> Plan {
-        Plan {
-            cluster_name: "tinysetup".into(),
-            masters: self.masters,
-            workers: self.workers,
-            driver: "local".into(),
-            parallel: 8,
-            rancher_image: "rancher/rancher:v2.11.3".into(),
-            ca_checksum: None,
-            timeouts: Timeouts::default(),
-            retry: Retry::default(),
-            poll_ms: 2000,
-        }
+        Plan { masters: self.masters, workers: self.workers, poll_ms: 2000, ..Plan::default() }
     }
 
     /// Appends one event of `actor`, caused by `cause` (default: the

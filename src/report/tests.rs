@@ -8,18 +8,7 @@ use super::model::{build, BarEnd, Run};
 use super::*;
 
 fn plan(masters: u32, workers: u32) -> Plan {
-    Plan {
-        cluster_name: "tinysetup".into(),
-        masters,
-        workers,
-        driver: "local".into(),
-        parallel: 8,
-        rancher_image: "rancher/rancher:v2.11.3".into(),
-        ca_checksum: None,
-        timeouts: Default::default(),
-        retry: Retry { max_tries: 3, backoff_ms: 100 },
-        poll_ms: 50,
-    }
+    Plan { masters, workers, retry: Retry { max_tries: 3, backoff_ms: 100 }, ..Plan::default() }
 }
 
 /// A history builder with an explicit clock (ms since the run started).
