@@ -64,7 +64,12 @@ pub fn verify(dir: &StateDir, want_head: Option<&str>) -> Result<()> {
         )));
     }
     check_head(want_head, &head)?;
-    println!("ok: {events} events in {runs} runs verify (seq 1..{events}); head {}", hex::encode(head));
+    println!(
+        "ok: {events} event{} in {runs} run{} verify (seq 1..{events}); head {}",
+        if events == 1 { "" } else { "s" },
+        if runs == 1 { "" } else { "s" },
+        hex::encode(head)
+    );
     Ok(())
 }
 
