@@ -160,15 +160,6 @@ impl StateDir {
     }
 }
 
-/// Reads and verifies the whole log, folding it.
-pub fn fold(log: &SledLog) -> Result<History> {
-    let mut history = History::default();
-    for record in log.scan(1) {
-        history.apply(&record?.envelope);
-    }
-    Ok(history)
-}
-
 /// Reads and verifies the whole log (up to `upto`, if given), keeping only
 /// what `status` and `replay` show: the latest run, and the latest `up` run
 /// before it (the Rancher side of a `down`). Memory is bounded by those two
