@@ -325,6 +325,13 @@ struct Req<'a> {
 }
 
 impl Req<'_> {
+    /// What rendering a resource for this request needs.
+    fn ctx<'m>(&self, model: &'m Model) -> Ctx<'m> {
+        Ctx { model, base: self.base.clone(), now: self.now }
+    }
+}
+
+impl Req<'_> {
     fn action(&self) -> Option<&str> {
         self.query
             .iter()
@@ -566,11 +573,7 @@ fn login(req: &Req) -> Result<Response, ApiError> {
     let token = mutate(req.app, &mut inner, |m, rng| {
         m.login(rng, now, user, pass, desc)
     })?;
-    let ctx = Ctx {
-        model: &inner.model,
-        base: req.base.clone(),
-        now,
-    };
+    let ctx = req.ctx(&inner.model);
     Ok(json_resp(201, &ctx.token(&token, true, false), &req.base))
 }
 
@@ -589,11 +592,7 @@ fn v3(req: &Req) -> Result<Response, ApiError> {
         && segs.len() == 2
         && PUBLIC_SETTINGS.contains(&segs[1].as_str())
     {
-        let ctx = Ctx {
-            model: &inner.model,
-            base: req.base.clone(),
-            now: req.now,
-        };
+        let ctx = req.ctx(&inner.model);
         let v = ctx.setting(&segs[1]).expect("public settings are known");
         return Ok(json_resp(200, &v, &req.base));
     }
@@ -707,11 +706,7 @@ fn tokens(
             let t = mutate(req.app, inner, |m, rng| {
                 m.derive_token(rng, now, &caller.token, &desc, ttl, cluster)
             })?;
-            let ctx = Ctx {
-                model: &inner.model,
-                base: req.base.clone(),
-                now,
-            };
+            let ctx = req.ctx(&inner.model);
             Ok(json_resp(201, &ctx.token(&t, true, false), &req.base))
         }
         (&Method::DELETE, Some(id), None) => {
@@ -720,11 +715,7 @@ fn tokens(
         }
         _ => {
             read_only(req)?;
-            let ctx = Ctx {
-                model: &inner.model,
-                base: req.base.clone(),
-                now,
-            };
+            let ctx = req.ctx(&inner.model);
             let items = inner
                 .model
                 .state
@@ -773,11 +764,7 @@ fn users(
             )?;
             let new = str_field(&body, "newPassword");
             mutate(req.app, inner, |m, rng| m.set_password(rng, uid, new))?;
-            let ctx = Ctx {
-                model: &inner.model,
-                base: req.base.clone(),
-                now: req.now,
-            };
+            let ctx = req.ctx(&inner.model);
             let u = inner.model.user(uid).expect("user exists");
             Ok(json_resp(
                 200,
@@ -787,11 +774,7 @@ fn users(
         }
         _ => {
             read_only(req)?;
-            let ctx = Ctx {
-                model: &inner.model,
-                base: req.base.clone(),
-                now: req.now,
-            };
+            let ctx = req.ctx(&inner.model);
             let items = inner
                 .model
                 .state
@@ -816,11 +799,7 @@ fn settings(req: &Req, inner: &mut Inner, id: Option<&str>) -> Result<Response, 
                 Some(other) => Some(other.to_string()),
             };
             mutate(req.app, inner, |m, _| m.put_setting(name, value.as_deref()))?;
-            let ctx = Ctx {
-                model: &inner.model,
-                base: req.base.clone(),
-                now: req.now,
-            };
+            let ctx = req.ctx(&inner.model);
             Ok(json_resp(
                 200,
                 &ctx.setting(name).expect("known setting"),
@@ -829,11 +808,7 @@ fn settings(req: &Req, inner: &mut Inner, id: Option<&str>) -> Result<Response, 
         }
         _ => {
             read_only(req)?;
-            let ctx = Ctx {
-                model: &inner.model,
-                base: req.base.clone(),
-                now: req.now,
-            };
+            let ctx = req.ctx(&inner.model);
             let items = SETTINGS
                 .iter()
                 .filter_map(|(n, _)| Some((n.to_string(), ctx.setting(n)?)))
@@ -856,11 +831,7 @@ fn clusters(
             let cid = mutate(req.app, inner, |m, rng| {
                 m.create_cluster(rng, now, &caller.user_id, &body)
             })?;
-            let ctx = Ctx {
-                model: &inner.model,
-                base: req.base.clone(),
-                now,
-            };
+            let ctx = req.ctx(&inner.model);
             Ok(json_resp(
                 201,
                 &ctx.cluster(inner.model.cluster(&cid).expect("created")),
@@ -869,11 +840,7 @@ fn clusters(
         }
         _ => {
             read_only(req)?;
-            let ctx = Ctx {
-                model: &inner.model,
-                base: req.base.clone(),
-                now,
-            };
+            let ctx = req.ctx(&inner.model);
             let items = inner
                 .model
                 .state
@@ -902,11 +869,7 @@ fn registration_tokens(
             let rid = mutate(req.app, inner, |m, rng| {
                 m.create_registration_token(rng, now, cluster.as_deref())
             })?;
-            let ctx = Ctx {
-                model: &inner.model,
-                base: req.base.clone(),
-                now,
-            };
+            let ctx = req.ctx(&inner.model);
             let rt = inner.model.registration_token(&rid).expect("created");
             Ok(json_resp(
                 201,
@@ -916,11 +879,7 @@ fn registration_tokens(
         }
         _ => {
             read_only(req)?;
-            let ctx = Ctx {
-                model: &inner.model,
-                base: req.base.clone(),
-                now,
-            };
+            let ctx = req.ctx(&inner.model);
             let items = inner
                 .model
                 .state
@@ -940,11 +899,7 @@ fn registration_tokens(
 }
 
 fn node_items(req: &Req, inner: &Inner) -> Vec<(String, Value)> {
-    let ctx = Ctx {
-        model: &inner.model,
-        base: req.base.clone(),
-        now: req.now,
-    };
+    let ctx = req.ctx(&inner.model);
     inner
         .model
         .listed_nodes(req.now)
@@ -972,11 +927,7 @@ fn cluster_link(
     }
     let target = schema(link).filter(|s| matches!(s.id, "node" | "clusterRegistrationToken"));
     let target = target.ok_or_else(|| ApiError::not_found(format!("link {link} not found")))?;
-    let ctx = Ctx {
-        model: &inner.model,
-        base: req.base.clone(),
-        now: req.now,
-    };
+    let ctx = req.ctx(&inner.model);
     let data: Vec<Value> = if target.id == "node" {
         node_items(req, inner).into_iter().map(|(_, v)| v).collect()
     } else {

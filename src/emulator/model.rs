@@ -604,17 +604,18 @@ impl Model {
         if !user.password.verify(current) {
             return Err(ApiError::invalid_body("invalid current password"));
         }
+        self.store_password(rng, user_id, new);
+        Ok(())
+    }
+
+    /// Sets a (validated) password and ends the first-login state, as any
+    /// user action does.
+    fn store_password(&mut self, rng: &mut impl Rng, user_id: &str, new: &str) {
         let hash = PasswordHash::new(rng, new);
-        let user = self
-            .state
-            .users
-            .iter_mut()
-            .find(|u| u.id == user_id)
-            .expect("user exists");
+        let user = self.state.users.iter_mut().find(|u| u.id == user_id).expect("user exists");
         user.password = hash;
         user.must_change_password = false;
         self.user_action_done();
-        Ok(())
     }
 
     /// `POST /v3/users/<id>?action=setpassword` (no current password needed).
@@ -632,16 +633,7 @@ impl Model {
             return Err(ApiError::invalid_body("invalid new password"));
         }
         validate_password(&user.username, "", new, min)?;
-        let hash = PasswordHash::new(rng, new);
-        let user = self
-            .state
-            .users
-            .iter_mut()
-            .find(|u| u.id == user_id)
-            .expect("user exists");
-        user.password = hash;
-        user.must_change_password = false;
-        self.user_action_done();
+        self.store_password(rng, user_id, new);
         Ok(())
     }
 
