@@ -123,6 +123,7 @@ impl Coordinator {
     }
 
     fn send_join(&self, node: &str, cause: Uuid) {
+        tracing::info!(node, "join granted");
         if let (Some(addr), Some(info)) = (self.actors.get(node), self.join_info()) {
             addr.do_send(Join { cause, info });
         }

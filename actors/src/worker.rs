@@ -143,6 +143,7 @@ impl Handler<Drive> for StepActor {
         let needs_join = self.needs_join;
         let open = |s: Step| !needs_join || s == Step::CreateMachine || has_join;
         let next = next_step(self.order, open, &self.state, self.ctx.attempt, &self.ctx.plan.retry);
+        tracing::debug!(actor = %self.name, ?next, "decided");
         match next {
             Next::Wait => {}
             Next::Done => self.end(Ending::Done),
@@ -245,7 +246,11 @@ impl Job {
         let call = self.call(step, try_no);
         let detail = steps::prepare(&call).map_err(|e| format!("{} {}: {}", self.actor, step.as_str(), e.message))?;
         let started = self.append(self.cause, Event::StepStarted { step, try_no, detail }).await?;
+        tracing::info!(actor = %self.actor, step = step.as_str(), try_no, seq = started.envelope.seq, "step started");
         let result = steps::effect(&call).await;
+        if let Err(e) = &result {
+            tracing::info!(actor = %self.actor, step = step.as_str(), try_no, retryable = e.retryable, "step failed");
+        }
         if step.is_effect() {
             crashpoint::effect_done();
         }
