@@ -179,26 +179,20 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
 /// How long one command on a machine, or one removal, may take.
 const DRIVER_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// `driver.exec` with an end: a command that hangs is a transient failure.
-async fn exec(ctx: &RunCtx, machine: &str, command: &str) -> StepResult<crate::ports::ExecOutput> {
-    match tokio::time::timeout(DRIVER_CALL_TIMEOUT, ctx.driver.exec(machine, command)).await {
+/// A driver call with an end: one that hangs is a transient failure.
+async fn bounded<T>(what: String, call: impl std::future::Future<Output = Result<T, DriverError>>) -> StepResult<T> {
+    match tokio::time::timeout(DRIVER_CALL_TIMEOUT, call).await {
         Ok(result) => Ok(result?),
-        Err(_) => Err(StepError::transient(format!(
-            "a command on machine {machine} did not finish within {}s",
-            DRIVER_CALL_TIMEOUT.as_secs()
-        ))),
+        Err(_) => Err(StepError::transient(format!("{what} did not finish within {}s", DRIVER_CALL_TIMEOUT.as_secs()))),
     }
 }
 
-/// `driver.remove` with an end.
+async fn exec(ctx: &RunCtx, machine: &str, command: &str) -> StepResult<crate::ports::ExecOutput> {
+    bounded(format!("a command on machine {machine}"), ctx.driver.exec(machine, command)).await
+}
+
 async fn remove(ctx: &RunCtx, machine: &str) -> StepResult<()> {
-    match tokio::time::timeout(DRIVER_CALL_TIMEOUT, ctx.driver.remove(machine)).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(StepError::transient(format!(
-            "removing machine {machine} did not finish within {}s",
-            DRIVER_CALL_TIMEOUT.as_secs()
-        ))),
-    }
+    bounded(format!("removing machine {machine}"), ctx.driver.remove(machine)).await
 }
 
 async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {

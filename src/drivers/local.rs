@@ -253,19 +253,14 @@ impl LocalDriver {
         let Some(&(_, limit)) = self.config.fail_create.iter().find(|(n, _)| n == name) else {
             return Ok(None);
         };
-        let path = self.world.join("fail-create.json");
-        let mut counts: BTreeMap<String, u32> = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(io_error("read fail-create.json", &e)),
-        };
-        let done = counts.get(name).copied().unwrap_or(0);
-        if done >= limit {
+        let mut done = 0;
+        let counted = self.bump_count("fail-create.json", name, |n| {
+            done = n;
+            n < limit
+        })?;
+        if !counted {
             return Ok(None);
         }
-        counts.insert(name.to_string(), done + 1);
-        write_atomic(&path, &serde_json::to_vec_pretty(&counts).expect("counts serialise"))
-            .map_err(|e| io_error("write fail-create.json", &e))?;
         Ok(Some(format!(
             "Error creating machine: Error in driver during machine creation: injected failure {} of {limit} (RMM_LOCAL_FAIL_CREATE)",
             done + 1
@@ -275,15 +270,27 @@ impl LocalDriver {
     /// Adds one completed create of `name` to the world's ledger. Call with
     /// the world lock held.
     fn count_created(&self, name: &str) -> Result<(), DriverError> {
-        let path = self.world.join("created.json");
+        self.bump_count("created.json", name, |_| true).map(drop)
+    }
+
+    /// Adds one to `name`'s count in the world file `file` (a JSON map of
+    /// counts) when `admit(current count)` says so; tells whether it did.
+    /// Call with the world lock held.
+    fn bump_count(&self, file: &str, name: &str, admit: impl FnOnce(u32) -> bool) -> Result<bool, DriverError> {
+        let path = self.world.join(file);
         let mut counts: BTreeMap<String, u32> = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(io_error("read created.json", &e)),
+            Err(e) => return Err(io_error(&format!("read {file}"), &e)),
         };
-        *counts.entry(name.to_string()).or_insert(0) += 1;
+        let count = counts.entry(name.to_string()).or_insert(0);
+        if !admit(*count) {
+            return Ok(false);
+        }
+        *count += 1;
         write_atomic(&path, &serde_json::to_vec_pretty(&counts).expect("counts serialise"))
-            .map_err(|e| io_error("write created.json", &e))
+            .map_err(|e| io_error(&format!("write {file}"), &e))?;
+        Ok(true)
     }
 
     fn finish_create(&self, mut record: MachineRecord) -> Result<Machine, DriverError> {
