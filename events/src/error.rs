@@ -13,6 +13,11 @@ pub enum Error {
     /// The underlying store failed (disk full, I/O error).
     #[error("event store: {0}")]
     Store(String),
+    /// The store cannot be trusted, for a reason the message says whole:
+    /// its tail was cut (it ends before its head anchor), or sled found
+    /// its data file damaged. Exit 5, like `Corrupt`.
+    #[error("{0}")]
+    Untrusted(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

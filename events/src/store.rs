@@ -19,9 +19,24 @@
 //! a torn tail, not tampering: it is dropped and the log continues from the
 //! last whole record. A bad frame anywhere else is corruption and refused.
 //!
-//! # One writer
+//! # The head anchor
+//! A hash chain cannot see its own last records go missing. So the writer
+//! also keeps the head of the log (seq + chain hash) in a file of its own,
+//! `head` beside the write-ahead file: two fixed-size slots in different
+//! sectors, each `[magic][seq][hash][crc32]`, written in turn with `pwrite`
+//! (no rename, no new inode) *after* the write-ahead file's `fdatasync`, so
+//! the anchor is never ahead of what is durable: a crash between the two
+//! leaves it behind (allowed), a torn slot leaves the other one. Opening a
+//! log that ends before its anchor, or whose record at the anchor's seq
+//! has another hash, is refused as tampering ([`Error::Untrusted`]).
+//! See [`ANCHOR_SYNC_EACH`] for when the anchor itself is synced.
+//!
+//! # One writer, readers that never write
 //! sled locks its files: a second process opening the same store fails at
-//! once. Readers that run beside a writer use [`SledLog::open_snapshot`].
+//! once, and sled writes to its files on every open (recovery, its config,
+//! snapshots). So readers never open the store itself: they open a private
+//! copy ([`SledLog::open_snapshot`]) in the temp dir, which is removed when
+//! they close it, and by the next reader if they were killed first.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -59,6 +74,15 @@ pub struct SledLog {
     head: Hash,
     /// Kept alive while a snapshot copy is open; removed on drop.
     _snapshot: Option<SnapshotDir>,
+    /// The store directory as the user knows it (not the reader's copy),
+    /// for messages.
+    origin: PathBuf,
+    /// The head anchor file (`head`), open for writing: the writer only.
+    anchor: Option<File>,
+    /// Head anchor writes made, which picks the slot of the next one.
+    anchor_writes: u64,
+    /// Bytes of a torn last write in the write-ahead file, dropped on open.
+    torn_tail: Option<u64>,
 }
 
 /// Why the store could not be opened.
@@ -84,16 +108,16 @@ impl SledLog {
     pub fn open_with_cache(dir: &Path, cache_bytes: Option<u64>) -> Result<SledLog, OpenError> {
         // No background flusher: every append flushes and syncs itself, and
         // without that thread the store is closed as soon as it is dropped.
-        let db = config(dir, cache_bytes).open().map_err(|e| match e {
+        let db = quietly(dir, || config(dir, cache_bytes).open()).map_err(OpenError::Other)?.map_err(|e| match e {
             // sled reports its file lock as an Io error whose text names it.
             sled::Error::Io(io)
                 if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") =>
             {
                 OpenError::Locked
             }
-            other => OpenError::Other(Error::Store(other.to_string())),
+            other => OpenError::Other(sled_err(dir, other)),
         })?;
-        Self::from_db(db, dir, None, true).map_err(OpenError::Other)
+        quietly(dir, || Self::from_db(db, dir, None, true, dir)).and_then(|r| r).map_err(OpenError::Other)
     }
 
     /// Opens a private copy of a store that another process may be writing,
@@ -106,15 +130,20 @@ impl SledLog {
 
     /// [`SledLog::open_snapshot`] with the page cache bounded as in
     /// [`SledLog::open_with_cache`].
+    ///
+    /// Never changes a byte of `dir`: the copy is made by reading, and
+    /// sled opens (and recovers, and checkpoints) only the copy.
     pub fn open_snapshot_with_cache(dir: &Path, cache_bytes: Option<u64>) -> Result<SledLog> {
         let snap = SnapshotDir::copy_of(dir)?;
-        let db = config(&snap.0, cache_bytes).open().map_err(|e| Error::Store(e.to_string()))?;
-        let path = snap.0.clone();
-        Self::from_db(db, &path, Some(snap), false)
+        let path = snap.store();
+        let db = quietly(dir, || config(&path, cache_bytes).open())?.map_err(|e| sled_err(dir, e))?;
+        let mut log = quietly(dir, || Self::from_db(db, &path, Some(snap), false, dir))??;
+        log.origin = dir.to_path_buf();
+        Ok(log)
     }
 
-    fn from_db(db: sled::Db, dir: &Path, snapshot: Option<SnapshotDir>, writer: bool) -> Result<SledLog> {
-        let tree = db.open_tree(TREE).map_err(store_err)?;
+    fn from_db(db: sled::Db, dir: &Path, snapshot: Option<SnapshotDir>, writer: bool, origin: &Path) -> Result<SledLog> {
+        let tree = db.open_tree(TREE).map_err(|e| sled_err(origin, e))?;
         let data_file = File::open(dir.join("db")).map_err(|e| Error::Store(format!("open sled data file: {e}")))?;
         let wal = OpenOptions::new()
             .read(true)
@@ -128,7 +157,7 @@ impl SledLog {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| Error::Store(format!("fsync {}: {e}", dir.display())))?;
         }
-        let (last_seq, head) = match tree.last().map_err(store_err)? {
+        let (last_seq, head) = match tree.last().map_err(|e| sled_err(origin, e))? {
             None => (0, GENESIS),
             Some((k, v)) => {
                 let seq = key_seq(&k)?;
@@ -147,18 +176,112 @@ impl SledLog {
             last_seq,
             head,
             _snapshot: snapshot,
+            origin: origin.to_path_buf(),
+            anchor: None,
+            anchor_writes: 0,
+            torn_tail: None,
         };
-        log.recover(writer)?;
+        let due = log.recover()?;
+        let anchored = read_anchor(&dir.join(HEAD))?;
+        log.check_anchor(anchored)?;
+        if writer && due {
+            log.checkpoint()?;
+        }
+        if writer {
+            log.anchor = Some(open_anchor_file(&dir.join(HEAD))?);
+            // The slot after the newest one, so the newest stays whole.
+            log.anchor_writes = anchored.map_or(0, |a| a.slot + 1);
+            if anchored.map(|a| a.seq) != Some(log.last_seq) {
+                // A log from before anchors, or a crash between a write-ahead
+                // sync and its anchor: anchor what is durable now.
+                log.write_anchor(true)?;
+            }
+        }
         Ok(log)
     }
 
-    /// Replays the write-ahead frames sled does not have, drops a torn last
-    /// frame, and (for the writer) checkpoints.
-    fn recover(&mut self, writer: bool) -> Result<()> {
+    /// Refuses a log that ends before its head anchor, or whose record at
+    /// the anchor's seq is not the one anchored.
+    fn check_anchor(&self, anchored: Option<Anchored>) -> Result<()> {
+        let Some(a) = anchored else { return Ok(()) };
+        let file = self.origin.join(HEAD);
+        if a.seq > self.last_seq {
+            let missing = if a.seq == self.last_seq + 1 {
+                format!("record {} is missing", a.seq)
+            } else {
+                format!("records {}..{} are missing", self.last_seq + 1, a.seq)
+            };
+            return Err(Error::Untrusted(format!(
+                "the log ends at seq {} but its head anchor ({}) says seq {}: {missing} (cut, deleted, or lost to damage)",
+                self.last_seq,
+                file.display(),
+                a.seq
+            )));
+        }
+        if a.seq == 0 {
+            return Ok(());
+        }
+        let stored = self.tree.get(a.seq.to_be_bytes()).map_err(|e| sled_err(&self.origin, e))?;
+        let matches = match &stored {
+            Some(v) => split_value(a.seq, v).map(|(_, h)| h == a.hash).unwrap_or(false),
+            None => false,
+        };
+        if !matches {
+            return Err(Error::Untrusted(format!(
+                "seq {}: the record is not the one its head anchor ({}) holds: it was rewritten or removed",
+                a.seq,
+                file.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes the head (seq + hash) into the next anchor slot; `sync`:
+    /// `fdatasync` it too. Called only after the records are durable.
+    fn write_anchor(&mut self, sync: bool) -> Result<()> {
+        let Some(file) = &self.anchor else { return Ok(()) };
+        let slot = self.anchor_writes % 2;
+        let bytes = encode_anchor(self.last_seq, &self.head);
+        let name = self.origin.join(HEAD);
+        std::os::unix::fs::FileExt::write_all_at(file, &bytes, slot * ANCHOR_SLOT)
+            .map_err(|e| Error::Store(format!("write {}: {e}", name.display())))?;
+        if sync {
+            file.sync_data().map_err(|e| Error::Store(format!("fdatasync {}: {e}", name.display())))?;
+            self.syncs += 1;
+        }
+        self.anchor_writes += 1;
+        Ok(())
+    }
+
+    /// Bytes of a torn last write found in the write-ahead file (a crash
+    /// while writing it), which this open dropped; a writer's open also
+    /// removes them, a reader's leaves them where they are.
+    pub fn torn_tail(&self) -> Option<u64> {
+        self.torn_tail
+    }
+
+    /// The head anchor as stored: `(seq, hash)` of the last record the
+    /// writer anchored; `None` for a store without one (an older rmm).
+    pub fn anchored(&self) -> Result<Option<(u64, Hash)>> {
+        let dir = match &self._snapshot {
+            Some(s) => s.store(),
+            None => self.origin.clone(),
+        };
+        Ok(read_anchor(&dir.join(HEAD))?.map(|a| (a.seq, a.hash)))
+    }
+
+    /// Replays the write-ahead frames sled does not have and drops a torn
+    /// last frame, in sled's memory only; `true`: a checkpoint is due (the
+    /// writer makes it once the log is known to be whole).
+    fn recover(&mut self) -> Result<bool> {
         let mut bytes = Vec::new();
         (&self.wal).seek(SeekFrom::Start(0)).map_err(|e| Error::Store(format!("read {WAL}: {e}")))?;
         (&self.wal).read_to_end(&mut bytes).map_err(|e| Error::Store(format!("read {WAL}: {e}")))?;
-        let frames = wal_frames(&bytes)?;
+        let frames = wal_frames(&bytes);
+        if let Some(damage) = frames.damaged {
+            return Err(self.wal_damage(&frames.values, &bytes, damage));
+        }
+        self.torn_tail = frames.torn_at.map(|at| (bytes.len() - at) as u64);
         let mut batch = sled::Batch::default();
         let mut replayed = 0u64;
         for value in frames.values {
@@ -178,20 +301,43 @@ impl SledLog {
             self.head = hash;
             replayed += 1;
         }
-        self.tree.apply_batch(batch).map_err(store_err)?;
-        if frames.torn_at.is_some() || replayed > 0 {
-            self.unflushed = replayed;
-            if writer {
-                self.checkpoint()?;
-            }
+        self.tree.apply_batch(batch).map_err(|e| sled_err(&self.origin, e))?;
+        self.unflushed = replayed;
+        Ok(frames.torn_at.is_some() || replayed > 0)
+    }
+
+    /// The error for damage in the write-ahead file with whole writes after
+    /// it, naming the seqs it hits: the records after the last whole one
+    /// before it, up to the first record of the next whole write.
+    fn wal_damage(&self, before: &[&[u8]], bytes: &[u8], (at, next): (usize, usize)) -> Error {
+        let seq_of = |v: &[u8]| split_value(0, v).ok().and_then(|(body, _)| codec::decode(body).ok()).map(|e| e.seq);
+        let first = before.last().and_then(|v| seq_of(v)).unwrap_or(self.last_seq) + 1;
+        let resumes = write_at(bytes, next).and_then(|(values, _)| values.first().and_then(|v| seq_of(v)));
+        let hit = match resumes {
+            Some(r) if r > first + 1 => format!("records {first}..{} do not check out", r - 1),
+            Some(r) if r == first + 1 => format!("record {first} does not check out"),
+            _ => "the write after it does not check out".to_string(),
+        };
+        let after = resumes.map(|r| format!("; whole records follow from seq {r}")).unwrap_or_default();
+        let _ = at;
+        Error::Corrupt {
+            seq: Some(first),
+            reason: format!(
+                "{} is damaged here: {hit}{after} (damage followed by whole records is not a torn tail)",
+                self.origin.join(WAL).display()
+            ),
         }
-        Ok(())
     }
 
     /// Makes sled's own file durable (flush + `fdatasync`) and empties the
     /// write-ahead file, whose records sled now holds.
     pub fn checkpoint(&mut self) -> Result<()> {
-        self.db.flush().map_err(store_err)?;
+        if let Some(anchor) = &self.anchor {
+            // The anchor may lag the log (see ANCHOR_SYNC_EACH); make it
+            // durable at least as often as sled's own file.
+            anchor.sync_data().map_err(|e| Error::Store(format!("fdatasync {}: {e}", self.origin.join(HEAD).display())))?;
+        }
+        self.db.flush().map_err(|e| sled_err(&self.origin, e))?;
         self.data_file.sync_data().map_err(|e| Error::Store(format!("fdatasync: {e}")))?;
         self.wal.set_len(0).map_err(|e| Error::Store(format!("truncate {WAL}: {e}")))?;
         self.wal.sync_all().map_err(|e| Error::Store(format!("fsync {WAL}: {e}")))?;
@@ -254,10 +400,12 @@ impl SledLog {
         self.wal.write_all(&wal_write(&frames)).map_err(|e| Error::Store(format!("write {WAL}: {e}")))?;
         self.wal.sync_data().map_err(|e| Error::Store(format!("fdatasync {WAL}: {e}")))?;
         self.syncs += 1;
-        self.tree.apply_batch(batch).map_err(store_err)?;
-        self.unflushed += out.len() as u64;
         self.last_seq = seq;
         self.head = head;
+        // Only now, with the records durable: the anchor is never ahead.
+        self.write_anchor(ANCHOR_SYNC_EACH)?;
+        self.tree.apply_batch(batch).map_err(|e| sled_err(&self.origin, e))?;
+        self.unflushed += out.len() as u64;
         if self.unflushed >= CHECKPOINT_EVERY {
             self.checkpoint()?;
         }
@@ -280,6 +428,7 @@ impl SledLog {
             prev: GENESIS,
             from_seq,
             failed: false,
+            origin: self.origin.clone(),
         }
     }
 
@@ -295,6 +444,7 @@ impl SledLog {
             prev,
             from_seq: 0,
             failed: false,
+            origin: self.origin.clone(),
         }
     }
 
@@ -311,7 +461,16 @@ impl SledLog {
         let tree = self.tree.clone();
         let reader = std::thread::Builder::new().name("rmm-read-ahead".into()).spawn(move || {
             let mut batch = Vec::with_capacity(READ_AHEAD_BATCH);
-            for item in tree.iter() {
+            // sled panics on some damage instead of returning an error:
+            // that ends the scan with the error it should have been.
+            install_quiet_hook();
+            QUIET.with(|q| q.set(true));
+            let mut iter = tree.iter();
+            let mut next = move || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| iter.next()))
+                    .unwrap_or(Some(Err(sled::Error::Corruption { at: None, bt: () })))
+            };
+            while let Some(item) = next() {
                 let failed = item.is_err();
                 batch.push(item);
                 if batch.len() == READ_AHEAD_BATCH || failed {
@@ -330,12 +489,12 @@ impl SledLog {
             // No thread to be had: read in line.
             Err(_) => Source::Sled(self.tree.iter()),
         };
-        Scan { iter, expect_seq: 1, prev: GENESIS, from_seq, failed: false }
+        Scan { iter, expect_seq: 1, prev: GENESIS, from_seq, failed: false, origin: self.origin.clone() }
     }
 
     /// Reads the raw stored bytes of a record, for export and tests.
     pub fn raw(&self, seq: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(seq.to_be_bytes()).map_err(store_err)?.map(|v| v.to_vec()))
+        Ok(self.tree.get(seq.to_be_bytes()).map_err(|e| sled_err(&self.origin, e))?.map(|v| v.to_vec()))
     }
 
     /// Overwrites the raw bytes of a record. Only for tamper tests and
@@ -357,7 +516,8 @@ impl Drop for SledLog {
     fn drop(&mut self) {
         // A clean close leaves sled's file complete and the write-ahead
         // file empty (best effort: the write-ahead file stays the truth).
-        if self._snapshot.is_none() && self.unflushed > 0 {
+        // Only a writer whose open completed: a refused log is left as found.
+        if self._snapshot.is_none() && self.anchor.is_some() && self.unflushed > 0 {
             let _ = self.checkpoint();
         }
     }
@@ -374,6 +534,9 @@ struct Frames<'a> {
     values: Vec<&'a [u8]>,
     /// Offset of a torn last frame, if the file ends inside one.
     torn_at: Option<usize>,
+    /// Damage with a whole write after it: where it starts, and where the
+    /// next whole write does.
+    damaged: Option<(usize, usize)>,
 }
 
 /// Marks the start of one write (one batch) in the write-ahead file.
@@ -420,8 +583,8 @@ pub(crate) fn write_at(bytes: &[u8], at: usize) -> Option<(Vec<&[u8]>, usize)> {
 
 /// Splits the write-ahead file into frames. A write that does not check out
 /// with no whole write after it is a torn tail (a crash inside the last
-/// write); one with a whole write after it is corruption.
-fn wal_frames(bytes: &[u8]) -> Result<Frames<'_>> {
+/// write); one with a whole write after it is damage (`damaged`).
+fn wal_frames(bytes: &[u8]) -> Frames<'_> {
     let mut values = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
@@ -431,17 +594,14 @@ fn wal_frames(bytes: &[u8]) -> Result<Frames<'_>> {
                 at = next;
             }
             None => {
-                if (at + 1..bytes.len()).any(|j| write_at(bytes, j).is_some()) {
-                    return Err(Error::Corrupt {
-                        seq: None,
-                        reason: format!("write-ahead file damaged at byte {at}, with whole records after the damage"),
-                    });
+                if let Some(next) = (at + 1..bytes.len()).find(|&j| write_at(bytes, j).is_some()) {
+                    return Frames { values, torn_at: None, damaged: Some((at, next)) };
                 }
-                return Ok(Frames { values, torn_at: Some(at) });
+                return Frames { values, torn_at: Some(at), damaged: None };
             }
         }
     }
-    Ok(Frames { values, torn_at: None })
+    Frames { values, torn_at: None, damaged: None }
 }
 
 /// The value of a whole, checksummed frame starting at `at`.
@@ -490,6 +650,8 @@ pub struct Scan {
     prev: Hash,
     from_seq: u64,
     failed: bool,
+    /// The store directory as the user knows it, for messages.
+    origin: PathBuf,
 }
 
 impl Iterator for Scan {
@@ -516,7 +678,7 @@ impl Iterator for Scan {
 
 impl Scan {
     fn check(&mut self, item: Item) -> Result<Record> {
-        let (k, v) = item.map_err(store_err)?;
+        let (k, v) = item.map_err(|e| sled_err(&self.origin, e))?;
         let seq = key_seq(&k)?;
         let expect = self.expect_seq;
         if seq != expect {
@@ -580,40 +742,283 @@ fn store_err(e: sled::Error) -> Error {
     Error::Store(e.to_string())
 }
 
-/// A temporary copy of a store directory, removed on drop.
-struct SnapshotDir(PathBuf);
+/// sled's error, in our words: damage it finds (`Read corrupted data at
+/// file offset None backtrace ()`) is a log that cannot be trusted, named
+/// by its file; anything else is the store failing.
+fn sled_err(origin: &Path, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Corruption { .. } => Error::Untrusted(format!(
+            "{} is damaged: the event store cannot read its records back (sled found corrupted data)",
+            origin.join("db").display()
+        )),
+        other => Error::Store(other.to_string()),
+    }
+}
+
+/// Runs `f` (sled opening or reading the store), turning a panic into the
+/// error it should have been: sled 0.34 panics on some damage to its data
+/// file (`serialization.rs`: "tried to serialize") rather than returning
+/// `Corruption`. The panic message is not printed: the error says it.
+fn quietly<T>(origin: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    install_quiet_hook();
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result.map_err(|_| sled_err(origin, sled::Error::Corruption { at: None, bt: () }))
+}
+
+thread_local! {
+    /// Set while this thread runs sled under [`quietly`]: its panics are
+    /// turned into errors, so their message is not printed.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Wraps the panic hook (once per process) so that panics of threads in
+/// [`QUIET`] mode print nothing; every other panic prints as before.
+fn install_quiet_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// The head anchor file's name, in the store directory.
+pub(crate) const HEAD: &str = "head";
+/// Bytes between the anchor's two slots: each in a sector of its own.
+const ANCHOR_SLOT: u64 = 512;
+const ANCHOR_LEN: usize = 48;
+const ANCHOR_MAGIC: u32 = 0x524d_4d48; // "RMMH"
+
+/// Whether every batch also `fdatasync`s the head anchor (a second device
+/// flush per append), or only every checkpoint and close.
+///
+/// Off: the anchor is `pwrite`n after every batch's write-ahead sync, so it
+/// is exact after any crash of the process (the page cache keeps it); after
+/// a power cut it may lag by the batches since the last checkpoint — behind
+/// is always allowed, and a write that was durable cannot be dropped by a
+/// crash, only cut by hand. Measured in BENCHMARKS.md: syncing each time
+/// costs a second device flush per append.
+pub const ANCHOR_SYNC_EACH: bool = false;
+
+/// One anchor slot as read back.
+#[derive(Debug, Clone, Copy)]
+struct Anchored {
+    seq: u64,
+    hash: Hash,
+    slot: u64,
+}
+
+/// `[magic u32][seq u64][hash 32][crc32 of the first 44 bytes]`, little endian.
+fn encode_anchor(seq: u64, hash: &Hash) -> [u8; ANCHOR_LEN] {
+    let mut out = [0u8; ANCHOR_LEN];
+    out[0..4].copy_from_slice(&ANCHOR_MAGIC.to_le_bytes());
+    out[4..12].copy_from_slice(&seq.to_le_bytes());
+    out[12..44].copy_from_slice(hash);
+    let crc = crc32fast::hash(&out[..44]);
+    out[44..48].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn decode_anchor(bytes: &[u8], slot: u64) -> Option<Anchored> {
+    let b = bytes.get(..ANCHOR_LEN)?;
+    let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+    if word(0) != ANCHOR_MAGIC || word(44) != crc32fast::hash(&b[..44]) {
+        return None;
+    }
+    Some(Anchored {
+        seq: u64::from_le_bytes(b[4..12].try_into().expect("8 bytes")),
+        hash: b[12..44].try_into().expect("32 bytes"),
+        slot,
+    })
+}
+
+/// The newest whole slot of the anchor file; `None` when there is no file
+/// (a store from before anchors) or no whole slot (it was never written
+/// whole: a crash during its first write).
+fn read_anchor(path: &Path) -> Result<Option<Anchored>> {
+    let bytes = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::Store(format!("read {}: {e}", path.display()))),
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(Error::Untrusted(format!("{} is not a regular file (rmm follows no links in its state dir)", path.display())))
+        }
+        Ok(_) => std::fs::read(path).map_err(|e| Error::Store(format!("read {}: {e}", path.display())))?,
+    };
+    let slots = [0, 1].map(|i| bytes.get((i * ANCHOR_SLOT) as usize..).and_then(|b| decode_anchor(b, i)));
+    Ok(slots.into_iter().flatten().max_by_key(|a| a.seq))
+}
+
+/// The anchor file, for writing: created owner-only and exclusively if it
+/// is not there, never through a symlink.
+fn open_anchor_file(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e: std::io::Error| Error::Store(format!("open {}: {e}", path.display()));
+    let existing = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(path);
+    match existing {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(err)?;
+            if let Some(parent) = path.parent() {
+                File::open(parent).and_then(|d| d.sync_all()).map_err(err)?;
+            }
+            Ok(f)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// The name every reader's copy starts with, in the temp dir.
+const SNAPSHOT_PREFIX: &str = "rmm-read-";
+/// A copy whose owner lock is free and that is older than this is stale
+/// even if its pid is alive again (a pid reused by another process).
+const SNAPSHOT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A reader's private copy of a store: `$TMPDIR/rmm-read-<pid>-<uuid>/`,
+/// holding `.owner` (locked with `flock` for as long as the copy is in use)
+/// and `events/` (the copy). Removed on drop; a copy left by a reader that
+/// was killed is removed by the next reader ([`clean_stale_snapshots`]).
+struct SnapshotDir {
+    base: PathBuf,
+    _owner: File,
+}
 
 impl SnapshotDir {
+    fn store(&self) -> PathBuf {
+        self.base.join("events")
+    }
+
     fn copy_of(dir: &Path) -> Result<SnapshotDir> {
-        let base = std::env::temp_dir().join(format!(
-            "rmm-read-{}-{}",
-            std::process::id(),
-            uuid::Uuid::now_v7().simple()
-        ));
+        let tmp = std::env::temp_dir();
+        clean_stale_snapshots(&tmp);
+        let base = tmp.join(format!("{SNAPSHOT_PREFIX}{}-{}", std::process::id(), uuid::Uuid::now_v7().simple()));
+        let shown = base.display().to_string();
+        let err = |e: std::io::Error| Error::Store(format!("copy the store to {shown} for reading: {e}"));
         // Owner-only, like the state dir it copies.
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&base)
-            .map_err(|e| Error::Store(format!("copy store for reading: {e}")))?;
-        copy_dir(dir, &base).map_err(|e| Error::Store(format!("copy store for reading: {e}")))?;
-        Ok(SnapshotDir(base))
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&base).map_err(err)?;
+        let owner = OpenOptions::new().write(true).create_new(true).open(base.join(".owner")).and_then(|f| {
+            f.try_lock().map_err(std::io::Error::other)?;
+            Ok(f)
+        });
+        let owner = match owner {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&base);
+                return Err(err(e));
+            }
+        };
+        let snap = SnapshotDir { base, _owner: owner };
+        copy_store(dir, &snap.store()).map_err(|e| match e {
+            CopyError::Io(e) => err(e),
+            CopyError::Link(p) => Error::Untrusted(format!(
+                "{} is a symlink: rmm follows no links in its state dir",
+                p.display()
+            )),
+        })?;
+        Ok(snap)
     }
 }
 
 impl Drop for SnapshotDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Removes the copies in `tmp` left by readers that died before removing
+/// their own: those whose `.owner` lock is free and whose pid is gone (or
+/// that are older than [`SNAPSHOT_STALE_AFTER`]: the pid was reused). A
+/// live reader holds its lock from the moment the copy exists, bar the
+/// instant between making the directory and locking: the pid check covers
+/// that. Best effort: a copy that cannot be removed (another user's) stays.
+pub fn clean_stale_snapshots(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(SNAPSHOT_PREFIX)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        let path = entry.path();
+        let locked = match File::open(path.join(".owner")) {
+            Ok(f) => f.try_lock_shared().is_err(),
+            Err(_) => false,
+        };
+        if locked {
+            continue;
+        }
+        let pid_alive = Path::new("/proc").join(pid.to_string()).exists();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > SNAPSHOT_STALE_AFTER);
+        if !pid_alive || old {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+enum CopyError {
+    Io(std::io::Error),
+    Link(PathBuf),
+}
+
+impl From<std::io::Error> for CopyError {
+    fn from(e: std::io::Error) -> Self {
+        CopyError::Io(e)
+    }
+}
+
+/// Copies a store directory beside a writer that may be appending and
+/// checkpointing, only reading it. The order makes the copy a state the
+/// writer passed through: the head anchor first (the anchor is written
+/// after the records it names are durable, so it cannot be ahead of the
+/// files copied after it), then the write-ahead file, then sled's files (a
+/// checkpoint between the two empties the write-ahead file only once sled's
+/// file holds its records, which it then does when copied).
+fn copy_store(from: &Path, to: &Path) -> Result<(), CopyError> {
     std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(from)?.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<_>>()?;
+    let rank = |n: &std::ffi::OsString| match n.to_str() {
+        Some(HEAD) => 0,
+        Some(WAL) => 1,
+        Some("db") => 2,
+        _ => 3,
+    };
+    names.sort_by_key(rank);
+    for name in names {
+        let source = from.join(&name);
+        let target = to.join(&name);
+        let meta = match std::fs::symlink_metadata(&source) {
+            Ok(m) => m,
+            // Removed by the writer since the listing (a sled snapshot file).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(CopyError::Link(source));
+        } else if meta.is_dir() {
+            copy_store(&source, &target)?;
+        } else if meta.is_file() {
+            match std::fs::copy(&source, &target) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(())
