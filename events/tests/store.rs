@@ -350,7 +350,7 @@ fn a_damaged_data_file_is_refused_naming_the_file_or_the_missing_seqs() {
     let db = dir.path().join("db");
     let bytes = std::fs::read(&db).unwrap();
     let (mut named, mut anchored) = (0, 0);
-    for at in [100, 5000, 20000, 60000, 100000, 200000, bytes.len() / 10, bytes.len() / 3, bytes.len() / 2, bytes.len() * 2 / 3, bytes.len() - 3000] {
+    for at in [100, bytes.len() / 10, bytes.len() / 3, bytes.len() / 2, bytes.len() * 2 / 3, bytes.len() - 3000] {
         let copy = tempfile::tempdir().unwrap();
         copy_dir(dir.path(), copy.path());
         let mut b = bytes.clone();
@@ -359,13 +359,14 @@ fn a_damaged_data_file_is_refused_naming_the_file_or_the_missing_seqs() {
         let e = match SledLog::open_snapshot(copy.path()) {
             Ok(log) => match first_error(&log) {
                 Some(e) => e,
-                None => { eprintln!("byte {at} of {}: harmless", bytes.len()); continue },
+                // A byte of space sled no longer uses: nothing lost.
+                None if log.last_seq() == 6000 => continue,
+                None => panic!("byte {at}: opened and verified with {} records", log.last_seq()),
             },
             Err(e) => e,
         };
         let text = e.to_string();
         assert!(matches!(e, Error::Untrusted(_) | Error::Corrupt { .. }), "byte {at}: {e:?}");
-        eprintln!("byte {at}: {text}");
         if text.contains(&copy.path().join("db").display().to_string()) && text.contains("damaged") {
             named += 1;
         } else if text.contains("head anchor") && text.contains("..6000 are missing") {
@@ -374,5 +375,5 @@ fn a_damaged_data_file_is_refused_naming_the_file_or_the_missing_seqs() {
             panic!("byte {at}: {text}");
         }
     }
-    eprintln!("named the file: {named}, caught by the anchor: {anchored}");
+    assert!(named >= 1 && anchored >= 1, "both kinds of damage were hit: named the file {named}, caught by the anchor {anchored}");
 }
