@@ -144,19 +144,41 @@ impl StateDir {
         }
     }
 
-    /// Opens the store for reading, beside a writer if there is one (then
-    /// as a snapshot copy), with a small page cache: readers stream the log
-    /// once, and sled's default 1 GiB cache would only grow them.
+    /// Opens the store for reading, with a small page cache: readers
+    /// stream the log once, and sled's default 1 GiB cache would only grow
+    /// them.
+    ///
+    /// Readers never write: not the store (sled writes on every open, so a
+    /// reader opens a private copy in the temp dir, whether a writer runs
+    /// or not; see `rmm_events::store`), nor anything else in the state
+    /// dir. A state dir on a read-only mount reads.
+    ///
+    /// A state dir that has other state (secrets, the local world) but no
+    /// log lost its log: that is refused as a log that does not verify,
+    /// not read as an empty one.
     pub fn open_store_for_reading(&self) -> Result<SledLog> {
-        if !self.exists() {
-            return Err(Error::Refused(format!("no rmm state in {} (run `rmm up` first)", self.root.display())));
+        if !self.events().join("db").exists() {
+            let others = self.state_besides_the_log();
+            if others.is_empty() {
+                return Err(Error::Refused(format!("no rmm state in {} (run `rmm up` first)", self.root.display())));
+            }
+            return Err(Error::Log(format!(
+                "the event log {} is missing, but the state dir still holds {}: the log was deleted or moved; restore it from a backup",
+                self.events().display(),
+                others.join(" and ")
+            )));
         }
-        let cache = Some(rmm_events::READER_CACHE_BYTES);
-        match SledLog::open_with_cache(&self.events(), cache) {
-            Ok(log) => Ok(log),
-            Err(OpenError::Locked) => Ok(SledLog::open_snapshot_with_cache(&self.events(), cache)?),
-            Err(OpenError::Other(e)) => Err(e.into()),
-        }
+        Ok(SledLog::open_snapshot_with_cache(&self.events(), Some(rmm_events::READER_CACHE_BYTES))?)
+    }
+
+    /// What the state dir holds that only a run makes: proof that a log
+    /// existed.
+    fn state_besides_the_log(&self) -> Vec<String> {
+        [self.secrets(), self.world()]
+            .into_iter()
+            .filter(|p| fs::symlink_metadata(p).is_ok())
+            .map(|p| p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default())
+            .collect()
     }
 }
 

@@ -94,6 +94,7 @@ pub enum LogCommand {
 }
 
 pub fn run(args: LogArgs, dir: &StateDir) -> Result<()> {
+    check_usage(&args)?;
     if let Some(LogCommand::Show(show_args)) = &args.command {
         return show::run(show_args.seq, show_args.json, dir);
     }
@@ -132,6 +133,23 @@ pub fn run(args: LogArgs, dir: &StateDir) -> Result<()> {
         }
     }
     printer.finish()
+}
+
+/// Flag values that cannot mean anything, refused as usage errors (exit 2)
+/// before the log is read: a `--head` that is no hash cannot tell anything
+/// about the log, so it must not be reported as the log failing.
+fn check_usage(args: &LogArgs) -> Result<()> {
+    if let Some(head) = &args.head {
+        if head.len() != 64 || !head.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Config(format!(
+                "--head {head}: not a head hash: give the 64 hex digits `rmm log --verify` prints after `head`"
+            )));
+        }
+    }
+    for pattern in args.actor.iter().flat_map(|a| a.split(',')) {
+        filter::check_glob(pattern)?;
+    }
+    Ok(())
 }
 
 fn timeline(log: &rmm_events::SledLog, filter: &Filter) -> Result<()> {

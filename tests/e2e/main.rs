@@ -8,5 +8,6 @@ mod down;
 mod faults;
 mod kills;
 mod log;
+mod readers;
 mod report;
 mod up;

@@ -64,12 +64,25 @@ pub fn verify(dir: &StateDir, want_head: Option<&str>) -> Result<()> {
         )));
     }
     check_head(want_head, &head)?;
+    // The store checked its head anchor when it opened: the log does not
+    // end before it, and the anchored record is the one anchored.
+    let anchor = match log.anchored()? {
+        Some((seq, _)) if seq == events => "the head anchor agrees".to_string(),
+        Some((seq, _)) => format!("anchored up to seq {seq}"),
+        None => "no head anchor (a log from an older rmm)".to_string(),
+    };
     println!(
-        "ok: {events} event{} in {runs} run{} verify (seq 1..{events}); head {}",
+        "ok: {events} event{} in {runs} run{} verify (seq 1..{events}); head {}; {anchor}",
         if events == 1 { "" } else { "s" },
         if runs == 1 { "" } else { "s" },
         hex::encode(head)
     );
+    if let Some(bytes) = log.torn_tail() {
+        println!(
+            "note: {} ends in a torn write of {bytes} bytes (a crash while it was being written): not part of the log; left as it is, the next `rmm up --resume` drops it",
+            dir.events().join("journal.wal").display()
+        );
+    }
     Ok(())
 }
 

@@ -202,6 +202,17 @@ fn parse_time(flag: &str, text: &str, now_ms: i64) -> Result<i64> {
     }
 }
 
+/// Refuses an `--actor` pattern this glob does not understand (`[a-z]`,
+/// `{a,b}`, `\*`…), which would otherwise match nothing, silently.
+pub fn check_glob(pattern: &str) -> Result<()> {
+    match pattern.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '*' | '?'))) {
+        None => Ok(()),
+        Some(c) => Err(Error::Config(format!(
+            "--actor {pattern}: `{c}` is not allowed in an actor pattern: use letters, digits, `-`, `_`, `.` and the wildcards `*` and `?` (e.g. `master*`, `worker0?`)"
+        ))),
+    }
+}
+
 /// Shell-style glob: `*` any run of characters, `?` one character.
 pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
