@@ -26,6 +26,10 @@ pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
         println!("Nothing to remove: no rmm state in {}.", dir.root.display());
         return Ok(());
     }
+    // Refuse a planted secrets file before anything is recorded; a missing
+    // one is fine: removing machines needs no secret.
+    crate::secrets::FileSecrets::open(dir.secrets())
+        .map_err(|e| Error::StateDir(format!("cannot read secrets file: {e}")))?;
     let mut log = dir.open_store()?;
     let mut history = fold_latest(&log, None)?;
     let Some(latest) = history.latest().cloned() else {

@@ -9,4 +9,5 @@ mod faults;
 mod kills;
 mod log;
 mod report;
+mod state_dir;
 mod up;

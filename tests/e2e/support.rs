@@ -200,3 +200,11 @@ pub fn seeds(var: &str, pinned: &[u64]) -> Vec<u64> {
     let fresh = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     pinned.iter().copied().chain(std::iter::once(fresh)).collect()
 }
+
+/// The one line of stderr a failing command prints (asserted to be one).
+pub fn single_stderr_line(out: &Output) -> String {
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {stderr}");
+    lines[0].to_string()
+}
