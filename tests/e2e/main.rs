@@ -9,5 +9,6 @@ mod faults;
 mod kills;
 mod log;
 mod report;
+mod secrets_lost;
 mod state_dir;
 mod up;
