@@ -32,13 +32,13 @@ pub fn run(args: CredentialsArgs, dir: &StateDir) -> Result<()> {
     let in_doubt = !changed && rancher.is_some_and(|a| a.step(Step::ChangePassword).is_some());
     let name = if changed || in_doubt { secret::ADMIN_PASSWORD } else { secret::BOOTSTRAP_PASSWORD };
     if in_doubt {
-        eprintln!("note: the password change was in flight when the run stopped; `rmm up --resume` confirms it");
+        crate::errln!("note: the password change was in flight when the run stopped; `rmm up --resume` confirms it");
     }
     let password = secrets
         .get(&format!("{}/{name}", run.id))
         .ok_or_else(|| Error::Refused("no admin password yet: Rancher has not been started by this run".into()))?;
     let url = run.rancher_url();
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::cli::stdout();
     if args.json {
         let v = json!({"url": url, "username": "admin", "password": password.expose(), "ca_checksum": run.ca_checksum()});
         let _ = writeln!(out, "{v}");

@@ -72,7 +72,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
 
     let run = match (&latest, args.resume) {
         (Some(r), false) if r.kind == RunKind::Up && r.status == RunStatus::Completed => {
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::cli::stdout();
             let _ = writeln!(
                 out,
                 "The last run ({}) completed: cluster {} is up{}. Nothing to do (`rmm status`, `rmm down`).",
@@ -97,14 +97,14 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         }
         (Some(r), true) if r.kind == RunKind::Up && r.status != RunStatus::Completed => {
             if args.changes_plan() {
-                eprintln!("rmm: --resume continues the recorded plan; the plan flags are ignored");
+                crate::errln!("rmm: --resume continues the recorded plan; the plan flags are ignored");
             }
             Some(r.id)
         }
         (Some(r), true) if r.kind == RunKind::Up => {
             // Resuming a finished run is a no-op, so a script (or a crash
             // drill) can always end with `up --resume`.
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::cli::stdout();
             let _ = writeln!(out, "Nothing to resume: the last run ({}) completed.", r.id);
             return Ok(());
         }
@@ -123,7 +123,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     let machines = plan.machine_names();
     let run_id = state.id;
     let attempt = state.attempts;
-    eprintln!(
+    crate::errln!(
         "{} run {run_id} (attempt {attempt}): cluster {}, {}, {}, driver {}",
         if attempt == 1 { "starting" } else { "resuming" },
         plan.cluster_name,
@@ -139,7 +139,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let history = fold_latest(&log, None)?;
             let r = history.latest().expect("a run");
             let took = r.ended_ms.unwrap_or(r.started_ms) - r.started_ms;
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::cli::stdout();
             let _ = writeln!(
                 out,
                 "Cluster {} is active ({}, {}) after {:.1}s.",

@@ -8,6 +8,7 @@ mod down;
 mod faults;
 mod kills;
 mod log;
+mod output;
 mod report;
 mod secrets_lost;
 mod state_dir;

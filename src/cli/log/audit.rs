@@ -64,7 +64,7 @@ pub fn verify(dir: &StateDir, want_head: Option<&str>) -> Result<()> {
         )));
     }
     check_head(want_head, &head)?;
-    println!(
+    crate::outln!(
         "ok: {events} event{} in {runs} run{} verify (seq 1..{events}); head {}",
         if events == 1 { "" } else { "s" },
         if runs == 1 { "" } else { "s" },
@@ -86,7 +86,7 @@ pub fn export(log: &SledLog, filter: &Filter, run_given: bool, file: &Path) -> R
     let to_stdout = file == Path::new("-");
     let tmp = file.with_extension("rmm-export-tmp");
     let sink: Box<dyn Write> = if to_stdout {
-        Box::new(std::io::stdout().lock())
+        Box::new(crate::cli::stdout())
     } else {
         Box::new(std::fs::File::create(&tmp).map_err(|e| Error::Other(format!("cannot write {}: {e}", tmp.display())))?)
     };
@@ -156,7 +156,7 @@ pub fn export(log: &SledLog, filter: &Filter, run_given: bool, file: &Path) -> R
     if !to_stdout {
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(werr)?;
         std::fs::rename(&tmp, file).map_err(werr)?;
-        eprintln!("exported {count} events (seq {}..{last}) to {}; head {}", first.unwrap_or(1), file.display(), hex::encode(prev));
+        crate::errln!("exported {count} events (seq {}..{last}) to {}; head {}", first.unwrap_or(1), file.display(), hex::encode(prev));
     }
     Ok(())
 }
@@ -251,7 +251,7 @@ pub fn verify_export(file: &Path, want_head: Option<&str>) -> Result<()> {
     } else {
         format!("a part of a longer log, chained from the hash of seq {}: {}", from_seq - 1, hex::encode(anchor))
     };
-    println!(
+    crate::outln!(
         "ok: {name} is whole and unaltered: {count} events, seq {from_seq}..{last} ({from}); head {}",
         hex::encode(prev)
     );
