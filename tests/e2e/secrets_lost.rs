@@ -56,6 +56,9 @@ fn a_resume_without_secrets_json_names_what_is_lost_changes_nothing_and_down_sti
     );
     assert_eq!(dir.events().len(), before, "a refused resume records nothing");
     assert!(!secrets.exists(), "and writes no new secrets");
+    // `credentials` says the same, not "Rancher has not been started".
+    let line = single_stderr_line(&dir.rmm(&["credentials"]).code(2));
+    assert!(line.starts_with(&format!("rmm: the admin password of run {run} is lost")) && line.contains("rmm down"), "{line}");
 
     // `rmm down` needs no secret.
     let out = dir.rmm(&["down"]).ok();

@@ -46,6 +46,11 @@ fn a_state_dir_writable_by_others_or_its_group_is_refused_and_nothing_is_written
         // Following the advice makes it usable.
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
         dir.up_ok(&["--masters", "1", "--workers", "1"]);
+        // The password is not read from a dir that became open to others.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(m)).unwrap();
+        let line = single_stderr_line(&dir.rmm(&["credentials"]).code(2));
+        assert!(line.ends_with(&format!("`chmod 700 {s}`")), "{line}");
+        assert!(dir.rmm(&["credentials"]).run().stdout.is_empty());
     }
 }
 
