@@ -263,3 +263,20 @@ pub fn finish(result: crate::error::Result<()>) -> ExitCode {
         (None, Ok(())) => ExitCode::SUCCESS,
     }
 }
+
+/// `--help`, `--version` and usage errors, written as clap would (colours
+/// on a terminal) but through the checked writers: help on a full stdout
+/// is exit 2 with one line, not a silent 0; a closed pipe stays quiet.
+pub fn parse_failed(e: clap::Error) -> ExitCode {
+    use std::io::IsTerminal;
+    let styled = e.render();
+    if e.use_stderr() {
+        let text = if std::io::stderr().is_terminal() { styled.ansi().to_string() } else { styled.to_string() };
+        let _ = stderr().write_all(text.as_bytes());
+        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+    } else {
+        let text = if std::io::stdout().is_terminal() { styled.ansi().to_string() } else { styled.to_string() };
+        let _ = stdout().write_all(text.as_bytes());
+        finish(Ok(()))
+    }
+}

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = rmm::cli::Cli::parse();
+    let cli = match rmm::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return rmm::cli::parse_failed(e),
+    };
     init_tracing(cli.verbose);
     // Write errors on stdout and stderr are settled here (`cli::finish`).
     rmm::cli::finish(rmm::run(cli))

@@ -47,6 +47,9 @@ fn every_command_with_stdout_on_a_full_device_says_so_in_one_line_and_exits_2() 
         &["credentials"],
         &["report", "--html", "-"],
         &["up"],
+        &["--help"],
+        &["--version"],
+        &["log", "--help"],
     ] {
         let out = run_with(dir.rmm(args), full(), Stdio::piped());
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
@@ -98,6 +101,7 @@ fn a_closed_pipe_on_stdout_stays_silent_and_succeeds() {
         &["credentials"],
         &["report", "--html", "-"],
         &["up"],
+        &["--help"],
     ] {
         let out = run_with(dir.rmm(args), closed(), Stdio::piped());
         assert_eq!((out.status.code(), text(&out.stderr)), (Some(0), String::new()), "{args:?}");
