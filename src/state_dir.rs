@@ -104,7 +104,41 @@ impl StateDir {
                 "state dir {dir} is writable by {who} (mode {mode:04o}): `chmod 700 {dir}`"
             )));
         }
+        // The dirs rmm keeps inside must be its own, not symlinks planted
+        // while the dir was open (the store and the world are opened by
+        // path, by sled and the driver).
+        for sub in [self.events(), self.world()] {
+            let Ok(meta) = fs::symlink_metadata(&sub) else { continue };
+            let p = sub.display();
+            if meta.file_type().is_symlink() {
+                return Err(Error::StateDir(format!("{p} is a symlink; rmm never follows one inside its state dir: remove it (`rm {p}`)")));
+            }
+            if !meta.is_dir() || meta.uid() != me {
+                return Err(Error::StateDir(format!(
+                    "{p} is not a directory of yours (uid {}): another user may have planted it; remove it (`rm -rf {p}`)",
+                    meta.uid()
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Removes temp files left by rmm processes that died between creating
+    /// and renaming or removing them (`.probe.PID.*`, `secrets.json.tmp.PID.*`):
+    /// only those whose process is gone. Called by the lock's holder.
+    fn sweep_stale_temps(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(rest) = name.strip_prefix(".probe.").or_else(|| name.strip_prefix("secrets.json.tmp.")) else { continue };
+            let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            let alive = pid == std::process::id() as i32
+                || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                || Path::new(&format!("/proc/{pid}")).exists();
+            if !alive {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Takes the writer's lock, or names the pid that holds it.
@@ -141,6 +175,7 @@ impl StateDir {
         let _ = file.seek(SeekFrom::Start(0));
         let _ = write!(file, "{}", std::process::id());
         let _ = file.sync_all();
+        self.sweep_stale_temps();
         Ok(Lock { _file: file })
     }
 

@@ -194,3 +194,42 @@ fn two_ups_started_in_the_same_instant_the_loser_exits_4_naming_the_winner() {
         let _ = children[0].wait();
     }
 }
+
+#[test]
+fn symlinks_planted_at_the_store_or_the_world_are_refused() {
+    for sub in ["events", "world"] {
+        let dir = TestDir::new();
+        premade(&dir, 0o700);
+        let outside = dir.tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.state().join(sub)).unwrap();
+        let line = single_stderr_line(&dir.rmm(&["up", "--masters", "1", "--workers", "1"]).code(2));
+        assert!(line.contains(&format!("{sub} is a symlink")), "{line}");
+        assert_eq!(entries(&outside), Vec::<String>::new(), "{sub}: nothing written through the symlink");
+    }
+}
+
+/// Temp files of a process killed between creating and renaming them are
+/// removed by the next lock holder; those of live processes are not.
+#[test]
+fn temp_files_of_dead_processes_are_swept_by_the_next_writer() {
+    let dir = TestDir::new();
+    dir.up_ok(&["--masters", "1", "--workers", "1"]);
+    // A pid that is not running (the child of ours that has exited).
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead = gone.id();
+    let live = std::process::id();
+    let names = [
+        format!(".probe.{dead}.0123456789abcdef"),
+        format!("secrets.json.tmp.{dead}.0123456789abcdef"),
+        format!("secrets.json.tmp.{live}.0123456789abcdef"),
+    ];
+    for n in &names {
+        std::fs::write(dir.state().join(n), "x").unwrap();
+    }
+    dir.rmm(&["down"]).ok();
+    let left = entries(&dir.state());
+    assert!(!left.contains(&names[0]) && !left.contains(&names[1]), "stale temps swept: {left:?}");
+    assert!(left.contains(&names[2]), "a live process's temp is left alone: {left:?}");
+}
