@@ -94,14 +94,16 @@ impl StateDir {
         if meta.uid() != me {
             return Err(Error::StateDir(format!(
                 "state dir {dir} is owned by uid {}, not by you (uid {me}): another user may have planted files in it; \
-                 use another --state-dir, or remove it (`rm -rf {dir}`) and run again",
-                meta.uid()
+                 use a state dir of your own (`--state-dir DIR`), or remove this one (`rm -rf {}`) if no one uses it",
+                meta.uid(),
+                sh(&self.root)
             )));
         }
         if mode & 0o022 != 0 {
             let who = if mode & 0o002 != 0 { "others" } else { "its group" };
             return Err(Error::StateDir(format!(
-                "state dir {dir} is writable by {who} (mode {mode:04o}): `chmod 700 {dir}`"
+                "state dir {dir} is writable by {who} (mode {mode:04o}): `chmod 700 {}`",
+                sh(&self.root)
             )));
         }
         // The dirs rmm keeps inside must be its own, not symlinks planted
@@ -111,12 +113,13 @@ impl StateDir {
             let Ok(meta) = fs::symlink_metadata(&sub) else { continue };
             let p = sub.display();
             if meta.file_type().is_symlink() {
-                return Err(Error::StateDir(format!("{p} is a symlink; rmm never follows one inside its state dir: remove it (`rm {p}`)")));
+                return Err(Error::StateDir(format!("{p} is a symlink; rmm never follows one inside its state dir: remove it (`rm {}`)", sh(&sub))));
             }
             if !meta.is_dir() || meta.uid() != me {
                 return Err(Error::StateDir(format!(
-                    "{p} is not a directory of yours (uid {}): another user may have planted it; remove it (`rm -rf {p}`)",
-                    meta.uid()
+                    "{p} is not a directory of yours (uid {}): another user may have planted it; remove it (`rm -rf {}`)",
+                    meta.uid(),
+                    sh(&sub)
                 )));
             }
         }
@@ -320,7 +323,7 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
 /// symlink (`ELOOP` from `O_NOFOLLOW`) is named as such.
 pub fn refusal(path: &Path, e: std::io::Error) -> String {
     if e.raw_os_error() == Some(nix::libc::ELOOP) {
-        format!("{} is a symlink; rmm never follows one inside its state dir: remove it (`rm {}`)", path.display(), path.display())
+        format!("{} is a symlink; rmm never follows one inside its state dir: remove it (`rm {}`)", path.display(), sh(path))
     } else {
         format!("cannot open {}: {e}", path.display())
     }
@@ -338,14 +341,19 @@ pub fn check_own_file(file: &File, path: &Path) -> Result<()> {
         return Err(Error::StateDir(format!("{p} is not a regular file: remove it")));
     }
     if meta.uid() != me {
-        return Err(Error::StateDir(format!("{p} is owned by uid {}, not by you (uid {me}): remove it (`rm {p}`)", meta.uid())));
+        return Err(Error::StateDir(format!("{p} is owned by uid {}, not by you (uid {me}): remove it (`rm {}`)", meta.uid(), sh(path))));
     }
     if meta.nlink() != 1 {
-        return Err(Error::StateDir(format!("{p} has {} hard links (one may point outside the state dir): remove it (`rm {p}`)", meta.nlink())));
+        return Err(Error::StateDir(format!("{p} has {} hard links (one may point outside the state dir): remove it (`rm {}`)", meta.nlink(), sh(path))));
     }
     let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(Error::StateDir(format!("{p} is open to group or others (mode {mode:04o}): `chmod 600 {p}`")));
+        return Err(Error::StateDir(format!("{p} is open to group or others (mode {mode:04o}): `chmod 600 {}`", sh(path))));
     }
     Ok(())
+}
+
+/// `path` as a shell word, for the commands the messages suggest.
+fn sh(path: &Path) -> String {
+    shell_words::quote(&path.to_string_lossy()).into_owned()
 }
