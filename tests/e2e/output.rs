@@ -123,3 +123,47 @@ fn log_piped_into_head_stays_silent_and_succeeds() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stderr), "");
 }
+
+/// A guard for what the tests above cannot reach: no code that runs in an
+/// `rmm` command writes with `println!`/`eprintln!` (they panic when the
+/// write fails) or around the checked writers (`rmm::cli::stdout()`,
+/// `stderr()`, `outln!`, `errln!`), so a write error is always seen by
+/// `cli::finish`. The emulator is a process of its own and is left out.
+#[test]
+fn command_code_writes_only_through_the_checked_writers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(&root).unwrap().to_string_lossy().to_string();
+            if path.is_dir() {
+                if rel != "emulator" {
+                    stack.push(path);
+                }
+                continue;
+            }
+            if !rel.ends_with(".rs") || rel.ends_with("tests.rs") {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap();
+            let mut in_tests = false;
+            for (i, line) in source.lines().enumerate() {
+                let code = line.trim_start();
+                if code.starts_with("#[cfg(test)]") {
+                    in_tests = true; // unit tests at the end of a file
+                }
+                if in_tests || code.starts_with("//") || rel == "cli.rs" {
+                    continue;
+                }
+                for bad in ["println!(", "print!(", "stdout().lock()", "stderr().lock()", "io::stdout(),", "io::stderr(),"] {
+                    if code.contains(bad) && !code.contains("crate::outln!(") && !code.contains("crate::errln!(") {
+                        found.push(format!("src/{rel}:{}: {}", i + 1, code));
+                    }
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "write through rmm::cli::stdout()/stderr() or outln!/errln! instead:\n{}", found.join("\n"));
+}
