@@ -90,3 +90,31 @@ fn a_resume_with_secrets_json_holding_other_values_is_refused_too() {
     );
     dir.rmm(&["down"]).ok();
 }
+
+/// Lost before the password change: the bootstrap password the server
+/// started with is what is gone.
+#[test]
+fn a_resume_that_lost_the_bootstrap_password_names_it() {
+    let dir = TestDir::new();
+    let mut child = dir
+        .rmm(&["up", "--masters", "1", "--workers", "1"])
+        .env("RMM_LOCAL_RANCHER_BOOT_MS", "600000")
+        .cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.events_while_running().iter().any(|e| e["kind"] == "StepSucceeded" && e["data"]["step"] == "start_server") {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before the server started");
+        assert!(Instant::now() < deadline, "no server within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run = dir.status()["run"]["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(dir.state().join("secrets.json")).unwrap();
+    let line = single_stderr_line(&dir.rmm(&["up", "--resume"]).code(2));
+    assert!(line.starts_with(&format!("rmm: the bootstrap password of run {run} is lost (")), "{line}");
+    dir.rmm(&["down"]).ok();
+}
