@@ -1,6 +1,20 @@
 //! The command line (clap derive). One file per subcommand under `cli/`.
+//!
+//! Output: every command writes its result through [`stdout()`] and its
+//! notes through [`stderr()`] (or the [`outln!`](crate::outln) and
+//! [`errln!`](crate::errln) macros), never `println!`/`eprintln!`, which
+//! panic when the write fails. The first failure is remembered and
+//! [`finish`] turns it into the exit: a closed pipe (`rmm log | head`)
+//! ends quietly with 0; any other failed write to stdout (a full disk,
+//! `>/dev/full`) is one line, `rmm: cannot write to stdout: …`, exit 2; a
+//! failed write to stderr is exit 2 with nothing more said (there is no
+//! place left to say it).
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use clap::{Parser, Subcommand};
 
@@ -137,4 +151,132 @@ pub fn tamper(args: TamperArgs, dir: &crate::state_dir::StateDir) -> crate::erro
         log.tamper(args.seq, Some(value))?;
     }
     Ok(())
+}
+
+/// The first failed write to stdout: its kind and text.
+static STDOUT_ERROR: Mutex<Option<(std::io::ErrorKind, String)>> = Mutex::new(None);
+/// Whether a write to stderr failed (a closed pipe excepted).
+static STDERR_FAILED: AtomicBool = AtomicBool::new(false);
+
+fn note_stdout<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+    if let Err(e) = &r {
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            let mut first = STDOUT_ERROR.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| (e.kind(), e.to_string()));
+        }
+    }
+    r
+}
+
+fn note_stderr<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+    if let Err(e) = &r {
+        if !matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::BrokenPipe) {
+            STDERR_FAILED.store(true, Ordering::Relaxed);
+        }
+    }
+    r
+}
+
+/// The process's stdout, locked, remembering a failed write for [`finish`].
+pub struct Stdout(std::io::StdoutLock<'static>);
+
+/// Where a command writes its result.
+pub fn stdout() -> Stdout {
+    Stdout(std::io::stdout().lock())
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        note_stdout(self.0.write(buf))
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        note_stdout(self.0.write_all(buf))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        note_stdout(self.0.flush())
+    }
+}
+
+/// The process's stderr, remembering a failed write for [`finish`]. Also
+/// the writer of the diagnostics (`tracing`).
+pub struct Stderr(std::io::Stderr);
+
+/// Where a command writes its notes and progress.
+pub fn stderr() -> Stderr {
+    Stderr(std::io::stderr())
+}
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        note_stderr(self.0.write(buf))
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        note_stderr(self.0.write_all(buf))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        note_stderr(self.0.flush())
+    }
+}
+
+/// `println!` that does not panic: a failed write is remembered (see [`finish`]).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!($crate::cli::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that does not panic: a failed write is remembered (see [`finish`]).
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!($crate::cli::stderr(), $($arg)*);
+    }};
+}
+
+/// The exit of a command: its result, unless writing its output failed.
+///
+/// * stdout closed by its reader (`EPIPE`): quiet, exit 0 — the reader
+///   took what it wanted (`rmm log | head -1`);
+/// * any other failed write to stdout: `rmm: cannot write to stdout: …`,
+///   exit 2 — it is what went wrong first, whatever the command did next;
+/// * the command failed: its one `rmm:` line, its exit code;
+/// * it succeeded but a write to stderr failed: exit 2, nothing printed.
+pub fn finish(result: crate::error::Result<()>) -> ExitCode {
+    let _ = stdout().flush();
+    let failed_stdout = STDOUT_ERROR.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match (failed_stdout, result) {
+        (Some((std::io::ErrorKind::BrokenPipe, _)), _) => ExitCode::SUCCESS,
+        (Some((_, e)), _) => {
+            crate::errln!("rmm: cannot write to stdout: {e}");
+            ExitCode::from(2)
+        }
+        (None, Err(e)) => {
+            // One line, whatever the cause's text holds.
+            let line = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+            crate::errln!("rmm: {line}");
+            e.exit_code()
+        }
+        (None, Ok(())) if STDERR_FAILED.load(Ordering::Relaxed) => ExitCode::from(2),
+        (None, Ok(())) => ExitCode::SUCCESS,
+    }
+}
+
+/// `--help`, `--version` and usage errors, written as clap would (colours
+/// on a terminal) but through the checked writers: help on a full stdout
+/// is exit 2 with one line, not a silent 0; a closed pipe stays quiet.
+pub fn parse_failed(e: clap::Error) -> ExitCode {
+    use std::io::IsTerminal;
+    let styled = e.render();
+    if e.use_stderr() {
+        let text = if std::io::stderr().is_terminal() { styled.ansi().to_string() } else { styled.to_string() };
+        let _ = stderr().write_all(text.as_bytes());
+        ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+    } else {
+        let text = if std::io::stdout().is_terminal() { styled.ansi().to_string() } else { styled.to_string() };
+        let _ = stdout().write_all(text.as_bytes());
+        finish(Ok(()))
+    }
 }

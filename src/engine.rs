@@ -114,7 +114,7 @@ pub fn run_attempt(
                 end = &mut end_rx => break end.unwrap_or(RunEnd::Fatal("the coordinator stopped unexpectedly".into())),
                 _ = tokio::signal::ctrl_c(), if !interrupted => {
                     interrupted = true;
-                    eprintln!("rmm: interrupted; letting steps in flight finish (Ctrl-C again to abort)");
+                    crate::errln!("rmm: interrupted; letting steps in flight finish (Ctrl-C again to abort)");
                     addr.do_send(Interrupt);
                 }
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } }, if !interrupted => {
@@ -122,7 +122,7 @@ pub fn run_attempt(
                     addr.do_send(Interrupt);
                 }
                 _ = tokio::signal::ctrl_c(), if interrupted => {
-                    eprintln!("rmm: aborted; `rmm up --resume` continues from the log");
+                    crate::errln!("rmm: aborted; `rmm up --resume` continues from the log");
                     std::process::exit(130);
                 }
             }

@@ -10,6 +10,14 @@
 //! | 4    | the state dir is in use by another rmm process (its pid is named) |
 //! | 5    | the event log fails verification or cannot be read (the first bad seq is named) |
 //! | 130  | interrupted (Ctrl-C / SIGTERM); `rmm up --resume` continues |
+//!
+//! Also exit 2 (`Error::StateDir`, or `cli::finish`): a state dir owned by
+//! another user or writable by group or others (the line gives the
+//! `chmod`); a symlink, hard link or foreign file at the lock or
+//! `secrets.json`; secrets the log records as stored but lost from
+//! `secrets.json` (`up --resume` names them; `rmm down` still works); a
+//! failed write to stdout (`rmm: cannot write to stdout: …`) or to stderr
+//! (silent). A closed stdout pipe is not an error: quiet, exit 0.
 
 use std::process::ExitCode;
 

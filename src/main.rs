@@ -5,17 +5,13 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = rmm::cli::Cli::parse();
+    let cli = match rmm::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return rmm::cli::parse_failed(e),
+    };
     init_tracing(cli.verbose);
-    match rmm::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // One line, whatever the cause's text holds.
-            let line = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
-            eprintln!("rmm: {line}");
-            e.exit_code()
-        }
-    }
+    // Write errors on stdout and stderr are settled here (`cli::finish`).
+    rmm::cli::finish(rmm::run(cli))
 }
 
 /// Diagnostics go to stderr; `RUST_LOG` wins over `-v`.
@@ -29,5 +25,12 @@ fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    // A failed write is remembered by `cli::stderr` (exit 2); the
+    // subscriber's own report of it would be an `eprintln!`, which panics.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(rmm::cli::stderr)
+        .log_internal_errors(false)
+        .init();
 }

@@ -24,7 +24,7 @@ pub async fn render(mut rx: mpsc::UnboundedReceiver<Record>, actors: Vec<String>
 async fn plain(rx: &mut mpsc::UnboundedReceiver<Record>) {
     while let Some(r) = rx.recv().await {
         let e = &r.envelope;
-        let mut err = std::io::stderr().lock();
+        let mut err = crate::cli::stderr();
         let _ = writeln!(err, "{} {:<11} {}", e.at_rfc3339(), e.actor, e.event.summary());
     }
 }
@@ -74,7 +74,7 @@ async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>) {
     }
     drop(multi);
     // Leave the cursor below the bars, before the result on stdout.
-    eprintln!();
+    crate::errln!();
 }
 
 /// The step that ends each kind of actor.

@@ -1,15 +1,24 @@
 //! `FileSecrets`: the `SecretStore` of a state dir. One JSON file, mode
 //! 0600, replaced atomically (write, fsync, rename, fsync the dir) so a
 //! crash leaves the old or the new version, never half of one.
+//!
+//! Nothing another user planted is trusted or written through: the temp
+//! file has a name of this process's own (`secrets.json.tmp.PID.RANDOM`)
+//! and is created with `O_EXCL | O_NOFOLLOW`, mode 0600 from the start;
+//! `secrets.json` is read with `O_NOFOLLOW` and must be a file of ours
+//! with no access for group or others (`state_dir::check_own_file`).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use rmm_actors::context::secret;
 use rmm_actors::ports::{Secret, SecretStore};
+use rmm_events::{Outcome, Role, RunState, SecretRef, Step};
+
+use crate::state_dir::{check_own_file, create_private, open_nofollow, refusal, unique_name};
 
 pub struct FileSecrets {
     path: PathBuf,
@@ -18,7 +27,7 @@ pub struct FileSecrets {
 
 impl FileSecrets {
     pub fn open(path: PathBuf) -> std::io::Result<FileSecrets> {
-        let cache = match fs::read(&path) {
+        let cache = match read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -27,17 +36,45 @@ impl FileSecrets {
         Ok(FileSecrets { path, cache: Mutex::new(cache) })
     }
 
+    /// Whether the secrets file exists (as anything: a symlink counts).
+    pub fn file_exists(&self) -> bool {
+        fs::symlink_metadata(&self.path).is_ok()
+    }
+
     fn write(&self, map: &BTreeMap<String, String>) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("tmp");
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(map).expect("a string map serializes"))?;
-        f.sync_all()?;
-        fs::rename(&tmp, &self.path)?;
+        let name = self.path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "secrets.json".into());
+        let tmp = self.path.with_file_name(unique_name(&format!("{name}.tmp")));
+        let written = (|| {
+            let mut f = create_private(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(map).expect("a string map serializes"))?;
+            f.sync_all()?;
+            // rename replaces whatever is at the path (a symlink included)
+            // without following it.
+            fs::rename(&tmp, &self.path)
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
         if let Some(dir) = self.path.parent() {
             File::open(dir)?.sync_all()?;
         }
         Ok(())
     }
+}
+
+/// The file's bytes, opened without following a symlink, refused unless
+/// it is ours alone (one `rmm:`-ready message in the error).
+fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut file = match open_nofollow(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(e),
+        Err(e) => return Err(std::io::Error::new(e.kind(), refusal(path, e))),
+    };
+    check_own_file(&file, path).map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string()))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 impl SecretStore for FileSecrets {
@@ -54,4 +91,50 @@ impl SecretStore for FileSecrets {
         *map = next;
         Ok(())
     }
+}
+
+/// The secrets a resume of `run` needs that the store no longer holds (or
+/// holds with another value than the log's fingerprint), as the words a
+/// user reads: "the admin password", …. Empty when nothing is lost.
+///
+/// What is needed follows from the log: the bootstrap password once the
+/// server was started (until the admin password is changed), the admin
+/// password once its change began (it was stored before the call), the
+/// pinned CA once pinned, the API token once created, the node command
+/// while a machine still has to run it. The login token is not listed: a
+/// new one is made with the password.
+pub fn lost_secrets(run: &RunState, store: &dyn SecretStore) -> Vec<&'static str> {
+    let Some(rancher) = run.actor("rancher") else { return Vec::new() };
+    let key = |name: &str| format!("{}/{name}", run.id);
+    let present = |name: &str| store.get(&key(name)).is_some();
+    let matches = |r: &SecretRef| store.get(&key(&r.name)).is_some_and(|s| s.fingerprint() == r.fingerprint);
+    let mut lost = Vec::new();
+    let started = |step: Step| rancher.step(step).is_some();
+    if started(Step::StartServer) && !rancher.done(Step::ChangePassword) && !present(secret::BOOTSTRAP_PASSWORD) {
+        lost.push("the bootstrap password");
+    }
+    let admin_ok = match rancher.outcome(Step::ChangePassword) {
+        Some(Outcome::PasswordChanged { password }) => matches(password),
+        _ => !started(Step::ChangePassword) || present(secret::ADMIN_PASSWORD),
+    };
+    if !admin_ok {
+        lost.push("the admin password");
+    }
+    if rancher.done(Step::PinCa) && !present(secret::RANCHER_CA) {
+        lost.push("the pinned CA");
+    }
+    if let Some(Outcome::ApiTokenCreated { token, .. }) = rancher.outcome(Step::CreateApiToken) {
+        if !matches(token) {
+            lost.push("the API token");
+        }
+    }
+    if let Some(Outcome::NodeCommandReady { command }) = rancher.outcome(Step::WaitNodeCommand) {
+        let agents_left = run.machines().iter().any(|(name, role)| {
+            *role != Role::Rancher && !run.actor(name).is_some_and(|a| a.done(Step::RunAgent))
+        });
+        if agents_left && !matches(command) {
+            lost.push("the node command");
+        }
+    }
+    lost
 }

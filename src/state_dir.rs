@@ -57,56 +57,135 @@ impl StateDir {
         self.events().exists()
     }
 
-    /// Creates the dir (owner-only) if needed.
+    /// Creates the dir (owner-only) if needed, refuses one that is not
+    /// ours alone ([`StateDir::check_private`]), and checks it is writable
+    /// with a probe file of this process's own name (two `rmm up` started
+    /// in the same instant must not remove each other's probe: the loser
+    /// is to find the lock held, exit 4, not "not writable").
     pub fn create(&self) -> Result<()> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.root)
             .map_err(|e| Error::StateDir(format!("cannot create state dir {}: {e}", self.root.display())))?;
+        self.check_private()?;
         // Writable? Find out now rather than half-way through a run.
-        let probe = self.root.join(".probe");
-        fs::write(&probe, b"")
+        let probe = self.root.join(unique_name(".probe"));
+        create_private(&probe)
             .and_then(|_| fs::remove_file(&probe))
             .map_err(|e| Error::StateDir(format!("state dir {} is not writable: {e}", self.root.display())))
     }
 
+    /// Refuses a state dir that someone else could write into, as ssh does
+    /// with `~/.ssh`: it must be a directory owned by the current user and
+    /// not writable by its group or others. One line says how to fix it.
+    /// (The dir itself may be reached through a symlink, like `~/.ssh`;
+    /// nothing inside it is ever followed.)
+    pub fn check_private(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.root.display();
+        let meta = fs::metadata(&self.root)
+            .map_err(|e| Error::StateDir(format!("cannot read state dir {dir}: {e}")))?;
+        if !meta.is_dir() {
+            return Err(Error::StateDir(format!("state dir {dir} is not a directory")));
+        }
+        let me = nix::unistd::geteuid().as_raw();
+        let mode = meta.mode() & 0o7777;
+        if meta.uid() != me {
+            return Err(Error::StateDir(format!(
+                "state dir {dir} is owned by uid {}, not by you (uid {me}): another user may have planted files in it; \
+                 use a state dir of your own (`--state-dir DIR`), or remove this one (`rm -rf {}`) if no one uses it",
+                meta.uid(),
+                sh(&self.root)
+            )));
+        }
+        if mode & 0o022 != 0 {
+            let who = if mode & 0o002 != 0 { "others" } else { "its group" };
+            return Err(Error::StateDir(format!(
+                "state dir {dir} is writable by {who} (mode {mode:04o}): `chmod 700 {}`",
+                sh(&self.root)
+            )));
+        }
+        // The dirs rmm keeps inside must be its own, not symlinks planted
+        // while the dir was open (the store and the world are opened by
+        // path, by sled and the driver).
+        for sub in [self.events(), self.world()] {
+            let Ok(meta) = fs::symlink_metadata(&sub) else { continue };
+            let p = sub.display();
+            if meta.file_type().is_symlink() {
+                return Err(Error::StateDir(format!("{p} is a symlink; rmm never follows one inside its state dir: remove it (`rm {}`)", sh(&sub))));
+            }
+            if !meta.is_dir() || meta.uid() != me {
+                return Err(Error::StateDir(format!(
+                    "{p} is not a directory of yours (uid {}): another user may have planted it; remove it (`rm -rf {}`)",
+                    meta.uid(),
+                    sh(&sub)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes temp files left by rmm processes that died between creating
+    /// and renaming or removing them (`.probe.PID.*`, `secrets.json.tmp.PID.*`):
+    /// only those whose process is gone. Called by the lock's holder.
+    fn sweep_stale_temps(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(rest) = name.strip_prefix(".probe.").or_else(|| name.strip_prefix("secrets.json.tmp.")) else { continue };
+            let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+            let alive = pid == std::process::id() as i32
+                || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                || Path::new(&format!("/proc/{pid}")).exists();
+            if !alive {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Takes the writer's lock, or names the pid that holds it.
+    ///
+    /// The lock file is created with `O_EXCL`, and opened with
+    /// `O_NOFOLLOW`: a symlink (or a hard link, or a file of another user)
+    /// planted at its path is refused, never written through.
     pub fn lock(&self) -> Result<Lock> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(self.lock_path())
-            .map_err(|e| Error::StateDir(format!("cannot open {}: {e}", self.lock_path().display())))?;
+        self.check_private()?;
+        let path = self.lock_path();
+        let opened = match create_private_rw(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                OpenOptions::new().read(true).write(true).custom_flags(nix::libc::O_NOFOLLOW).open(&path)
+            }
+            other => other,
+        };
+        let mut file = opened.map_err(|e| Error::StateDir(refusal(&path, e)))?;
+        check_own_file(&file, &path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = pid.trim();
+                let pid = holder_pid(&mut file);
                 return Err(Error::Busy(format!(
                     "state dir {} is in use by another rmm (pid {}); wait for it or stop it",
                     self.root.display(),
-                    if pid.is_empty() { "unknown" } else { pid }
+                    pid.as_deref().unwrap_or("unknown")
                 )));
             }
             Err(fs::TryLockError::Error(e)) => {
-                return Err(Error::StateDir(format!("cannot lock {}: {e}", self.lock_path().display())))
+                return Err(Error::StateDir(format!("cannot lock {}: {e}", path.display())))
             }
         }
         let _ = file.set_len(0);
         let _ = file.seek(SeekFrom::Start(0));
         let _ = write!(file, "{}", std::process::id());
         let _ = file.sync_all();
+        self.sweep_stale_temps();
         Ok(Lock { _file: file })
     }
 
-    /// Whether another process holds the writer's lock now.
+    /// Whether another process holds the writer's lock now (a symlink at
+    /// the lock's path is not followed: then no one holds it).
     pub fn locked_by_other(&self) -> Option<String> {
-        let mut file = File::open(self.lock_path()).ok()?;
+        let mut file = OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(self.lock_path()).ok()?;
         match file.try_lock_shared() {
             Ok(()) => None,
             Err(_) => {
@@ -218,4 +297,85 @@ pub fn fold_latest(log: &SledLog, upto: Option<u64>) -> Result<History> {
 /// `path` made absolute, for messages and for the emulator's data dir.
 pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The pid written in the lock file by its holder. The holder writes it
+/// just after taking the lock, so a process that lost the race for it by
+/// microseconds may find the file still empty: it polls for the pid a
+/// little while (a holder that never writes it stays `None`).
+fn holder_pid(file: &mut File) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let mut pid = String::new();
+        let _ = file.seek(SeekFrom::Start(0)).and_then(|_| file.read_to_string(&mut pid));
+        let pid = pid.trim();
+        if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(pid.to_string());
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// A name no other process uses at the same time: `{prefix}.{pid}.{random}`.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}.{}.{:016x}", std::process::id(), rand::random::<u64>())
+}
+
+/// Creates a new file, write-only, mode 0600 from the start, with
+/// `O_EXCL | O_NOFOLLOW`: it fails if anything (a file, a symlink) is
+/// already at `path`, so nothing planted there is ever written through.
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(nix::libc::O_NOFOLLOW).open(path)
+}
+
+fn create_private_rw(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).custom_flags(nix::libc::O_NOFOLLOW).open(path)
+}
+
+/// Opens an existing file for reading without following a symlink at
+/// `path` (`ELOOP` then).
+pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(path)
+}
+
+/// The message for a file of the state dir that cannot be opened: a
+/// symlink (`ELOOP` from `O_NOFOLLOW`) is named as such.
+pub fn refusal(path: &Path, e: std::io::Error) -> String {
+    if e.raw_os_error() == Some(nix::libc::ELOOP) {
+        format!("{} is a symlink; rmm never follows one inside its state dir: remove it (`rm {}`)", path.display(), sh(path))
+    } else {
+        format!("cannot open {}: {e}", path.display())
+    }
+}
+
+/// An opened file of the state dir must be a regular file of ours with no
+/// other name (a hard link planted to a file outside would be written
+/// through) and no access for group or others.
+pub fn check_own_file(file: &File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().map_err(|e| Error::StateDir(format!("cannot read {}: {e}", path.display())))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let p = path.display();
+    if !meta.is_file() {
+        return Err(Error::StateDir(format!("{p} is not a regular file: remove it")));
+    }
+    if meta.uid() != me {
+        return Err(Error::StateDir(format!("{p} is owned by uid {}, not by you (uid {me}): remove it (`rm {}`)", meta.uid(), sh(path))));
+    }
+    if meta.nlink() != 1 {
+        return Err(Error::StateDir(format!("{p} has {} hard links (one may point outside the state dir): remove it (`rm {}`)", meta.nlink(), sh(path))));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::StateDir(format!("{p} is open to group or others (mode {mode:04o}): `chmod 600 {}`", sh(path))));
+    }
+    Ok(())
+}
+
+/// `path` as a shell word, for the commands the messages suggest.
+fn sh(path: &Path) -> String {
+    shell_words::quote(&path.to_string_lossy()).into_owned()
 }

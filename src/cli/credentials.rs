@@ -24,6 +24,8 @@ pub fn run(args: CredentialsArgs, dir: &StateDir) -> Result<()> {
     let run = history
         .latest_up()
         .ok_or_else(|| Error::Refused("no run yet: `rmm up` first".into()))?;
+    // The password is read only from a dir no one else can write into.
+    dir.check_private()?;
     let secrets = FileSecrets::open(dir.secrets()).map_err(|e| Error::StateDir(format!("cannot read secrets: {e}")))?;
     let rancher = run.actor("rancher");
     let changed = rancher.is_some_and(|a| a.done(Step::ChangePassword));
@@ -32,13 +34,24 @@ pub fn run(args: CredentialsArgs, dir: &StateDir) -> Result<()> {
     let in_doubt = !changed && rancher.is_some_and(|a| a.step(Step::ChangePassword).is_some());
     let name = if changed || in_doubt { secret::ADMIN_PASSWORD } else { secret::BOOTSTRAP_PASSWORD };
     if in_doubt {
-        eprintln!("note: the password change was in flight when the run stopped; `rmm up --resume` confirms it");
+        crate::errln!("note: the password change was in flight when the run stopped; `rmm up --resume` confirms it");
     }
-    let password = secrets
-        .get(&format!("{}/{name}", run.id))
-        .ok_or_else(|| Error::Refused("no admin password yet: Rancher has not been started by this run".into()))?;
+    let started = rancher.is_some_and(|a| a.step(Step::StartServer).is_some());
+    let password = secrets.get(&format!("{}/{name}", run.id)).ok_or_else(|| {
+        if started {
+            // Stored before the server started, so it was there: lost since.
+            Error::StateDir(format!(
+                "the admin password of run {} is lost ({} {}): it cannot be recovered; `rmm down` removes the machines",
+                run.id,
+                dir.secrets().display(),
+                if secrets.file_exists() { "does not hold it" } else { "is missing" }
+            ))
+        } else {
+            Error::Refused("no admin password yet: Rancher has not been started by this run".into())
+        }
+    })?;
     let url = run.rancher_url();
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::cli::stdout();
     if args.json {
         let v = json!({"url": url, "username": "admin", "password": password.expose(), "ca_checksum": run.ca_checksum()});
         let _ = writeln!(out, "{v}");

@@ -17,19 +17,23 @@ pub struct DownArgs {}
 
 pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
     if !dir.root.exists() {
-        println!("Nothing to remove: no rmm state in {}.", dir.root.display());
+        crate::outln!("Nothing to remove: no rmm state in {}.", dir.root.display());
         return Ok(());
     }
     // Take the lock before looking: an `up` may be creating the store.
     let _lock = dir.lock()?;
     if !dir.exists() {
-        println!("Nothing to remove: no rmm state in {}.", dir.root.display());
+        crate::outln!("Nothing to remove: no rmm state in {}.", dir.root.display());
         return Ok(());
     }
+    // Refuse a planted secrets file before anything is recorded; a missing
+    // one is fine: removing machines needs no secret.
+    crate::secrets::FileSecrets::open(dir.secrets())
+        .map_err(|e| Error::StateDir(format!("cannot read secrets file: {e}")))?;
     let mut log = dir.open_store()?;
     let mut history = fold_latest(&log, None)?;
     let Some(latest) = history.latest().cloned() else {
-        println!("Nothing to remove: the log has no run.");
+        crate::outln!("Nothing to remove: the log has no run.");
         return Ok(());
     };
     let plan = latest.plan.clone();
@@ -45,7 +49,7 @@ pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
 
     let unfinished_down = latest.kind == RunKind::Down && latest.status != RunStatus::Completed;
     if latest.kind == RunKind::Down && !unfinished_down && listed.is_empty() {
-        println!("Nothing to remove: cluster {} has no machines (already down).", plan.cluster_name);
+        crate::outln!("Nothing to remove: cluster {} has no machines (already down).", plan.cluster_name);
         return Ok(());
     }
     let mut names: BTreeSet<String> = listed.iter().map(|m| m.name.clone()).collect();
@@ -65,7 +69,7 @@ pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
     }).collect();
     let resume = unfinished_down.then_some(latest.id);
     let state = engine::begin(&mut log, &mut history, resume, RunKind::Down, &plan)?;
-    eprintln!(
+    crate::errln!(
         "removing {} machine{} of cluster {} (run {}, attempt {})",
         machines.len(),
         if machines.len() == 1 { "" } else { "s" },
@@ -76,7 +80,7 @@ pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
     let count = machines.len();
     match engine::run_attempt(dir, log, state, machines, driver)? {
         RunEnd::Completed => {
-            let _ = writeln!(std::io::stdout(), "Removed {count} machine{} of cluster {}.", if count == 1 { "" } else { "s" }, plan.cluster_name);
+            let _ = writeln!(crate::cli::stdout(), "Removed {count} machine{} of cluster {}.", if count == 1 { "" } else { "s" }, plan.cluster_name);
             Ok(())
         }
         RunEnd::Failed { actor, step, reason } => Err(Error::RunFailed(format!(

@@ -178,7 +178,7 @@ fn data_bytes(e: &Envelope) -> Vec<u8> {
 pub struct Printer {
     json: bool,
     pub filter: Filter,
-    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    out: std::io::BufWriter<crate::cli::Stdout>,
     line: Vec<u8>,
     data: Vec<u8>,
     run: Option<uuid::Uuid>,
@@ -189,7 +189,7 @@ impl Printer {
         Printer {
             json,
             filter,
-            out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
+            out: std::io::BufWriter::with_capacity(1 << 16, crate::cli::stdout()),
             line: Vec::with_capacity(1024),
             data: Vec::with_capacity(512),
             run: None,
@@ -250,6 +250,6 @@ fn ok_unless_closed(r: std::io::Result<()>) -> Result<bool> {
 }
 
 fn write_out(bytes: &[u8]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::cli::stdout();
     ok_unless_closed(out.write_all(bytes).and_then(|_| out.flush())).map(drop)
 }

@@ -30,7 +30,7 @@ pub fn run(args: ReplayArgs, dir: &StateDir) -> Result<()> {
     let run = history.latest();
     // A replay shows recorded state; a run still `running` at that point is shown so.
     let v = view::status_json(&history, run, true);
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::cli::stdout();
     if args.json {
         let _ = writeln!(out, "{v}");
     } else {

@@ -32,7 +32,7 @@ pub fn run(args: ReportArgs, dir: &StateDir) -> Result<()> {
         ids.len()
     };
     if args.html.as_os_str() == "-" {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::cli::stdout();
         return match out.write_all(html.as_bytes()).and_then(|_| out.flush()) {
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Other(format!("cannot write: {e}"))),
             _ => Ok(()),
@@ -40,7 +40,7 @@ pub fn run(args: ReportArgs, dir: &StateDir) -> Result<()> {
     }
     write_atomically(&args.html, html.as_bytes())
         .map_err(|e| Error::Other(format!("cannot write {}: {e}", args.html.display())))?;
-    println!(
+    crate::outln!(
         "wrote {} ({} event{}, {} run{})",
         args.html.display(),
         events.len(),

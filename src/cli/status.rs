@@ -35,7 +35,7 @@ pub fn run(args: StatusArgs, dir: &StateDir) -> Result<()> {
             refresh(&mut v, run, dir)?;
         }
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::cli::stdout();
     if args.json {
         let _ = writeln!(out, "{v}");
     } else {

@@ -70,7 +70,7 @@ pub fn run(args: SynthArgs, dir: &StateDir) -> Result<()> {
         log.append_batch(batch)?;
     }
     log.checkpoint()?;
-    println!("{written} events in {} runs, head {}", gen.runs, hex::encode(log.head()));
+    crate::outln!("{written} events in {} runs, head {}", gen.runs, hex::encode(log.head()));
     Ok(())
 }
 

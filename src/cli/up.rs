@@ -8,6 +8,7 @@ use rmm_events::{RunKind, RunStatus};
 use crate::config::{ConfigFile, Overrides};
 use crate::engine;
 use crate::error::{Error, Result};
+use crate::secrets::{lost_secrets, FileSecrets};
 use crate::state_dir::{fold_latest, StateDir};
 
 #[derive(Debug, clap::Args)]
@@ -71,7 +72,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
 
     let run = match (&latest, args.resume) {
         (Some(r), false) if r.kind == RunKind::Up && r.status == RunStatus::Completed => {
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::cli::stdout();
             let _ = writeln!(
                 out,
                 "The last run ({}) completed: cluster {} is up{}. Nothing to do (`rmm status`, `rmm down`).",
@@ -96,14 +97,14 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         }
         (Some(r), true) if r.kind == RunKind::Up && r.status != RunStatus::Completed => {
             if args.changes_plan() {
-                eprintln!("rmm: --resume continues the recorded plan; the plan flags are ignored");
+                crate::errln!("rmm: --resume continues the recorded plan; the plan flags are ignored");
             }
             Some(r.id)
         }
         (Some(r), true) if r.kind == RunKind::Up => {
             // Resuming a finished run is a no-op, so a script (or a crash
             // drill) can always end with `up --resume`.
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::cli::stdout();
             let _ = writeln!(out, "Nothing to resume: the last run ({}) completed.", r.id);
             return Ok(());
         }
@@ -116,12 +117,13 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         Some(id) => history.runs.iter().find(|r| r.id == id).expect("run in history").plan.clone(),
         None => plan,
     };
+    check_secrets(dir, &history, run)?;
     let driver = engine::driver(&plan, dir)?;
     let state = engine::begin(&mut log, &mut history, run, RunKind::Up, &plan)?;
     let machines = plan.machine_names();
     let run_id = state.id;
     let attempt = state.attempts;
-    eprintln!(
+    crate::errln!(
         "{} run {run_id} (attempt {attempt}): cluster {}, {}, {}, driver {}",
         if attempt == 1 { "starting" } else { "resuming" },
         plan.cluster_name,
@@ -137,7 +139,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let history = fold_latest(&log, None)?;
             let r = history.latest().expect("a run");
             let took = r.ended_ms.unwrap_or(r.started_ms) - r.started_ms;
-            let mut out = std::io::stdout().lock();
+            let mut out = crate::cli::stdout();
             let _ = writeln!(
                 out,
                 "Cluster {} is active ({}, {}) after {:.1}s.",
@@ -159,6 +161,43 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         RunEnd::Fatal(e) => Err(Error::StateDir(format!(
             "cannot write the event log ({e}); nothing after the last durable event happened unrecorded. Fix the disk, then `rmm up --resume`"
         ))),
+    }
+}
+
+/// Reads the secrets file before anything is recorded (a planted or
+/// group-readable one is refused here), and, for a resume, refuses with
+/// one line when a secret the log says was stored is gone: the admin
+/// password (or the bootstrap password, the API token, the node command,
+/// the pinned CA) cannot be recovered from Rancher, so no resume could
+/// finish the run. Exit 2, like any damage to the state dir; `rmm down`
+/// needs no secret and removes the machines.
+fn check_secrets(dir: &StateDir, history: &rmm_events::History, run: Option<uuid::Uuid>) -> Result<()> {
+    let secrets = FileSecrets::open(dir.secrets()).map_err(|e| Error::StateDir(format!("cannot read secrets file: {e}")))?;
+    let Some(id) = run else { return Ok(()) };
+    let Some(state) = history.runs.iter().find(|r| r.id == id) else { return Ok(()) };
+    let lost = lost_secrets(state, &secrets);
+    if lost.is_empty() {
+        return Ok(());
+    }
+    let (them, are) = if lost.len() == 1 { ("it", "is") } else { ("them", "are") };
+    let why = if secrets.file_exists() {
+        format!("{} does not hold {them} as the log records {them}", dir.secrets().display())
+    } else {
+        format!("{} is missing", dir.secrets().display())
+    };
+    Err(Error::StateDir(format!(
+        "{} of run {id} {are} lost ({why}): Rancher cannot give {them} back, so this run cannot continue; \
+         `rmm down` removes its machines (it needs no secret), then `rmm up` starts a new run",
+        join_words(&lost)
+    )))
+}
+
+/// "a", "a and b", "a, b and c".
+fn join_words(words: &[&str]) -> String {
+    match words {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
     }
 }
 

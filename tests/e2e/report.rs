@@ -20,26 +20,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{text, TestDir};
+use crate::support::{require_tool, text, TestDir};
 
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("RMM_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        for name in ["chromium", "chromium-browser"] {
-            let p = Path::new(dir).join(name);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "this test needs a headless browser: `apt-get install -y --no-install-recommends chromium` \
-         (what .ci/run does), or set RMM_CHROMIUM to its path"
-    );
+/// The headless browser (`RMM_CHROMIUM`, else `chromium` or
+/// `chromium-browser` on the PATH), or `None` after printing `SKIPPED: …`
+/// (a failure under `CI=true`): see `support::require_tool`.
+fn chromium() -> Option<PathBuf> {
+    require_tool(
+        &["chromium", "chromium-browser"],
+        "RMM_CHROMIUM",
+        "the HTML report's browser test",
+        "apt-get install -y --no-install-recommends chromium",
+    )
 }
 
 /// Kills the browser when dropped: its whole process group, and the
@@ -66,7 +60,7 @@ struct BrowserRun {
 
 /// Runs chromium headless on `url` with `args`, with a timeout; its profile
 /// and output files live in `work`.
-fn run_chromium(work: &Path, name: &str, url: &str, args: &[&str]) -> BrowserRun {
+fn run_chromium(browser: &Path, work: &Path, name: &str, url: &str, args: &[&str]) -> BrowserRun {
     use std::os::unix::process::CommandExt;
     // Its own home: profile, config and crash database all under the test's dir.
     let home = work.join(format!("chromium-{name}"));
@@ -74,7 +68,7 @@ fn run_chromium(work: &Path, name: &str, url: &str, args: &[&str]) -> BrowserRun
     let profile = home.join("profile");
     let out_path = work.join(format!("chromium-{name}.stdout"));
     let err_path = work.join(format!("chromium-{name}.stderr"));
-    let mut cmd = Command::new(chromium());
+    let mut cmd = Command::new(browser);
     cmd.args([
         "--headless",
         "--disable-gpu",
@@ -164,6 +158,7 @@ fn describe(pids: &[i32]) -> String {
 
 #[test]
 fn report_html_loads_in_a_headless_browser_with_one_row_per_actor() {
+    let Some(browser) = chromium() else { return };
     let dir = TestDir::new();
     dir.up_ok(&["--masters", "1", "--workers", "1"]);
     let html = dir.tmp.path().join("report.html");
@@ -175,7 +170,7 @@ fn report_html_loads_in_a_headless_browser_with_one_row_per_actor() {
     let url = format!("file://{}", html.display());
 
     // 1. It loads and its script runs to the end, with no errors.
-    let run = run_chromium(dir.tmp.path(), "dom", &url, &["--dump-dom"]);
+    let run = run_chromium(&browser, dir.tmp.path(), "dom", &url, &["--dump-dom"]);
     let dom = run.stdout;
     assert!(dom.contains("id=\"rmm-rendered\""), "the page's script did not finish (a JS error?):\n{}\n{}", dom, run.stderr);
     assert!(dom.contains("<div id=\"js-errors\" hidden=\"\"></div>"), "script errors reported in the page:\n{dom}");
@@ -195,7 +190,7 @@ fn report_html_loads_in_a_headless_browser_with_one_row_per_actor() {
     // 3. The filters work in the browser: from the address, like a shared link.
     let want = events.iter().filter(|e| e["actor"] == "worker01" && e["kind"] == "StepSucceeded").count();
     assert!(want >= 4, "worker01 did its steps");
-    let filtered = run_chromium(dir.tmp.path(), "filter", &format!("{url}#actor=worker01&kind=StepSucceeded"), &["--dump-dom"]);
+    let filtered = run_chromium(&browser, dir.tmp.path(), "filter", &format!("{url}#actor=worker01&kind=StepSucceeded"), &["--dump-dom"]);
     assert_eq!(attr(&filtered.stdout, "rmm-rendered", "data-shown"), Some(want.to_string().as_str()));
     let visible = filtered.stdout.matches("data-actor=\"worker01\" data-kind=\"StepSucceeded\"><td").count();
     assert_eq!(visible, want, "rows left visible (not hidden) by the filter");
@@ -203,6 +198,7 @@ fn report_html_loads_in_a_headless_browser_with_one_row_per_actor() {
     // 4. A screenshot.
     let shot = dir.tmp.path().join("report.png");
     run_chromium(
+        &browser,
         dir.tmp.path(),
         "shot",
         &url,

@@ -200,3 +200,53 @@ pub fn seeds(var: &str, pinned: &[u64]) -> Vec<u64> {
     let fresh = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     pinned.iter().copied().chain(std::iter::once(fresh)).collect()
 }
+
+/// The one line of stderr a failing command prints (asserted to be one).
+pub fn single_stderr_line(out: &Output) -> String {
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {stderr}");
+    lines[0].to_string()
+}
+
+/// Whether this is CI (`CI=true`, as GitHub Actions and most CI systems
+/// set it): there, every tool a test needs must be installed (`.ci/run`
+/// installs them), and a missing one fails the test instead of skipping it.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// A program outside Rust that a test needs (chromium now; a Docker Engine
+/// and OpenSSH soon), found at the path in `$env_var` when that is set,
+/// else as the first of `names` on the `PATH`.
+///
+/// Missing, it prints `SKIPPED: <test needs what> — <how to install>` and
+/// returns `None`: the test returns early and passes, so the README's test
+/// command passes on a machine with only Rust. Under `CI=true` it panics
+/// with the same line instead. (`.config/nextest.toml` shows the output of
+/// the tests that call this even when they pass, so the line is seen.)
+pub fn require_tool(names: &[&str], env_var: &str, needed_for: &str, install: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let why = match std::env::var_os(env_var) {
+        Some(p) if executable(std::path::Path::new(&p)) => return Some(PathBuf::from(p)),
+        Some(p) => format!("{env_var}={} is not an executable file", std::path::Path::new(&p).display()),
+        None => {
+            for dir in std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default() {
+                for name in names {
+                    let p = dir.join(name);
+                    if executable(&p) {
+                        return Some(p);
+                    }
+                }
+            }
+            format!("{} not found on the PATH (or set {env_var} to its path)", names.join(" or "))
+        }
+    };
+    let what = format!("{needed_for} needs {}: {why} — install it: `{install}`", names[0]);
+    if under_ci() {
+        panic!("{what} (CI=true: a missing tool fails the test instead of skipping it; .ci/run installs it)");
+    }
+    println!("SKIPPED: {what}");
+    None
+}

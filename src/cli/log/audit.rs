@@ -71,7 +71,7 @@ pub fn verify(dir: &StateDir, want_head: Option<&str>) -> Result<()> {
         Some((seq, _)) => format!("anchored up to seq {seq}"),
         None => "no head anchor (a log from an older rmm)".to_string(),
     };
-    println!(
+    crate::outln!(
         "ok: {events} event{} in {runs} run{} verify (seq 1..{events}); head {}; {anchor}",
         if events == 1 { "" } else { "s" },
         if runs == 1 { "" } else { "s" },
@@ -99,7 +99,7 @@ pub fn export(log: &SledLog, filter: &Filter, run_given: bool, file: &Path) -> R
     let to_stdout = file == Path::new("-");
     let tmp = file.with_extension("rmm-export-tmp");
     let sink: Box<dyn Write> = if to_stdout {
-        Box::new(std::io::stdout().lock())
+        Box::new(crate::cli::stdout())
     } else {
         Box::new(std::fs::File::create(&tmp).map_err(|e| Error::Other(format!("cannot write {}: {e}", tmp.display())))?)
     };
@@ -169,7 +169,7 @@ pub fn export(log: &SledLog, filter: &Filter, run_given: bool, file: &Path) -> R
     if !to_stdout {
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(werr)?;
         std::fs::rename(&tmp, file).map_err(werr)?;
-        eprintln!("exported {count} events (seq {}..{last}) to {}; head {}", first.unwrap_or(1), file.display(), hex::encode(prev));
+        crate::errln!("exported {count} events (seq {}..{last}) to {}; head {}", first.unwrap_or(1), file.display(), hex::encode(prev));
     }
     Ok(())
 }
@@ -264,7 +264,7 @@ pub fn verify_export(file: &Path, want_head: Option<&str>) -> Result<()> {
     } else {
         format!("a part of a longer log, chained from the hash of seq {}: {}", from_seq - 1, hex::encode(anchor))
     };
-    println!(
+    crate::outln!(
         "ok: {name} is whole and unaltered: {count} events, seq {from_seq}..{last} ({from}); head {}",
         hex::encode(prev)
     );

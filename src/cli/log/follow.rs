@@ -31,7 +31,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 pub fn run(args: &LogArgs, dir: &StateDir) -> Result<()> {
     if !dir.exists() {
-        eprintln!("rmm: waiting for a run to start in {} (Ctrl-C to stop)", dir.root.display());
+        crate::errln!("rmm: waiting for a run to start in {} (Ctrl-C to stop)", dir.root.display());
         while !dir.exists() {
             std::thread::sleep(POLL);
         }
@@ -87,7 +87,7 @@ pub fn run(args: &LogArgs, dir: &StateDir) -> Result<()> {
                 return Ok(());
             }
             if !f.ended && f.target.is_some() {
-                eprintln!("rmm: no process is working on the run and it has not ended (crashed?); `rmm up --resume` continues it");
+                crate::errln!("rmm: no process is working on the run and it has not ended (crashed?); `rmm up --resume` continues it");
                 return Ok(());
             }
         }

@@ -61,7 +61,7 @@ pub fn run(seq: u64, json: bool, dir: &StateDir) -> Result<()> {
         Event::RunStarted { .. } => first_attempt(&log, &current)?,
         _ => None,
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::cli::stdout();
     let written = if json {
         let v = json!({
             "event": view::event_json(&event, &hash),
