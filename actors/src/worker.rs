@@ -135,7 +135,11 @@ impl Handler<Drive> for StepActor {
         if self.busy || self.ended {
             return;
         }
-        if self.stopping {
+        // Told to stop (a `Stop`, or the run's stop flag: set on a fatal
+        // log error, which sends no `Stop` in time to every actor): start
+        // nothing, end. Driving on instead would spin, since every step
+        // returns at once without doing anything once the flag is set.
+        if self.stopping || self.ctx.stopped() {
             self.end(Ending::Stopped);
             return;
         }
@@ -162,6 +166,9 @@ impl Handler<Drive> for StepActor {
                 ctx.spawn(job.run(next).into_actor(self).map(|result, act, ctx| {
                     act.busy = false;
                     match result {
+                        // Nothing recorded: the step did not start because
+                        // the run is stopping. End rather than drive again.
+                        Ok(records) if records.is_empty() => act.end(Ending::Stopped),
                         Ok(records) => {
                             for r in &records {
                                 act.state.apply(&r.envelope);
@@ -197,8 +204,8 @@ struct Job {
 }
 
 impl Job {
-    /// Returns the durable records it appended; `Err` only when the log
-    /// cannot be written (fatal).
+    /// Returns the durable records it appended (none only when the run is
+    /// stopping); `Err` only when the log cannot be written (fatal).
     async fn run(self, next: Next) -> Result<Vec<Record>, String> {
         match next {
             Next::Run { step, try_no, delay_ms } => self.run_step(step, try_no, delay_ms).await,

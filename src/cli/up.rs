@@ -117,7 +117,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         None => plan,
     };
     let driver = engine::driver(&plan, dir)?;
-    let state = engine::begin(&mut log, &mut history, run, RunKind::Up, &plan)?;
+    let state = engine::begin_in(dir, &mut log, &mut history, run, RunKind::Up, &plan)?;
     let machines = plan.machine_names();
     let run_id = state.id;
     let attempt = state.attempts;
