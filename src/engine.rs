@@ -52,7 +52,6 @@ fn begin_inner(
     plan: &Plan,
 ) -> Result<RunState> {
     let command: Vec<String> = std::env::args().collect();
-    let new_run = run.is_none();
     let mut events = Vec::new();
     let (run, attempt, cause) = match run {
         Some(id) => {
@@ -84,12 +83,9 @@ fn begin_inner(
     let records = match (log.append_batch(events), dir) {
         (Ok(records), _) => records,
         (Err(e @ rmm_events::Error::Store(_)), Some(dir)) => {
-            // Nothing of a new run was recorded: it starts again from scratch.
-            let then = match (kind, new_run) {
-                (RunKind::Down, _) => "run `rmm down` again",
-                (RunKind::Up, true) => "run `rmm up` again",
-                (RunKind::Up, false) => "`rmm up --resume`",
-            };
+            // A new run whose first records may not have reached the disk:
+            // the resume then says there is nothing to resume, and how to start.
+            let then = if kind == RunKind::Down { "run `rmm down` again" } else { "`rmm up --resume`" };
             return Err(log_write_error(dir, &AppendFailure::new(&e, last_seq), then))
         }
         (Err(e), _) => return Err(e.into()),
@@ -174,6 +170,13 @@ pub fn run_attempt(
     // The log could not be written: the process ends now, naming why. (A
     // step still in flight is abandoned; its intent is durable, so the
     // resume reconciles it.)
+    if let RunEnd::Fatal(_) = &end {
+        // Steps may still be in flight (an HTTP request, a wait). Dropping
+        // the runtime under them would run their destructors outside it (a
+        // pooled connection then panics); the process ends in a moment
+        // anyway, so the runtime is left to it.
+        std::mem::forget(system);
+    }
     if let (RunEnd::Fatal(_), Some(failure)) = (&end, journal_handle.failure()) {
         let then = if down { "run `rmm down` again" } else { "`rmm up --resume`" };
         return Err(log_write_error(dir, &failure, then));

@@ -63,6 +63,13 @@ impl AppendFailure {
     /// the whole reason when it carries no OS error.
     pub fn os_reason(&self) -> String {
         let Some(code) = self.os_error else { return self.reason.clone() };
+        // sled shows the io::Error's Debug: take its message.
+        if let Some(at) = self.reason.rfind("message: \"") {
+            let rest = &self.reason[at + "message: \"".len()..];
+            if let Some(end) = rest.find('"') {
+                return rest[..end].to_string();
+            }
+        }
         let suffix = format!(" (os error {code})");
         let before = self.reason.rfind(&suffix).map(|i| &self.reason[..i]).unwrap_or(&self.reason);
         // `write journal.wal: No space left on device`: the last part.
@@ -70,12 +77,16 @@ impl AppendFailure {
     }
 }
 
-/// The errno in a `std::io::Error`'s text: it displays an OS error as
-/// `<description> (os error <code>)` (the store keeps only the text).
+/// The errno in a `std::io::Error`'s text (the store keeps only the
+/// text): its `Display` is `<description> (os error <code>)`, its `Debug`
+/// (which sled's errors show) `Os { code: <code>, kind: …, message: … }`.
 fn os_error(text: &str) -> Option<i32> {
-    let at = text.rfind("(os error ")? + "(os error ".len();
-    let digits: String = text[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
-    text[at + digits.len()..].starts_with(')').then(|| digits.parse().ok()).flatten()
+    let number_after = |marker: &str, end: char| -> Option<i32> {
+        let at = text.rfind(marker)? + marker.len();
+        let digits: String = text[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        text[at + digits.len()..].starts_with(end).then(|| digits.parse().ok()).flatten()
+    };
+    number_after("(os error ", ')').or_else(|| number_after("Os { code: ", ','))
 }
 
 impl Journal {
@@ -167,5 +178,9 @@ mod tests {
         assert_eq!(f.os_reason(), "event store: sled: a tree is broken");
         assert_eq!(os_error("(os error 5"), None);
         assert_eq!(os_error("x (os error 5) y"), Some(5));
+        let sled = rmm_events::Error::Store(format!("IO error: {:?}", std::io::Error::from_raw_os_error(28)));
+        let f = AppendFailure::new(&sled, 9);
+        assert_eq!((f.os_error, f.disk_full(), f.in_wal()), (Some(28), true, false));
+        assert_eq!(f.os_reason(), "No space left on device");
     }
 }

@@ -4,6 +4,7 @@ mod support;
 
 mod bad_input;
 mod crash;
+mod disk_full;
 mod down;
 mod faults;
 mod kills;
