@@ -253,7 +253,7 @@ fn disk_full_at_every_append_ends_the_run_with_one_line_and_the_resume_completes
 }
 
 /// `fdatasync` failing (EIO: the page cache lost the write) at the first,
-/// the fifth (machines queued for a slot: where the spin was) and a late
+/// the fifth (where the spin was reproduced before the fix) and a late
 /// sync: exit 2 naming the OS reason, then the resume.
 #[test]
 fn an_io_error_on_sync_ends_the_run_naming_it_and_the_resume_completes() {
