@@ -9,5 +9,7 @@ mod down;
 mod faults;
 mod kills;
 mod log;
+mod outage;
 mod report;
+mod shim;
 mod up;
