@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use rmm_actors::ports::{MachineDriver, RancherConnector};
-use rmm_actors::{Coordinator, Interrupt, Journal, RunCtx, RunEnd};
+use rmm_actors::{AppendFailure, Coordinator, Interrupt, Journal, RunCtx, RunEnd};
 use rmm_events::{now_ms, Envelope, Event, History, Plan, Role, RunKind, RunState, SledLog};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use uuid::Uuid;
@@ -27,6 +27,30 @@ pub fn driver(plan: &Plan, dir: &StateDir) -> Result<Arc<dyn MachineDriver>> {
 
 /// Appends the first events of a new run (`RunStarted`) or of a new attempt.
 pub fn begin(log: &mut SledLog, history: &mut History, run: Option<Uuid>, kind: RunKind, plan: &Plan) -> Result<RunState> {
+    begin_inner(None, log, history, run, kind, plan)
+}
+
+/// [`begin`], naming the event log's file and the free space when the
+/// append fails.
+pub fn begin_in(
+    dir: &StateDir,
+    log: &mut SledLog,
+    history: &mut History,
+    run: Option<Uuid>,
+    kind: RunKind,
+    plan: &Plan,
+) -> Result<RunState> {
+    begin_inner(Some(dir), log, history, run, kind, plan)
+}
+
+fn begin_inner(
+    dir: Option<&StateDir>,
+    log: &mut SledLog,
+    history: &mut History,
+    run: Option<Uuid>,
+    kind: RunKind,
+    plan: &Plan,
+) -> Result<RunState> {
     let command: Vec<String> = std::env::args().collect();
     let mut events = Vec::new();
     let (run, attempt, cause) = match run {
@@ -55,7 +79,18 @@ pub fn begin(log: &mut SledLog, history: &mut History, run: Option<Uuid>, kind: 
             host: nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default(),
         },
     ));
-    for record in log.append_batch(events)? {
+    let last_seq = log.last_seq();
+    let records = match (log.append_batch(events), dir) {
+        (Ok(records), _) => records,
+        (Err(e @ rmm_events::Error::Store(_)), Some(dir)) => {
+            // A new run whose first records may not have reached the disk:
+            // the resume then says there is nothing to resume, and how to start.
+            let then = if kind == RunKind::Down { "run `rmm down` again" } else { "`rmm up --resume`" };
+            return Err(log_write_error(dir, &AppendFailure::new(&e, last_seq), then))
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
+    for record in records {
         rmm_actors::crashpoint::appended(1);
         history.apply(&record.envelope);
     }
@@ -87,6 +122,7 @@ pub fn run_attempt(
         .map_err(|e| Error::StateDir(format!("cannot read secrets file: {e}")))?;
     let connector: Arc<dyn RancherConnector> = Arc::new(crate::rancher::HttpConnector::new());
     let (journal, _writer) = Journal::start(log);
+    let journal_handle = journal.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = Arc::new(RunCtx {
         run: state.id,
@@ -131,5 +167,87 @@ pub fn run_attempt(
         let _ = tokio::time::timeout(std::time::Duration::from_millis(500), view).await;
         end
     });
+    // The log could not be written: the process ends now, naming why. (A
+    // step still in flight is abandoned; its intent is durable, so the
+    // resume reconciles it.)
+    if let RunEnd::Fatal(_) = &end {
+        // Steps may still be in flight (an HTTP request, a wait). Dropping
+        // the runtime under them would run their destructors outside it (a
+        // pooled connection then panics); the process ends in a moment
+        // anyway, so the runtime is left to it.
+        std::mem::forget(system);
+    }
+    if let (RunEnd::Fatal(_), Some(failure)) = (&end, journal_handle.failure()) {
+        let then = if down { "run `rmm down` again" } else { "`rmm up --resume`" };
+        return Err(log_write_error(dir, &failure, then));
+    }
     Ok(end)
+}
+
+/// One line for a failed append: the file, the OS's reason, the free space
+/// when the disk is full, the last durable record, and the way on (`then`,
+/// e.g. "`rmm up --resume`"). Exit 2.
+pub fn log_write_error(dir: &StateDir, failure: &AppendFailure, then: &str) -> Error {
+    let events = dir.events();
+    let path = if failure.in_wal() { events.join(rmm_actors::journal::WAL_FILE) } else { events.clone() };
+    let (reason, fix) = if failure.disk_full() {
+        let free = free_bytes(&events).map(|b| format!(" ({} free)", human_bytes(b))).unwrap_or_default();
+        (format!("{}{free}", failure.os_reason()), "Free space")
+    } else {
+        (failure.os_reason(), "Fix the cause")
+    };
+    Error::StateDir(format!(
+        "cannot write the event log {}: {reason}; nothing after seq {} happened unrecorded. {fix}, then {then}",
+        path.display(),
+        failure.last_seq
+    ))
+}
+
+/// Bytes an unprivileged writer may still use on the file system of `path`.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
+/// `812 B`, `12 KB`, `3.4 MB`, `1.2 GB` (powers of 1024).
+fn human_bytes(n: u64) -> String {
+    const K: u64 = 1024;
+    match n {
+        n if n < K => format!("{n} B"),
+        n if n < K * K => format!("{} KB", n / K),
+        n if n < K * K * K => format!("{:.1} MB", n as f64 / (K * K) as f64),
+        n => format!("{:.1} GB", n as f64 / (K * K * K) as f64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_df() {
+        assert_eq!(human_bytes(812), "812 B");
+        assert_eq!(human_bytes(12 * 1024 + 5), "12 KB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 + 400 * 1024), "3.4 MB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GB");
+    }
+
+    #[test]
+    fn a_full_disk_names_the_file_the_free_space_and_the_last_durable_seq() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().to_path_buf());
+        std::fs::create_dir_all(dir.events()).unwrap();
+        let io = std::io::Error::from_raw_os_error(28);
+        let failure = AppendFailure::new(&rmm_events::Error::Store(format!("write journal.wal: {io}")), 17);
+        let e = log_write_error(&dir, &failure, "`rmm up --resume`");
+        let line = e.to_string();
+        assert_eq!(e.exit_code(), std::process::ExitCode::from(2));
+        let wal = dir.events().join("journal.wal");
+        assert!(line.starts_with(&format!("cannot write the event log {}: No space left on device (", wal.display())), "{line}");
+        assert!(line.contains(" free); nothing after seq 17 happened unrecorded. Free space, then `rmm up --resume`"), "{line}");
+        let eio = std::io::Error::from_raw_os_error(5);
+        let failure = AppendFailure::new(&rmm_events::Error::Store(format!("fdatasync journal.wal: {eio}")), 3);
+        let line = log_write_error(&dir, &failure, "run `rmm down` again").to_string();
+        assert!(line.contains(": Input/output error; nothing after seq 3") && line.ends_with("run `rmm down` again"), "{line}");
+    }
 }

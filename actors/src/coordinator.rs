@@ -277,7 +277,13 @@ pub struct Fatal(pub String);
 impl Handler<Fatal> for Coordinator {
     type Result = ();
     fn handle(&mut self, msg: Fatal, ctx: &mut Context<Self>) {
+        if self.end_tx.is_none() {
+            return; // already ended
+        }
         self.ending = true;
+        // Every actor stops too (waits end early, nothing new starts); the
+        // process then ends without waiting for them.
+        self.stop_all();
         self.finish(RunEnd::Fatal(msg.0), ctx);
     }
 }

@@ -63,7 +63,9 @@ pub fn next_step(order: &[Step], open: impl Fn(Step) -> bool, state: &ActorState
             Some(StepState::Failed { try_no, attempt: a, error, retryable, .. }) => {
                 let used = state.tries_in_attempt(step, attempt);
                 let fresh_attempt = *a < attempt;
-                if !fresh_attempt && (!retryable || used >= retry.max_tries) {
+                // `retryable` records whether another try follows in this
+                // attempt: decided when the try failed ([`try_again`]).
+                if !fresh_attempt && !retryable {
                     return Next::GiveUp { step, reason: error.clone() };
                 }
                 if !open(step) {
@@ -81,6 +83,35 @@ pub fn next_step(order: &[Step], open: impl Fn(Step) -> bool, state: &ActorState
         }
     }
     Next::Done
+}
+
+/// How a try failed, for [`try_again`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Trying again cannot help (a 4xx, a TLS mismatch, a bad config).
+    Permanent,
+    /// May pass: tried again up to `retry.max_tries` times.
+    Transient,
+    /// Rancher did not answer (refused, timed out, 5xx/503): tried again
+    /// until `rancher_ready_s` after the step's first try in this attempt
+    /// (and at least `retry.max_tries` times), as a restart of Rancher
+    /// takes as long as its start.
+    Unavailable,
+}
+
+/// Whether a step whose try just failed is tried again in this attempt.
+/// `used`: its tries in this attempt, this one included; `elapsed_ms`:
+/// since its first try in this attempt started.
+pub fn try_again(failure: Failure, used: u32, elapsed_ms: u64, plan: &Plan) -> bool {
+    let by_count = used < plan.retry.max_tries;
+    match failure {
+        Failure::Permanent => false,
+        Failure::Transient => by_count,
+        Failure::Unavailable => {
+            let next_try_at = elapsed_ms.saturating_add(backoff_ms(&plan.retry, used));
+            by_count || next_try_at <= plan.timeouts.rancher_ready_s.saturating_mul(1000)
+        }
+    }
 }
 
 /// Exponential backoff after `failures` failed tries: base, 2·base, 4·base…, capped at 30 s.
@@ -247,11 +278,13 @@ mod tests {
     }
 
     #[test]
-    fn the_run_gives_up_after_max_tries_or_a_permanent_failure() {
+    fn the_run_gives_up_when_a_failed_try_was_the_last_or_a_permanent_failure() {
         let mut g = given();
-        for t in 1..=3 {
+        for t in 1..=2 {
             g = g.started("worker01", Step::CreateMachine, t).failed("worker01", Step::CreateMachine, t, true);
         }
+        // The third try is the last: recorded as not to be tried again.
+        g = g.started("worker01", Step::CreateMachine, 3).failed("worker01", Step::CreateMachine, 3, false);
         assert!(matches!(g.next("worker01", NODE_STEPS, true), Next::GiveUp { step: Step::CreateMachine, .. }));
         let g = given().started("rancher", Step::CreateMachine, 1).failed("rancher", Step::CreateMachine, 1, false);
         assert!(matches!(g.next("rancher", RANCHER_STEPS, true), Next::GiveUp { .. }));
@@ -261,7 +294,7 @@ mod tests {
     fn a_resume_gives_a_failed_step_a_fresh_budget_without_delay() {
         let mut g = given();
         for t in 1..=3 {
-            g = g.started("worker01", Step::CreateMachine, t).failed("worker01", Step::CreateMachine, t, true);
+            g = g.started("worker01", Step::CreateMachine, t).failed("worker01", Step::CreateMachine, t, t < 3);
         }
         let g = g.attempt(2);
         assert_eq!(g.next("worker01", NODE_STEPS, true), Next::Run { step: Step::CreateMachine, try_no: 4, delay_ms: 0 });
@@ -304,6 +337,22 @@ mod tests {
         assert_eq!(grants(&g.state()), vec!["worker01", "worker02"]);
         let g = g.granted("worker01").granted("worker02");
         assert!(grants(&g.state()).is_empty());
+    }
+
+    #[test]
+    fn transient_failures_have_a_count_and_rancher_unavailable_has_a_time_budget() {
+        let mut plan = plan(); // 3 tries, 100 ms backoff
+        plan.timeouts.rancher_ready_s = 10;
+        assert!(try_again(Failure::Transient, 2, 0, &plan));
+        assert!(!try_again(Failure::Transient, 3, 0, &plan), "the third of three tries is the last");
+        assert!(!try_again(Failure::Permanent, 1, 0, &plan));
+        // Unavailable: past the count, as long as the next try starts within 10 s.
+        assert!(try_again(Failure::Unavailable, 3, 0, &plan));
+        assert!(try_again(Failure::Unavailable, 7, 3_000, &plan), "3 s + 6.4 s backoff < 10 s");
+        assert!(!try_again(Failure::Unavailable, 7, 4_000, &plan), "4 s + 6.4 s backoff > 10 s");
+        assert!(!try_again(Failure::Unavailable, 4, 10_000, &plan));
+        // Within the count it is always tried again.
+        assert!(try_again(Failure::Unavailable, 1, 60_000, &plan));
     }
 
     #[test]

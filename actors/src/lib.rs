@@ -29,4 +29,4 @@ pub mod worker;
 
 pub use context::RunCtx;
 pub use coordinator::{Coordinator, Interrupt, RunEnd};
-pub use journal::Journal;
+pub use journal::{AppendFailure, Journal};

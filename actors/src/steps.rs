@@ -39,26 +39,32 @@ pub struct StepCall<'a> {
 pub struct StepError {
     pub message: String,
     pub retryable: bool,
+    /// Rancher did not answer (no connection, a timeout, a 5xx/429): tried
+    /// again for as long as `rancher_ready_s` allows, not a count of tries
+    /// (see [`crate::decide::try_again`]).
+    pub unavailable: bool,
 }
 
 impl StepError {
     pub fn permanent(message: impl Into<String>) -> StepError {
-        StepError { message: message.into(), retryable: false }
+        StepError { message: message.into(), retryable: false, unavailable: false }
     }
     pub fn transient(message: impl Into<String>) -> StepError {
-        StepError { message: message.into(), retryable: true }
+        StepError { message: message.into(), retryable: true, unavailable: false }
     }
 }
 
 impl From<DriverError> for StepError {
     fn from(e: DriverError) -> Self {
-        StepError { retryable: e.is_retryable(), message: e.to_string() }
+        StepError { retryable: e.is_retryable(), message: e.to_string(), unavailable: false }
     }
 }
 
 impl From<ApiError> for StepError {
     fn from(e: ApiError) -> Self {
-        StepError { retryable: e.is_retryable(), message: e.to_string() }
+        // A TLS mismatch is a server that answers but is not ours: never
+        // retried, whatever the budget.
+        StepError { retryable: e.is_retryable(), unavailable: e.is_retryable(), message: e.to_string() }
     }
 }
 

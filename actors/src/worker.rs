@@ -10,17 +10,18 @@
 //! State trails the log: the actor applies a record only once the journal
 //! returned it (durable). Every record goes to the coordinator as well.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use rmm_events::{ActorState, Event, Record, Role, Step, Via};
+use rmm_events::{now_ms, ActorState, Event, Record, Role, Step, Via};
 use uuid::Uuid;
 
 use crate::context::RunCtx;
 use crate::coordinator::{Appended, Coordinator, Finished, Fatal};
 use crate::crashpoint;
-use crate::decide::{next_step, Next};
+use crate::decide::{next_step, try_again, Failure, Next};
 use crate::steps::{self, JoinInfo, StepCall};
 
 /// How an actor ended its part of this attempt.
@@ -44,6 +45,9 @@ pub struct StepActor {
     needs_join: bool,
     /// The event that caused the actor's next step.
     cause: Option<Uuid>,
+    /// When each step's first try of this attempt started (the time budget
+    /// of a step that finds Rancher unavailable runs from there).
+    first_try_ms: BTreeMap<Step, i64>,
     busy: bool,
     stopping: bool,
     ended: bool,
@@ -73,6 +77,7 @@ impl StepActor {
             join: None,
             needs_join,
             cause,
+            first_try_ms: BTreeMap::new(),
             busy: false,
             stopping: false,
             ended: false,
@@ -135,7 +140,11 @@ impl Handler<Drive> for StepActor {
         if self.busy || self.ended {
             return;
         }
-        if self.stopping {
+        // Told to stop (a `Stop`, or the run's stop flag: set on a fatal
+        // log error, which sends no `Stop` in time to every actor): start
+        // nothing, end. Driving on instead would spin, since every step
+        // returns at once without doing anything once the flag is set.
+        if self.stopping || self.ctx.stopped() {
             self.end(Ending::Stopped);
             return;
         }
@@ -150,7 +159,12 @@ impl Handler<Drive> for StepActor {
             Next::GiveUp { step, reason } => self.end(Ending::GaveUp { step, reason }),
             Next::Run { .. } | Next::Reconcile { .. } => {
                 self.busy = true;
+                let step = match &next {
+                    Next::Run { step, .. } | Next::Reconcile { step, .. } => *step,
+                    _ => unreachable!("matched above"),
+                };
                 let job = Job {
+                    first_try_ms: self.first_try_ms.get(&step).copied(),
                     ctx: self.ctx.clone(),
                     actor: self.name.clone(),
                     role: self.role,
@@ -162,8 +176,16 @@ impl Handler<Drive> for StepActor {
                 ctx.spawn(job.run(next).into_actor(self).map(|result, act, ctx| {
                     act.busy = false;
                     match result {
+                        // Nothing recorded: the step did not start because
+                        // the run is stopping. End rather than drive again.
+                        Ok(records) if records.is_empty() => act.end(Ending::Stopped),
                         Ok(records) => {
                             for r in &records {
+                                if let Event::StepStarted { step, .. } = &r.envelope.event {
+                                    if r.envelope.attempt == act.ctx.attempt {
+                                        act.first_try_ms.entry(*step).or_insert(r.envelope.at_ms);
+                                    }
+                                }
                                 act.state.apply(&r.envelope);
                                 act.cause = Some(r.envelope.id);
                             }
@@ -194,11 +216,13 @@ struct Job {
     join: Option<JoinInfo>,
     cause: Option<Uuid>,
     coordinator: Addr<Coordinator>,
+    /// When the step's first try of this attempt started, if it had one.
+    first_try_ms: Option<i64>,
 }
 
 impl Job {
-    /// Returns the durable records it appended; `Err` only when the log
-    /// cannot be written (fatal).
+    /// Returns the durable records it appended (none only when the run is
+    /// stopping); `Err` only when the log cannot be written (fatal).
     async fn run(self, next: Next) -> Result<Vec<Record>, String> {
         match next {
             Next::Run { step, try_no, delay_ms } => self.run_step(step, try_no, delay_ms).await,
@@ -256,15 +280,38 @@ impl Job {
         }
         let outcome = match result {
             Ok(outcome) => Event::StepSucceeded { step, outcome, via: Via::Done },
-            Err(e) => Event::StepFailed {
-                step,
-                try_no,
-                error: one_line(&self.ctx.redact(&e.message)),
-                retryable: e.retryable,
-            },
+            Err(e) => self.failed(step, try_no, &e, started.envelope.at_ms),
         };
         let ended = self.append(Some(started.envelope.id), outcome).await?;
         Ok(vec![started, ended])
+    }
+
+    /// The `StepFailed` of a try: whether another try follows in this
+    /// attempt is decided here ([`try_again`]) and recorded as `retryable`,
+    /// so the last try of a step never reads "will retry".
+    fn failed(&self, step: Step, try_no: u32, e: &steps::StepError, started_ms: i64) -> Event {
+        let plan = &self.ctx.plan;
+        let used = self.state.tries_in_attempt(step, self.ctx.attempt) + 1;
+        let elapsed_ms = (now_ms() - self.first_try_ms.unwrap_or(started_ms)).max(0) as u64;
+        let failure = match (e.retryable, e.unavailable) {
+            (false, _) => Failure::Permanent,
+            (true, false) => Failure::Transient,
+            (true, true) => Failure::Unavailable,
+        };
+        let again = try_again(failure, used, elapsed_ms, plan);
+        let mut error = one_line(&self.ctx.redact(&e.message));
+        if e.retryable && !again {
+            let tries = if used == 1 { "1 try".to_string() } else { format!("{used} tries") };
+            error.push_str(&match failure {
+                Failure::Unavailable => format!(
+                    " (gave up after {tries} in {:.1} s: Rancher stayed unavailable for longer than rancher_ready_s = {} s)",
+                    elapsed_ms as f64 / 1000.0,
+                    plan.timeouts.rancher_ready_s
+                ),
+                _ => format!(" (gave up after {tries})"),
+            });
+        }
+        Event::StepFailed { step, try_no, error, retryable: again }
     }
 
     async fn reconcile(&self, step: Step, try_no: u32) -> Result<Vec<Record>, String> {

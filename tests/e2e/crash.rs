@@ -113,7 +113,7 @@ fn crash_then_resume(var: &str, k: u64) {
 }
 
 /// Runs `work` over `items`, two at a time.
-fn two_at_a_time<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync) {
+pub fn two_at_a_time<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync) {
     let items = Mutex::new(items);
     std::thread::scope(|s| {
         for _ in 0..2 {

@@ -4,13 +4,16 @@ mod support;
 
 mod bad_input;
 mod crash;
+mod disk_full;
 mod down;
 mod faults;
 mod kills;
 mod log;
+mod outage;
 mod output;
 mod readers;
 mod report;
 mod secrets_lost;
+mod shim;
 mod state_dir;
 mod up;
