@@ -37,6 +37,7 @@
 
 mod agent;
 mod docker;
+pub mod supervisor;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
