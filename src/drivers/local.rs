@@ -424,6 +424,21 @@ impl MachineDriver for LocalDriver {
     fn https_port(&self) -> u16 {
         HTTPS_PORT
     }
+
+    /// The emulator's CA, read from the machine's own disk (its data dir):
+    /// what `docker exec rancher cat …` would give on a real machine.
+    async fn read_server_ca(&self, machine: &str) -> Result<Option<String>, DriverError> {
+        if !valid_name(machine) {
+            return Ok(None);
+        }
+        let path = self.machine_dir(machine).join("rancher").join(crate::emulator::CA_CERT_FILE);
+        match fs::read_to_string(&path) {
+            Ok(pem) if !pem.trim().is_empty() => Ok(Some(pem.trim().to_string())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(&format!("read {}", path.display()), &e)),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- records

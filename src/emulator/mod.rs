@@ -79,6 +79,9 @@ pub enum EmulatorCommand {
     },
 }
 
+/// The CA certificate's file in the emulator's data dir.
+pub const CA_CERT_FILE: &str = tls::CA_CERT;
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -358,7 +358,16 @@ async fn docker_run_rancher_starts_a_detached_emulator_that_remove_stops() {
 
     let dir = d.machine_dir("rancher");
     let args = wait_for(&dir.join("args.txt")).await;
-    assert_eq!(args.trim(), format!("emulator serve --data-dir {} --listen {ip}:8443", dir.join("rancher").display()));
+    // The container is the supervisor, which runs `emulator serve` under the
+    // restart policy.
+    assert_eq!(
+        args.trim(),
+        format!(
+            "emulator supervise --container {} --restart unless-stopped -- --data-dir {} --listen {ip}:8443",
+            dir.join("containers").join(format!("{id}.json")).display(),
+            dir.join("rancher").display()
+        )
+    );
     let env = wait_for(&dir.join("env.txt")).await;
     assert!(env.contains("CATTLE_BOOTSTRAP_PASSWORD=bootstrap-pw-123"));
     assert!(env.contains("RMM_LOCAL_RANCHER_BOOT_MS=1500"));
