@@ -209,7 +209,7 @@ pub fn parse_run(args: &[String]) -> Result<RunSpec, String> {
             break;
         }
         if !arg.starts_with('-') || arg == "-" {
-            spec.image = arg.clone();
+            spec.image = checked_reference(arg)?;
             spec.args = args[i..].to_vec();
             return Ok(spec);
         }
@@ -272,11 +272,65 @@ pub fn parse_run(args: &[String]) -> Result<RunSpec, String> {
     }
     // After `--`, the next word is the image.
     if let Some(image) = args.get(i) {
-        spec.image = image.clone();
+        spec.image = checked_reference(image)?;
         spec.args = args[i + 1..].to_vec();
         return Ok(spec);
     }
     Err("\"docker run\" requires at least 1 argument.".into())
+}
+
+/// An image reference as docker's grammar has it
+/// (`[host[:port]/]name[/name…][:tag][@algo:hex]`, names lower-case); else
+/// docker's `invalid reference format`.
+fn checked_reference(image: &str) -> Result<String, String> {
+    if valid_reference(image) {
+        Ok(image.to_string())
+    } else {
+        Err("invalid reference format.".into())
+    }
+}
+
+pub fn valid_reference(image: &str) -> bool {
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty()
+                && algo.chars().all(|c| c.is_ascii_alphanumeric() || "+.-_".contains(c))
+                && !hex.is_empty()
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            return false;
+        }
+    }
+    let (name, tag) = match rest.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, Some(t)),
+        _ => (rest, None),
+    };
+    if let Some(t) = tag {
+        let mut cs = t.chars();
+        let first_ok = cs.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !first_ok || t.len() > 128 || !cs.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+            return false;
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost") {
+        let host = parts.remove(0);
+        if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)) {
+            return false;
+        }
+    }
+    !parts.is_empty()
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+                && p.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && p.ends_with(|c: char| c.is_ascii_alphanumeric())
+        })
 }
 
 fn apply_bool(spec: &mut RunSpec, flag: &str, on: bool) {

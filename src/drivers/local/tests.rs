@@ -322,6 +322,18 @@ fn docker_run_of_rancher_parses_and_hides_the_password() {
 }
 
 #[test]
+fn image_references_follow_dockers_grammar() {
+    for ok in ["rancher/rancher", "rancher/rancher:v2.11.3", "registry.example.com:5000/rancher/rancher:v2.9.2", "localhost/r/x", "rancher/rancher@sha256:abcdef0123"] {
+        assert!(docker::valid_reference(ok), "{ok}");
+    }
+    for bad in ["rancher/rancher:v2.11.3; touch x", "rancher/rancher:v2 --privileged", "Rancher/rancher", "rancher/rancher:$(id)", "", "rancher//x", "rancher/rancher:"] {
+        assert!(!docker::valid_reference(bad), "{bad}");
+    }
+    let e = docker::parse_run(&words("-d --name rancher 'rancher/rancher:v2.11.3 $(id)'")).unwrap_err();
+    assert_eq!(e, "invalid reference format.");
+}
+
+#[test]
 fn images_are_recognised_with_tags_registries_and_digests() {
     assert_eq!(image_kind("rancher/rancher"), Some(Kind::Server));
     assert_eq!(image_kind("rancher/rancher:v2.6.14"), Some(Kind::Server));
