@@ -10,3 +10,4 @@ mod kills;
 mod log;
 mod report;
 mod up;
+mod world;
