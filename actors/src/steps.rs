@@ -436,30 +436,26 @@ async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
         Some(Outcome::CaPinned { .. }) => Some((pinned_pem(call)?, "the CA pinned in the log")),
         _ => ctx.driver.read_server_ca(call.actor).await?.map(|pem| (pem, "the CA on the rancher machine")),
     };
-    let open = ctx.connector.connect(&url, CaTrust::Unverified)?;
-    let verified = match &expected {
-        Some((pem, _)) => Some(ctx.connector.connect(&url, CaTrust::Pinned(pem.clone()))?),
-        None => None,
+    // With a CA to expect, only a server with a certificate from it counts
+    // as answering (a TLS failure is a server that is not ours); without
+    // one, /ping is asked unverified (it carries no credential).
+    let (trust, expected_name) = match expected {
+        Some((pem, name)) => (CaTrust::Pinned(pem), Some(name)),
+        None => (CaTrust::Unverified, None),
     };
+    let api = ctx.connector.connect(&url, trust)?;
     let what = format!("the Rancher server at {url} to answer /ping (container {state})");
     poll(ctx, ctx.plan.timeouts.rancher_ready_s, &what, || {
-        let (open, verified) = (open.clone(), verified.clone());
-        let expected_name = expected.as_ref().map(|(_, n)| *n);
+        let api = api.clone();
         let url = url.clone();
         async move {
-            match open.ping().await {
-                Ok(()) => {}
-                Err(e) if e.is_retryable() || e.status().is_some() => return Err(StepError::transient(e.to_string())),
-                Err(e) => return Err(e.into()),
-            }
-            let Some(verified) = verified else { return Ok(Some(())) };
-            match verified.ping().await {
+            match api.ping().await {
                 Ok(()) => Ok(Some(())),
-                Err(ApiError::Tls(e)) => Err(StepError::permanent(format!(
+                Err(ApiError::Tls(e)) if expected_name.is_some() => Err(StepError::permanent(format!(
                     "CA mismatch: the server answering at {url} is not ours: its certificate does not chain to {} ({e}); no credential was sent",
                     expected_name.unwrap_or("the expected CA")
                 ))),
-                Err(e) if e.is_retryable() => Err(StepError::transient(e.to_string())),
+                Err(e) if e.is_retryable() || e.status().is_some() => Err(StepError::transient(e.to_string())),
                 Err(e) => Err(e.into()),
             }
         }
