@@ -326,3 +326,42 @@ fn output_captured_like_x_equals_rmm_up_ends_when_up_ends() {
     assert!(got.contains("Cluster tinysetup is active"), "{got}");
     assert!(!procs(&dir, "serve").is_empty(), "the emulator still runs, detached");
 }
+
+/// `rmm ARGS` on a pseudo-terminal (util-linux `script`), `input` typed.
+fn on_a_terminal(dir: &TestDir, args: &[&str], input: &str) -> Option<String> {
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "script (util-linux) is needed under CI");
+        eprintln!("SKIPPED: no `script` to run rmm on a terminal — install util-linux (apt-get install util-linux)");
+        return None;
+    }
+    let mut line = format!("'{}' --state-dir '{}'", env!("CARGO_BIN_EXE_rmm"), dir.state().display());
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(dir.tmp.path())
+        .env("RMM_PLAIN", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    Some(text(&out.stdout))
+}
+
+#[test]
+fn down_cluster_asks_on_a_terminal_and_no_keeps_everything() {
+    let dir = TestDir::new();
+    dir.up_ok(&["--masters", "1", "--workers", "1"]);
+    std::fs::remove_dir_all(dir.state().join("events")).unwrap();
+    let Some(out) = on_a_terminal(&dir, &["down", "--cluster", "tinysetup"], "n\n") else { return };
+    assert!(out.contains("Remove 3 machines of cluster tinysetup (master01, rancher, worker01)? [y/N]"), "{out}");
+    assert!(out.contains("Nothing removed."), "{out}");
+    assert_eq!(dir.status_refresh()["orphans"].as_array().unwrap().len(), 3);
+    let out = on_a_terminal(&dir, &["down", "--cluster", "tinysetup"], "y\n").unwrap();
+    assert!(out.contains("Removed 3 machines of cluster tinysetup."), "{out}");
+    assert!(procs(&dir, "serve").is_empty());
+}
