@@ -46,11 +46,11 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     match cli.command {
         Command::Up(args) => cli::up::run(args, &dir, &config),
-        Command::Status(args) => cli::status::run(args, &dir),
+        Command::Status(args) => cli::status::run(args, &dir, &config),
         Command::Log(args) => cli::log::run(args, &dir),
         Command::Replay(args) => cli::replay::run(args, &dir),
         Command::Report(args) => cli::report::run(args, &dir),
-        Command::Down(args) => cli::down::run(args, &dir),
+        Command::Down(args) => cli::down::run(args, &dir, &config),
         Command::Credentials(args) => cli::credentials::run(args, &dir),
         Command::Tamper(args) => cli::tamper(args, &dir),
         Command::Synth(args) => cli::synth::run(args, &dir),

@@ -332,6 +332,8 @@ fn write_outcome(out: &mut Vec<u8>, outcome: &rmm_events::Outcome) {
         O::NodeListed { node_id } => one(out, "node_listed", "node_id", node_id),
         O::NodeActive => unit(out, "node_active"),
         O::MachineRemoved => unit(out, "machine_removed"),
+        O::ServerRunning => unit(out, "server_running"),
+        O::ServerRestarted { state } => one(out, "server_restarted", "state", state),
     }
 }
 

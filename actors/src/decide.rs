@@ -9,6 +9,7 @@ pub const RANCHER_STEPS: &[Step] = &[
     Step::CreateMachine,
     Step::StartServer,
     Step::WaitReady,
+    Step::CheckServer,
     Step::PinCa,
     Step::Login,
     Step::ChangePassword,

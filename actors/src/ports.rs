@@ -121,6 +121,15 @@ pub trait MachineDriver: Send + Sync + 'static {
     fn https_port(&self) -> u16 {
         443
     }
+    /// The CA (PEM) of the Rancher server on `machine`, read through the
+    /// driver's own authenticated channel (the machine's filesystem in the
+    /// local world; `docker exec` or `ssh` on real machines), never from the
+    /// network. `None` when the driver has no such channel or the server has
+    /// made no CA yet: the caller then falls back to trust on first use.
+    async fn read_server_ca(&self, machine: &str) -> Result<Option<String>, DriverError> {
+        let _ = machine;
+        Ok(None)
+    }
 }
 
 // ---------------------------------------------------------------- rancher

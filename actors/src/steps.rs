@@ -101,6 +101,9 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
         Step::CreateCluster => format!("cluster {}", ctx.plan.cluster_name),
         Step::RunAgent => format!("roles {}", roles(call.role).join(",")),
         Step::WaitReady => format!("GET /ping (timeout {}s)", ctx.plan.timeouts.rancher_ready_s),
+        Step::CheckServer => {
+            format!("server container running and answering? (started again if not; timeout {}s)", ctx.plan.timeouts.rancher_ready_s)
+        }
         Step::WaitNodeCommand => format!("nodeCommand filled in (timeout {}s)", ctx.plan.timeouts.node_command_s),
         Step::WaitNodeListed => format!("Rancher lists {} (timeout {}s)", call.actor, ctx.plan.timeouts.node_listed_s),
         Step::WaitNodeActive | Step::WaitClusterActive => format!("state active (timeout {}s)", ctx.plan.timeouts.active_s),
@@ -127,6 +130,7 @@ pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
         Step::WaitNodeListed => wait_node_listed(call).await,
         Step::WaitNodeActive => wait_node_active(call).await,
         Step::RemoveMachine => remove_machine(call).await,
+        Step::CheckServer => check_server(call).await,
     }
 }
 
@@ -135,13 +139,23 @@ pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
 pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
     let ctx = call.ctx;
     match call.step {
-        Step::CreateMachine => Ok(match ctx.driver.inspect(call.actor).await? {
+        Step::CreateMachine => match ctx.driver.inspect(call.actor).await? {
             // Ours only if it carries this cluster's label (when the driver has labels).
             Some(m) if m.state == MachineState::Running && m.cluster.as_ref().is_none_or(|c| *c == ctx.plan.cluster_name) => {
-                m.ip.map(|ip| Outcome::MachineCreated { ip })
+                Ok(m.ip.map(|ip| Outcome::MachineCreated { ip }))
             }
-            _ => None,
-        }),
+            // Not absent: say what it is (it is removed and made again).
+            Some(m) if matches!(m.state, MachineState::Creating | MachineState::Error(_)) => Err(StepError::transient(format!(
+                "machine {} exists in state {}, a create cut short: it is removed and created again",
+                call.actor,
+                match &m.state {
+                    MachineState::Creating => "creating".to_string(),
+                    MachineState::Error(why) => format!("error ({why})"),
+                    _ => unreachable!("matched above"),
+                }
+            ))),
+            _ => Ok(None),
+        },
         Step::StartServer => Ok(server_running(ctx).await?.then(|| Outcome::ServerStarted {
             image: ctx.plan.rancher_image.clone(),
         })),
@@ -169,7 +183,9 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
         Step::CreateRegistrationToken => find_registration_token(call).await,
         Step::RunAgent => Ok(agent_ran(call).await?.then_some(Outcome::AgentStarted)),
         Step::RemoveMachine => Ok(ctx.driver.inspect(call.actor).await?.is_none().then_some(Outcome::MachineRemoved)),
-        Step::WaitReady
+        // Re-run: it only looks, and starts the server only when it is down.
+        Step::CheckServer
+        | Step::WaitReady
         | Step::PinCa
         | Step::Login
         | Step::SetServerUrl
@@ -265,6 +281,13 @@ fn token_description(ctx: &RunCtx) -> String {
 /// A client that trusts only the pinned CA, after checking the stored PEM
 /// against the checksum recorded in the log.
 fn rancher_api(call: &StepCall<'_>) -> StepResult<Arc<dyn RancherApi>> {
+    let pem = pinned_pem(call)?;
+    Ok(call.ctx.connector.connect(&rancher_url(call)?, CaTrust::Pinned(pem))?)
+}
+
+/// The pinned CA (PEM) from the state dir, checked against the checksum in
+/// the log.
+fn pinned_pem(call: &StepCall<'_>) -> StepResult<String> {
     let ctx = call.ctx;
     let logged = match (call.join, call.state.outcome(Step::PinCa)) {
         (Some(join), _) => join.ca_checksum.clone(),
@@ -277,7 +300,7 @@ fn rancher_api(call: &StepCall<'_>) -> StepResult<Arc<dyn RancherApi>> {
     if ca_checksum(pem.expose()) != logged {
         return Err(StepError::permanent("the stored Rancher CA does not match the checksum in the log"));
     }
-    Ok(ctx.connector.connect(&rancher_url(call)?, CaTrust::Pinned(pem.expose().to_string()))?)
+    Ok(pem.expose().to_string())
 }
 
 fn auth(ctx: &RunCtx) -> StepResult<Secret> {
@@ -286,18 +309,168 @@ fn auth(ctx: &RunCtx) -> StepResult<Secret> {
         .ok_or_else(|| StepError::permanent("no Rancher token in the state dir (log in again: a resume does)"))
 }
 
+#[cfg(test)]
+mod quote_tests {
+    use super::shell_quote;
+
+    /// What a POSIX shell does with a word (the local world's exec splits
+    /// the same way): the value comes back whole, never as syntax.
+    fn split(s: &str) -> Vec<String> {
+        // A tiny POSIX splitter for quoted words: enough for shell_quote's output.
+        let mut words = Vec::new();
+        let (mut cur, mut in_word, mut quoted, mut escaped) = (String::new(), false, false, false);
+        for c in s.chars() {
+            if escaped {
+                cur.push(c);
+                escaped = false;
+                continue;
+            }
+            match c {
+                '\'' => {
+                    quoted = !quoted;
+                    in_word = true;
+                }
+                ' ' if !quoted => {
+                    if in_word {
+                        words.push(std::mem::take(&mut cur));
+                    }
+                    in_word = false;
+                }
+                '\\' if !quoted => {
+                    escaped = true;
+                    in_word = true;
+                }
+                c => {
+                    cur.push(c);
+                    in_word = true;
+                }
+            }
+        }
+        if in_word {
+            words.push(cur);
+        }
+        words
+    }
+
+    #[test]
+    fn every_value_is_one_word_whatever_it_holds() {
+        for v in ["rancher/rancher:v2.11.3", "a b", "x; touch /tmp/pwned", "$(id)", "`id`", "it's", "", "a\"b", "*"] {
+            let q = shell_quote(v);
+            assert_eq!(split(&format!("docker run {q} next")), vec!["docker".to_string(), "run".into(), v.into(), "next".into()], "{v:?} → {q}");
+        }
+        assert_eq!(shell_quote("rancher/rancher:v2.11.3"), "rancher/rancher:v2.11.3");
+    }
+}
+
+/// One word for a POSIX shell: as is when it holds only safe characters,
+/// else in single quotes (a `'` inside becomes `'\''`). Every value that
+/// goes into a command run on a machine goes through this: configured
+/// values (the image) must never be read as shell syntax.
+pub fn shell_quote(word: &str) -> String {
+    let safe = !word.is_empty()
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || "_-./:=@%+,^".contains(c));
+    if safe {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 fn start_command(ctx: &RunCtx, bootstrap: &Secret) -> String {
     format!(
         "docker run -d --name rancher --restart=unless-stopped --privileged -p 80:80 -p 443:443 \
-         -v /opt/rancher:/var/lib/rancher -e CATTLE_BOOTSTRAP_PASSWORD={} {}",
-        bootstrap.expose(),
-        ctx.plan.rancher_image
+         -v /opt/rancher:/var/lib/rancher -e {} {}",
+        shell_quote(&format!("CATTLE_BOOTSTRAP_PASSWORD={}", bootstrap.expose())),
+        shell_quote(&ctx.plan.rancher_image)
     )
 }
 
 async fn server_running(ctx: &RunCtx) -> StepResult<bool> {
-    let out = exec(ctx, "rancher", "docker ps -q --filter name=^rancher$").await?;
+    let out = exec(ctx, "rancher", "docker ps -q --filter 'name=^rancher$'").await?;
     Ok(out.status == 0 && !out.stdout.trim().is_empty())
+}
+
+/// The server container's state as `docker ps` gives it (`running`,
+/// `restarting`, `exited` …), or `absent`.
+pub async fn server_state(ctx: &RunCtx) -> StepResult<String> {
+    let out = exec(ctx, "rancher", "docker ps -a --filter 'name=^rancher$' --format '{{.State}}'").await?;
+    if out.status != 0 {
+        return Err(StepError::transient(format!("docker ps exited {}: {}", out.status, ctx.redact(out.stderr.trim()))));
+    }
+    Ok(out.stdout.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("absent").to_string())
+}
+
+/// Once per attempt (see `Step::CheckServer`): the server container is
+/// running (or its restart policy is bringing it back), or it is started
+/// again; then it must answer `/ping`, and — when the CA is known from the
+/// log or from the machine — answer with that CA's certificate: a process
+/// squatting the address is refused before any credential is sent.
+async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let state = server_state(ctx).await?;
+    let restarted = match state.as_str() {
+        "running" | "restarting" => None,
+        other => {
+            if other != "absent" {
+                let out = exec(ctx, call.actor, "docker rm -f rancher").await?;
+                if out.status != 0 {
+                    return Err(StepError::transient(format!(
+                        "docker rm -f rancher exited {}: {}",
+                        out.status,
+                        ctx.redact(out.stderr.trim())
+                    )));
+                }
+            }
+            let bootstrap = ctx
+                .secret(secret::BOOTSTRAP_PASSWORD)
+                .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
+            let out = exec(ctx, call.actor, &start_command(ctx, &bootstrap)).await?;
+            if out.status != 0 {
+                return Err(StepError::transient(format!(
+                    "the server container was {other}; docker run exited {}: {}",
+                    out.status,
+                    ctx.redact(out.stderr.trim())
+                )));
+            }
+            tracing::warn!(state = other, "the Rancher server container was not running: started it again");
+            Some(other.to_string())
+        }
+    };
+    let url = rancher_url(call)?;
+    // The CA to expect: the one pinned in the log, else the machine's own.
+    let expected = match call.state.outcome(Step::PinCa) {
+        Some(Outcome::CaPinned { .. }) => Some((pinned_pem(call)?, "the CA pinned in the log")),
+        _ => ctx.driver.read_server_ca(call.actor).await?.map(|pem| (pem, "the CA on the rancher machine")),
+    };
+    // With a CA to expect, only a server with a certificate from it counts
+    // as answering (a TLS failure is a server that is not ours); without
+    // one, /ping is asked unverified (it carries no credential).
+    let (trust, expected_name) = match expected {
+        Some((pem, name)) => (CaTrust::Pinned(pem), Some(name)),
+        None => (CaTrust::Unverified, None),
+    };
+    let api = ctx.connector.connect(&url, trust)?;
+    let what = format!("the Rancher server at {url} to answer /ping (container {state})");
+    poll(ctx, ctx.plan.timeouts.rancher_ready_s, &what, || {
+        let api = api.clone();
+        let url = url.clone();
+        async move {
+            match api.ping().await {
+                Ok(()) => Ok(Some(())),
+                Err(ApiError::Tls(e)) if expected_name.is_some() => Err(StepError::permanent(format!(
+                    "CA mismatch: the server answering at {url} is not ours: its certificate does not chain to {} ({e}); no credential was sent",
+                    expected_name.unwrap_or("the expected CA")
+                ))),
+                Err(e) if e.is_retryable() || e.status().is_some() => Err(StepError::transient(e.to_string())),
+                Err(e) => Err(e.into()),
+            }
+        }
+    })
+    .await?;
+    Ok(match restarted {
+        Some(state) => Outcome::ServerRestarted { state },
+        None => Outcome::ServerRunning,
+    })
 }
 
 async fn start_server(call: &StepCall<'_>) -> StepResult<Outcome> {
@@ -375,13 +548,36 @@ async fn wait_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
     .await
 }
 
+/// Pins the CA the machine itself holds (read through the driver, not the
+/// network), after checking that the server answering at the URL serves
+/// that same CA; only a driver with no such channel falls back to trusting
+/// the first answer. `cacerts` carries no credential; nothing that does is
+/// sent before this step.
 async fn pin_ca(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
-    let api = ctx.connector.connect(&rancher_url(call)?, CaTrust::Unverified)?;
-    let pem = api.cacerts().await?;
-    if pem.trim().is_empty() {
+    let url = rancher_url(call)?;
+    let api = ctx.connector.connect(&url, CaTrust::Unverified)?;
+    let served = api.cacerts().await?;
+    if served.trim().is_empty() {
         return Err(StepError::permanent("Rancher's cacerts setting is empty; nothing to pin"));
     }
+    let pem = match ctx.driver.read_server_ca(call.actor).await? {
+        Some(on_machine) => {
+            let (machine_sum, served_sum) = (ca_checksum(on_machine.trim()), ca_checksum(served.trim()));
+            if machine_sum != served_sum {
+                return Err(StepError::permanent(format!(
+                    "CA mismatch: the server answering at {url} serves a CA (sha256 {}) that is not the one on the rancher machine (sha256 {}); it is not ours, so no credential was sent",
+                    &served_sum[..16],
+                    &machine_sum[..16]
+                )));
+            }
+            served
+        }
+        None => {
+            tracing::warn!(driver = %ctx.plan.driver, "the driver cannot read the server's CA from the machine: trusting the CA the server serves");
+            served
+        }
+    };
     let checksum = ca_checksum(&pem);
     if let Some(expected) = &ctx.plan.ca_checksum {
         if !expected.eq_ignore_ascii_case(&checksum) {
@@ -633,7 +829,7 @@ async fn agent_ran(call: &StepCall<'_>) -> StepResult<bool> {
     }
     let Some(command) = call.ctx.secret(secret::NODE_COMMAND) else { return Ok(false) };
     let Some(image) = agent_image(command.expose()) else { return Ok(false) };
-    let out = exec(call.ctx, call.actor, &format!("docker ps -a -q --filter ancestor={image}")).await?;
+    let out = exec(call.ctx, call.actor, &format!("docker ps -a -q --filter {}", shell_quote(&format!("ancestor={image}")))).await?;
     Ok(out.status == 0 && !out.stdout.trim().is_empty())
 }
 
@@ -653,6 +849,8 @@ async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
         .secret(secret::NODE_COMMAND)
         .ok_or_else(|| StepError::permanent("node command missing from the state dir"))?;
     let ip = call.state.ip().ok_or_else(|| StepError::permanent("the machine has no address"))?;
+    let ip = shell_quote(ip);
+    // The node command is Rancher's own shell command; what rmm adds is quoted.
     let mut full = format!("{} --address {ip} --internal-address {ip}", command.expose().trim());
     for r in roles(call.role) {
         full.push_str(" --");

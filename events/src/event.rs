@@ -83,6 +83,9 @@ pub enum Step {
     WaitNodeActive,
     /// Remove this actor's machine (`rmm down`).
     RemoveMachine,
+    /// Once per attempt, after the server was started: is its container
+    /// running and answering? Started again if not.
+    CheckServer,
 }
 
 impl Step {
@@ -97,6 +100,12 @@ impl Step {
                 | Step::WaitNodeListed
                 | Step::WaitNodeActive
         )
+    }
+
+    /// Steps that hold for one attempt only: a new attempt runs them again
+    /// (the fold forgets their success at `AttemptStarted`).
+    pub fn once_per_attempt(self) -> bool {
+        matches!(self, Step::CheckServer)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -117,6 +126,7 @@ impl Step {
             Step::WaitNodeListed => "wait_node_listed",
             Step::WaitNodeActive => "wait_node_active",
             Step::RemoveMachine => "remove_machine",
+            Step::CheckServer => "check_server",
         }
     }
 }
@@ -141,6 +151,11 @@ pub enum Outcome {
     NodeListed { node_id: String },
     NodeActive,
     MachineRemoved,
+    /// `CheckServer`: the server was running and answered.
+    ServerRunning,
+    /// `CheckServer`: the server was not running (`state` is what the
+    /// machine said: `exited`, `absent` …) and was started again.
+    ServerRestarted { state: String },
 }
 
 /// How a step's outcome was established.
@@ -262,6 +277,8 @@ fn outcome_summary(outcome: &Outcome) -> String {
         Outcome::RegistrationTokenCreated { token_id } => format!(": {token_id}"),
         Outcome::NodeCommandReady { command } => format!(": command {}", command.fingerprint),
         Outcome::NodeListed { node_id } => format!(": {node_id}"),
+        Outcome::ServerRunning => ": running and answering".into(),
+        Outcome::ServerRestarted { state } => format!(": was {state}, started again"),
         Outcome::Ready
         | Outcome::ClusterActive
         | Outcome::AgentStarted

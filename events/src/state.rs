@@ -79,6 +79,13 @@ impl ActorState {
         }
     }
 
+    /// A new attempt: the success of a step that holds for one attempt only
+    /// ([`Step::once_per_attempt`]) says nothing about now. (One in flight
+    /// stays: the resume reconciles it, closing its intent.)
+    pub fn new_attempt(&mut self) {
+        self.steps.retain(|step, state| !(step.once_per_attempt() && matches!(state, StepState::Succeeded { .. })));
+    }
+
     /// Tries of `step` within `attempt`.
     pub fn tries_in_attempt(&self, step: Step, attempt: u32) -> u32 {
         match self.attempt_tries.get(&step) {
@@ -198,6 +205,9 @@ impl RunState {
                 self.attempts = *attempt;
                 self.status = RunStatus::Running;
                 self.ended_ms = None;
+                for actor in self.actors.values_mut() {
+                    actor.new_attempt();
+                }
             }
             Event::JoinGranted { node } => {
                 self.granted.insert(node.clone());

@@ -1,30 +1,43 @@
 //! `rmm down`: remove every machine of the cluster — the ones the log knows
 //! and any other the driver lists for the cluster — recorded as a run of
 //! its own, resumable like `up`. A second `down` is a no-op.
+//!
+//! Without a run in the log (never made here, or the log was lost), `down
+//! --cluster NAME` removes what the driver has for that cluster, after a
+//! confirmation (a prompt on a terminal; `--yes` for scripts).
 
 use std::collections::BTreeSet;
-use std::io::Write;
+use std::io::{BufRead, IsTerminal, Write};
 
 use rmm_actors::RunEnd;
-use rmm_events::{Role, RunKind, RunStatus, Step};
+use rmm_events::{History, Role, RunKind, RunStatus, SledLog, Step};
 
+use crate::cli::up::ConfigFileSource;
+use crate::config::Overrides;
 use crate::engine;
 use crate::error::{Error, Result};
-use crate::state_dir::{fold_latest, StateDir};
+use crate::state_dir::{fold_latest, Lock, StateDir};
 
 #[derive(Debug, clap::Args)]
-pub struct DownArgs {}
+pub struct DownArgs {
+    /// The cluster whose machines to remove. Needed when the log has no run
+    /// (lost, or never made here): the driver's machines of that cluster
+    /// are removed after a confirmation.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Do not ask for confirmation (for scripts).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
 
-pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
+pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()> {
     if !dir.root.exists() {
-        crate::outln!("Nothing to remove: no rmm state in {}.", dir.root.display());
-        return Ok(());
+        return without_log(args, dir, config, None);
     }
     // Take the lock before looking: an `up` may be creating the store.
-    let _lock = dir.lock()?;
+    let lock = dir.lock()?;
     if !dir.exists() {
-        crate::outln!("Nothing to remove: no rmm state in {}.", dir.root.display());
-        return Ok(());
+        return without_log(args, dir, config, Some((lock, None)));
     }
     // Refuse a planted secrets file before anything is recorded; a missing
     // one is fine: removing machines needs no secret.
@@ -33,10 +46,15 @@ pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
     let mut log = dir.open_store()?;
     let mut history = fold_latest(&log, None)?;
     let Some(latest) = history.latest().cloned() else {
-        crate::outln!("Nothing to remove: the log has no run.");
-        return Ok(());
+        return without_log(args, dir, config, Some((lock, Some((log, history)))));
     };
     let plan = latest.plan.clone();
+    if let Some(named) = args.cluster.as_deref().filter(|c| *c != plan.cluster_name) {
+        return Err(Error::Refused(format!(
+            "the log's run is for cluster {}, not {named}: run `rmm down` for it, or use another --state-dir",
+            plan.cluster_name
+        )));
+    }
     let driver = engine::driver(&plan, dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -64,7 +82,7 @@ pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
         names.extend(latest.actors.keys().filter(|n| *n != "coordinator").cloned());
     }
     let machines: Vec<(String, Role)> = names.into_iter().map(|n| {
-        let role = if n == "rancher" { Role::Rancher } else if n.starts_with("master") { Role::Master } else { Role::Worker };
+        let role = role_of(&n);
         (n, role)
     }).collect();
     let resume = unfinished_down.then_some(latest.id);
@@ -78,9 +96,14 @@ pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
         state.attempts
     );
     let count = machines.len();
-    match engine::run_attempt(dir, log, state, machines, driver)? {
+    let end = engine::run_attempt(dir, log, state, machines, driver)?;
+    finish(end, count, &plan.cluster_name)
+}
+
+fn finish(end: RunEnd, count: usize, cluster: &str) -> Result<()> {
+    match end {
         RunEnd::Completed => {
-            let _ = writeln!(crate::cli::stdout(), "Removed {count} machine{} of cluster {}.", if count == 1 { "" } else { "s" }, plan.cluster_name);
+            let _ = writeln!(crate::cli::stdout(), "Removed {count} machine{} of cluster {cluster}.", if count == 1 { "" } else { "s" });
             Ok(())
         }
         RunEnd::Failed { actor, step, reason } => Err(Error::RunFailed(format!(
@@ -89,5 +112,90 @@ pub fn run(_args: DownArgs, dir: &StateDir) -> Result<()> {
         ))),
         RunEnd::Interrupted => Err(Error::Interrupted("interrupted; run `rmm down` again to finish".into())),
         RunEnd::Fatal(e) => Err(Error::StateDir(format!("cannot write the event log: {e}"))),
+    }
+}
+
+/// No run in the log: find the cluster's machines through the driver.
+fn without_log(
+    args: DownArgs,
+    dir: &StateDir,
+    config: &ConfigFileSource,
+    held: Option<(Lock, Option<(SledLog, History)>)>,
+) -> Result<()> {
+    let plan = config.load()?.plan(&Overrides { cluster_name: args.cluster.clone(), ..Default::default() })?;
+    let driver = engine::driver(&plan, dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Other(e.to_string()))?;
+    let listed = rt
+        .block_on(driver.list(&plan.cluster_name))
+        .map_err(|e| Error::Other(format!("driver {}: cannot list machines: {e}", plan.driver)))?;
+    drop(rt);
+    if listed.is_empty() {
+        println!("Nothing to remove: the log has no run, and driver {} has no machine of cluster {}.", plan.driver, plan.cluster_name);
+        return Ok(());
+    }
+    let names: Vec<String> = listed.iter().map(|m| m.name.clone()).collect();
+    let what = format!(
+        "{} machine{} of cluster {} ({})",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        plan.cluster_name,
+        names.join(", ")
+    );
+    let Some(cluster) = args.cluster.as_deref() else {
+        return Err(Error::Refused(format!(
+            "the log has no run, but driver {} has {what}; remove them with `rmm down --cluster {}`",
+            plan.driver, plan.cluster_name
+        )));
+    };
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::Config(format!(
+                "refusing to remove {what} without confirmation: stdin is not a terminal; pass --yes to remove them"
+            )));
+        }
+        eprint!("The log knows none of them. Remove {what}? [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            println!("Nothing removed.");
+            return Ok(());
+        }
+    }
+    // Recorded like any `down`: a run of its own in the log.
+    let (lock, store) = match held {
+        Some(held) => held,
+        None => {
+            dir.create()?;
+            (dir.lock()?, None)
+        }
+    };
+    let (mut log, mut history) = match store {
+        Some(store) => store,
+        None => {
+            let log = dir.open_store()?;
+            let history = fold_latest(&log, None)?;
+            (log, history)
+        }
+    };
+    let machines: Vec<(String, Role)> = names.into_iter().map(|n| {
+        let role = role_of(&n);
+        (n, role)
+    }).collect();
+    let state = engine::begin(&mut log, &mut history, None, RunKind::Down, &plan)?;
+    eprintln!("removing {what} (run {}; the log had no run of it)", state.id);
+    let count = machines.len();
+    let end = engine::run_attempt(dir, log, state, machines, driver)?;
+    drop(lock);
+    finish(end, count, cluster)
+}
+
+fn role_of(name: &str) -> Role {
+    if name == "rancher" {
+        Role::Rancher
+    } else if name.starts_with("master") {
+        Role::Master
+    } else {
+        Role::Worker
     }
 }

@@ -238,6 +238,7 @@ impl Gen {
             Step::WaitNodeListed => Outcome::NodeListed { node_id: format!("m-{actor}-{:04x}", self.rng.gen_range(0..0xffff)) },
             Step::WaitNodeActive => Outcome::NodeActive,
             Step::RemoveMachine => Outcome::MachineRemoved,
+            Step::CheckServer => Outcome::ServerRunning,
         }
     }
 
@@ -288,7 +289,7 @@ impl Gen {
             .collect();
         // Rancher's chain up to the node command, with the node machines
         // created meanwhile.
-        let mut queues: Vec<(String, VecDeque<Step>)> = vec![("rancher".into(), RANCHER_STEPS[..11].iter().copied().collect())];
+        let mut queues: Vec<(String, VecDeque<Step>)> = vec![("rancher".into(), RANCHER_STEPS.iter().copied().take_while(|s| *s != Step::WaitClusterActive).collect())];
         queues.extend(nodes.iter().map(|(n, _)| (n.clone(), VecDeque::from([Step::CreateMachine]))));
         self.interleave(&mut r, queues, &ips, Some(false));
         // A permanent failure (one run in twenty): the run fails, and a

@@ -7,7 +7,8 @@
 //!   world.json              subnet 127.R1.R2.0 and the next host number
 //!   fail-create.json        failures injected so far (RMM_LOCAL_FAIL_CREATE)
 //!   created.json            completed creates per machine name (the world's
-//!                           ledger: tests check nothing is created twice)
+//!                           ledger: tests check nothing is created twice);
+//!                           its write is what completes a create
 //!   .lock                   flock: one writer of the world at a time
 //!   machines/<name>/
 //!     machine.json          name, cluster, role, state, ip, created
@@ -20,9 +21,19 @@
 //! * Every file is written atomically (temp file, fsync, rename, fsync of
 //!   the directory), so a crash leaves the old or the new version.
 //! * A machine appears whole: its directory is built under a temporary
-//!   name and renamed into `machines/`; `remove` renames it away first.
+//!   name (`.new-<name>-*`) and renamed into `machines/`; `remove` renames
+//!   it away first (`.gone-<name>-*`). A process killed half-way leaves
+//!   such a directory: `inspect` reports the machine half-made (not
+//!   absent), and the next create or remove (which hold the world's lock)
+//!   deletes them.
+//! * A create completes with one atomic write: the ledger's count for the
+//!   name goes past the count the record noted when the create began
+//!   (`ledger_base`). A record still `creating` whose create is in the
+//!   ledger is running (the process died before it rewrote the record).
 //! * Addresses: the world picks a random loopback subnet `127.R1.R2.0` on
-//!   first use and hands out `.1`, `.2`, … in creation order, never twice.
+//!   first use; a machine gets the lowest host number no existing machine
+//!   has (addresses come from the machines that exist, and are reused
+//!   once a machine is removed).
 //! * Processes started on a machine (the emulator) run in their own
 //!   process group, detached from rmm: like a VM, they outlive it.
 //!   `remove` stops them (SIGTERM, then SIGKILL).
@@ -37,6 +48,7 @@
 
 mod agent;
 mod docker;
+pub mod supervisor;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -162,6 +174,11 @@ impl LocalDriver {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if dir.is_dir() {
                     Ok(Some(Err("half-made machine: no machine.json".into())))
+                } else if let Some(staged) = self.staging_dirs(Some(name)).into_iter().next() {
+                    Ok(Some(Err(format!(
+                        "half-made machine: a create was cut short (staging directory {})",
+                        staged.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+                    ))))
                 } else {
                     Ok(None)
                 }
@@ -171,10 +188,62 @@ impl LocalDriver {
     }
 
     fn read_machine(&self, name: &str) -> Result<Option<Machine>, DriverError> {
-        Ok(self.read_record(name)?.map(|r| match r {
-            Ok(record) => record.to_machine(),
-            Err(why) => Machine { name: name.to_string(), cluster: None, state: MachineState::Error(why), ip: None },
+        let Some(record) = self.read_record(name)? else { return Ok(None) };
+        Ok(Some(match record {
+            Ok(record) => {
+                let counted = self.ledger_count(name)?;
+                record.to_machine(counted)
+            }
+            Err(why) => {
+                // A staged machine still names its cluster.
+                let cluster = self
+                    .staging_dirs(Some(name))
+                    .into_iter()
+                    .find_map(|d| fs::read(d.join("machine.json")).ok())
+                    .and_then(|b| serde_json::from_slice::<MachineRecord>(&b).ok())
+                    .map(|r| r.cluster);
+                Machine { name: name.to_string(), cluster, state: MachineState::Error(why), ip: None }
+            }
         }))
+    }
+
+    /// `.new-*` and `.gone-*` directories under `machines/` (of `name`, or
+    /// all): what creates and removes cut short leave behind.
+    fn staging_dirs(&self, name: Option<&str>) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(self.machines_dir()) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let file = e.file_name().to_str()?.to_string();
+                let rest = file.strip_prefix(".new-").or_else(|| file.strip_prefix(".gone-"))?;
+                let (of, _suffix) = rest.rsplit_once('-')?;
+                (name.is_none_or(|n| n == of) && valid_name(of)).then(|| e.path())
+            })
+            .collect()
+    }
+
+    /// Deletes leftovers of creates and removes cut short. Call with the
+    /// world lock held: no create or remove is then half-way.
+    fn clean_staging(&self, name: Option<&str>) {
+        for dir in self.staging_dirs(name) {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!(dir = %dir.display(), "removed what a create or remove cut short left"),
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not remove a leftover staging directory"),
+            }
+        }
+    }
+
+    /// The ledger's count of completed creates of `name`.
+    fn ledger_count(&self, name: &str) -> Result<u32, DriverError> {
+        Ok(self.read_counts("created.json")?.get(name).copied().unwrap_or(0))
+    }
+
+    fn read_counts(&self, file: &str) -> Result<BTreeMap<String, u32>, DriverError> {
+        match fs::read(self.world.join(file)) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(io_error(&format!("read {file}"), &e)),
+        }
     }
 
     fn write_record(&self, record: &MachineRecord) -> Result<(), DriverError> {
@@ -190,7 +259,9 @@ impl LocalDriver {
         if dir.exists() {
             return Err(DriverError::Permanent(format!("Host already exists: \"{}\"", spec.name)));
         }
+        self.clean_staging(None);
         let ip = self.allocate_ip()?;
+        let ledger_base = Some(self.ledger_count(&spec.name)?);
         let created_ms = rmm_events::now_ms();
         let record = MachineRecord {
             name: spec.name.clone(),
@@ -201,6 +272,7 @@ impl LocalDriver {
             ip: ip.to_string(),
             created: rmm_events::rfc3339_ms(created_ms),
             created_ms,
+            ledger_base,
         };
         let machines = self.machines_dir();
         fs::create_dir_all(&machines).map_err(|e| io_error("create the machines directory", &e))?;
@@ -220,31 +292,45 @@ impl LocalDriver {
         Ok(record)
     }
 
-    /// The next address of the world (its subnet is chosen on first use).
+    /// The lowest address of the world no existing machine has (its subnet
+    /// is chosen on first use). Call with the world lock held, after
+    /// [`Self::clean_staging`].
     fn allocate_ip(&self) -> Result<Ipv4Addr, DriverError> {
         let path = self.world.join("world.json");
-        let mut world = match fs::read(&path) {
+        let world = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice::<WorldFile>(&bytes)
                 .map_err(|e| DriverError::Permanent(format!("{} is corrupt: {e}", path.display())))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => WorldFile::new(pick_subnet()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let world = WorldFile::new(pick_subnet());
+                write_atomic(&path, &serde_json::to_vec_pretty(&world).expect("world.json serialises"))
+                    .map_err(|e| io_error("write world.json", &e))?;
+                world
+            }
             Err(e) => return Err(io_error("read world.json", &e)),
         };
         let subnet: Ipv4Addr = world
             .subnet
             .parse()
             .map_err(|_| DriverError::Permanent(format!("{}: bad subnet {:?}", path.display(), world.subnet)))?;
-        let host = world.next_host.max(1);
-        if host > 254 {
-            return Err(DriverError::Permanent(format!(
-                "the local world in {} has no addresses left (254 machines created)",
-                self.world.display()
-            )));
-        }
-        world.next_host = host + 1;
-        write_atomic(&path, &serde_json::to_vec_pretty(&world).expect("world.json serialises"))
-            .map_err(|e| io_error("write world.json", &e))?;
         let [a, b, c, _] = subnet.octets();
-        Ok(Ipv4Addr::new(a, b, c, host as u8))
+        let mut taken = std::collections::BTreeSet::new();
+        if let Ok(entries) = fs::read_dir(self.machines_dir()) {
+            for entry in entries.flatten() {
+                let Ok(bytes) = fs::read(entry.path().join("machine.json")) else { continue };
+                if let Ok(record) = serde_json::from_slice::<MachineRecord>(&bytes) {
+                    if let Ok(ip) = record.ip.parse::<Ipv4Addr>() {
+                        taken.insert(ip.octets()[3]);
+                    }
+                }
+            }
+        }
+        match (1..=254u8).find(|h| !taken.contains(h)) {
+            Some(host) => Ok(Ipv4Addr::new(a, b, c, host)),
+            None => Err(DriverError::Permanent(format!(
+                "the local world in {} has no addresses left (254 machines exist)",
+                self.world.display()
+            ))),
+        }
     }
 
     /// Counts one create of `name` against `RMM_LOCAL_FAIL_CREATE`; true
@@ -278,11 +364,7 @@ impl LocalDriver {
     /// Call with the world lock held.
     fn bump_count(&self, file: &str, name: &str, admit: impl FnOnce(u32) -> bool) -> Result<bool, DriverError> {
         let path = self.world.join(file);
-        let mut counts: BTreeMap<String, u32> = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(io_error(&format!("read {file}"), &e)),
-        };
+        let mut counts = self.read_counts(file)?;
         let count = counts.entry(name.to_string()).or_insert(0);
         if !admit(*count) {
             return Ok(false);
@@ -311,10 +393,14 @@ impl LocalDriver {
             self.write_record(&record)?;
             return Err(DriverError::Transient(why));
         }
-        record.state = RecordState::Running;
+        // The ledger's write completes the create (one atomic write): from
+        // here on the record reads as running, whatever happens before it
+        // is rewritten below.
         self.count_created(&record.name)?;
+        crash_point_after_ledger(&record.name);
+        record.state = RecordState::Running;
         self.write_record(&record)?;
-        Ok(record.to_machine())
+        Ok(record.to_machine(self.ledger_count(&record.name)?))
     }
 
     /// Takes a machine out of the world: renamed away under the lock, then
@@ -382,9 +468,16 @@ impl MachineDriver for LocalDriver {
         let mut machines = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| io_error("list the machines", &e))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-            if !valid_name(&name) {
-                continue; // .new-*, .gone-*: not machines (yet, any more)
+            let Some(file) = entry.file_name().to_str().map(str::to_string) else { continue };
+            // A create cut short (.new-NAME-*) is a half-made machine NAME,
+            // unless NAME exists whole; a remove cut short (.gone-*) is not.
+            let name = match file.strip_prefix(".new-").and_then(|r| r.rsplit_once('-')) {
+                Some((of, _)) if valid_name(of) && !self.machine_dir(of).exists() => of.to_string(),
+                _ if valid_name(&file) => file,
+                _ => continue,
+            };
+            if machines.iter().any(|m: &Machine| m.name == name) {
+                continue;
             }
             if let Some(m) = self.read_machine(&name)? {
                 if m.cluster.as_deref() == Some(cluster) {
@@ -412,7 +505,14 @@ impl MachineDriver for LocalDriver {
     }
 
     async fn remove(&self, name: &str) -> Result<(), DriverError> {
-        if !valid_name(name) || !self.machine_dir(name).exists() {
+        if !valid_name(name) {
+            return Ok(());
+        }
+        if !self.staging_dirs(Some(name)).is_empty() {
+            let _lock = self.lock()?;
+            self.clean_staging(Some(name));
+        }
+        if !self.machine_dir(name).exists() {
             return Ok(());
         }
         docker::stop_all(&self.machine_dir(name)).await;
@@ -423,6 +523,21 @@ impl MachineDriver for LocalDriver {
     fn https_port(&self) -> u16 {
         HTTPS_PORT
     }
+
+    /// The emulator's CA, read from the machine's own disk (its data dir):
+    /// what `docker exec rancher cat …` would give on a real machine.
+    async fn read_server_ca(&self, machine: &str) -> Result<Option<String>, DriverError> {
+        if !valid_name(machine) {
+            return Ok(None);
+        }
+        let path = self.machine_dir(machine).join("rancher").join(crate::emulator::CA_CERT_FILE);
+        match fs::read_to_string(&path) {
+            Ok(pem) if !pem.trim().is_empty() => Ok(Some(pem.trim().to_string())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(&format!("read {}", path.display()), &e)),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- records
@@ -432,7 +547,9 @@ struct WorldFile {
     version: u32,
     /// `127.R1.R2.0`
     subnet: String,
-    /// The host number the next machine gets (1 for the first).
+    /// Unused since addresses come from the machines that exist (kept so
+    /// older worlds still read).
+    #[serde(default)]
     next_host: u32,
 }
 
@@ -482,11 +599,18 @@ struct MachineRecord {
     ip: String,
     created: String,
     created_ms: i64,
+    /// The ledger's count of completed creates of this name when this
+    /// create began: once the ledger holds more, this create completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ledger_base: Option<u32>,
 }
 
 impl MachineRecord {
-    fn to_machine(&self) -> Machine {
+    /// `counted`: the ledger's count of completed creates of this name now.
+    fn to_machine(&self, counted: u32) -> Machine {
+        let completed = self.ledger_base.is_some_and(|base| counted > base);
         let (state, ip) = match self.state {
+            RecordState::Creating if completed => (MachineState::Running, Some(self.ip.clone())),
             RecordState::Creating => (MachineState::Creating, None),
             RecordState::Running => (MachineState::Running, Some(self.ip.clone())),
             RecordState::Stopped => (MachineState::Stopped, Some(self.ip.clone())),
@@ -499,6 +623,16 @@ impl MachineRecord {
 }
 
 // ---------------------------------------------------------------- helpers
+
+/// `RMM_LOCAL_CRASH_AFTER_LEDGER=NAME` (a crash drill of the local world):
+/// abort right after the ledger counted the create of NAME, before its
+/// record is rewritten.
+fn crash_point_after_ledger(name: &str) {
+    if std::env::var("RMM_LOCAL_CRASH_AFTER_LEDGER").is_ok_and(|n| n == name) {
+        eprintln!("rmm: crash point RMM_LOCAL_CRASH_AFTER_LEDGER={name} reached; aborting");
+        std::process::abort();
+    }
+}
 
 /// docker-machine's rule for names (`^[a-zA-Z0-9][a-zA-Z0-9\-\.]*$`), which
 /// also keeps them safe as directory names.

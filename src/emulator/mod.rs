@@ -64,7 +64,23 @@ pub enum EmulatorCommand {
         #[arg(long = "tls-san")]
         tls_san: Vec<String>,
     },
+    /// Run `rmm emulator serve ARGS` as a container with a restart policy,
+    /// detached (started by the local world's `docker run`).
+    Supervise {
+        /// The container's record (`containers/<id>.json`).
+        #[arg(long)]
+        container: std::path::PathBuf,
+        /// `no`, `always`, `unless-stopped`, `on-failure[:N]`.
+        #[arg(long, default_value = "no")]
+        restart: String,
+        /// The arguments of `rmm emulator serve`.
+        #[arg(last = true)]
+        serve: Vec<String>,
+    },
 }
+
+/// The CA certificate's file in the emulator's data dir.
+pub const CA_CERT_FILE: &str = tls::CA_CERT;
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
@@ -264,11 +280,14 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
 /// `rmm emulator serve`: blocks until SIGTERM or SIGINT.
 pub fn run(args: EmulatorArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let EmulatorCommand::Serve {
-        data_dir,
-        listen,
-        tls_san,
-    } = args.command;
+    let (data_dir, listen, tls_san) = match args.command {
+        EmulatorCommand::Serve { data_dir, listen, tls_san } => (data_dir, listen, tls_san),
+        EmulatorCommand::Supervise { container, restart, serve } => {
+            let policy = crate::drivers::local::supervisor::RestartPolicy::parse(&restart).map_err(anyhow::Error::msg)?;
+            return crate::drivers::local::supervisor::run(container, policy, serve);
+        }
+    };
+    crate::drivers::local::supervisor::die_with_supervisor()?;
     let boot = Duration::from_millis(env_ms("RMM_LOCAL_RANCHER_BOOT_MS")?);
     let opts = ServeOptions {
         data_dir,

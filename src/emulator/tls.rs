@@ -13,7 +13,7 @@ use rcgen::{
 
 use super::store::write_atomic;
 
-const CA_CERT: &str = "ca.crt";
+pub(crate) const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
 
 pub struct Ca {

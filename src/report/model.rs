@@ -97,6 +97,7 @@ pub fn short_step(step: Step) -> &'static str {
         Step::WaitNodeListed => "listed",
         Step::WaitNodeActive => "active",
         Step::RemoveMachine => "remove",
+        Step::CheckServer => "check",
     }
 }
 

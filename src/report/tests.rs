@@ -104,7 +104,7 @@ impl H {
     /// up to the node command; returns the time it is ready.
     fn rancher_until_node_command(mut self, t: i64, d: i64) -> (H, i64) {
         let mut t = t;
-        for &s in &rmm_actors::decide::RANCHER_STEPS[1..11] {
+        for &s in rmm_actors::decide::RANCHER_STEPS.iter().skip(1).take_while(|s| **s != Step::WaitClusterActive) {
             let len = if s == Step::WaitReady { 1000 } else { d };
             self = self.step(t, t + len, "rancher", s);
             t += len + 1;
@@ -138,6 +138,7 @@ fn outcome(step: Step) -> Outcome {
         Step::WaitNodeListed => Outcome::NodeListed { node_id: "c-1:m-1".into() },
         Step::WaitNodeActive => Outcome::NodeActive,
         Step::RemoveMachine => Outcome::MachineRemoved,
+        Step::CheckServer => Outcome::ServerRunning,
     }
 }
 
@@ -208,7 +209,7 @@ fn crashed_and_resumed() -> H {
         .ok(520, "master01", Step::CreateMachine);
     let mut h = h;
     let mut t = 521;
-    for &s in &rmm_actors::decide::RANCHER_STEPS[1..8] {
+    for &s in rmm_actors::decide::RANCHER_STEPS.iter().skip(1).take_while(|s| **s != Step::CreateCluster) {
         h = h.step(t, t + 10, "rancher", s);
         t += 11;
     }
@@ -289,6 +290,7 @@ fn critical_path_follows_the_dependency_rules() {
         "rancher/create_machine",
         "rancher/start_server",
         "rancher/wait_ready",
+        "rancher/check_server",
         "rancher/pin_ca",
         "rancher/login",
         "rancher/change_password",

@@ -17,3 +17,4 @@ mod secrets_lost;
 mod shim;
 mod state_dir;
 mod up;
+mod world;

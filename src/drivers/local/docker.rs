@@ -10,7 +10,6 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use rand::Rng;
 use rmm_actors::ports::ExecOutput;
 use serde::{Deserialize, Serialize};
 
+use super::supervisor::{self, RestartPolicy};
 use super::{agent, write_atomic, HTTPS_PORT};
 
 /// The machine a command runs on.
@@ -70,10 +70,12 @@ async fn docker(host: &Host, args: &[String]) -> ExecOutput {
     match args.first().map(String::as_str) {
         Some("run") => run(host, &args[1..]).await,
         Some("ps") => ps(host, &args[1..]),
+        Some("stop") => stop(host, &args[1..]).await,
+        Some("rm") => rm(host, &args[1..]).await,
         Some(other) => {
             out(127, "", format!("docker: '{}' is not a docker command in the local world\n", showable(other)))
         }
-        None => out(127, "", "docker: a command is needed (the local world knows run and ps)\n"),
+        None => out(127, "", "docker: a command is needed (the local world knows run, ps, stop and rm)\n"),
     }
 }
 
@@ -166,6 +168,8 @@ pub struct RunSpec {
     pub detach: bool,
     pub privileged: bool,
     pub name: Option<String>,
+    /// `--restart` (docker's default is `no`).
+    pub restart: RestartPolicy,
     pub env: Vec<(String, String)>,
     pub image: String,
     pub args: Vec<String>,
@@ -177,6 +181,7 @@ impl fmt::Debug for RunSpec {
             .field("detach", &self.detach)
             .field("privileged", &self.privileged)
             .field("name", &self.name)
+            .field("restart", &self.restart)
             .field("env", &self.env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
             .field("image", &self.image)
             .field("args", &format_args!("[{} args]", self.args.len()))
@@ -191,6 +196,7 @@ pub fn parse_run(args: &[String]) -> Result<RunSpec, String> {
         detach: false,
         privileged: false,
         name: None,
+        restart: RestartPolicy::No,
         env: Vec::new(),
         image: String::new(),
         args: Vec::new(),
@@ -203,7 +209,7 @@ pub fn parse_run(args: &[String]) -> Result<RunSpec, String> {
             break;
         }
         if !arg.starts_with('-') || arg == "-" {
-            spec.image = arg.clone();
+            spec.image = checked_reference(arg)?;
             spec.args = args[i..].to_vec();
             return Ok(spec);
         }
@@ -247,6 +253,7 @@ pub fn parse_run(args: &[String]) -> Result<RunSpec, String> {
             };
             match flag.as_str() {
                 "--name" => spec.name = Some(value.trim_start_matches('/').to_string()),
+                "--restart" => spec.restart = RestartPolicy::parse(&value)?,
                 "-e" | "--env" => match value.split_once('=') {
                     Some((k, v)) => spec.env.push((k.to_string(), v.to_string())),
                     // `-e NAME`: the value comes from the caller's environment.
@@ -265,11 +272,65 @@ pub fn parse_run(args: &[String]) -> Result<RunSpec, String> {
     }
     // After `--`, the next word is the image.
     if let Some(image) = args.get(i) {
-        spec.image = image.clone();
+        spec.image = checked_reference(image)?;
         spec.args = args[i + 1..].to_vec();
         return Ok(spec);
     }
     Err("\"docker run\" requires at least 1 argument.".into())
+}
+
+/// An image reference as docker's grammar has it
+/// (`[host[:port]/]name[/name…][:tag][@algo:hex]`, names lower-case); else
+/// docker's `invalid reference format`.
+fn checked_reference(image: &str) -> Result<String, String> {
+    if valid_reference(image) {
+        Ok(image.to_string())
+    } else {
+        Err("invalid reference format.".into())
+    }
+}
+
+pub fn valid_reference(image: &str) -> bool {
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty()
+                && algo.chars().all(|c| c.is_ascii_alphanumeric() || "+.-_".contains(c))
+                && !hex.is_empty()
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            return false;
+        }
+    }
+    let (name, tag) = match rest.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, Some(t)),
+        _ => (rest, None),
+    };
+    if let Some(t) = tag {
+        let mut cs = t.chars();
+        let first_ok = cs.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !first_ok || t.len() > 128 || !cs.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+            return false;
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost") {
+        let host = parts.remove(0);
+        if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)) {
+            return false;
+        }
+    }
+    !parts.is_empty()
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+                && p.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && p.ends_with(|c: char| c.is_ascii_alphanumeric())
+        })
 }
 
 fn apply_bool(spec: &mut RunSpec, flag: &str, on: bool) {
@@ -416,7 +477,8 @@ fn start_container_locked(host: &Host, spec: &RunSpec, kind: Kind) -> io::Result
             )?;
             record.exit_code = Some(1);
         } else {
-            let (pid, start) = spawn_emulator(host, spec, &log_path)?;
+            let record_path = containers_dir.join(format!("{id}.json"));
+            let (pid, start) = spawn_emulator(host, spec, &log_path, &record_path)?;
             record.pid = Some(pid);
             record.pid_start = start;
         }
@@ -432,17 +494,25 @@ fn start_container_locked(host: &Host, spec: &RunSpec, kind: Kind) -> io::Result
     Ok(out(0, format!("{id}\n"), ""))
 }
 
-/// Starts `rmm emulator serve` for the machine: detached (own process
-/// group, stdin closed, output to the container's log), with only the
-/// container's `-e` variables and the emulator knobs in its environment.
-/// The password reaches it through the environment and nowhere else.
-fn spawn_emulator(host: &Host, spec: &RunSpec, log_path: &Path) -> io::Result<(i32, Option<u64>)> {
+/// Starts the Rancher server "container": `rmm emulator supervise`, which
+/// runs `rmm emulator serve` for the machine under the container's restart
+/// policy (see `supervisor`). It is a daemon of its own (own session,
+/// stdin closed, output to the container's log, no other descriptor of
+/// rmm's), with only the container's `-e` variables and the emulator knobs
+/// in its environment. The password reaches it through the environment and
+/// nowhere else. Returns the supervisor's pid: the container's.
+fn spawn_emulator(host: &Host, spec: &RunSpec, log_path: &Path, record_path: &Path) -> io::Result<(i32, Option<u64>)> {
     let data_dir = host.dir.join("rancher");
     fs::create_dir_all(&data_dir)?;
     let log = File::create(log_path)?;
     let mut cmd = Command::new(&host.rmm_exe);
     cmd.arg("emulator")
-        .arg("serve")
+        .arg("supervise")
+        .arg("--container")
+        .arg(record_path)
+        .arg("--restart")
+        .arg(spec.restart.as_string())
+        .arg("--")
         .arg("--data-dir")
         .arg(&data_dir)
         .arg("--listen")
@@ -453,8 +523,9 @@ fn spawn_emulator(host: &Host, spec: &RunSpec, log_path: &Path) -> io::Result<(i
         .envs(host.emulator_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0);
+        .stderr(log);
+    // It makes itself a daemon first thing (own session, other descriptors
+    // closed: std opens ours CLOEXEC, but a caller's may not be).
     let mut child = cmd.spawn()?;
     let pid = i32::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
     // Reap it if it ends while we run (a zombie would look alive to
@@ -463,13 +534,14 @@ fn spawn_emulator(host: &Host, spec: &RunSpec, log_path: &Path) -> io::Result<(i
         let _ = child.wait();
     })?;
     tracing::info!(machine = %host.name, pid, listen = %format!("{}:{HTTPS_PORT}", host.ip), "started the Rancher emulator");
-    Ok((pid, proc_stat(pid).map(|(_, start)| start)))
+    Ok((pid, proc_start(pid)))
 }
 
 // ---------------------------------------------------------------- docker ps
 
 fn ps(host: &Host, args: &[String]) -> ExecOutput {
     let (mut quiet, mut all, mut no_trunc) = (false, false, false);
+    let mut format: Option<String> = None;
     let mut filters: Vec<String> = Vec::new();
     let mut i = 0;
     while i < args.len() {
@@ -486,6 +558,14 @@ fn ps(host: &Host, args: &[String]) -> ExecOutput {
                 }
                 None => return out(125, "", format!("flag needs an argument: {arg}\n")),
             },
+            "--format" => match args.get(i) {
+                Some(v) => {
+                    format = Some(v.clone());
+                    i += 1;
+                }
+                None => return out(125, "", "flag needs an argument: --format\n"),
+            },
+            _ if arg.starts_with("--format=") => format = Some(arg["--format=".len()..].to_string()),
             _ if arg.starts_with("--filter=") => filters.push(arg["--filter=".len()..].to_string()),
             _ if arg.starts_with("-f") && arg.len() > 2 => filters.push(arg[2..].trim_start_matches('=').to_string()),
             _ if arg.starts_with('-') && !arg.starts_with("--") && arg[1..].chars().all(|c| c == 'q' || c == 'a') => {
@@ -511,29 +591,160 @@ fn ps(host: &Host, args: &[String]) -> ExecOutput {
         Err(e) => return out(1, "", format!("Error response from daemon: {e}\n")),
     };
     containers.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| a.id.cmp(&b.id)));
-    let shown: Vec<(&Container, bool)> = containers
+    let containers_dir = host.dir.join("containers");
+    let shown: Vec<(&Container, ContainerState)> = containers
         .iter()
-        .map(|c| (c, c.is_running()))
-        .filter(|(_, running)| all || *running)
+        .map(|c| (c, c.state(&containers_dir)))
+        .filter(|(_, state)| all || *state != ContainerState::Exited)
         .filter(|(c, _)| names.is_empty() || names.iter().any(|n| name_filter_matches(n, &c.name)))
         .filter(|(c, _)| ids.is_empty() || ids.iter().any(|p| c.id.starts_with(p.as_str())))
         .filter(|(c, _)| ancestors.is_empty() || ancestors.iter().any(|a| ancestor_matches(a, &c.image)))
         .collect();
     let id_of = |c: &Container| if no_trunc { c.id.clone() } else { c.id[..12].to_string() };
+    let status_of = |c: &Container, state: ContainerState| match state {
+        ContainerState::Running => "Up".to_string(),
+        ContainerState::Restarting => format!("Restarting ({})", c.exit_code.unwrap_or(1)),
+        ContainerState::Exited => format!("Exited ({})", c.exit_code.unwrap_or(255)),
+    };
     let mut stdout = String::new();
-    if !quiet {
+    if !quiet && format.is_none() {
         stdout.push_str("CONTAINER ID   IMAGE   STATUS   NAMES\n");
     }
-    for (c, running) in shown {
+    for (c, state) in shown {
         if quiet {
             stdout.push_str(&id_of(c));
+        } else if let Some(template) = &format {
+            // Go templates, the fields people use.
+            let line = template
+                .replace("{{.ID}}", &id_of(c))
+                .replace("{{.Names}}", &c.name)
+                .replace("{{.Image}}", &c.image)
+                .replace("{{.State}}", state.as_str())
+                .replace("{{.Status}}", &status_of(c, state));
+            stdout.push_str(&line);
         } else {
-            let status = if running { "Up".to_string() } else { format!("Exited ({})", c.exit_code.unwrap_or(0)) };
-            stdout.push_str(&format!("{}   {}   {}   {}", id_of(c), c.image, status, c.name));
+            stdout.push_str(&format!("{}   {}   {}   {}", id_of(c), c.image, status_of(c, state), c.name));
         }
         stdout.push('\n');
     }
     out(0, stdout, "")
+}
+
+// ---------------------------------------------------------------- docker stop, rm
+
+/// The containers named (by name or id prefix) on the command line, or
+/// docker's error for the first one that does not exist.
+fn find_named<'a>(containers: &'a [Container], wanted: &str) -> Option<&'a Container> {
+    let wanted = wanted.trim_start_matches('/');
+    containers
+        .iter()
+        .filter(|c| c.name == wanted || (wanted.len() >= 3 && c.id.starts_with(wanted)))
+        .max_by_key(|c| c.created_ms)
+}
+
+/// Waits until the process `pid` has ended, up to `wait`.
+async fn wait_gone(pid: i32, start: Option<u64>, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    while process_alive(pid, start) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// `docker stop NAME…`: SIGTERM to the container (its supervisor stops the
+/// emulator, waits up to 10 s, then kills it, and records the exit); the
+/// restart policy does not bring it back.
+async fn stop(host: &Host, args: &[String]) -> ExecOutput {
+    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if names.is_empty() {
+        return out(1, "", "\"docker stop\" requires at least 1 argument.\n");
+    }
+    let (mut stdout, mut stderr, mut status) = (String::new(), String::new(), 0);
+    for name in names {
+        let containers = match load_containers(&host.dir) {
+            Ok(cs) => cs,
+            Err(e) => return out(1, "", format!("Error response from daemon: {e}\n")),
+        };
+        let Some(c) = find_named(&containers, name) else {
+            stderr.push_str(&format!("Error response from daemon: No such container: {}\n", showable(name)));
+            status = 1;
+            continue;
+        };
+        match c.pid {
+            Some(pid) if process_alive(pid, c.pid_start) => {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                if !wait_gone(pid, c.pid_start, supervisor::STOP_GRACE + Duration::from_secs(2)).await {
+                    signal_group(pid, Signal::SIGKILL);
+                    wait_gone(pid, c.pid_start, Duration::from_secs(2)).await;
+                    set_exit(&host.dir, &c.id, 137);
+                }
+            }
+            _ if c.exit_code.is_none() => set_exit(&host.dir, &c.id, if c.pid.is_some() { 255 } else { 0 }),
+            _ => {}
+        }
+        stdout.push_str(name);
+        stdout.push('\n');
+    }
+    out(status, stdout, stderr)
+}
+
+fn set_exit(machine_dir: &Path, id: &str, code: i32) {
+    let path = machine_dir.join("containers").join(format!("{id}.json"));
+    let Ok(Ok(mut c)) = fs::read(&path).map(|b| serde_json::from_slice::<Container>(&b)) else { return };
+    if c.exit_code.is_none() {
+        c.exit_code = Some(code);
+        let _ = write_atomic(&path, &serde_json::to_vec_pretty(&c).expect("a container record serialises"));
+    }
+}
+
+/// `docker rm [-f] NAME…`: a running container only with `-f` (killed with
+/// SIGKILL, as docker does); its record, log and child file go.
+async fn rm(host: &Host, args: &[String]) -> ExecOutput {
+    let force = args.iter().any(|a| a == "-f" || a == "--force");
+    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if names.is_empty() {
+        return out(1, "", "\"docker rm\" requires at least 1 argument.\n");
+    }
+    let (mut stdout, mut stderr, mut status) = (String::new(), String::new(), 0);
+    let containers_dir = host.dir.join("containers");
+    for name in names {
+        let containers = match load_containers(&host.dir) {
+            Ok(cs) => cs,
+            Err(e) => return out(1, "", format!("Error response from daemon: {e}\n")),
+        };
+        let Some(c) = find_named(&containers, name) else {
+            stderr.push_str(&format!("Error response from daemon: No such container: {}\n", showable(name)));
+            status = 1;
+            continue;
+        };
+        if c.is_running() {
+            if !force {
+                stderr.push_str(&format!(
+                    "Error response from daemon: cannot remove container \"/{}\": container is running: stop the container before removing or force remove\n",
+                    c.name
+                ));
+                status = 1;
+                continue;
+            }
+            if let Some(pid) = c.pid {
+                signal_group(pid, Signal::SIGKILL);
+                wait_gone(pid, c.pid_start, Duration::from_secs(5)).await;
+            }
+        }
+        let _lock = match lock_machine(&host.dir) {
+            Ok(l) => l,
+            Err(e) => return out(1, "", format!("Error response from daemon: {e}\n")),
+        };
+        for ext in ["json", "child", "log"] {
+            let _ = fs::remove_file(containers_dir.join(format!("{}.{ext}", c.id)));
+        }
+        stdout.push_str(name);
+        stdout.push('\n');
+    }
+    out(status, stdout, stderr)
 }
 
 /// docker's `ancestor=` filter: the image, with or without its tag.
@@ -584,7 +795,42 @@ pub struct Container {
     pub created_ms: i64,
 }
 
+/// `docker ps`'s `{{.State}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Running,
+    /// Its process exited and the restart policy will start it again.
+    Restarting,
+    Exited,
+}
+
+impl ContainerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Running => "running",
+            ContainerState::Restarting => "restarting",
+            ContainerState::Exited => "exited",
+        }
+    }
+}
+
 impl Container {
+    /// Running, restarting (its supervisor waits to start the emulator
+    /// again) or exited.
+    pub fn state(&self, containers_dir: &Path) -> ContainerState {
+        if !self.is_running() {
+            return ContainerState::Exited;
+        }
+        match (self.kind, self.pid) {
+            // No child file yet: the supervisor is starting it.
+            (Kind::Server, Some(_)) => match supervisor::read_child(&containers_dir.join(format!("{}.json", self.id))) {
+                Some(child) if !process_alive(child.pid, child.start) => ContainerState::Restarting,
+                _ => ContainerState::Running,
+            },
+            _ => ContainerState::Running,
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         if self.exit_code.is_some() {
             return false;
@@ -703,6 +949,12 @@ pub fn process_alive(pid: i32, start: Option<u64>) -> bool {
         // there is no procfs (then trust kill).
         None => !Path::new("/proc/self/stat").exists(),
     }
+}
+
+/// A process's start time (clock ticks since boot), to tell it from a
+/// later process with the same pid.
+pub fn proc_start(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
 }
 
 /// (state, start time) from `/proc/<pid>/stat`.

@@ -38,7 +38,7 @@ fn last_octet(ip: &str) -> u8 {
 // ---------------------------------------------------------------- machines
 
 #[tokio::test]
-async fn create_gives_running_machines_addresses_in_creation_order_never_reused() {
+async fn create_gives_running_machines_the_lowest_free_address_of_the_world() {
     let tmp = tempfile::tempdir().unwrap();
     let d = driver(tmp.path(), LocalConfig::default());
     let a = d.create(&spec("rancher", "tiny")).await.unwrap();
@@ -51,18 +51,83 @@ async fn create_gives_running_machines_addresses_in_creation_order_never_reused(
     assert_eq!(subnet_of(&ia), subnet_of(&ib));
     assert_eq!((last_octet(&ia), last_octet(&ib)), (1, 2));
 
+    // Addresses come from the machines that exist: a removed machine's
+    // address is free again.
     d.remove("rancher").await.unwrap();
     let again = d.create(&spec("rancher", "tiny")).await.unwrap();
-    assert_eq!(last_octet(again.ip.as_deref().unwrap()), 3);
+    assert_eq!(last_octet(again.ip.as_deref().unwrap()), 1);
 
     // The subnet is the world's: another driver on the same world keeps it.
     let d2 = driver(tmp.path(), LocalConfig::default());
     let c = d2.create(&spec("worker01", "tiny")).await.unwrap();
     assert_eq!(subnet_of(c.ip.as_deref().unwrap()), subnet_of(&ia));
-    assert_eq!(last_octet(c.ip.as_deref().unwrap()), 4);
-    let world: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tmp.path().join("world/world.json")).unwrap()).unwrap();
-    assert_eq!(world["next_host"], 5);
+    assert_eq!(last_octet(c.ip.as_deref().unwrap()), 3);
+}
+
+/// What a create killed half-way (26–34 ms into a run) leaves: its staging
+/// directory, with a record holding an address.
+fn leave_staging(d: &LocalDriver, name: &str, ip_of: &str) {
+    let staged = d.world_dir().join("machines").join(format!(".new-{name}-0badf00d"));
+    std::fs::create_dir_all(staged.join("containers")).unwrap();
+    let ip = format!("{}.{}", ip_of.rsplit_once('.').unwrap().0, 2);
+    let record = serde_json::json!({
+        "name": name, "cluster": "tiny", "role": "master", "state": "creating", "ip": ip,
+        "created": "2026-01-01T00:00:00.000Z", "created_ms": 1, "ledger_base": 0
+    });
+    std::fs::write(staged.join("machine.json"), record.to_string()).unwrap();
+}
+
+fn dot_entries(d: &LocalDriver) -> Vec<String> {
+    std::fs::read_dir(d.world_dir().join("machines"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_create_cut_short_is_seen_half_made_then_cleaned_and_its_address_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = driver(tmp.path(), LocalConfig::default());
+    let r = d.create(&spec("rancher", "tiny")).await.unwrap();
+    leave_staging(&d, "master01", r.ip.as_deref().unwrap());
+
+    // Seen, not absent: inspect and list (status --refresh) report it.
+    let m = d.inspect("master01").await.unwrap().expect("the half-made machine is seen");
+    assert!(matches!(&m.state, MachineState::Error(why) if why.contains("cut short")), "{m:?}");
+    let listed: Vec<String> = d.list("tiny").await.unwrap().into_iter().map(|m| m.name).collect();
+    assert_eq!(listed, ["master01", "rancher"]);
+
+    // The next create cleans it and its address (.2) is given again.
+    let w = d.create(&spec("worker01", "tiny")).await.unwrap();
+    assert_eq!(last_octet(w.ip.as_deref().unwrap()), 2);
+    assert!(dot_entries(&d).is_empty(), "{:?}", dot_entries(&d));
+    assert_eq!(d.inspect("master01").await.unwrap(), None);
+
+    // And remove (what down calls) cleans one too.
+    leave_staging(&d, "master02", r.ip.as_deref().unwrap());
+    d.remove("master02").await.unwrap();
+    assert!(dot_entries(&d).is_empty(), "{:?}", dot_entries(&d));
+}
+
+#[tokio::test]
+async fn a_create_counted_in_the_ledger_is_running_even_if_its_record_still_says_creating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = driver(tmp.path(), LocalConfig::default());
+    let m = d.create(&spec("master01", "tiny")).await.unwrap();
+    // The state a kill right after the ledger's write leaves: the record
+    // still `creating`, the ledger counting this create.
+    let path = d.machine_dir("master01").join("machine.json");
+    let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(record["ledger_base"], 0);
+    record["state"] = "creating".into();
+    std::fs::write(&path, record.to_string()).unwrap();
+    let seen = d.inspect("master01").await.unwrap().unwrap();
+    assert_eq!(seen.state, MachineState::Running);
+    assert_eq!(seen.ip, m.ip);
+    // Before the ledger's write it is creating.
+    std::fs::write(d.world_dir().join("created.json"), b"{}").unwrap();
+    assert_eq!(d.inspect("master01").await.unwrap().unwrap().state, MachineState::Creating);
 }
 
 #[tokio::test]
@@ -257,6 +322,18 @@ fn docker_run_of_rancher_parses_and_hides_the_password() {
 }
 
 #[test]
+fn image_references_follow_dockers_grammar() {
+    for ok in ["rancher/rancher", "rancher/rancher:v2.11.3", "registry.example.com:5000/rancher/rancher:v2.9.2", "localhost/r/x", "rancher/rancher@sha256:abcdef0123"] {
+        assert!(docker::valid_reference(ok), "{ok}");
+    }
+    for bad in ["rancher/rancher:v2.11.3; touch x", "rancher/rancher:v2 --privileged", "Rancher/rancher", "rancher/rancher:$(id)", "", "rancher//x", "rancher/rancher:"] {
+        assert!(!docker::valid_reference(bad), "{bad}");
+    }
+    let e = docker::parse_run(&words("-d --name rancher 'rancher/rancher:v2.11.3 $(id)'")).unwrap_err();
+    assert_eq!(e, "invalid reference format.");
+}
+
+#[test]
 fn images_are_recognised_with_tags_registries_and_digests() {
     assert_eq!(image_kind("rancher/rancher"), Some(Kind::Server));
     assert_eq!(image_kind("rancher/rancher:v2.6.14"), Some(Kind::Server));
@@ -358,7 +435,16 @@ async fn docker_run_rancher_starts_a_detached_emulator_that_remove_stops() {
 
     let dir = d.machine_dir("rancher");
     let args = wait_for(&dir.join("args.txt")).await;
-    assert_eq!(args.trim(), format!("emulator serve --data-dir {} --listen {ip}:8443", dir.join("rancher").display()));
+    // The container is the supervisor, which runs `emulator serve` under the
+    // restart policy.
+    assert_eq!(
+        args.trim(),
+        format!(
+            "emulator supervise --container {} --restart unless-stopped -- --data-dir {} --listen {ip}:8443",
+            dir.join("containers").join(format!("{id}.json")).display(),
+            dir.join("rancher").display()
+        )
+    );
     let env = wait_for(&dir.join("env.txt")).await;
     assert!(env.contains("CATTLE_BOOTSTRAP_PASSWORD=bootstrap-pw-123"));
     assert!(env.contains("RMM_LOCAL_RANCHER_BOOT_MS=1500"));
