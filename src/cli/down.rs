@@ -130,7 +130,7 @@ fn without_log(
         .map_err(|e| Error::Other(format!("driver {}: cannot list machines: {e}", plan.driver)))?;
     drop(rt);
     if listed.is_empty() {
-        println!("Nothing to remove: the log has no run, and driver {} has no machine of cluster {}.", plan.driver, plan.cluster_name);
+        crate::outln!("Nothing to remove: the log has no run, and driver {} has no machine of cluster {}.", plan.driver, plan.cluster_name);
         return Ok(());
     }
     let names: Vec<String> = listed.iter().map(|m| m.name.clone()).collect();
@@ -158,7 +158,7 @@ fn without_log(
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            println!("Nothing removed.");
+            crate::outln!("Nothing removed.");
             return Ok(());
         }
     }
@@ -183,7 +183,7 @@ fn without_log(
         (n, role)
     }).collect();
     let state = engine::begin(&mut log, &mut history, None, RunKind::Down, &plan)?;
-    eprintln!("removing {what} (run {}; the log had no run of it)", state.id);
+    crate::errln!("removing {what} (run {}; the log had no run of it)", state.id);
     let count = machines.len();
     let end = engine::run_attempt(dir, log, state, machines, driver)?;
     drop(lock);

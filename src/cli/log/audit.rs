@@ -78,7 +78,7 @@ pub fn verify(dir: &StateDir, want_head: Option<&str>) -> Result<()> {
         hex::encode(head)
     );
     if let Some(bytes) = log.torn_tail() {
-        println!(
+        crate::outln!(
             "note: {} ends in a torn write of {bytes} bytes (a crash while it was being written): not part of the log; left as it is, the next `rmm up --resume` drops it",
             dir.events().join("journal.wal").display()
         );
