@@ -303,59 +303,6 @@ fn auth(ctx: &RunCtx) -> StepResult<Secret> {
         .ok_or_else(|| StepError::permanent("no Rancher token in the state dir (log in again: a resume does)"))
 }
 
-#[cfg(test)]
-mod quote_tests {
-    use super::shell_quote;
-
-    /// What a POSIX shell does with a word (the local world's exec splits
-    /// the same way): the value comes back whole, never as syntax.
-    fn split(s: &str) -> Vec<String> {
-        // A tiny POSIX splitter for quoted words: enough for shell_quote's output.
-        let mut words = Vec::new();
-        let (mut cur, mut in_word, mut quoted, mut escaped) = (String::new(), false, false, false);
-        for c in s.chars() {
-            if escaped {
-                cur.push(c);
-                escaped = false;
-                continue;
-            }
-            match c {
-                '\'' => {
-                    quoted = !quoted;
-                    in_word = true;
-                }
-                ' ' if !quoted => {
-                    if in_word {
-                        words.push(std::mem::take(&mut cur));
-                    }
-                    in_word = false;
-                }
-                '\\' if !quoted => {
-                    escaped = true;
-                    in_word = true;
-                }
-                c => {
-                    cur.push(c);
-                    in_word = true;
-                }
-            }
-        }
-        if in_word {
-            words.push(cur);
-        }
-        words
-    }
-
-    #[test]
-    fn every_value_is_one_word_whatever_it_holds() {
-        for v in ["rancher/rancher:v2.11.3", "a b", "x; touch /tmp/pwned", "$(id)", "`id`", "it's", "", "a\"b", "*"] {
-            let q = shell_quote(v);
-            assert_eq!(split(&format!("docker run {q} next")), vec!["docker".to_string(), "run".into(), v.into(), "next".into()], "{v:?} → {q}");
-        }
-        assert_eq!(shell_quote("rancher/rancher:v2.11.3"), "rancher/rancher:v2.11.3");
-    }
-}
-
 /// One word for a POSIX shell: as is when it holds only safe characters,
 /// else in single quotes (a `'` inside becomes `'\''`). Every value that
 /// goes into a command run on a machine goes through this: configured
@@ -876,4 +823,57 @@ async fn wait_node_active(call: &StepCall<'_>) -> StepResult<Outcome> {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod quote_tests {
+    use super::shell_quote;
+
+    /// What a POSIX shell does with a word (the local world's exec splits
+    /// the same way): the value comes back whole, never as syntax.
+    fn split(s: &str) -> Vec<String> {
+        // A tiny POSIX splitter for quoted words: enough for shell_quote's output.
+        let mut words = Vec::new();
+        let (mut cur, mut in_word, mut quoted, mut escaped) = (String::new(), false, false, false);
+        for c in s.chars() {
+            if escaped {
+                cur.push(c);
+                escaped = false;
+                continue;
+            }
+            match c {
+                '\'' => {
+                    quoted = !quoted;
+                    in_word = true;
+                }
+                ' ' if !quoted => {
+                    if in_word {
+                        words.push(std::mem::take(&mut cur));
+                    }
+                    in_word = false;
+                }
+                '\\' if !quoted => {
+                    escaped = true;
+                    in_word = true;
+                }
+                c => {
+                    cur.push(c);
+                    in_word = true;
+                }
+            }
+        }
+        if in_word {
+            words.push(cur);
+        }
+        words
+    }
+
+    #[test]
+    fn every_value_is_one_word_whatever_it_holds() {
+        for v in ["rancher/rancher:v2.11.3", "a b", "x; touch /tmp/pwned", "$(id)", "`id`", "it's", "", "a\"b", "*"] {
+            let q = shell_quote(v);
+            assert_eq!(split(&format!("docker run {q} next")), vec!["docker".to_string(), "run".into(), v.into(), "next".into()], "{v:?} → {q}");
+        }
+        assert_eq!(shell_quote("rancher/rancher:v2.11.3"), "rancher/rancher:v2.11.3");
+    }
 }
