@@ -378,29 +378,42 @@ async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
         }
     };
     let url = rancher_url(call)?;
-    // The CA to expect: the one pinned in the log, else the machine's own.
-    let expected = match call.state.outcome(Step::PinCa) {
-        Some(Outcome::CaPinned { .. }) => Some((pinned_pem(call)?, "the CA pinned in the log")),
-        _ => ctx.driver.read_server_ca(call.actor).await?.map(|pem| (pem, "the CA on the rancher machine")),
+    // The CA to expect: the one pinned in the log, else the machine's own
+    // (read again each poll while the server has not made it yet). With a
+    // CA to expect, only a server with a certificate from it counts as
+    // answering: a TLS failure is a server that is not ours. Only a driver
+    // that cannot read the machine's CA leaves /ping unverified (it carries
+    // no credential).
+    let pinned = match call.state.outcome(Step::PinCa) {
+        Some(Outcome::CaPinned { .. }) => Some(pinned_pem(call)?),
+        _ => None,
     };
-    // With a CA to expect, only a server with a certificate from it counts
-    // as answering (a TLS failure is a server that is not ours); without
-    // one, /ping is asked unverified (it carries no credential).
-    let (trust, expected_name) = match expected {
-        Some((pem, name)) => (CaTrust::Pinned(pem), Some(name)),
-        None => (CaTrust::Unverified, None),
-    };
-    let api = ctx.connector.connect(&url, trust)?;
     let what = format!("the Rancher server at {url} to answer /ping (container {state})");
+    let api: std::sync::Mutex<Option<(Arc<dyn RancherApi>, Option<&'static str>)>> = std::sync::Mutex::new(None);
     poll(ctx, ctx.plan.timeouts.rancher_ready_s, &what, || {
-        let api = api.clone();
-        let url = url.clone();
+        let (url, pinned, api) = (url.clone(), pinned.clone(), &api);
         async move {
-            match api.ping().await {
+            let known = api.lock().expect("not poisoned").clone();
+            let (client, expected) = match known {
+                Some(known) => known,
+                None => {
+                    let (trust, expected) = match pinned {
+                        Some(pem) => (CaTrust::Pinned(pem), Some("the CA pinned in the log")),
+                        None => match ctx.driver.read_server_ca(call.actor).await? {
+                            Some(pem) => (CaTrust::Pinned(pem), Some("the CA on the rancher machine")),
+                            None => (CaTrust::Unverified, None),
+                        },
+                    };
+                    let made = (ctx.connector.connect(&url, trust)?, expected);
+                    *api.lock().expect("not poisoned") = Some(made.clone());
+                    made
+                }
+            };
+            match client.ping().await {
                 Ok(()) => Ok(Some(())),
-                Err(ApiError::Tls(e)) if expected_name.is_some() => Err(StepError::permanent(format!(
+                Err(ApiError::Tls(e)) if expected.is_some() => Err(StepError::permanent(format!(
                     "CA mismatch: the server answering at {url} is not ours: its certificate does not chain to {} ({e}); no credential was sent",
-                    expected_name.unwrap_or("the expected CA")
+                    expected.unwrap_or("the expected CA")
                 ))),
                 Err(e) if e.is_retryable() || e.status().is_some() => Err(StepError::transient(e.to_string())),
                 Err(e) => Err(e.into()),

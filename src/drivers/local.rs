@@ -531,10 +531,16 @@ impl MachineDriver for LocalDriver {
             return Ok(None);
         }
         let path = self.machine_dir(machine).join("rancher").join(crate::emulator::CA_CERT_FILE);
+        let not_yet = || {
+            DriverError::Transient(format!(
+                "the Rancher server on machine {machine} has not made its CA yet ({} is empty or absent)",
+                path.display()
+            ))
+        };
         match fs::read_to_string(&path) {
             Ok(pem) if !pem.trim().is_empty() => Ok(Some(pem.trim().to_string())),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Ok(_) => Err(not_yet()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_yet()),
             Err(e) => Err(io_error(&format!("read {}", path.display()), &e)),
         }
     }
