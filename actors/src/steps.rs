@@ -140,7 +140,7 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
             }
             // Not absent: say what it is (it is removed and made again).
             Some(m) if matches!(m.state, MachineState::Creating | MachineState::Error(_)) => Err(StepError::transient(format!(
-                "machine {} exists in state {}, a create cut short: it is removed and created again",
+                "machine {} exists but is in state {}, not running (a create cut short or failed): it is removed and created again",
                 call.actor,
                 match &m.state {
                     MachineState::Creating => "creating".to_string(),
