@@ -124,8 +124,10 @@ pub trait MachineDriver: Send + Sync + 'static {
     /// The CA (PEM) of the Rancher server on `machine`, read through the
     /// driver's own authenticated channel (the machine's filesystem in the
     /// local world; `docker exec` or `ssh` on real machines), never from the
-    /// network. `None` when the driver has no such channel or the server has
-    /// made no CA yet: the caller then falls back to trust on first use.
+    /// network. `None` when the driver has no such channel: the caller then
+    /// falls back to trust on first use. A driver with such a channel that
+    /// finds no CA yet (the server has not made it) returns a transient
+    /// error: whoever answers meanwhile is not that server.
     async fn read_server_ca(&self, machine: &str) -> Result<Option<String>, DriverError> {
         let _ = machine;
         Ok(None)

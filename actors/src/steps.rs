@@ -146,7 +146,7 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
             }
             // Not absent: say what it is (it is removed and made again).
             Some(m) if matches!(m.state, MachineState::Creating | MachineState::Error(_)) => Err(StepError::transient(format!(
-                "machine {} exists in state {}, a create cut short: it is removed and created again",
+                "machine {} exists but is in state {}, not running (a create cut short or failed): it is removed and created again",
                 call.actor,
                 match &m.state {
                     MachineState::Creating => "creating".to_string(),
@@ -309,59 +309,6 @@ fn auth(ctx: &RunCtx) -> StepResult<Secret> {
         .ok_or_else(|| StepError::permanent("no Rancher token in the state dir (log in again: a resume does)"))
 }
 
-#[cfg(test)]
-mod quote_tests {
-    use super::shell_quote;
-
-    /// What a POSIX shell does with a word (the local world's exec splits
-    /// the same way): the value comes back whole, never as syntax.
-    fn split(s: &str) -> Vec<String> {
-        // A tiny POSIX splitter for quoted words: enough for shell_quote's output.
-        let mut words = Vec::new();
-        let (mut cur, mut in_word, mut quoted, mut escaped) = (String::new(), false, false, false);
-        for c in s.chars() {
-            if escaped {
-                cur.push(c);
-                escaped = false;
-                continue;
-            }
-            match c {
-                '\'' => {
-                    quoted = !quoted;
-                    in_word = true;
-                }
-                ' ' if !quoted => {
-                    if in_word {
-                        words.push(std::mem::take(&mut cur));
-                    }
-                    in_word = false;
-                }
-                '\\' if !quoted => {
-                    escaped = true;
-                    in_word = true;
-                }
-                c => {
-                    cur.push(c);
-                    in_word = true;
-                }
-            }
-        }
-        if in_word {
-            words.push(cur);
-        }
-        words
-    }
-
-    #[test]
-    fn every_value_is_one_word_whatever_it_holds() {
-        for v in ["rancher/rancher:v2.11.3", "a b", "x; touch /tmp/pwned", "$(id)", "`id`", "it's", "", "a\"b", "*"] {
-            let q = shell_quote(v);
-            assert_eq!(split(&format!("docker run {q} next")), vec!["docker".to_string(), "run".into(), v.into(), "next".into()], "{v:?} → {q}");
-        }
-        assert_eq!(shell_quote("rancher/rancher:v2.11.3"), "rancher/rancher:v2.11.3");
-    }
-}
-
 /// One word for a POSIX shell: as is when it holds only safe characters,
 /// else in single quotes (a `'` inside becomes `'\''`). Every value that
 /// goes into a command run on a machine goes through this: configured
@@ -437,29 +384,42 @@ async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
         }
     };
     let url = rancher_url(call)?;
-    // The CA to expect: the one pinned in the log, else the machine's own.
-    let expected = match call.state.outcome(Step::PinCa) {
-        Some(Outcome::CaPinned { .. }) => Some((pinned_pem(call)?, "the CA pinned in the log")),
-        _ => ctx.driver.read_server_ca(call.actor).await?.map(|pem| (pem, "the CA on the rancher machine")),
+    // The CA to expect: the one pinned in the log, else the machine's own
+    // (read again each poll while the server has not made it yet). With a
+    // CA to expect, only a server with a certificate from it counts as
+    // answering: a TLS failure is a server that is not ours. Only a driver
+    // that cannot read the machine's CA leaves /ping unverified (it carries
+    // no credential).
+    let pinned = match call.state.outcome(Step::PinCa) {
+        Some(Outcome::CaPinned { .. }) => Some(pinned_pem(call)?),
+        _ => None,
     };
-    // With a CA to expect, only a server with a certificate from it counts
-    // as answering (a TLS failure is a server that is not ours); without
-    // one, /ping is asked unverified (it carries no credential).
-    let (trust, expected_name) = match expected {
-        Some((pem, name)) => (CaTrust::Pinned(pem), Some(name)),
-        None => (CaTrust::Unverified, None),
-    };
-    let api = ctx.connector.connect(&url, trust)?;
     let what = format!("the Rancher server at {url} to answer /ping (container {state})");
+    let api: std::sync::Mutex<Option<(Arc<dyn RancherApi>, Option<&'static str>)>> = std::sync::Mutex::new(None);
     poll(ctx, ctx.plan.timeouts.rancher_ready_s, &what, || {
-        let api = api.clone();
-        let url = url.clone();
+        let (url, pinned, api) = (url.clone(), pinned.clone(), &api);
         async move {
-            match api.ping().await {
+            let known = api.lock().expect("not poisoned").clone();
+            let (client, expected) = match known {
+                Some(known) => known,
+                None => {
+                    let (trust, expected) = match pinned {
+                        Some(pem) => (CaTrust::Pinned(pem), Some("the CA pinned in the log")),
+                        None => match ctx.driver.read_server_ca(call.actor).await? {
+                            Some(pem) => (CaTrust::Pinned(pem), Some("the CA on the rancher machine")),
+                            None => (CaTrust::Unverified, None),
+                        },
+                    };
+                    let made = (ctx.connector.connect(&url, trust)?, expected);
+                    *api.lock().expect("not poisoned") = Some(made.clone());
+                    made
+                }
+            };
+            match client.ping().await {
                 Ok(()) => Ok(Some(())),
-                Err(ApiError::Tls(e)) if expected_name.is_some() => Err(StepError::permanent(format!(
+                Err(ApiError::Tls(e)) if expected.is_some() => Err(StepError::permanent(format!(
                     "CA mismatch: the server answering at {url} is not ours: its certificate does not chain to {} ({e}); no credential was sent",
-                    expected_name.unwrap_or("the expected CA")
+                    expected.unwrap_or("the expected CA")
                 ))),
                 Err(e) if e.is_retryable() || e.status().is_some() => Err(StepError::transient(e.to_string())),
                 Err(e) => Err(e.into()),
@@ -882,4 +842,57 @@ async fn wait_node_active(call: &StepCall<'_>) -> StepResult<Outcome> {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod quote_tests {
+    use super::shell_quote;
+
+    /// What a POSIX shell does with a word (the local world's exec splits
+    /// the same way): the value comes back whole, never as syntax.
+    fn split(s: &str) -> Vec<String> {
+        // A tiny POSIX splitter for quoted words: enough for shell_quote's output.
+        let mut words = Vec::new();
+        let (mut cur, mut in_word, mut quoted, mut escaped) = (String::new(), false, false, false);
+        for c in s.chars() {
+            if escaped {
+                cur.push(c);
+                escaped = false;
+                continue;
+            }
+            match c {
+                '\'' => {
+                    quoted = !quoted;
+                    in_word = true;
+                }
+                ' ' if !quoted => {
+                    if in_word {
+                        words.push(std::mem::take(&mut cur));
+                    }
+                    in_word = false;
+                }
+                '\\' if !quoted => {
+                    escaped = true;
+                    in_word = true;
+                }
+                c => {
+                    cur.push(c);
+                    in_word = true;
+                }
+            }
+        }
+        if in_word {
+            words.push(cur);
+        }
+        words
+    }
+
+    #[test]
+    fn every_value_is_one_word_whatever_it_holds() {
+        for v in ["rancher/rancher:v2.11.3", "a b", "x; touch /tmp/pwned", "$(id)", "`id`", "it's", "", "a\"b", "*"] {
+            let q = shell_quote(v);
+            assert_eq!(split(&format!("docker run {q} next")), vec!["docker".to_string(), "run".into(), v.into(), "next".into()], "{v:?} → {q}");
+        }
+        assert_eq!(shell_quote("rancher/rancher:v2.11.3"), "rancher/rancher:v2.11.3");
+    }
 }

@@ -174,7 +174,7 @@ impl LocalDriver {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if dir.is_dir() {
                     Ok(Some(Err("half-made machine: no machine.json".into())))
-                } else if let Some(staged) = self.staging_dirs(Some(name)).into_iter().next() {
+                } else if let Some(staged) = self.creates_cut_short(name).into_iter().next() {
                     Ok(Some(Err(format!(
                         "half-made machine: a create was cut short (staging directory {})",
                         staged.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
@@ -197,7 +197,7 @@ impl LocalDriver {
             Err(why) => {
                 // A staged machine still names its cluster.
                 let cluster = self
-                    .staging_dirs(Some(name))
+                    .creates_cut_short(name)
                     .into_iter()
                     .find_map(|d| fs::read(d.join("machine.json")).ok())
                     .and_then(|b| serde_json::from_slice::<MachineRecord>(&b).ok())
@@ -219,6 +219,15 @@ impl LocalDriver {
                 let (of, _suffix) = rest.rsplit_once('-')?;
                 (name.is_none_or(|n| n == of) && valid_name(of)).then(|| e.path())
             })
+            .collect()
+    }
+
+    /// `.new-<name>-*`: creates of `name` cut short. (A `.gone-*` is a
+    /// remove that already took the machine out of the world.)
+    fn creates_cut_short(&self, name: &str) -> Vec<PathBuf> {
+        self.staging_dirs(Some(name))
+            .into_iter()
+            .filter(|d| d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".new-")))
             .collect()
     }
 
@@ -531,10 +540,16 @@ impl MachineDriver for LocalDriver {
             return Ok(None);
         }
         let path = self.machine_dir(machine).join("rancher").join(crate::emulator::CA_CERT_FILE);
+        let not_yet = || {
+            DriverError::Transient(format!(
+                "the Rancher server on machine {machine} has not made its CA yet ({} is empty or absent)",
+                path.display()
+            ))
+        };
         match fs::read_to_string(&path) {
             Ok(pem) if !pem.trim().is_empty() => Ok(Some(pem.trim().to_string())),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Ok(_) => Err(not_yet()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_yet()),
             Err(e) => Err(io_error(&format!("read {}", path.display()), &e)),
         }
     }

@@ -92,6 +92,47 @@ fn a_resume_starts_a_dead_rancher_server_again_records_it_and_completes() {
 }
 
 #[test]
+fn a_server_that_cannot_bind_its_port_is_waited_for_and_the_resume_completes_once_it_is_free() {
+    let dir = TestDir::new();
+    let out = dir.rmm(&["up"]).env("RMM_CRASH_AFTER_APPEND", "22").run();
+    assert_eq!(out.status.signal(), Some(6), "{}", text(&out.stderr));
+    kill_container(&dir);
+    // Something else holds the port: it accepts and hangs up (no TLS).
+    let addr = server_addr(&dir);
+    let blocker = std::net::TcpListener::bind(&addr).expect("take the server's port");
+    blocker.set_nonblocking(true).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopper = stop.clone();
+    let holder = std::thread::spawn(move || {
+        while !stopper.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok((conn, _)) = blocker.accept() {
+                drop(conn);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let resume = dir.rmm(&["up", "--resume"]).cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let log_dir = dir.state().join("world/machines/rancher/containers");
+    let container_log = || -> String {
+        std::fs::read_dir(&log_dir)
+            .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "log")).map(|e| std::fs::read_to_string(e.path()).unwrap_or_default()).collect())
+            .unwrap_or_default()
+    };
+    wait_until(30, "the restarted server to fail to bind and be restarted", || container_log().matches("restarting it in").count() >= 2);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    holder.join().unwrap();
+    let out = resume.wait_with_output().unwrap();
+    assert!(out.status.success(), "the resume completes once the port is free: {}", text(&out.stderr));
+    assert!(container_log().contains("Address already in use"), "{}", container_log());
+    let events = dir.events();
+    assert!(
+        events.iter().any(|e| e["attempt"] == 2 && e["data"]["step"] == "check_server" && e["data"]["outcome"]["server_restarted"]["state"] == "exited"),
+        "the restart is recorded"
+    );
+    check_completed_once(&dir, "server could not bind", 1);
+}
+
+#[test]
 fn the_restart_policy_brings_a_killed_emulator_back_without_rmm() {
     let dir = TestDir::new();
     dir.up_ok(&["--masters", "1", "--workers", "1"]);

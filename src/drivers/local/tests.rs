@@ -104,9 +104,14 @@ async fn a_create_cut_short_is_seen_half_made_then_cleaned_and_its_address_reuse
     assert!(dot_entries(&d).is_empty(), "{:?}", dot_entries(&d));
     assert_eq!(d.inspect("master01").await.unwrap(), None);
 
+    // A remove cut short after its rename is a machine gone, not half-made.
+    std::fs::create_dir_all(d.world_dir().join("machines/.gone-master03-0badf00d")).unwrap();
+    assert_eq!(d.inspect("master03").await.unwrap(), None);
+
     // And remove (what down calls) cleans one too.
     leave_staging(&d, "master02", r.ip.as_deref().unwrap());
     d.remove("master02").await.unwrap();
+    d.remove("master03").await.unwrap();
     assert!(dot_entries(&d).is_empty(), "{:?}", dot_entries(&d));
 }
 
