@@ -644,7 +644,7 @@ impl MachineRecord {
 /// record is rewritten.
 fn crash_point_after_ledger(name: &str) {
     if std::env::var("RMM_LOCAL_CRASH_AFTER_LEDGER").is_ok_and(|n| n == name) {
-        eprintln!("rmm: crash point RMM_LOCAL_CRASH_AFTER_LEDGER={name} reached; aborting");
+        crate::errln!("rmm: crash point RMM_LOCAL_CRASH_AFTER_LEDGER={name} reached; aborting");
         std::process::abort();
     }
 }
