@@ -904,7 +904,9 @@ impl SnapshotDir {
         clean_stale_snapshots(&tmp);
         let base = tmp.join(format!("{SNAPSHOT_PREFIX}{}-{}", std::process::id(), uuid::Uuid::now_v7().simple()));
         let shown = base.display().to_string();
-        let err = |e: std::io::Error| Error::Store(format!("copy the store to {shown} for reading: {e}"));
+        let err = |e: std::io::Error| {
+            Error::Store(format!("copy the store to {shown} for reading: {e} (readers read a copy; set TMPDIR to a directory with room)"))
+        };
         // Owner-only, like the state dir it copies.
         std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&base).map_err(err)?;
         let owner = OpenOptions::new().write(true).create_new(true).open(base.join(".owner")).and_then(|f| {

@@ -15,7 +15,7 @@
 //! # Caveats
 //! A checkpoint empties the file. Records the reader had not seen by then
 //! are only in sled: [`Tail::Lost`] says so, and the reader must go back to
-//! the store (a snapshot, or the store itself once the writer has closed it)
+//! the store (a fresh private copy: readers never open the store itself)
 //! from its last checked record ([`SledLog::scan_after`](crate::SledLog::scan_after)).
 //! The file is read while the writer appends to (and may empty) it, so a
 //! frame cut short or torn is read as "not yet written": nothing is

@@ -173,7 +173,12 @@ fn seeded_crash_chains_crash_the_resumes_too_and_still_complete() {
 #[test]
 fn a_torn_last_record_is_dropped_and_the_resume_completes() {
     let dir = TestDir::new();
-    assert!(crash_run(&dir, false, "RMM_CRASH_AFTER_APPEND", 30));
+    assert!(crash_run(&dir, false, "RMM_CRASH_AFTER_APPEND", 29));
+    // The crash comes *during* the 30th append: its write is torn, and its
+    // head anchor (written only once an append is durable) still says 29.
+    let anchor = std::fs::read(dir.state().join("events/head")).unwrap();
+    assert!(crash_run(&dir, true, "RMM_CRASH_AFTER_APPEND", 1));
+    std::fs::write(dir.state().join("events/head"), anchor).unwrap();
     let wal = dir.state().join("events").join("journal.wal");
     let len = std::fs::metadata(&wal).unwrap().len();
     assert!(len > 40, "the records since the last checkpoint are in the write-ahead file");

@@ -332,3 +332,35 @@ fn a_head_that_is_no_hash_and_an_actor_pattern_with_brackets_are_usage_errors() 
     // Still fine: a real head, a real pattern.
     dir.rmm(&["log", "--actor", "master*,worker0?"]).ok();
 }
+
+/// A state dir on a read-only mount (a bind mount made read-only in a
+/// mount namespace of its own, so nothing outside the test sees it): every
+/// read command works, even after a crash left records only in the
+/// write-ahead file (which a reader opening the store itself would have
+/// had to write into sled).
+#[test]
+fn read_commands_work_on_a_read_only_mount() {
+    if !Command::new("unshare").args(["-m", "true"]).status().is_ok_and(|s| s.success()) {
+        let why = "SKIPPED: read-only mount test needs `unshare -m` (root, or user namespaces) — run as root or enable unprivileged user namespaces";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("{why}");
+        return;
+    }
+    let dir = TestDir::new();
+    let out = dir.rmm(&["up", "--masters", "1", "--workers", "1"]).env("RMM_CRASH_AFTER_APPEND", "30").run();
+    assert!(!out.status.success());
+    let state = dir.state().to_string_lossy().to_string();
+    let before = fingerprint(&dir.state());
+    for args in read_commands(&dir) {
+        let script = r#"s="$1"; shift; mount --bind "$s" "$s" && mount -o remount,ro,bind "$s" "$s" && touch "$s/.probe" 2>/dev/null && { echo "rmm-test: still writable" >&2; exit 99; }; exec "$@""#;
+        let out = Command::new("unshare")
+            .args(["-m", "sh", "-c", script, "sh", &state, env!("CARGO_BIN_EXE_rmm"), "--state-dir", &state])
+            .args(&args)
+            .current_dir(dir.tmp.path())
+            .env("RMM_PLAIN", "1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?} on a read-only mount: {}{}", text(&out.stdout), text(&out.stderr));
+    }
+    assert_same("read commands on a read-only mount", &before, &fingerprint(&dir.state()));
+}

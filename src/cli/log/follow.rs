@@ -11,8 +11,8 @@
 //! (`rmm_events::WalTail`), which holds every record appended since the last
 //! checkpoint — at most 4096 records, usually a few kB — every 100 ms, and
 //! checks each new record against the chain from the last one it printed.
-//! It goes back to the store (a copy while the writer runs, the store
-//! itself once it has closed it) only when a checkpoint emptied the file of
+//! It goes back to the store (a fresh copy: readers never open the store
+//! itself, see `StateDir::open_store_for_reading`) only when a checkpoint emptied the file of
 //! records it had not seen yet: at most once per 4096 records, and when the
 //! writer closes the store. So following costs O(new records) per poll, not
 //! O(log), and nothing the follower prints skips the chain check.
