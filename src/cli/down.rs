@@ -153,8 +153,11 @@ fn without_log(
                 "refusing to remove {what} without confirmation: stdin is not a terminal; pass --yes to remove them"
             )));
         }
-        eprint!("The log knows none of them. Remove {what}? [y/N] ");
-        let _ = std::io::stderr().flush();
+        {
+            let mut err = crate::cli::stderr();
+            let _ = write!(err, "The log knows none of them. Remove {what}? [y/N] ");
+            let _ = err.flush();
+        }
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
