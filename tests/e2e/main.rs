@@ -9,6 +9,7 @@ mod down;
 mod faults;
 mod kills;
 mod log;
+mod lookup;
 mod outage;
 mod report;
 mod shim;

@@ -23,14 +23,14 @@ use crate::support::*;
 const PAUSE_ON: &str = "stored before the call";
 
 /// The emulator's pid, command line and environment.
-struct Emulator {
+pub struct Emulator {
     pid: i32,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
 
 impl Emulator {
-    fn find(dir: &TestDir) -> Emulator {
+    pub fn find(dir: &TestDir) -> Emulator {
         let needle = dir.state().to_string_lossy().to_string();
         for p in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
@@ -52,7 +52,7 @@ impl Emulator {
     }
 
     /// `--listen IP:PORT`.
-    fn listen(&self) -> SocketAddr {
+    pub fn listen(&self) -> SocketAddr {
         let i = self.args.iter().position(|a| a == "--listen").expect("--listen");
         self.args[i + 1].parse().unwrap()
     }
