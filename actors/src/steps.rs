@@ -669,7 +669,11 @@ async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     let out = exec(ctx, call.actor, &full).await?;
     if out.status != 0 {
         let why = out.stderr.lines().last().unwrap_or("").trim();
-        return Err(StepError::transient(format!("agent exited {}: {}", out.status, ctx.redact(why))));
+        let mut e = StepError::transient(format!("agent exited {}: {}", out.status, ctx.redact(why)));
+        // The agent could not reach Rancher (its run.sh says "<server>/ping
+        // is not accessible"): Rancher is away, as for a call of ours.
+        e.unavailable = why.contains("is not accessible") || why.contains("Rancher unavailable");
+        return Err(e);
     }
     Ok(Outcome::AgentStarted)
 }
