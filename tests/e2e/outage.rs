@@ -79,11 +79,16 @@ impl Emulator {
 /// `rmm up` (1 master, 1 worker) held at `change_password`'s intent;
 /// returns the process and the pause file (create `<file>.go` to go on).
 fn up_paused_at_change_password(dir: &TestDir) -> (Child, PathBuf) {
+    up_paused_at(dir, PAUSE_ON)
+}
+
+/// `rmm up` (1 master, 1 worker) held at the first record holding `pattern`.
+fn up_paused_at(dir: &TestDir, pattern: &str) -> (Child, PathBuf) {
     let pause = dir.tmp.path().join("pause");
     let child = dir
         .rmm(&["up", "--masters", "1", "--workers", "1"])
         .env("LD_PRELOAD", shim().unwrap().to_str().unwrap())
-        .env("RMM_SHIM_PAUSE_ON", PAUSE_ON)
+        .env("RMM_SHIM_PAUSE_ON", pattern)
         .env("RMM_SHIM_PAUSE_FILE", pause.to_str().unwrap())
         .cmd
         .stdout(Stdio::piped())
@@ -92,7 +97,7 @@ fn up_paused_at_change_password(dir: &TestDir) -> (Child, PathBuf) {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !pause.exists() {
-        assert!(Instant::now() < deadline, "the run never reached change_password");
+        assert!(Instant::now() < deadline, "the run never reached {pattern:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
     (child, pause)
@@ -150,6 +155,33 @@ fn rancher_down_for_longer_than_four_tries_during_a_call_step_is_waited_for_and_
     let rancher = ask_rancher(&dir);
     assert_eq!(rancher.nodes.len(), 2);
     assert!(rancher.nodes.iter().all(|n| n["state"] == "active"));
+}
+
+/// A node's join while Rancher is away: its look-up (does Rancher list the
+/// node already?) finds Rancher unavailable, and is waited for like a call.
+#[test]
+fn rancher_down_while_a_node_runs_its_agent_is_waited_for_and_the_run_completes() {
+    if shim().is_none() {
+        return;
+    }
+    let dir = TestDir::new();
+    // master01's run_agent intent: "roles etcd,controlplane".
+    let (child, pause) = up_paused_at(&dir, "roles etcd,controlplane");
+    let emulator = Emulator::find(&dir);
+    emulator.kill();
+    go_on(&pause);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while step_failures(&dir.events_while_running(), "run_agent").len() < 5 {
+        assert!(Instant::now() < deadline, "run_agent was not retried five times");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _restarted = emulator.restart();
+    let out = wait(child, Duration::from_secs(120));
+    assert!(out.status.success(), "the run waits for Rancher to come back: {}", text(&out.stderr));
+    let failures = step_failures(&dir.events(), "run_agent");
+    assert!(failures.iter().all(|f| f["data"]["retryable"] == true), "{failures:?}");
+    let rancher = ask_rancher(&dir);
+    assert_eq!(rancher.nodes.len(), 2);
 }
 
 #[test]

@@ -26,6 +26,8 @@ struct World {
     writes: Vec<String>,
     /// Commands run on machines.
     execs: Vec<String>,
+    /// Stderr of a command that fails (exit 1), if any.
+    exec_fails: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -126,8 +128,12 @@ impl MachineDriver for Fake {
         Ok(Vec::new())
     }
     async fn exec(&self, _: &str, command: &str) -> Result<ExecOutput, DriverError> {
-        self.world().execs.push(command.to_string());
-        Ok(ExecOutput { status: 0, stdout: String::new(), stderr: String::new() })
+        let mut w = self.world();
+        w.execs.push(command.to_string());
+        Ok(match (&w.exec_fails, command.contains("--server")) {
+            (Some(stderr), true) => ExecOutput { status: 1, stdout: String::new(), stderr: stderr.clone() },
+            _ => ExecOutput { status: 0, stdout: String::new(), stderr: String::new() },
+        })
     }
     async fn remove(&self, _: &str) -> Result<(), DriverError> {
         Ok(())
@@ -277,4 +283,19 @@ async fn a_node_rancher_already_lists_does_not_run_its_agent_again_on_a_first_tr
     effect(&call(&f.ctx, "worker01", Role::Worker, Step::RunAgent, &st, Some(&join))).await.unwrap();
     let execs = f.fake.world().execs.clone();
     assert_eq!(execs.iter().filter(|c| c.contains("--server")).count(), 1, "{execs:?}");
+}
+
+#[tokio::test]
+async fn an_agent_that_cannot_reach_rancher_is_rancher_unavailable_and_another_failure_is_not() {
+    let f = fixture();
+    f.ctx.put_secret(secret::NODE_COMMAND, &Secret::new("sudo docker run rancher/rancher-agent:v2.11.3 --server https://127.0.0.1:8443 --token t")).unwrap();
+    let st = state(f.ctx.run, &[(Step::CreateMachine, Outcome::MachineCreated { ip: "127.0.0.3".into() })]);
+    let join = JoinInfo { url: "https://127.0.0.1:8443".into(), cluster_id: "c-1".into(), ca_checksum: ca_checksum("pem") };
+    // What the agent's run.sh says when the server does not answer.
+    f.fake.world().exec_fails = Some("ERROR: https://127.0.0.1:8443/ping is not accessible (Connection refused)\n".into());
+    let e = effect(&call(&f.ctx, "worker01", Role::Worker, Step::RunAgent, &st, Some(&join))).await.unwrap_err();
+    assert!(e.retryable && e.unavailable, "{e:?}");
+    f.fake.world().exec_fails = Some("ERROR: Configured cacerts checksum (a) does not match given --ca-checksum (b)\n".into());
+    let e = effect(&call(&f.ctx, "worker01", Role::Worker, Step::RunAgent, &st, Some(&join))).await.unwrap_err();
+    assert!(e.retryable && !e.unavailable, "{e:?}");
 }
