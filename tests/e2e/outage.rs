@@ -67,12 +67,22 @@ impl Emulator {
         }
     }
 
-    /// Starts it again like a container with a restart policy: same command, same environment.
-    fn restart(&self) -> Child {
+    /// Starts it again like a container with a restart policy: same
+    /// command, same environment. Killed (and reaped) when dropped.
+    fn restart(&self) -> Restarted {
         let mut cmd = Command::new(&self.args[0]);
         cmd.args(&self.args[1..]).env_clear().envs(self.env.clone()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        cmd.spawn().unwrap()
+        Restarted(cmd.spawn().unwrap())
+    }
+}
+
+struct Restarted(Child);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -211,7 +221,8 @@ fn rancher_gone_for_good_ends_the_step_after_rancher_ready_s_and_its_last_try_do
     assert_eq!(progress.len(), failures.len(), "{stderr}");
     let last_line = progress.last().unwrap();
     assert!(!last_line.contains("will retry") && last_line.contains("gave up"), "{last_line}");
-    assert!(!text(&dir.rmm(&["log"]).ok().stdout).lines().filter(|l| l.contains("change_password failed")).last().unwrap().contains("will retry"));
+    let log = text(&dir.rmm(&["log"]).ok().stdout);
+    assert!(!log.lines().rfind(|l| l.contains("change_password failed")).unwrap().contains("will retry"), "{log}");
 }
 
 /// A TLS server on `addr` with a CA of its own, answering every request
