@@ -1,8 +1,10 @@
 //! The effects behind each step, and the probes a resume uses to ask the
 //! world whether an in-doubt step already happened (DESIGN §4).
 //!
-//! Each effect is written so that running it again is safe: where a retry
-//! could meet its own earlier effect (try > 1), it looks first.
+//! Each effect is written so that running it again is safe: every step
+//! that creates something in Rancher looks for it first, on every try (an
+//! API token by its description, a cluster by name, a registration by node
+//! name), so a step with no intent on record still finds what exists.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -652,12 +654,14 @@ async fn find_api_token(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
     Ok(None)
 }
 
+/// Looks first on every try, not only on retries: a token of this run
+/// (described `rmm run <id>`) can exist with no intent on record (a log
+/// whose last record was lost). Ours with its secret stored is adopted; one
+/// whose secret we do not hold is deleted, then one is made.
 async fn create_api_token(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
-    if call.try_no > 1 {
-        if let Some(found) = find_api_token(call).await? {
-            return Ok(found);
-        }
+    if let Some(found) = find_api_token(call).await? {
+        return Ok(found);
     }
     let api = rancher_api(call)?;
     let login = session(call, &api).await?;
@@ -674,15 +678,16 @@ async fn set_server_url(call: &StepCall<'_>) -> StepResult<Outcome> {
     Ok(Outcome::ServerUrlSet { url })
 }
 
+/// Finds the cluster by name first, on every try: this Rancher was started
+/// by this run, so a cluster of that name is ours (made by a try whose
+/// intent or outcome is not on record).
 async fn create_cluster(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
     let api = rancher_api(call)?;
     let auth = auth(ctx)?;
     let name = &ctx.plan.cluster_name;
-    if call.try_no > 1 {
-        if let Some(c) = api.find_cluster(&auth, name).await? {
-            return Ok(Outcome::ClusterCreated { cluster_id: c.id });
-        }
+    if let Some(c) = api.find_cluster(&auth, name).await? {
+        return Ok(Outcome::ClusterCreated { cluster_id: c.id });
     }
     match api.create_cluster(&auth, name).await {
         Ok(c) => Ok(Outcome::ClusterCreated { cluster_id: c.id }),
@@ -800,9 +805,12 @@ fn agent_image(command: &str) -> Option<&str> {
     words.get(i.checked_sub(1)?).copied().filter(|w| w.contains("rancher-agent"))
 }
 
+/// Runs the agent unless it already ran (Rancher lists the node by name, or
+/// its container exists): looked up on every try, so a registration with
+/// no intent on record is not made twice.
 async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
-    if call.try_no > 1 && agent_ran(call).await? {
+    if agent_ran(call).await? {
         return Ok(Outcome::AgentStarted);
     }
     let command = ctx
@@ -819,7 +827,11 @@ async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     let out = exec(ctx, call.actor, &full).await?;
     if out.status != 0 {
         let why = out.stderr.lines().last().unwrap_or("").trim();
-        return Err(StepError::transient(format!("agent exited {}: {}", out.status, ctx.redact(why))));
+        let mut e = StepError::transient(format!("agent exited {}: {}", out.status, ctx.redact(why)));
+        // The agent could not reach Rancher (its run.sh says "<server>/ping
+        // is not accessible"): Rancher is away, as for a call of ours.
+        e.unavailable = why.contains("is not accessible") || why.contains("Rancher unavailable");
+        return Err(e);
     }
     Ok(Outcome::AgentStarted)
 }
@@ -843,6 +855,9 @@ async fn wait_node_active(call: &StepCall<'_>) -> StepResult<Outcome> {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests;
 
 #[cfg(test)]
 mod quote_tests {

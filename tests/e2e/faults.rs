@@ -29,6 +29,17 @@ fn a_permanent_create_failure_fails_the_run_with_its_cause_and_a_resume_after_th
     assert!(status["run"]["failure"].as_str().unwrap().contains("RMM_LOCAL_FAIL_CREATE"), "the cause is recorded: {status}");
     let worker = status["actors"].as_array().unwrap().iter().find(|a| a["name"] == "worker01").unwrap().clone();
     assert_eq!(worker["state"], "failed");
+    // The last try (of four) is recorded and shown as the last: never "will retry".
+    let events = dir.events();
+    let failures: Vec<_> = events.iter().filter(|e| e["actor"] == "worker01" && e["kind"] == "StepFailed").collect();
+    assert_eq!(failures.len(), 4, "{failures:?}");
+    assert!(failures[..3].iter().all(|f| f["data"]["retryable"] == true));
+    assert_eq!(failures[3]["data"]["retryable"], false);
+    assert!(failures[3]["data"]["error"].as_str().unwrap().ends_with("(gave up after 4 tries)"), "{}", failures[3]);
+    let shown: Vec<&str> = stderr.lines().filter(|l| l.contains("worker01") && l.contains("create_machine failed")).collect();
+    assert_eq!(shown.len(), 4, "{stderr}");
+    assert!(shown[..3].iter().all(|l| l.contains("will retry")), "{stderr}");
+    assert!(shown[3].contains("gave up") && !shown[3].contains("will retry"), "{stderr}");
 
     // A plain `up` refuses and names the way on.
     let refused = dir.rmm(&["up"]).code(3);

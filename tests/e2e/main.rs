@@ -9,6 +9,7 @@ mod down;
 mod faults;
 mod kills;
 mod log;
+mod lookup;
 mod outage;
 mod output;
 mod readers;

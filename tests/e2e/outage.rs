@@ -23,14 +23,18 @@ use crate::support::*;
 const PAUSE_ON: &str = "stored before the call";
 
 /// The emulator's pid, command line and environment.
-struct Emulator {
+pub struct Emulator {
     pid: i32,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
 
 impl Emulator {
-    fn find(dir: &TestDir) -> Emulator {
+    pub fn find(dir: &TestDir) -> Emulator {
+        Self::running(dir).expect("the emulator runs")
+    }
+
+    fn running(dir: &TestDir) -> Option<Emulator> {
         let needle = dir.state().to_string_lossy().to_string();
         for p in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
@@ -45,14 +49,14 @@ impl Emulator {
                     // The restarted emulator runs without the shim.
                     .filter(|(k, _)| !k.starts_with("LD_PRELOAD") && !k.starts_with("RMM_SHIM"))
                     .collect();
-                return Emulator { pid, args, env };
+                return Some(Emulator { pid, args, env });
             }
         }
-        panic!("the emulator does not run");
+        None
     }
 
     /// `--listen IP:PORT`.
-    fn listen(&self) -> SocketAddr {
+    pub fn listen(&self) -> SocketAddr {
         let i = self.args.iter().position(|a| a == "--listen").expect("--listen");
         self.args[i + 1].parse().unwrap()
     }
@@ -67,24 +71,41 @@ impl Emulator {
         }
     }
 
-    /// Starts it again like a container with a restart policy: same command, same environment.
-    fn restart(&self) -> Child {
+    /// Starts it again like a container with a restart policy: same
+    /// command, same environment. Killed (and reaped) when dropped.
+    fn restart(&self) -> Restarted {
         let mut cmd = Command::new(&self.args[0]);
         cmd.args(&self.args[1..]).env_clear().envs(self.env.clone()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        cmd.spawn().unwrap()
+        Restarted(cmd.spawn().unwrap())
+    }
+}
+
+struct Restarted(Child);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
 /// `rmm up` (1 master, 1 worker) held at `change_password`'s intent;
 /// returns the process and the pause file (create `<file>.go` to go on).
 fn up_paused_at_change_password(dir: &TestDir) -> (Child, PathBuf) {
+    up_paused_at(dir, PAUSE_ON)
+}
+
+/// `rmm up` (1 master, 1 worker) held at the first record holding `pattern`.
+fn up_paused_at(dir: &TestDir, pattern: &str) -> (Child, PathBuf) {
     let pause = dir.tmp.path().join("pause");
     let child = dir
         .rmm(&["up", "--masters", "1", "--workers", "1"])
         .env("LD_PRELOAD", shim().unwrap().to_str().unwrap())
-        .env("RMM_SHIM_PAUSE_ON", PAUSE_ON)
+        .env("RMM_SHIM_PAUSE_ON", pattern)
         .env("RMM_SHIM_PAUSE_FILE", pause.to_str().unwrap())
+        .env("RMM_SHIM_REFUSE_PORT", "8443")
+        .env("RMM_SHIM_REFUSE_WHILE", outage_file(dir).to_str().unwrap())
         .cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -92,10 +113,32 @@ fn up_paused_at_change_password(dir: &TestDir) -> (Child, PathBuf) {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !pause.exists() {
-        assert!(Instant::now() < deadline, "the run never reached change_password");
+        assert!(Instant::now() < deadline, "the run never reached {pattern:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
     (child, pause)
+}
+
+fn outage_file(dir: &TestDir) -> PathBuf {
+    dir.tmp.path().join("outage")
+}
+
+/// Rancher goes away: the emulator is killed, and while the outage lasts
+/// rmm's connections to its port are refused by the shim too (so a world
+/// that restarts its server by itself, as a restart policy does, cannot
+/// end the outage early).
+fn outage_begins(dir: &TestDir) -> Emulator {
+    std::fs::write(outage_file(dir), b"").unwrap();
+    let emulator = Emulator::find(dir);
+    emulator.kill();
+    emulator
+}
+
+/// Rancher is back: started again unless the world already did.
+fn outage_ends(dir: &TestDir, emulator: &Emulator) -> Option<Restarted> {
+    let restarted = Emulator::running(dir).is_none().then(|| emulator.restart());
+    std::fs::remove_file(outage_file(dir)).unwrap();
+    restarted
 }
 
 fn go_on(pause: &std::path::Path) {
@@ -127,8 +170,7 @@ fn rancher_down_for_longer_than_four_tries_during_a_call_step_is_waited_for_and_
     }
     let dir = TestDir::new();
     let (child, pause) = up_paused_at_change_password(&dir);
-    let emulator = Emulator::find(&dir);
-    emulator.kill();
+    let emulator = outage_begins(&dir);
     go_on(&pause);
     // Down until change_password has failed more often than the old four
     // tries allowed (250 ms backoff, doubling: ~3.75 s of outage).
@@ -137,7 +179,7 @@ fn rancher_down_for_longer_than_four_tries_during_a_call_step_is_waited_for_and_
         assert!(Instant::now() < deadline, "change_password was not retried five times");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _restarted = emulator.restart();
+    let _restarted = outage_ends(&dir, &emulator);
     let out = wait(child, Duration::from_secs(120));
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "the run waits for Rancher to come back: {stderr}");
@@ -152,6 +194,32 @@ fn rancher_down_for_longer_than_four_tries_during_a_call_step_is_waited_for_and_
     assert!(rancher.nodes.iter().all(|n| n["state"] == "active"));
 }
 
+/// A node's join while Rancher is away: its look-up (does Rancher list the
+/// node already?) finds Rancher unavailable, and is waited for like a call.
+#[test]
+fn rancher_down_while_a_node_runs_its_agent_is_waited_for_and_the_run_completes() {
+    if shim().is_none() {
+        return;
+    }
+    let dir = TestDir::new();
+    // master01's run_agent intent: "roles etcd,controlplane".
+    let (child, pause) = up_paused_at(&dir, "roles etcd,controlplane");
+    let emulator = outage_begins(&dir);
+    go_on(&pause);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while step_failures(&dir.events_while_running(), "run_agent").len() < 5 {
+        assert!(Instant::now() < deadline, "run_agent was not retried five times");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _restarted = outage_ends(&dir, &emulator);
+    let out = wait(child, Duration::from_secs(120));
+    assert!(out.status.success(), "the run waits for Rancher to come back: {}", text(&out.stderr));
+    let failures = step_failures(&dir.events(), "run_agent");
+    assert!(failures.iter().all(|f| f["data"]["retryable"] == true), "{failures:?}");
+    let rancher = ask_rancher(&dir);
+    assert_eq!(rancher.nodes.len(), 2);
+}
+
 #[test]
 fn rancher_gone_for_good_ends_the_step_after_rancher_ready_s_and_its_last_try_does_not_say_will_retry() {
     if shim().is_none() {
@@ -160,7 +228,7 @@ fn rancher_gone_for_good_ends_the_step_after_rancher_ready_s_and_its_last_try_do
     let dir = TestDir::new();
     std::fs::write(dir.tmp.path().join("rmm.toml"), "[timeouts]\nrancher_ready_s = 5\n").unwrap();
     let (child, pause) = up_paused_at_change_password(&dir);
-    Emulator::find(&dir).kill();
+    outage_begins(&dir);
     go_on(&pause);
     let out = wait(child, Duration::from_secs(60));
     let stderr = text(&out.stderr);
@@ -179,13 +247,34 @@ fn rancher_gone_for_good_ends_the_step_after_rancher_ready_s_and_its_last_try_do
     assert_eq!(progress.len(), failures.len(), "{stderr}");
     let last_line = progress.last().unwrap();
     assert!(!last_line.contains("will retry") && last_line.contains("gave up"), "{last_line}");
-    assert!(!text(&dir.rmm(&["log"]).ok().stdout).lines().filter(|l| l.contains("change_password failed")).last().unwrap().contains("will retry"));
+    let log = text(&dir.rmm(&["log"]).ok().stdout);
+    assert!(!log.lines().rfind(|l| l.contains("change_password failed")).unwrap().contains("will retry"), "{log}");
 }
 
-/// A TLS server on `addr` with a CA of its own, answering every request
-/// `{}`; counts the requests that reach it (none should: the handshake
-/// fails against the pinned CA before any header is sent).
-fn impostor(addr: SocketAddr) -> (Arc<AtomicUsize>, std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+/// A server certificate for `ip` from a CA of the impostor's own.
+fn impostor_tls(ip: std::net::IpAddr) -> rustls::ServerConfig {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "not your rancher");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![ip.to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .unwrap()
+}
+
+/// A TLS server on `addr` with `config`, answering every request `{}`;
+/// counts the requests that reach it (none should: the handshake fails
+/// against the pinned CA before any header is sent).
+fn impostor(
+    addr: SocketAddr,
+    config: rustls::ServerConfig,
+) -> (Arc<AtomicUsize>, std::thread::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
     let hits = Arc::new(AtomicUsize::new(0));
     let seen = hits.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -193,22 +282,6 @@ fn impostor(addr: SocketAddr) -> (Arc<AtomicUsize>, std::thread::JoinHandle<()>,
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            let ca_key = rcgen::KeyPair::generate().unwrap();
-            let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            ca_params.distinguished_name.push(rcgen::DnType::CommonName, "not your rancher");
-            let ca = ca_params.self_signed(&ca_key).unwrap();
-            let key = rcgen::KeyPair::generate().unwrap();
-            let cert = rcgen::CertificateParams::new(vec![addr.ip().to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
-            let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![cert.der().clone()],
-                    rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-                )
-                .unwrap();
             let router = axum::Router::new().fallback(move || {
                 let seen = seen.clone();
                 async move {
@@ -252,8 +325,9 @@ fn a_server_with_another_ca_at_rancher_s_address_ends_the_run_at_once_with_a_tls
     let (child, pause) = up_paused_at_change_password(&dir);
     let emulator = Emulator::find(&dir);
     let addr = emulator.listen();
+    let tls = impostor_tls(addr.ip());
     emulator.kill();
-    let (hits, thread, stop) = impostor(addr);
+    let (hits, thread, stop) = impostor(addr, tls);
     go_on(&pause);
     let out = wait(child, Duration::from_secs(30));
     let _ = stop.send(());

@@ -7,7 +7,9 @@
 //!   `RMM_SHIM_ERRNO=n` (default ENOSPC): the k-th such call fails;
 //! * `RMM_SHIM_LOG=file`: one line per call, `kind k ok|failed epoch_ms`;
 //! * `RMM_SHIM_PAUSE_ON=text`, `RMM_SHIM_PAUSE_FILE=f`: the first write
-//!   holding `text` creates `f` and blocks until `f.go` exists.
+//!   holding `text` creates `f` and blocks until `f.go` exists;
+//! * `RMM_SHIM_REFUSE_PORT=p`, `RMM_SHIM_REFUSE_WHILE=f`: while `f` exists,
+//!   every `connect` to port p is refused (any socket, not only the log's).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +28,9 @@ const SHIM_C: &str = r#"
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 static atomic_long writes, syncs;
 static atomic_int paused;
@@ -85,6 +90,21 @@ static void pause_on(int fd, const void *buf, size_t len) {
     while (access(go, F_OK) != 0) usleep(5000);
 }
 
+/* RMM_SHIM_REFUSE_PORT=p, RMM_SHIM_REFUSE_WHILE=f: while `f` exists, a
+   connect to port p is refused (ECONNREFUSED), as when nothing listens. */
+int connect(int fd, const struct sockaddr *addr, socklen_t len) {
+    REAL(connect);
+    const char *port = getenv("RMM_SHIM_REFUSE_PORT");
+    const char *file = getenv("RMM_SHIM_REFUSE_WHILE");
+    if (port && file && addr && access(file, F_OK) == 0) {
+        int p = -1;
+        if (addr->sa_family == AF_INET) p = ntohs(((const struct sockaddr_in *)addr)->sin_port);
+        if (addr->sa_family == AF_INET6) p = ntohs(((const struct sockaddr_in6 *)addr)->sin6_port);
+        if (p == atoi(port)) { errno = ECONNREFUSED; return -1; }
+    }
+    return real(fd, addr, len);
+}
+
 ssize_t write(int fd, const void *buf, size_t len) {
     REAL(write);
     pause_on(fd, buf, len);
@@ -108,19 +128,32 @@ int fdatasync(int fd) {
 }
 "#;
 
-/// The shim, built once per test process; `None` (with the reason) when
-/// there is no C compiler.
+/// The shim, built once (kept in the temp dir under a name that is the
+/// hash of its source, so test processes share it and nothing piles up);
+/// `None` (with the reason printed) when there is no C compiler.
 pub fn shim() -> Option<&'static Path> {
     static SHIM: OnceLock<Option<PathBuf>> = OnceLock::new();
     SHIM.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("rmm-shim-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let src = dir.join("walfail.c");
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        SHIM_C.hash(&mut h);
+        let dir = std::env::temp_dir().join(format!("rmm-shim-{:016x}", h.finish()));
         let so = dir.join("walfail.so");
+        if so.exists() {
+            return Some(so);
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join(format!("walfail-{}.c", std::process::id()));
+        let tmp = dir.join(format!("walfail-{}.so", std::process::id()));
         std::fs::write(&src, SHIM_C).unwrap();
-        let built = Command::new("cc").args(["-shared", "-fPIC", "-O1", "-o"]).arg(&so).arg(&src).arg("-ldl").output();
+        let built = Command::new("cc").args(["-shared", "-fPIC", "-O1", "-o"]).arg(&tmp).arg(&src).arg("-ldl").output();
+        let _ = std::fs::remove_file(&src);
         match built {
-            Ok(out) if out.status.success() => Some(so),
+            Ok(out) if out.status.success() => {
+                // Atomic: a test process beside this one sees all of it or nothing.
+                std::fs::rename(&tmp, &so).unwrap();
+                Some(so)
+            }
             Ok(out) => panic!("the shim does not build: {}", text(&out.stderr)),
             Err(e) => {
                 let why = format!("SKIPPED: no C compiler to build the LD_PRELOAD shim ({e}) — install gcc (apt-get install gcc)");
