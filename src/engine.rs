@@ -26,25 +26,9 @@ pub fn driver(plan: &Plan, dir: &StateDir) -> Result<Arc<dyn MachineDriver>> {
 }
 
 /// Appends the first events of a new run (`RunStarted`) or of a new attempt.
-pub fn begin(log: &mut SledLog, history: &mut History, run: Option<Uuid>, kind: RunKind, plan: &Plan) -> Result<RunState> {
-    begin_inner(None, log, history, run, kind, plan)
-}
-
-/// [`begin`], naming the event log's file and the free space when the
-/// append fails.
-pub fn begin_in(
+/// A failed append names the event log's file and the free space.
+pub fn begin(
     dir: &StateDir,
-    log: &mut SledLog,
-    history: &mut History,
-    run: Option<Uuid>,
-    kind: RunKind,
-    plan: &Plan,
-) -> Result<RunState> {
-    begin_inner(Some(dir), log, history, run, kind, plan)
-}
-
-fn begin_inner(
-    dir: Option<&StateDir>,
     log: &mut SledLog,
     history: &mut History,
     run: Option<Uuid>,
@@ -80,15 +64,15 @@ fn begin_inner(
         },
     ));
     let last_seq = log.last_seq();
-    let records = match (log.append_batch(events), dir) {
-        (Ok(records), _) => records,
-        (Err(e @ rmm_events::Error::Store(_)), Some(dir)) => {
+    let records = match log.append_batch(events) {
+        Ok(records) => records,
+        Err(e @ rmm_events::Error::Store(_)) => {
             // A new run whose first records may not have reached the disk:
             // the resume then says there is nothing to resume, and how to start.
             let then = if kind == RunKind::Down { "run `rmm down` again" } else { "`rmm up --resume`" };
             return Err(log_write_error(dir, &AppendFailure::new(&e, last_seq), then))
         }
-        (Err(e), _) => return Err(e.into()),
+        Err(e) => return Err(e.into()),
     };
     for record in records {
         rmm_actors::crashpoint::appended(1);

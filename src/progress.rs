@@ -25,7 +25,7 @@ async fn plain(rx: &mut mpsc::UnboundedReceiver<Record>) {
     while let Some(r) = rx.recv().await {
         let e = &r.envelope;
         let mut err = crate::cli::stderr();
-        let _ = writeln!(err, "{} {:<11} {}", e.at_rfc3339(), e.actor, summary(&e.event));
+        let _ = writeln!(err, "{} {:<11} {}", e.at_rfc3339(), e.actor, e.event.summary());
     }
 }
 
@@ -59,12 +59,12 @@ async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>) {
                 bar.set_message(e.event.summary());
             }
             Event::StepSucceeded { step, .. } if LAST_STEPS.contains(step) => {
-                bar.finish_with_message(format!("done in {total} ({})", summary(&e.event)));
+                bar.finish_with_message(format!("done in {total} ({})", e.event.summary()));
             }
             Event::RunCompleted | Event::RunFailed { .. } | Event::AttemptInterrupted { .. } => {
-                bar.finish_with_message(summary(&e.event));
+                bar.finish_with_message(e.event.summary());
             }
-            _ => bar.set_message(summary(&e.event)),
+            _ => bar.set_message(e.event.summary()),
         }
     }
     for bar in bars.values() {
@@ -75,20 +75,6 @@ async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>) {
     drop(multi);
     // Leave the cursor below the bars, before the result on stdout.
     crate::errln!();
-}
-
-/// An event as one line. A failed try says whether another follows in
-/// this attempt (`retryable` records exactly that): "will retry", or
-/// "gave up" on the last try, whatever the kind of error.
-fn summary(event: &Event) -> String {
-    match event {
-        Event::StepFailed { step, try_no, error, retryable } => format!(
-            "{} failed (try {try_no}, {}): {error}",
-            step.as_str(),
-            if *retryable { "will retry" } else { "gave up" }
-        ),
-        other => other.summary(),
-    }
 }
 
 /// The step that ends each kind of actor.

@@ -251,7 +251,7 @@ impl Event {
             Event::StepFailed { step, try_no, error, retryable } => format!(
                 "{} failed (try {try_no}, {}): {error}",
                 step.as_str(),
-                if *retryable { "will retry" } else { "permanent" }
+                if *retryable { "will retry" } else { "gave up" }
             ),
             Event::JoinGranted { node } => format!("{node} may join"),
             Event::RunCompleted => "run completed".into(),

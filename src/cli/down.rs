@@ -86,7 +86,7 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
         (n, role)
     }).collect();
     let resume = unfinished_down.then_some(latest.id);
-    let state = engine::begin(&mut log, &mut history, resume, RunKind::Down, &plan)?;
+    let state = engine::begin(dir, &mut log, &mut history, resume, RunKind::Down, &plan)?;
     crate::errln!(
         "removing {} machine{} of cluster {} (run {}, attempt {})",
         machines.len(),
@@ -185,7 +185,7 @@ fn without_log(
         let role = role_of(&n);
         (n, role)
     }).collect();
-    let state = engine::begin(&mut log, &mut history, None, RunKind::Down, &plan)?;
+    let state = engine::begin(dir, &mut log, &mut history, None, RunKind::Down, &plan)?;
     crate::errln!("removing {what} (run {}; the log had no run of it)", state.id);
     let count = machines.len();
     let end = engine::run_attempt(dir, log, state, machines, driver)?;

@@ -119,7 +119,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     };
     check_secrets(dir, &history, run)?;
     let driver = engine::driver(&plan, dir)?;
-    let state = engine::begin_in(dir, &mut log, &mut history, run, RunKind::Up, &plan)?;
+    let state = engine::begin(dir, &mut log, &mut history, run, RunKind::Up, &plan)?;
     let machines = plan.machine_names();
     let run_id = state.id;
     let attempt = state.attempts;

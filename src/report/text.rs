@@ -510,7 +510,7 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
                         match (retryable, retried) {
                             (_, true) => "failed, tried again".into(),
                             (true, false) => "failed".into(),
-                            (false, false) => "failed (permanent)".into(),
+                            (false, false) => "failed (gave up)".into(),
                         }
                     }
                     BarEnd::Open => match &att.end {
@@ -557,7 +557,7 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
                     bar.step.as_str(),
                     bar.try_no,
                     bar.attempt,
-                    if *retryable { "retryable" } else { "permanent" },
+                    if *retryable { "will retry" } else { "gave up" },
                     pen.clean(error)
                 );
                 for l in wrap(&text, width, 6) {
