@@ -13,7 +13,8 @@ pub fn run_state_str(run: &RunState, writer_alive: bool) -> &'static str {
     }
 }
 
-fn role_of(name: &str) -> Role {
+/// A machine's role from its name (`rancher`, `masterNN`, `workerNN`).
+pub(crate) fn role_of(name: &str) -> Role {
     if name == "rancher" {
         Role::Rancher
     } else if name.starts_with("master") {

@@ -82,7 +82,7 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
         names.extend(latest.actors.keys().filter(|n| *n != "coordinator").cloned());
     }
     let machines: Vec<(String, Role)> = names.into_iter().map(|n| {
-        let role = role_of(&n);
+        let role = crate::view::role_of(&n);
         (n, role)
     }).collect();
     let resume = unfinished_down.then_some(latest.id);
@@ -182,7 +182,7 @@ fn without_log(
         }
     };
     let machines: Vec<(String, Role)> = names.into_iter().map(|n| {
-        let role = role_of(&n);
+        let role = crate::view::role_of(&n);
         (n, role)
     }).collect();
     let state = engine::begin(dir, &mut log, &mut history, None, RunKind::Down, &plan)?;
@@ -191,14 +191,4 @@ fn without_log(
     let end = engine::run_attempt(dir, log, state, machines, driver)?;
     drop(lock);
     finish(end, count, cluster)
-}
-
-fn role_of(name: &str) -> Role {
-    if name == "rancher" {
-        Role::Rancher
-    } else if name.starts_with("master") {
-        Role::Master
-    } else {
-        Role::Worker
-    }
 }
