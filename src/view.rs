@@ -28,7 +28,7 @@ fn role_of(name: &str) -> Role {
 pub fn actor_state(run: &RunState, actor: Option<&ActorState>, role: Role, writer_alive: bool) -> (&'static str, Option<Step>) {
     let down = run.kind == RunKind::Down;
     let Some(a) = actor else { return ("pending", None) };
-    let steps = steps_for(role, down);
+    let steps = steps_for(role, down, run.plan.distribution);
     if steps.iter().all(|s| a.done(*s)) {
         return (if down { "removed" } else { "done" }, None);
     }
@@ -271,7 +271,8 @@ pub fn write_event_data(out: &mut Vec<u8>, event: &rmm_events::Event) {
         | Event::AttemptStarted { .. }
         | Event::RunCompleted
         | Event::RunFailed { .. }
-        | Event::AttemptInterrupted { .. } => {
+        | Event::AttemptInterrupted { .. }
+        | Event::Progress { .. } => {
             serde_json::to_writer(&mut *out, &event_data(event)).expect("writing JSON into a Vec never fails");
         }
     }
@@ -334,6 +335,14 @@ fn write_outcome(out: &mut Vec<u8>, outcome: &rmm_events::Outcome) {
         O::MachineRemoved => unit(out, "machine_removed"),
         O::ServerRunning => unit(out, "server_running"),
         O::ServerRestarted { state } => one(out, "server_restarted", "state", state),
+        // The outcomes of the v1 path: serde's own shape (the same as above).
+        O::RancherVersion { .. }
+        | O::ApiReady
+        | O::KubernetesVersionChosen { .. }
+        | O::ClusterNamed { .. }
+        | O::MachineRunning { .. }
+        | O::ClusterReady
+        | O::CaSystemRoots => serde_json::to_writer(&mut *out, outcome).expect("writing JSON into a Vec never fails"),
     }
 }
 

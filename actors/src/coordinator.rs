@@ -193,7 +193,7 @@ impl Actor for Coordinator {
             let actor = StepActor::new(
                 name.clone(),
                 role,
-                steps_for(role, self.down),
+                steps_for(role, self.down, self.ctx.plan.distribution),
                 state,
                 self.ctx.clone(),
                 me.clone(),

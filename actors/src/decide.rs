@@ -2,15 +2,17 @@
 //! no randomness — the same history always gives the same answer, which is
 //! why a fresh start and a resume are the same code path.
 
-use rmm_events::{ActorState, Plan, Retry, Role, RunState, Step, StepState};
+use rmm_events::{ActorState, Distribution, Plan, Retry, Role, RunState, Step, StepState};
 
-/// The steps of each kind of actor, in order.
+/// The steps of each kind of actor, in order (rke1: the v3 API).
 pub const RANCHER_STEPS: &[Step] = &[
     Step::CreateMachine,
     Step::StartServer,
     Step::WaitReady,
     Step::CheckServer,
     Step::PinCa,
+    // Before anything is made in Rancher: rke1 is refused on 2.12+.
+    Step::CheckRancherVersion,
     Step::Login,
     Step::ChangePassword,
     Step::CreateApiToken,
@@ -23,12 +25,40 @@ pub const RANCHER_STEPS: &[Step] = &[
 pub const NODE_STEPS: &[Step] = &[Step::CreateMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitNodeActive];
 pub const REMOVE_STEPS: &[Step] = &[Step::RemoveMachine];
 
+/// The rancher actor's steps for rke2/k3s (reference/rancher-current.md §2,
+/// issue 8's order): the version check and the Kubernetes version before
+/// anything is made in Rancher (the login's session aside), readiness
+/// beyond `/ping` with the token, `server-url` before the cluster.
+pub const V1_RANCHER_STEPS: &[Step] = &[
+    Step::CreateMachine,
+    Step::StartServer,
+    Step::WaitReady,
+    Step::CheckServer,
+    Step::PinCa,
+    Step::CheckRancherVersion,
+    Step::Login,
+    Step::ChooseKubernetesVersion,
+    Step::ChangePassword,
+    Step::CreateApiToken,
+    Step::WaitApiReady,
+    Step::SetServerUrl,
+    Step::CreateCluster,
+    Step::WaitClusterName,
+    Step::WaitNodeCommand,
+    Step::WaitClusterReady,
+];
+/// A node on rke2/k3s: the installer (which checks its registration),
+/// the machine listed, then `Running` with a `nodeRef` (§2.8).
+pub const V1_NODE_STEPS: &[Step] = &[Step::CreateMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitMachineRunning];
+
 /// The steps an actor of `role` runs in a run of this kind.
-pub fn steps_for(role: Role, down: bool) -> &'static [Step] {
-    match (down, role) {
-        (true, _) => REMOVE_STEPS,
-        (false, Role::Rancher) => RANCHER_STEPS,
-        (false, _) => NODE_STEPS,
+pub fn steps_for(role: Role, down: bool, distribution: Distribution) -> &'static [Step] {
+    match (down, role, distribution.is_v1()) {
+        (true, _, _) => REMOVE_STEPS,
+        (false, Role::Rancher, false) => RANCHER_STEPS,
+        (false, _, false) => NODE_STEPS,
+        (false, Role::Rancher, true) => V1_RANCHER_STEPS,
+        (false, _, true) => V1_NODE_STEPS,
     }
 }
 
@@ -126,10 +156,20 @@ pub fn backoff_ms(retry: &Retry, failures: u32) -> u64 {
 /// Masters join one at a time — master N+1 only once Rancher lists master N
 /// (concurrent etcd joins break) — and the workers all together once every
 /// master is listed. Nothing joins before the node command exists.
+///
+/// rke2/k3s: every node at once, as soon as the node command exists.
+/// Rancher's planner starts nothing until an etcd, a control-plane and a
+/// worker machine are registered, picks the init node and joins the other
+/// etcd members itself (reference/rancher-current.md §2.7, §2.8): gating
+/// masters on each other would slow the run and, gated on `Running`,
+/// deadlock it.
 pub fn grants(state: &RunState) -> Vec<String> {
     let ready = state.actor("rancher").is_some_and(|a| a.done(Step::WaitNodeCommand));
     if !ready {
         return Vec::new();
+    }
+    if state.plan.distribution.is_v1() {
+        return state.plan.node_names().into_iter().map(|(n, _)| n).filter(|n| !state.granted.contains(n)).collect();
     }
     let listed = |name: &str| state.actor(name).is_some_and(|a| a.done(Step::WaitNodeListed));
     let nodes = state.plan.node_names();
@@ -161,7 +201,7 @@ fn all_done(plan: &Plan, state: &RunState, down: bool) -> bool {
     plan.machine_names().iter().all(|(name, role)| {
         state
             .actor(name)
-            .is_some_and(|a| steps_for(*role, down).iter().all(|s| a.done(*s)))
+            .is_some_and(|a| steps_for(*role, down, plan.distribution).iter().all(|s| a.done(*s)))
     })
 }
 

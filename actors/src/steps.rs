@@ -100,7 +100,14 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
             format!("admin password {} (stored before the call)", pw.fingerprint())
         }
         Step::CreateApiToken => format!("description {:?}", token_description(ctx)),
+        Step::CreateCluster if ctx.plan.distribution.is_v1() => format!(
+            "v1 cluster {}/{} ({})",
+            v1::FLEET_DEFAULT,
+            ctx.plan.cluster_name,
+            ctx.plan.distribution.as_str()
+        ),
         Step::CreateCluster => format!("cluster {}", ctx.plan.cluster_name),
+        Step::RunAgent if ctx.plan.distribution.is_v1() => format!("system-agent installer, {}", v1::role_flags(call.role).join(" ")),
         Step::RunAgent => format!("roles {}", roles(call.role).join(",")),
         Step::WaitReady => format!("GET /ping (timeout {}s)", ctx.plan.timeouts.rancher_ready_s),
         Step::CheckServer => {
@@ -109,12 +116,31 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
         Step::WaitNodeCommand => format!("nodeCommand filled in (timeout {}s)", ctx.plan.timeouts.node_command_s),
         Step::WaitNodeListed => format!("Rancher lists {} (timeout {}s)", call.actor, ctx.plan.timeouts.node_listed_s),
         Step::WaitNodeActive | Step::WaitClusterActive => format!("state active (timeout {}s)", ctx.plan.timeouts.active_s),
+        Step::CheckRancherVersion => format!("GET /rancherversion: can this server make {}?", ctx.plan.distribution.as_str()),
+        Step::WaitApiReady => format!("authenticated /v1 reads succeed twice in a row (timeout {}s)", ctx.plan.timeouts.rancher_ready_s),
+        Step::ChooseKubernetesVersion => match &ctx.plan.kubernetes_version {
+            Some(v) => format!("{v}, if this server offers it"),
+            None => format!("the server's {}", ctx.plan.distribution.default_version_setting().unwrap_or("default")),
+        },
+        Step::WaitClusterName => format!("status.clusterName set (timeout {}s)", ctx.plan.timeouts.node_command_s),
+        Step::WaitMachineRunning => format!("machine of node {} Running with a nodeRef (timeout {}s)", call.actor, ctx.plan.timeouts.active_s),
+        Step::WaitClusterReady => format!("ready, Ready=True, Provisioned=True (timeout {}s)", ctx.plan.timeouts.active_s),
         _ => String::new(),
     })
 }
 
 /// Runs the step's effect.
 pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
+    if call.ctx.plan.distribution.is_v1() {
+        match call.step {
+            Step::Login => return v1::login(call).await,
+            Step::CreateCluster => return v1::create_cluster(call).await,
+            Step::WaitNodeCommand => return v1::wait_node_command(call).await,
+            Step::RunAgent => return v1::run_agent(call).await,
+            Step::WaitNodeListed => return v1::wait_machine_listed(call).await,
+            _ => {}
+        }
+    }
     match call.step {
         Step::CreateMachine => create_machine(call).await,
         Step::StartServer => start_server(call).await,
@@ -133,6 +159,12 @@ pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
         Step::WaitNodeActive => wait_node_active(call).await,
         Step::RemoveMachine => remove_machine(call).await,
         Step::CheckServer => check_server(call).await,
+        Step::CheckRancherVersion => v1::check_rancher_version(call).await,
+        Step::WaitApiReady => v1::wait_api_ready(call).await,
+        Step::ChooseKubernetesVersion => v1::choose_kubernetes_version(call).await,
+        Step::WaitClusterName => v1::wait_cluster_name(call).await,
+        Step::WaitMachineRunning => v1::wait_machine_running(call).await,
+        Step::WaitClusterReady => v1::wait_cluster_ready(call).await,
     }
 }
 
@@ -140,6 +172,13 @@ pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
 /// it; `None` means run it again (waits and idempotent calls always do).
 pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
     let ctx = call.ctx;
+    if ctx.plan.distribution.is_v1() {
+        match call.step {
+            Step::CreateCluster => return v1::find_cluster(call).await,
+            Step::RunAgent => return Ok(v1::machine_of_node(call).await?.map(|_| Outcome::AgentStarted)),
+            _ => {}
+        }
+    }
     match call.step {
         Step::CreateMachine => match ctx.driver.inspect(call.actor).await? {
             // Ours only if it carries this cluster's label (when the driver has labels).
@@ -194,7 +233,13 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
         | Step::WaitNodeCommand
         | Step::WaitClusterActive
         | Step::WaitNodeListed
-        | Step::WaitNodeActive => Ok(None),
+        | Step::WaitNodeActive
+        | Step::CheckRancherVersion
+        | Step::WaitApiReady
+        | Step::ChooseKubernetesVersion
+        | Step::WaitClusterName
+        | Step::WaitMachineRunning
+        | Step::WaitClusterReady => Ok(None),
     }
 }
 
@@ -855,6 +900,9 @@ async fn wait_node_active(call: &StepCall<'_>) -> StepResult<Outcome> {
     })
     .await
 }
+
+mod v1;
+pub use v1::REFUSAL;
 
 #[cfg(test)]
 mod tests;

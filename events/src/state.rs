@@ -261,7 +261,13 @@ impl RunState {
         }
     }
 
+    /// The cluster's id in Rancher: the management id (`c-m-…`) of a v1
+    /// cluster once known, else what the create step returned (`c-xxxxx`
+    /// for rke1; `fleet-default/<name>` for a v1 cluster).
     pub fn cluster_id(&self) -> Option<&str> {
+        if let Some(Outcome::ClusterNamed { management_id }) = self.actor("rancher")?.outcome(Step::WaitClusterName) {
+            return Some(management_id);
+        }
         match self.actor("rancher")?.outcome(Step::CreateCluster) {
             Some(Outcome::ClusterCreated { cluster_id }) => Some(cluster_id),
             _ => None,

@@ -37,6 +37,12 @@ pub struct UpArgs {
     /// Accept an even number of masters (etcd quorum needs an odd count).
     #[arg(long)]
     pub allow_even_masters: bool,
+    /// Kubernetes distribution: rke2, k3s (Rancher 2.6+) or rke1 (Rancher 2.6-2.11).
+    #[arg(long)]
+    pub distribution: Option<String>,
+    /// Kubernetes version (e.g. v1.35.1+rke2r1); default: the server's own default.
+    #[arg(long)]
+    pub kubernetes_version: Option<String>,
 }
 
 impl UpArgs {
@@ -49,6 +55,8 @@ impl UpArgs {
             parallel: self.parallel,
             ca_checksum: self.ca_checksum.clone(),
             allow_even_masters: self.allow_even_masters,
+            distribution: self.distribution.clone(),
+            kubernetes_version: self.kubernetes_version.clone(),
         }
     }
     fn changes_plan(&self) -> bool {
@@ -58,6 +66,8 @@ impl UpArgs {
             || self.cluster_name.is_some()
             || self.parallel.is_some()
             || self.ca_checksum.is_some()
+            || self.distribution.is_some()
+            || self.kubernetes_version.is_some()
     }
 }
 
@@ -152,6 +162,14 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let _ = writeln!(out, "User:    admin");
             let _ = writeln!(out, "Password: not shown; run `rmm credentials` to print it.");
             Ok(())
+        }
+        // The server cannot do what the plan asks (rke1 on 2.12+, a version
+        // it does not offer): refused before anything was made in Rancher.
+        RunEnd::Failed { step, reason, .. }
+            if matches!(step, rmm_events::Step::CheckRancherVersion | rmm_events::Step::ChooseKubernetesVersion)
+                && reason.starts_with(rmm_actors::steps::REFUSAL) =>
+        {
+            Err(Error::Config(reason[rmm_actors::steps::REFUSAL.len()..].to_string()))
         }
         RunEnd::Failed { actor, step, reason } => Err(Error::RunFailed(format!(
             "run failed: {actor} {}: {reason} (fix the cause, then `rmm up --resume`; `rmm log` has the details)",
