@@ -380,6 +380,65 @@ mod tests {
         assert!(grants(&g.state()).is_empty());
     }
 
+    fn v1_given() -> Given {
+        let run = Uuid::now_v7();
+        let mut g = Given { run, attempt: 1, events: Vec::new() };
+        let plan = Plan { distribution: rmm_events::Distribution::Rke2, ..plan() };
+        g.push("coordinator", Event::RunStarted { kind: RunKind::Up, plan });
+        g.attempt(1)
+    }
+
+    #[test]
+    fn the_v1_order_checks_the_server_before_anything_is_made_and_sets_server_url_before_the_cluster() {
+        let pos = |s: Step| V1_RANCHER_STEPS.iter().position(|x| *x == s).unwrap();
+        assert!(pos(Step::PinCa) < pos(Step::CheckRancherVersion));
+        assert!(pos(Step::CheckRancherVersion) < pos(Step::Login));
+        assert!(pos(Step::ChooseKubernetesVersion) < pos(Step::ChangePassword), "refused before the password or a token is made");
+        assert!(pos(Step::CreateApiToken) < pos(Step::WaitApiReady));
+        assert!(pos(Step::WaitApiReady) < pos(Step::SetServerUrl));
+        assert!(pos(Step::SetServerUrl) < pos(Step::CreateCluster));
+        assert!(pos(Step::CreateCluster) < pos(Step::WaitClusterName));
+        assert!(pos(Step::WaitClusterName) < pos(Step::WaitNodeCommand));
+        assert_eq!(V1_RANCHER_STEPS.last(), Some(&Step::WaitClusterReady));
+        assert!(!V1_RANCHER_STEPS.contains(&Step::CreateRegistrationToken), "default-token is Rancher's own");
+        assert_eq!(V1_NODE_STEPS, &[Step::CreateMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitMachineRunning]);
+        // rke1 keeps its order, with the version check before the login.
+        assert_eq!(steps_for(Role::Rancher, false, rmm_events::Distribution::Rke1), RANCHER_STEPS);
+        assert_eq!(steps_for(Role::Worker, false, rmm_events::Distribution::K3s), V1_NODE_STEPS);
+        let rp = |s: Step| RANCHER_STEPS.iter().position(|x| *x == s).unwrap();
+        assert!(rp(Step::CheckRancherVersion) < rp(Step::Login));
+    }
+
+    #[test]
+    fn on_the_v1_path_every_node_joins_as_soon_as_the_node_command_exists() {
+        assert!(grants(&v1_given().state()).is_empty(), "nothing before the node command");
+        let g = v1_given().done("rancher", Step::WaitNodeCommand, Outcome::NodeCommandReady {
+            command: rmm_events::SecretRef { name: "node-command".into(), fingerprint: "abc".into() },
+        });
+        assert_eq!(grants(&g.state()), vec!["master01", "master02", "master03", "worker01", "worker02"]);
+        let g = g.granted("master01").granted("worker01");
+        assert_eq!(grants(&g.state()), vec!["master02", "master03", "worker02"], "no master waits for another");
+    }
+
+    #[test]
+    fn a_v1_run_is_complete_when_every_machine_runs_and_the_cluster_is_ready() {
+        let mut g = v1_given();
+        let plan = g.state().plan;
+        for (name, role) in plan.machine_names() {
+            for s in steps_for(role, false, plan.distribution) {
+                g = g.done(&name, *s, machine());
+            }
+        }
+        assert!(up_complete(&g.state()));
+        let mut g = v1_given();
+        for (name, role) in plan.machine_names() {
+            for s in steps_for(role, false, plan.distribution).iter().filter(|s| **s != Step::WaitMachineRunning) {
+                g = g.done(&name, *s, machine());
+            }
+        }
+        assert!(!up_complete(&g.state()), "a node whose machine is not Running is not done");
+    }
+
     #[test]
     fn transient_failures_have_a_count_and_rancher_unavailable_has_a_time_budget() {
         let mut plan = plan(); // 3 tries, 100 ms backoff
