@@ -120,7 +120,8 @@ pub fn lost_secrets(run: &RunState, store: &dyn SecretStore) -> Vec<&'static str
     if !admin_ok {
         lost.push("the admin password");
     }
-    if rancher.done(Step::PinCa) && !present(secret::RANCHER_CA) {
+    // A server verified against the system's roots (empty cacerts) has no CA to keep.
+    if matches!(rancher.outcome(Step::PinCa), Some(Outcome::CaPinned { .. })) && !present(secret::RANCHER_CA) {
         lost.push("the pinned CA");
     }
     if let Some(Outcome::ApiTokenCreated { token, .. }) = rancher.outcome(Step::CreateApiToken) {

@@ -357,7 +357,15 @@ pub enum CaTrust {
     Unverified,
     /// Only this CA (PEM): the one whose checksum is recorded in the log.
     Pinned(String),
+    /// The system's trust roots: a server whose `cacerts` setting is empty
+    /// (a publicly trusted certificate: `--no-cacerts`, ACME;
+    /// reference/rancher-current.md §3.2, §7 item 3). Verified, so
+    /// credentials may be sent.
+    SystemRoots,
 }
+
+/// What the v3 client says when `cacerts` is empty (see [`CaTrust::SystemRoots`]).
+pub const EMPTY_CACERTS: &str = "the cacerts setting is empty";
 
 /// Makes Rancher clients for a server URL (`https://IP[:port]`).
 pub trait RancherConnector: Send + Sync + 'static {

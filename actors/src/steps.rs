@@ -21,6 +21,7 @@ use crate::ports::{
 pub struct JoinInfo {
     pub url: String,
     pub cluster_id: String,
+    /// Empty: the server is verified against the system's trust roots.
     pub ca_checksum: String,
 }
 
@@ -328,8 +329,24 @@ fn token_description(ctx: &RunCtx) -> String {
 /// A client that trusts only the pinned CA, after checking the stored PEM
 /// against the checksum recorded in the log.
 fn rancher_api(call: &StepCall<'_>) -> StepResult<Arc<dyn RancherApi>> {
-    let pem = pinned_pem(call)?;
-    Ok(call.ctx.connector.connect(&rancher_url(call)?, CaTrust::Pinned(pem))?)
+    Ok(call.ctx.connector.connect(&rancher_url(call)?, trust(call)?)?)
+}
+
+/// Whether the log recorded that this server is verified against the
+/// system's trust roots (its `cacerts` is empty).
+fn system_roots(call: &StepCall<'_>) -> bool {
+    match call.join {
+        Some(join) => join.ca_checksum.is_empty(),
+        None => matches!(call.state.outcome(Step::PinCa), Some(Outcome::CaSystemRoots)),
+    }
+}
+
+/// The pinned CA, or the system's roots when that is what the log recorded.
+fn trust(call: &StepCall<'_>) -> StepResult<CaTrust> {
+    if system_roots(call) {
+        return Ok(CaTrust::SystemRoots);
+    }
+    Ok(CaTrust::Pinned(pinned_pem(call)?))
 }
 
 /// The pinned CA (PEM) from the state dir, checked against the checksum in
@@ -438,7 +455,8 @@ async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
     // that cannot read the machine's CA leaves /ping unverified (it carries
     // no credential).
     let pinned = match call.state.outcome(Step::PinCa) {
-        Some(Outcome::CaPinned { .. }) => Some(pinned_pem(call)?),
+        Some(Outcome::CaPinned { .. }) => Some(CaTrust::Pinned(pinned_pem(call)?)),
+        Some(Outcome::CaSystemRoots) => Some(CaTrust::SystemRoots),
         _ => None,
     };
     let what = format!("the Rancher server at {url} to answer /ping (container {state})");
@@ -451,7 +469,8 @@ async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
                 Some(known) => known,
                 None => {
                     let (trust, expected) = match pinned {
-                        Some(pem) => (CaTrust::Pinned(pem), Some("the CA pinned in the log")),
+                        Some(CaTrust::SystemRoots) => (CaTrust::SystemRoots, Some("the system's trust roots (as the log records)")),
+                        Some(trust) => (trust, Some("the CA pinned in the log")),
                         None => match ctx.driver.read_server_ca(call.actor).await? {
                             Some(pem) => (CaTrust::Pinned(pem), Some("the CA on the rancher machine")),
                             None => (CaTrust::Unverified, None),
@@ -564,9 +583,13 @@ async fn pin_ca(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
     let url = rancher_url(call)?;
     let api = ctx.connector.connect(&url, CaTrust::Unverified)?;
-    let served = api.cacerts().await?;
+    let served = match api.cacerts().await {
+        Ok(pem) => pem,
+        Err(ApiError::Decode(m)) if m.contains(crate::ports::EMPTY_CACERTS) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
     if served.trim().is_empty() {
-        return Err(StepError::permanent("Rancher's cacerts setting is empty; nothing to pin"));
+        return system_roots_trusted(call, &url).await;
     }
     let pem = match ctx.driver.read_server_ca(call.actor).await? {
         Some(on_machine) => {
@@ -595,6 +618,28 @@ async fn pin_ca(call: &StepCall<'_>) -> StepResult<Outcome> {
     }
     ctx.put_secret(secret::RANCHER_CA, &Secret::new(pem)).map_err(StepError::permanent)?;
     Ok(Outcome::CaPinned { checksum })
+}
+
+/// An empty `cacerts`: Rancher serves a publicly trusted certificate
+/// (`--no-cacerts`, ACME; reference/rancher-current.md §3.2, §7 item 3).
+/// There is no private CA to pin: the server must verify against the
+/// system's trust roots, and that choice is recorded (`CaSystemRoots`).
+/// A `--ca-checksum` still pins: a CA was asked for and there is none.
+async fn system_roots_trusted(call: &StepCall<'_>, url: &str) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    if let Some(expected) = &ctx.plan.ca_checksum {
+        return Err(StepError::permanent(format!(
+            "--ca-checksum {expected} pins a CA, but Rancher's cacerts setting is empty (a publicly trusted certificate): leave --ca-checksum out to verify the server against the system's trust roots"
+        )));
+    }
+    let api = ctx.connector.connect(url, CaTrust::SystemRoots)?;
+    match api.ping().await {
+        Ok(()) => Ok(Outcome::CaSystemRoots),
+        Err(ApiError::Tls(e)) => Err(StepError::permanent(format!(
+            "Rancher's cacerts setting is empty, but the certificate at {url} does not chain to the system's trust roots ({e}); no credential was sent"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn login(call: &StepCall<'_>) -> StepResult<Outcome> {

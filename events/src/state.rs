@@ -274,6 +274,16 @@ impl RunState {
         }
     }
 
+    /// What nodes are told to trust: the pinned CA's checksum, or `""` for
+    /// a server verified against the system's roots (empty `cacerts`).
+    pub fn ca_trust(&self) -> Option<&str> {
+        match self.actor("rancher")?.outcome(Step::PinCa) {
+            Some(Outcome::CaPinned { checksum }) => Some(checksum),
+            Some(Outcome::CaSystemRoots) => Some(""),
+            _ => None,
+        }
+    }
+
     pub fn ca_checksum(&self) -> Option<&str> {
         match self.actor("rancher")?.outcome(Step::PinCa) {
             Some(Outcome::CaPinned { checksum }) => Some(checksum),

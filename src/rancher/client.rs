@@ -94,7 +94,8 @@ impl HttpRancher {
         base.set_path("/");
         base.set_query(None);
         base.set_fragment(None);
-        let pinned = matches!(trust, CaTrust::Pinned(_));
+        // Verified: a pinned CA, or the system's roots.
+        let pinned = !matches!(trust, CaTrust::Unverified);
         let client = transport::client(&trust, timeout, loopback)?;
         Ok(HttpRancher { base, client, pinned, timeout })
     }

@@ -117,7 +117,9 @@ struct SettingDto {
 pub fn decode_cacerts(body: &[u8]) -> Result<String, ApiError> {
     let s: SettingDto = decode("setting cacerts", body)?;
     non_empty(s.value)
-        .ok_or_else(|| ApiError::Decode("the cacerts setting is empty: this Rancher has no private CA to pin".into()))
+        .ok_or_else(|| {
+            ApiError::Decode(format!("{}: this Rancher has no private CA to pin", rmm_actors::ports::EMPTY_CACERTS))
+        })
 }
 
 #[derive(Deserialize)]

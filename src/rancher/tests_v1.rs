@@ -8,7 +8,7 @@ use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rmm_actors::ports::{CaTrust, RancherApi, RancherConnector, Secret};
+use rmm_actors::ports::{CaTrust, RancherConnector, Secret};
 use serde_json::{json, Value};
 
 use super::testing::serve;
@@ -48,6 +48,7 @@ fn router(seen: Seen, with_v1_login: bool) -> Router {
     let (s1, s2, s3) = (seen.clone(), seen.clone(), seen);
     let created = Arc::new(Mutex::new(false));
     let mut r = Router::new()
+        .route("/ping", get(|| async { "pong" }))
         .route("/rancherversion", get(|| async { Json(json!({"Version":"v2.15.1","GitCommit":"9994cd9","RancherPrime":"false"})) }))
         .route(
             "/v3-public/localProviders/local",
@@ -179,6 +180,31 @@ async fn a_server_without_v1_public_login_is_logged_in_through_v3() {
     let token = api.login_public("admin", &Secret::new("pw")).await.unwrap();
     assert_eq!(token.expose(), "token-abcde:s3cr3t");
     assert_eq!(seen.lock().unwrap().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), vec!["v3 login"]);
+}
+
+/// nextest runs each test in a process of its own: setting SSL_CERT_FILE
+/// here touches no other test.
+#[tokio::test]
+async fn a_server_with_empty_cacerts_is_verified_against_the_system_roots() {
+    let (url, ca) = serve(router(Seen::default(), true)).await;
+    let dir = std::env::temp_dir().join(format!("rmm-roots-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bundle = dir.join("bundle.pem");
+    std::fs::write(&bundle, format!("{}\n{}\n", super::testing::pki("127.0.0.1").ca_pem, ca)).unwrap();
+    std::env::set_var("SSL_CERT_FILE", &bundle);
+    let api = HttpConnector::new().connect(&url, CaTrust::SystemRoots).unwrap();
+    api.ping().await.unwrap();
+    // Verified, so a credential may go.
+    api.v1_reads(&Secret::new("token-abcde:s3cr3t")).await.unwrap();
+    // Roots that do not hold the server's CA: a TLS error, nothing sent.
+    std::fs::write(&bundle, super::testing::pki("127.0.0.1").ca_pem).unwrap();
+    let api = HttpConnector::new().connect(&url, CaTrust::SystemRoots).unwrap();
+    let e = api.ping().await.unwrap_err();
+    assert!(matches!(&e, rmm_actors::ports::ApiError::Tls(_)), "{e:?}");
+    std::env::set_var("SSL_CERT_FILE", dir.join("missing.pem"));
+    let e = HttpConnector::new().connect(&url, CaTrust::SystemRoots).err().unwrap();
+    assert!(e.to_string().contains("SSL_CERT_FILE"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

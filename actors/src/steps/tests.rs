@@ -42,6 +42,10 @@ struct World {
     reads_fail: u32,
     /// Whether running the installer registers a machine for its node.
     register_on_exec: bool,
+    /// `cacerts` is empty (a publicly trusted certificate).
+    cacerts_empty: bool,
+    /// The trust of every client made, in order.
+    trusts: Vec<CaTrust>,
 }
 
 fn unauthorized() -> ApiError {
@@ -93,6 +97,9 @@ impl RancherApi for Fake {
         Ok(())
     }
     async fn cacerts(&self) -> Result<String, ApiError> {
+        if self.world().cacerts_empty {
+            return Err(ApiError::Decode(format!("{}: no private CA", crate::ports::EMPTY_CACERTS)));
+        }
         Ok("pem".into())
     }
     async fn login(&self, _: &str, _: &Secret) -> Result<Secret, ApiError> {
@@ -211,7 +218,8 @@ impl RancherApi for Fake {
 }
 
 impl RancherConnector for Fake {
-    fn connect(&self, _: &str, _: CaTrust) -> Result<Arc<dyn RancherApi>, ApiError> {
+    fn connect(&self, _: &str, trust: CaTrust) -> Result<Arc<dyn RancherApi>, ApiError> {
+        self.world().trusts.push(trust);
         Ok(Arc::new(self.clone()))
     }
 }
@@ -654,4 +662,40 @@ fn the_insecure_command_is_chosen_with_a_private_ca_and_the_secure_one_without()
     let t = default_token(&ca_checksum("pem"));
     assert!(v1::pick_command(&t, true).unwrap().expose().contains("--insecure"));
     assert!(!v1::pick_command(&t, false).unwrap().expose().contains("--insecure"));
+}
+
+#[tokio::test]
+async fn an_empty_cacerts_is_verified_against_the_system_roots_and_recorded() {
+    let mut f = v1_fixture();
+    f.fake.world().cacerts_empty = true;
+    let st = state(f.ctx.run, &[(Step::CreateMachine, Outcome::MachineCreated { ip: "127.0.0.1".into() })]);
+    let ok = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::PinCa, &st, None)).await.unwrap();
+    assert_eq!(ok, Outcome::CaSystemRoots);
+    assert!(f.fake.world().trusts.contains(&CaTrust::SystemRoots), "the server was checked with the system roots");
+    // From then on every call trusts the system roots, not a pinned CA.
+    let st = state(f.ctx.run, &[(Step::CreateMachine, Outcome::MachineCreated { ip: "127.0.0.1".into() }), (Step::PinCa, Outcome::CaSystemRoots)]);
+    f.fake.world().trusts.clear();
+    f.fake.world().version = "v2.15.1".into();
+    effect(&call(&f.ctx, "rancher", Role::Rancher, Step::CheckRancherVersion, &st, None)).await.unwrap();
+    assert_eq!(f.fake.world().trusts, vec![CaTrust::SystemRoots]);
+    // --ca-checksum still pins: a CA was asked for and there is none.
+    f.ctx.plan.ca_checksum = Some("ab".repeat(32));
+    let st = state(f.ctx.run, &[(Step::CreateMachine, Outcome::MachineCreated { ip: "127.0.0.1".into() })]);
+    let e = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::PinCa, &st, None)).await.unwrap_err();
+    assert!(!e.retryable && e.message.contains("--ca-checksum") && e.message.contains("cacerts setting is empty"), "{e:?}");
+}
+
+#[tokio::test]
+async fn with_system_roots_the_secure_node_command_runs_without_a_checksum_check() {
+    let f = v1_fixture();
+    let mut t = default_token(&ca_checksum("pem"));
+    t.node_command = Some(Secret::new("curl -fL https://rancher.example.com/system-agent-install.sh | sudo  sh -s - --server https://rancher.example.com --label 'cattle.io/os=linux' --token t0ps3cr3t"));
+    f.fake.world().default_token = Some(t);
+    f.fake.world().register_on_exec = true;
+    let st = state(f.ctx.run, &[(Step::CreateMachine, Outcome::MachineCreated { ip: "127.0.0.11".into() })]);
+    let join = JoinInfo { url: "https://rancher.example.com".into(), cluster_id: "c-m-abcd1234".into(), ca_checksum: String::new() };
+    effect(&call(&f.ctx, "worker03", Role::Worker, Step::RunAgent, &st, Some(&join))).await.unwrap();
+    let execs = f.fake.world().execs.clone();
+    assert!(execs[0].starts_with("curl -fL https://rancher.example.com/"), "{execs:?}");
+    assert!(execs[0].ends_with("--worker --node-name worker03 --address 127.0.0.11 --internal-address 127.0.0.11"), "{execs:?}");
 }

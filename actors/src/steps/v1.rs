@@ -399,7 +399,8 @@ pub fn check_ca_checksum(command: &str, pinned: &str) -> StepResult<()> {
 
 fn pinned_checksum(call: &StepCall<'_>) -> Option<String> {
     if let Some(join) = call.join {
-        return Some(join.ca_checksum.clone());
+        // Empty: verified against the system's roots, nothing pinned.
+        return Some(join.ca_checksum.clone()).filter(|c| !c.is_empty());
     }
     match call.state.outcome(Step::PinCa) {
         Some(Outcome::CaPinned { checksum }) => Some(checksum.clone()),
