@@ -35,6 +35,9 @@ pub struct StepCall<'a> {
     /// The actor's folded state when the step was decided.
     pub state: &'a ActorState,
     pub join: Option<&'a JoinInfo>,
+    /// Where records a step appends itself (Rancher's progress messages)
+    /// are shown, like the step's own: the coordinator (the live view).
+    pub observer: Option<&'a actix::Addr<crate::coordinator::Coordinator>>,
 }
 
 /// A failed step: recorded as `StepFailed`; retried when `retryable`.

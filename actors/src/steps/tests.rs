@@ -338,7 +338,7 @@ fn rancher_state(run: Uuid) -> ActorState {
 }
 
 fn call<'a>(ctx: &'a RunCtx, actor: &'a str, role: Role, step: Step, state: &'a ActorState, join: Option<&'a JoinInfo>) -> StepCall<'a> {
-    StepCall { ctx, actor, role, step, try_no: 1, state, join }
+    StepCall { ctx, actor, role, step, try_no: 1, state, join, observer: None }
 }
 
 #[tokio::test]
@@ -625,6 +625,17 @@ async fn a_machine_is_done_when_running_with_a_node_ref_and_planner_messages_are
     let ok = effect(&call(&f.ctx, "master02", Role::Master, Step::WaitMachineRunning, &st, Some(&v1_join()))).await.unwrap();
     flip.await.unwrap();
     assert_eq!(ok, Outcome::MachineRunning { machine: "custom-000000000002".into(), node: "master02".into() });
+    // Each change of Rancher's message is one event in the log (not one per poll).
+    let log = SledLog::open_snapshot(&f.dir).unwrap();
+    let progress: Vec<String> = log
+        .scan(1)
+        .map(|r| r.unwrap().envelope.event)
+        .filter_map(|e| match e {
+            Event::Progress { step: Step::WaitMachineRunning, message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(progress, vec!["Provisioning: waiting for probes: etcd, kube-apiserver".to_string()], "{progress:?}");
 }
 
 #[tokio::test]

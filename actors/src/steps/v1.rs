@@ -109,8 +109,13 @@ impl<'a> ProgressLog<'a> {
         }
         let ctx = self.call.ctx;
         let env = ctx.envelope(self.call.actor, self.call.state.last_event, Event::Progress { step: self.call.step, message });
-        if let Err(e) = ctx.journal.append(vec![env]).await {
-            tracing::warn!(error = %e, "could not record a progress message");
+        match ctx.journal.append(vec![env]).await {
+            Ok(records) => {
+                if let Some(coordinator) = self.call.observer {
+                    coordinator.do_send(crate::coordinator::Appended(records));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not record a progress message"),
         }
     }
 }
@@ -608,12 +613,13 @@ pub async fn wait_machine_running(call: &StepCall<'_>) -> StepResult<Outcome> {
             return Err(StepError::permanent(e));
         }
         let phase = m.phase.clone().unwrap_or_else(|| "no phase".into());
-        let now = progress_of(&m);
-        progress.saw(&if now.is_empty() { phase.clone() } else { format!("{phase}: {now}") }).await;
-        match (&m.node_ref, phase.as_str()) {
-            (Some(node), "Running") => Ok(Some(Outcome::MachineRunning { machine: m.name.clone(), node: node.clone() })),
-            _ => Err(StepError::transient(if now.is_empty() { phase } else { format!("{phase}: {now}") })),
+        if let (Some(node), "Running") = (&m.node_ref, phase.as_str()) {
+            return Ok(Some(Outcome::MachineRunning { machine: m.name.clone(), node: node.clone() }));
         }
+        let now = progress_of(&m);
+        let message = if now.is_empty() { phase } else { format!("{phase}: {now}") };
+        progress.saw(&message).await;
+        Err(StepError::transient(message))
     })
     .await
 }
