@@ -69,7 +69,7 @@ pub fn status_json(history: &History, run: Option<&RunState>, writer_alive: bool
         let r = u.actor("rancher")?;
         if removed {
             Some("removed")
-        } else if r.done(Step::WaitClusterActive) {
+        } else if r.done(Step::WaitClusterActive) || r.done(Step::WaitClusterReady) {
             Some("active")
         } else if r.done(Step::CreateCluster) {
             Some("provisioning")

@@ -764,10 +764,14 @@ async fn create_api_token(call: &StepCall<'_>) -> StepResult<Outcome> {
 }
 
 async fn set_server_url(call: &StepCall<'_>) -> StepResult<Outcome> {
-    let ctx = call.ctx;
     let api = rancher_api(call)?;
     let url = rancher_url(call)?;
-    api.set_setting(&auth(ctx)?, "server-url", &url).await?;
+    // A token that expired (a resume months later) is made again.
+    v1::authed(call, &api, |a| {
+        let (api, url) = (api.clone(), url.clone());
+        async move { api.set_setting(&a, "server-url", &url).await }
+    })
+    .await?;
     Ok(Outcome::ServerUrlSet { url })
 }
 
@@ -875,7 +879,12 @@ fn roles(role: Role) -> Vec<&'static str> {
 
 async fn listed_node(call: &StepCall<'_>) -> StepResult<Option<crate::ports::NodeInfo>> {
     let api = rancher_api(call)?;
-    let nodes = api.list_nodes(&auth(call.ctx)?, &cluster_id(call)?).await?;
+    let id = cluster_id(call)?;
+    let nodes = v1::authed(call, &api, |a| {
+        let (api, id) = (api.clone(), id.clone());
+        async move { api.list_nodes(&a, &id).await }
+    })
+    .await?;
     Ok(nodes.into_iter().find(|n| n.requested_hostname == call.actor))
 }
 

@@ -125,8 +125,8 @@ impl RancherApi for Fake {
         w.writes.push(format!("delete token {id}"));
         Ok(())
     }
-    async fn set_setting(&self, _: &Secret, _: &str, _: &str) -> Result<(), ApiError> {
-        Ok(())
+    async fn set_setting(&self, auth: &Secret, _: &str, _: &str) -> Result<(), ApiError> {
+        self.world().check(auth)
     }
     async fn create_cluster(&self, _: &Secret, name: &str) -> Result<ClusterInfo, ApiError> {
         let mut w = self.world();
@@ -709,4 +709,14 @@ async fn with_system_roots_the_secure_node_command_runs_without_a_checksum_check
     let execs = f.fake.world().execs.clone();
     assert!(execs[0].starts_with("curl -fL https://rancher.example.com/"), "{execs:?}");
     assert!(execs[0].ends_with("--worker --node-name worker03 --address 127.0.0.11 --internal-address 127.0.0.11"), "{execs:?}");
+}
+
+#[tokio::test]
+async fn server_url_is_set_with_a_new_token_when_the_old_one_expired() {
+    let f = v1_fixture();
+    f.fake.world().expired.push("token-api:s".into());
+    let st = v1_rancher_state(f.ctx.run);
+    let ok = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::SetServerUrl, &st, None)).await.unwrap();
+    assert_eq!(ok, Outcome::ServerUrlSet { url: "https://127.0.0.1".into() });
+    assert_ne!(f.ctx.secret(secret::API_TOKEN).unwrap().expose(), "token-api:s");
 }

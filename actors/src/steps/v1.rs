@@ -54,7 +54,7 @@ pub fn minor_version(version: &str) -> Option<(u32, u32)> {
 /// Calls `f` with the run's token; on a 401 (the API token expired or was
 /// revoked: 90 days by default, or a session token past its 16 h, §2.2)
 /// logs in again, makes a new API token, and calls once more.
-async fn authed<T, F, Fut>(call: &StepCall<'_>, api: &Arc<dyn RancherApi>, f: F) -> StepResult<T>
+pub(super) async fn authed<T, F, Fut>(call: &StepCall<'_>, api: &Arc<dyn RancherApi>, f: F) -> StepResult<T>
 where
     F: Fn(Secret) -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
