@@ -245,6 +245,10 @@ impl MachineDriver for Fake {
             let n = w.machines.len();
             w.machines.push(machine(&format!("custom-{n:012x}"), &node, "Pending"));
         }
+        if command.contains("--node-name") && !w.register_on_exec {
+            // An installer that echoes its token (a trace, `sh -x`), then fails quietly.
+            return Ok(ExecOutput { status: 0, stdout: String::new(), stderr: "+ CATTLE_TOKEN=t0ps3cr3t\n[ERROR] curl: (60) SSL certificate problem".into() });
+        }
         if command.starts_with("systemctl status") {
             return Ok(ExecOutput { status: 0, stdout: "rancher-system-agent.service: inactive (dead)\nlevel=error msg=\"x509: certificate signed by unknown authority\"".into(), stderr: String::new() });
         }
@@ -583,6 +587,7 @@ async fn an_installer_that_exits_0_without_registering_fails_fast_with_the_node_
     assert!(!e.retryable, "{e:?}");
     assert!(e.message.contains("node worker01 did not register"), "{}", e.message);
     assert!(e.message.contains("x509: certificate signed by unknown authority"), "the agent's log tail: {}", e.message);
+    assert!(e.message.contains("SSL certificate problem"), "the installer's output: {}", e.message);
     assert!(!e.message.contains("t0ps3cr3t"), "no secret in the error: {}", e.message);
 }
 

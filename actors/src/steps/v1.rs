@@ -512,6 +512,12 @@ pub async fn machine_of_node(call: &StepCall<'_>) -> StepResult<Option<SteveObje
     Ok(machines.into_iter().find(|m| is_machine_of(m, call.actor)))
 }
 
+/// The word after `flag` in a command.
+fn flag_value<'a>(command: &'a str, flag: &str) -> Option<&'a str> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    words.iter().position(|w| *w == flag).and_then(|i| words.get(i + 1)).copied()
+}
+
 /// The last `n` non-empty lines of `text`.
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
@@ -556,7 +562,7 @@ pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     };
     match registered {
         Ok(()) => Ok(Outcome::AgentStarted),
-        Err(e) if !e.retryable || e.message.starts_with("timed out") || e.message == "installer failed" => {
+        Err(e) if e.message.starts_with("timed out") || e.message == "installer failed" => {
             let evidence = exec(
                 ctx,
                 call.actor,
@@ -566,14 +572,20 @@ pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
             .map(|o| tail(&format!("{}\n{}", o.stdout, o.stderr), 12))
             .unwrap_or_else(|e| format!("could not read it: {}", e.message));
             let installer = tail(&format!("{}\n{}", out.stdout, out.stderr), 8);
-            let mut err = StepError::permanent(ctx.redact(&format!(
+            let text = format!(
                 "node {} did not register: the installer exited {} and Rancher lists no machine for it{}; installer output: {}; agent on the node: {}",
                 call.actor,
                 out.status,
                 if out.status == 0 { format!(" after {grace}s") } else { String::new() },
                 if installer.is_empty() { "(none)".to_string() } else { installer },
                 if evidence.is_empty() { "(nothing)".to_string() } else { evidence },
-            )));
+            );
+            // The registration token, wherever the installer echoed it.
+            let text = match flag_value(command.expose(), "--token") {
+                Some(token) if token.len() >= 4 => text.replace(token, "***"),
+                _ => text,
+            };
+            let mut err = StepError::permanent(ctx.redact(&text));
             // The agent could not reach Rancher at all: Rancher is away.
             if err.message.contains("is not accessible") || err.message.contains("Could not resolve host") {
                 err.retryable = true;
