@@ -42,6 +42,8 @@ struct World {
     reads_fail: u32,
     /// Whether running the installer registers a machine for its node.
     register_on_exec: bool,
+    /// The installer's unit exists on the nodes (it ran before).
+    agent_installed: bool,
     /// `cacerts` is empty (a publicly trusted certificate).
     cacerts_empty: bool,
     /// The trust of every client made, in order.
@@ -248,6 +250,10 @@ impl MachineDriver for Fake {
         if command.contains("--node-name") && !w.register_on_exec {
             // An installer that echoes its token (a trace, `sh -x`), then fails quietly.
             return Ok(ExecOutput { status: 0, stdout: String::new(), stderr: "+ CATTLE_TOKEN=t0ps3cr3t\n[ERROR] curl: (60) SSL certificate problem".into() });
+        }
+        if command.starts_with("test -f /etc/systemd/system/rancher-system-agent.service") {
+            let installed = w.agent_installed;
+            return Ok(ExecOutput { status: if installed { 0 } else { 1 }, stdout: if installed { "installed\n".into() } else { String::new() }, stderr: String::new() });
         }
         if command.starts_with("systemctl status") {
             return Ok(ExecOutput { status: 0, stdout: "rancher-system-agent.service: inactive (dead)\nlevel=error msg=\"x509: certificate signed by unknown authority\"".into(), stderr: String::new() });
@@ -561,7 +567,7 @@ async fn the_insecure_node_command_is_read_fresh_and_run_with_long_flags_then_re
     let join = v1_join();
     let ok = effect(&call(&f.ctx, "master01", Role::Master, Step::RunAgent, &st, Some(&join))).await.unwrap();
     assert_eq!(ok, Outcome::AgentStarted);
-    let execs = f.fake.world().execs.clone();
+    let execs: Vec<String> = f.fake.world().execs.iter().filter(|c| c.contains("--node-name")).cloned().collect();
     assert_eq!(execs.len(), 1, "{execs:?}");
     let cmd = &execs[0];
     assert!(cmd.starts_with("curl --insecure -fL "), "{cmd}");
@@ -570,7 +576,7 @@ async fn the_insecure_node_command_is_read_fresh_and_run_with_long_flags_then_re
     // Its machine is listed now: neither a retry nor a resume runs it again.
     effect(&call(&f.ctx, "master01", Role::Master, Step::RunAgent, &st, Some(&join))).await.unwrap();
     assert_eq!(probe(&call(&f.ctx, "master01", Role::Master, Step::RunAgent, &st, Some(&join))).await.unwrap(), Some(Outcome::AgentStarted));
-    assert_eq!(f.fake.world().execs.len(), 1);
+    assert_eq!(f.fake.world().execs.iter().filter(|c| c.contains("--node-name")).count(), 1);
     let listed = effect(&call(&f.ctx, "master01", Role::Master, Step::WaitNodeListed, &st, Some(&join))).await.unwrap();
     assert!(matches!(listed, Outcome::NodeListed { node_id } if node_id.starts_with("custom-")));
 }
@@ -711,7 +717,7 @@ async fn with_system_roots_the_secure_node_command_runs_without_a_checksum_check
     let st = state(f.ctx.run, &[(Step::CreateMachine, Outcome::MachineCreated { ip: "127.0.0.11".into() })]);
     let join = JoinInfo { url: "https://rancher.example.com".into(), cluster_id: "c-m-abcd1234".into(), ca_checksum: String::new() };
     effect(&call(&f.ctx, "worker03", Role::Worker, Step::RunAgent, &st, Some(&join))).await.unwrap();
-    let execs = f.fake.world().execs.clone();
+    let execs: Vec<String> = f.fake.world().execs.iter().filter(|c| c.contains("--node-name")).cloned().collect();
     assert!(execs[0].starts_with("curl -fL https://rancher.example.com/"), "{execs:?}");
     assert!(execs[0].ends_with("--worker --node-name worker03 --address 127.0.0.11 --internal-address 127.0.0.11"), "{execs:?}");
 }
@@ -724,4 +730,19 @@ async fn server_url_is_set_with_a_new_token_when_the_old_one_expired() {
     let ok = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::SetServerUrl, &st, None)).await.unwrap();
     assert_eq!(ok, Outcome::ServerUrlSet { url: "https://127.0.0.1".into() });
     assert_ne!(f.ctx.secret(secret::API_TOKEN).unwrap().expose(), "token-api:s");
+}
+
+#[tokio::test]
+async fn an_installer_that_already_ran_is_not_run_again_and_its_registration_is_checked() {
+    let f = v1_fixture();
+    f.fake.world().default_token = Some(default_token(&ca_checksum("pem")));
+    f.fake.world().agent_installed = true;
+    let st = state(f.ctx.run, &[(Step::CreateMachine, Outcome::MachineCreated { ip: "127.0.0.13".into() })]);
+    let e = effect(&call(&f.ctx, "master03", Role::Master, Step::RunAgent, &st, Some(&v1_join()))).await.unwrap_err();
+    assert!(e.message.contains("not run again"), "{}", e.message);
+    assert_eq!(f.fake.world().execs.iter().filter(|c| c.contains("--node-name")).count(), 0);
+    // Once Rancher lists it, the step is done, still without running it.
+    f.fake.world().machines.push(machine("custom-000000000003", "master03", "Provisioning"));
+    effect(&call(&f.ctx, "master03", Role::Master, Step::RunAgent, &st, Some(&v1_join()))).await.unwrap();
+    assert_eq!(f.fake.world().execs.iter().filter(|c| c.contains("--node-name")).count(), 0);
 }

@@ -512,6 +512,15 @@ pub async fn machine_of_node(call: &StepCall<'_>) -> StepResult<Option<SteveObje
     Ok(machines.into_iter().find(|m| is_machine_of(m, call.actor)))
 }
 
+/// The unit the installer writes (reference/rancher-current.md §2.7).
+const AGENT_UNIT: &str = "/etc/systemd/system/rancher-system-agent.service";
+
+/// Whether the installer already ran on this node.
+async fn agent_installed(call: &StepCall<'_>) -> StepResult<bool> {
+    let out = exec(call.ctx, call.actor, &format!("test -f {AGENT_UNIT} && echo installed")).await?;
+    Ok(out.status == 0 && out.stdout.trim() == "installed")
+}
+
 /// The word after `flag` in a command.
 fn flag_value<'a>(command: &'a str, flag: &str) -> Option<&'a str> {
     let words: Vec<&str> = command.split_whitespace().collect();
@@ -552,7 +561,18 @@ pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
         role_flags(call.role).join(" "),
         shell_quote(call.actor)
     );
-    let out = exec(ctx, call.actor, &full).await?;
+    // Installed by a try whose outcome was lost, not listed yet: not run
+    // again (a second registration could make a second machine); its
+    // registration is checked as if it had just run.
+    let out = if agent_installed(call).await? {
+        crate::ports::ExecOutput {
+            status: 0,
+            stdout: format!("(not run again: {AGENT_UNIT} exists from an earlier try)"),
+            stderr: String::new(),
+        }
+    } else {
+        exec(ctx, call.actor, &full).await?
+    };
     let grace = REGISTRATION_GRACE_S.min(ctx.plan.timeouts.node_listed_s);
     let what = format!("Rancher to list a machine for node {} after its installer ran", call.actor);
     let registered = if out.status == 0 {
