@@ -48,6 +48,11 @@ struct World {
     cacerts_empty: bool,
     /// The trust of every client made, in order.
     trusts: Vec<CaTrust>,
+    /// A little Rancher of its own: machines go Running with a nodeRef one
+    /// poll after they appear, and the cluster is ready once this many are.
+    controllers: Option<usize>,
+    /// Machines created through the driver, by name: (ip, times created).
+    made: BTreeMap<String, u32>,
 }
 
 fn unauthorized() -> ApiError {
@@ -203,8 +208,21 @@ impl RancherApi for Fake {
         Ok(c)
     }
     async fn get_v1_cluster(&self, auth: &Secret, name: &str) -> Result<Option<SteveObject>, ApiError> {
-        let w = self.world();
+        let mut w = self.world();
         w.check(auth)?;
+        if let Some(want) = w.controllers {
+            let running = w.machines.iter().filter(|m| m.node_ref.is_some()).count();
+            for c in w.v1_clusters.iter_mut() {
+                c.cluster_name = Some("c-m-12345678".into());
+                if running >= want {
+                    c.ready = true;
+                    c.conditions = vec![condition("Ready", "True", ""), condition("Provisioned", "True", "")];
+                    c.state.message = String::new();
+                } else {
+                    c.state.message = "waiting for at least one control plane, etcd, and worker node to be registered".into();
+                }
+            }
+        }
         Ok(w.v1_clusters.iter().find(|c| c.name == name).cloned())
     }
     async fn get_management_cluster(&self, auth: &Secret, id: &str) -> Result<SteveObject, ApiError> {
@@ -213,8 +231,21 @@ impl RancherApi for Fake {
         Ok(SteveObject { name: id.into(), conditions: vec![condition("Ready", "True", "")], ..Default::default() })
     }
     async fn list_machines(&self, auth: &Secret, cluster: &str) -> Result<Vec<SteveObject>, ApiError> {
-        let w = self.world();
+        let mut w = self.world();
         w.check(auth)?;
+        if w.controllers.is_some() {
+            // The planner: what was Pending last time runs now.
+            for m in w.machines.iter_mut() {
+                if m.phase.as_deref() == Some("Provisioning") {
+                    m.phase = Some("Running".into());
+                    m.node_ref = m.labels.get("rke.cattle.io/node-name").cloned();
+                    m.state.message = String::new();
+                } else if m.phase.as_deref() == Some("Pending") {
+                    m.phase = Some("Provisioning".into());
+                    m.state.message = "waiting for plan to be applied".into();
+                }
+            }
+        }
         Ok(w.machines.iter().filter(|m| m.labels.get("cluster.x-k8s.io/cluster-name").map(String::as_str) == Some(cluster)).cloned().collect())
     }
 }
@@ -229,7 +260,13 @@ impl RancherConnector for Fake {
 #[async_trait]
 impl MachineDriver for Fake {
     async fn create(&self, spec: &MachineSpec) -> Result<Machine, DriverError> {
-        Err(DriverError::Permanent(format!("not in this test: create {}", spec.name)))
+        let mut w = self.world();
+        if w.controllers.is_none() {
+            return Err(DriverError::Permanent(format!("not in this test: create {}", spec.name)));
+        }
+        let n = w.made.len();
+        *w.made.entry(spec.name.clone()).or_insert(0) += 1;
+        Ok(Machine { name: spec.name.clone(), cluster: Some(spec.cluster.clone()), state: MachineState::Running, ip: Some(format!("127.0.9.{}", n + 1)) })
     }
     async fn inspect(&self, _: &str) -> Result<Option<Machine>, DriverError> {
         Ok(None)
@@ -250,6 +287,9 @@ impl MachineDriver for Fake {
         if command.contains("--node-name") && !w.register_on_exec {
             // An installer that echoes its token (a trace, `sh -x`), then fails quietly.
             return Ok(ExecOutput { status: 0, stdout: String::new(), stderr: "+ CATTLE_TOKEN=t0ps3cr3t\n[ERROR] curl: (60) SSL certificate problem".into() });
+        }
+        if command.starts_with("docker ps") {
+            return Ok(ExecOutput { status: 0, stdout: "running\n".into(), stderr: String::new() });
         }
         if command.starts_with("test -f /etc/systemd/system/rancher-system-agent.service") {
             let installed = w.agent_installed;
@@ -745,4 +785,124 @@ async fn an_installer_that_already_ran_is_not_run_again_and_its_registration_is_
     f.fake.world().machines.push(machine("custom-000000000003", "master03", "Provisioning"));
     effect(&call(&f.ctx, "master03", Role::Master, Step::RunAgent, &st, Some(&v1_join()))).await.unwrap();
     assert_eq!(f.fake.world().execs.iter().filter(|c| c.contains("--node-name")).count(), 0);
+}
+
+/// Runs one attempt of a fresh rke2 `up` through the coordinator, the
+/// actors and the steps against `fake`; returns how it ended and every
+/// record the live view got.
+fn run_flow(fake: &Fake) -> (crate::coordinator::RunEnd, Vec<Envelope>) {
+    use crate::coordinator::Coordinator;
+    let dir = std::env::temp_dir().join(format!("rmm-flow-{}-{}", std::process::id(), Uuid::now_v7()));
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let mut log = SledLog::open(&dir).unwrap();
+    let plan = Plan {
+        distribution: rmm_events::Distribution::Rke2,
+        poll_ms: 5,
+        timeouts: rmm_events::Timeouts { active_s: 20, node_listed_s: 5, ..Default::default() },
+        ..Plan::default()
+    };
+    let run = Uuid::now_v7();
+    let env = |event| Envelope { seq: 0, id: Uuid::now_v7(), run, attempt: 1, actor: "coordinator".into(), cause: None, at_ms: rmm_events::now_ms(), event };
+    let records = log
+        .append_batch(vec![
+            env(Event::RunStarted { kind: rmm_events::RunKind::Up, plan: plan.clone() }),
+            env(Event::AttemptStarted { attempt: 1, command: "rmm up".into(), pid: 1, rmm_version: "0".into(), user: String::new(), host: String::new() }),
+        ])
+        .unwrap();
+    let mut history = rmm_events::History::default();
+    for r in &records {
+        history.apply(&r.envelope);
+    }
+    let state = history.latest().unwrap().clone();
+    {
+        let mut w = fake.world();
+        w.controllers = Some(6);
+        w.register_on_exec = true;
+        w.version = "v2.15.1".into();
+        w.settings.insert("rke2-default-version".into(), "v1.35.1+rke2r1".into());
+        let mut t = default_token(&ca_checksum("pem"));
+        t.id = "c-m-12345678:default-token".into();
+        w.default_token = Some(t);
+    }
+    let (journal, _writer) = Journal::start(log);
+    let (stop_tx, stop) = watch::channel(false);
+    let ctx = Arc::new(RunCtx {
+        run,
+        attempt: 1,
+        plan: plan.clone(),
+        journal,
+        driver: Arc::new(fake.clone()),
+        connector: Arc::new(fake.clone()),
+        secrets: Arc::new(Secrets::default()),
+        create_slots: Arc::new(Semaphore::new(8)),
+        stop,
+    });
+    let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let system = actix::System::new();
+    let end = system.block_on(async move {
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+        let machines = plan.machine_names();
+        let _addr = actix::Actor::start(Coordinator::new(ctx, state, machines, false, stop_tx, Some(sink), end_tx));
+        tokio::time::timeout(std::time::Duration::from_secs(60), end_rx).await.expect("the run ends").unwrap()
+    });
+    let mut seen = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        seen.push(r.envelope);
+    }
+    (end, seen)
+}
+
+/// A whole rke2 `up`: every node registers once, all of them as soon as
+/// the command exists, and the run completes on the v1 readiness.
+#[test]
+fn a_whole_rke2_run_completes_with_one_cluster_and_one_registration_per_node() {
+    use crate::coordinator::RunEnd;
+    let fake = Fake::default();
+    let (end, seen) = run_flow(&fake);
+    assert_eq!(end, RunEnd::Completed, "{:?}", seen.iter().map(|e| format!("{} {}", e.actor, e.event.summary())).collect::<Vec<_>>());
+    let w = fake.world();
+    assert_eq!(w.writes.iter().filter(|x| x.starts_with("create v1 cluster")).count(), 1, "{:?}", w.writes);
+    let installs: Vec<&String> = w.execs.iter().filter(|c| c.contains("--node-name")).collect();
+    assert_eq!(installs.len(), 6, "one installer run per node: {installs:?}");
+    for node in ["master01", "master02", "master03", "worker01", "worker02", "worker03"] {
+        assert_eq!(installs.iter().filter(|c| c.contains(&format!("--node-name {node} "))).count(), 1, "{node}");
+    }
+    assert_eq!(w.machines.len(), 6);
+    assert!(w.made.values().all(|n| *n == 1) && w.made.len() == 7, "{:?}", w.made);
+    // Every node was let in at once, in one batch, before any machine ran.
+    let granted: Vec<usize> = seen.iter().enumerate().filter(|(_, e)| matches!(e.event, Event::JoinGranted { .. })).map(|(i, _)| i).collect();
+    assert_eq!(granted.len(), 6);
+    let first_running = seen.iter().position(|e| matches!(&e.event, Event::StepSucceeded { step: Step::WaitMachineRunning, .. })).unwrap();
+    assert!(granted.iter().all(|i| *i < first_running), "no node waited for another's machine to run");
+    // Rancher's messages reached the live view.
+    let progress: Vec<String> = seen.iter().filter(|e| matches!(e.event, Event::Progress { .. })).map(|e| format!("{} {}", e.actor, e.event.summary())).collect();
+    assert!(progress.iter().any(|p| p.contains("waiting for")), "{progress:?}");
+    assert!(seen.iter().any(|e| matches!(&e.event, Event::StepSucceeded { step: Step::WaitClusterReady, .. })));
+}
+
+/// What an earlier attempt made without recording it (a lost log tail) is
+/// found, not made again: the v1 cluster by name, a node whose machine
+/// Rancher lists, an installer that already ran.
+#[test]
+fn a_rke2_run_over_a_world_that_already_holds_its_cluster_and_a_node_makes_nothing_twice() {
+    use crate::coordinator::RunEnd;
+    let fake = Fake::default();
+    {
+        let mut w = fake.world();
+        w.v1_clusters.push(SteveObject { name: "tinysetup".into(), ..Default::default() });
+        w.machines.push(machine("custom-00000000000a", "master02", "Pending"));
+    }
+    let (end, seen) = run_flow(&fake);
+    assert_eq!(end, RunEnd::Completed, "{:?}", seen.iter().map(|e| e.event.summary()).collect::<Vec<_>>());
+    let w = fake.world();
+    assert!(!w.writes.iter().any(|x| x.starts_with("create v1 cluster")), "{:?}", w.writes);
+    assert_eq!(w.execs.iter().filter(|c| c.contains("--node-name master02 ")).count(), 0);
+    assert_eq!(w.execs.iter().filter(|c| c.contains("--node-name")).count(), 5);
+    assert_eq!(w.machines.len(), 6);
 }
