@@ -98,7 +98,7 @@ pub fn short_step(step: Step) -> &'static str {
         Step::WaitNodeActive => "active",
         Step::RemoveMachine => "remove",
         Step::CheckServer => "check",
-        Step::CheckRancherVersion => "version",
+        Step::CheckRancherVersion => "ver",
         Step::WaitApiReady => "apiready",
         Step::ChooseKubernetesVersion => "k8sver",
         Step::WaitClusterName => "mgmtid",

@@ -298,6 +298,7 @@ fn critical_path_follows_the_dependency_rules() {
         "rancher/wait_ready",
         "rancher/check_server",
         "rancher/pin_ca",
+        "rancher/check_rancher_version",
         "rancher/login",
         "rancher/change_password",
         "rancher/create_api_token",
