@@ -133,8 +133,26 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
     })
 }
 
-/// Runs the step's effect.
+/// Runs the step's effect. A step that Rancher refuses with a 401 while
+/// the run holds an API token (it expired, 90 days by default, or was
+/// revoked: a resume months later) logs in again, makes a new token, and
+/// runs once more (reference/rancher-current.md §2.2, §7 item 10).
 pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
+    match effect_once(call).await {
+        Err(e)
+            if e.message.contains("answered 401")
+                && !matches!(call.step, Step::Login | Step::ChangePassword | Step::CreateApiToken)
+                && call.ctx.secret(secret::API_TOKEN).is_some() =>
+        {
+            tracing::warn!(step = call.step.as_str(), "Rancher refused the API token: making a new one");
+            v1::renew(call, &rancher_api(call)?).await?;
+            effect_once(call).await
+        }
+        other => other,
+    }
+}
+
+async fn effect_once(call: &StepCall<'_>) -> StepResult<Outcome> {
     if call.ctx.plan.distribution.is_v1() {
         match call.step {
             Step::Login => return v1::login(call).await,

@@ -145,7 +145,8 @@ impl RancherApi for Fake {
     async fn find_cluster(&self, _: &Secret, name: &str) -> Result<Option<ClusterInfo>, ApiError> {
         Ok(self.world().clusters.iter().find(|c| c.name == name).cloned())
     }
-    async fn get_cluster(&self, _: &Secret, id: &str) -> Result<ClusterInfo, ApiError> {
+    async fn get_cluster(&self, auth: &Secret, id: &str) -> Result<ClusterInfo, ApiError> {
+        self.world().check(auth)?;
         self.world().clusters.iter().find(|c| c.id == id).cloned().ok_or(ApiError::Status { status: 404, code: None, message: id.into() })
     }
     async fn list_registration_tokens(&self, _: &Secret, _: &str) -> Result<Vec<RegistrationToken>, ApiError> {
@@ -905,4 +906,26 @@ fn a_rke2_run_over_a_world_that_already_holds_its_cluster_and_a_node_makes_nothi
     assert_eq!(w.execs.iter().filter(|c| c.contains("--node-name master02 ")).count(), 0);
     assert_eq!(w.execs.iter().filter(|c| c.contains("--node-name")).count(), 5);
     assert_eq!(w.machines.len(), 6);
+}
+
+#[tokio::test]
+async fn an_rke1_wait_renews_an_expired_api_token_and_goes_on() {
+    let f = fixture();
+    f.ctx.put_secret(secret::API_TOKEN, &Secret::new("token-api:s")).unwrap();
+    f.ctx.put_secret(secret::ADMIN_PASSWORD, &Secret::new("admin-password-123")).unwrap();
+    let mut c = cluster("c-1", "tinysetup");
+    c.state = "active".into();
+    f.fake.world().clusters.push(c);
+    f.fake.world().expired.push("token-api:s".into());
+    let st = state(
+        f.ctx.run,
+        &[
+            (Step::CreateMachine, Outcome::MachineCreated { ip: "127.0.0.1".into() }),
+            (Step::PinCa, Outcome::CaPinned { checksum: ca_checksum("pem") }),
+            (Step::CreateCluster, Outcome::ClusterCreated { cluster_id: "c-1".into() }),
+        ],
+    );
+    let ok = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::WaitClusterActive, &st, None)).await.unwrap();
+    assert_eq!(ok, Outcome::ClusterActive);
+    assert_ne!(f.ctx.secret(secret::API_TOKEN).unwrap().expose(), "token-api:s");
 }
