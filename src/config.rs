@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use rmm_events::{Plan, Retry, Timeouts};
+use rmm_events::{Distribution, Plan, Retry, Timeouts};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -24,6 +24,10 @@ pub struct ConfigFile {
     pub ca_checksum: Option<String>,
     pub allow_even_masters: Option<bool>,
     pub poll_ms: Option<u64>,
+    /// `rke2`, `k3s` or `rke1`.
+    pub distribution: Option<String>,
+    /// `v1.35.1+rke2r1`; absent: the server's default for the distribution.
+    pub kubernetes_version: Option<String>,
     #[serde(default)]
     pub timeouts: TimeoutsFile,
     #[serde(default)]
@@ -58,6 +62,8 @@ pub struct Overrides {
     pub parallel: Option<u32>,
     pub ca_checksum: Option<String>,
     pub allow_even_masters: bool,
+    pub distribution: Option<String>,
+    pub kubernetes_version: Option<String>,
 }
 
 pub const DRIVERS: &[&str] = &["local"];
@@ -86,7 +92,20 @@ impl ConfigFile {
         let (d, r) = (&base.timeouts, &base.retry);
         let t = self.timeouts;
         let driver = flags.driver.clone().or(self.driver).unwrap_or(base.driver.clone());
+        let distribution = match flags.distribution.clone().or(self.distribution) {
+            None => base.distribution,
+            Some(d) => Distribution::parse(&d).ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown distribution {d:?} (known: {})",
+                    Distribution::ALL.map(Distribution::as_str).join(", ")
+                ))
+            })?,
+        };
+        let kubernetes_version =
+            flags.kubernetes_version.clone().or(self.kubernetes_version).map(|v| v.trim().to_string());
         let plan = Plan {
+            distribution,
+            kubernetes_version,
             cluster_name: flags.cluster_name.clone().or(self.cluster_name).unwrap_or(base.cluster_name.clone()),
             masters: flags.masters.or(self.masters).unwrap_or(base.masters),
             workers: flags.workers.or(self.workers).unwrap_or(base.workers),
@@ -158,6 +177,27 @@ fn validate(plan: &Plan, allow_even_masters: bool) -> Result<()> {
     if plan.rancher_image.trim().is_empty() || plan.rancher_image.contains(char::is_whitespace) {
         return bad(format!("rancher_image {:?} is not an image reference", plan.rancher_image));
     }
+    if let Some(v) = &plan.kubernetes_version {
+        // The `+rke2…` / `+k3s…` suffix is what selects the distribution
+        // (reference/rancher-current.md §2.4); shape as the webhook checks
+        // it (§2.7: `v` + semver).
+        let shape_ok = v.starts_with('v') && v[1..].split(['.', '+', '-']).take(3).all(|p| p.chars().all(|c| c.is_ascii_digit()) && !p.is_empty());
+        match plan.distribution.version_marker() {
+            None => {
+                return bad(format!(
+                    "kubernetes_version is for rke2 and k3s; rke1 uses the server's own default (remove kubernetes_version {v:?})"
+                ))
+            }
+            Some(marker) if !shape_ok || !v.contains(marker) => {
+                return bad(format!(
+                    "kubernetes_version {v:?} is not a {} version (like v1.35.1{}1)",
+                    plan.distribution.as_str(),
+                    if marker == "+rke2" { "+rke2r" } else { "+k3s" }
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     if plan.retry.max_tries == 0 {
         return bad("retry.max_tries must be at least 1".into());
     }
@@ -217,6 +257,32 @@ mod tests {
         let err = parse("masters = 2").unwrap_err().to_string();
         assert!(err.contains("--allow-even-masters"), "{err}");
         assert!(parse("masters = 2\nallow_even_masters = true").is_ok());
+    }
+
+    #[test]
+    fn distribution_defaults_and_parses() {
+        assert_eq!(parse("").unwrap().distribution, rmm_events::DEFAULT_DISTRIBUTION);
+        assert_eq!(parse("distribution = \"k3s\"").unwrap().distribution, Distribution::K3s);
+        let file: ConfigFile = toml::from_str("distribution = \"k3s\"").unwrap();
+        let plan = file.plan(&Overrides { distribution: Some("rke2".into()), ..Default::default() }).unwrap();
+        assert_eq!(plan.distribution, Distribution::Rke2, "the flag wins");
+        let err = parse("distribution = \"rke3\"").unwrap_err().to_string();
+        assert!(err.contains("unknown distribution \"rke3\"") && err.contains("rke2, k3s, rke1") && !err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn a_kubernetes_version_must_fit_the_distribution() {
+        let plan = parse("distribution = \"rke2\"\nkubernetes_version = \"v1.35.1+rke2r1\"").unwrap();
+        assert_eq!(plan.kubernetes_version.as_deref(), Some("v1.35.1+rke2r1"));
+        assert!(parse("distribution = \"k3s\"\nkubernetes_version = \"v1.35.1+k3s1\"").is_ok());
+        for (bad, why) in [
+            ("distribution = \"k3s\"\nkubernetes_version = \"v1.35.1+rke2r1\"", "not a k3s version"),
+            ("distribution = \"rke2\"\nkubernetes_version = \"1.35\"", "not a rke2 version"),
+            ("distribution = \"rke1\"\nkubernetes_version = \"v1.35.1+rke2r1\"", "rke1 uses the server's own default"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(why) && !err.contains('\n'), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -78,4 +78,5 @@ async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>) {
 }
 
 /// The step that ends each kind of actor.
-const LAST_STEPS: &[Step] = &[Step::WaitNodeActive, Step::WaitClusterActive, Step::RemoveMachine];
+const LAST_STEPS: &[Step] =
+    &[Step::WaitNodeActive, Step::WaitClusterActive, Step::RemoveMachine, Step::WaitMachineRunning, Step::WaitClusterReady];

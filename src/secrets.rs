@@ -120,11 +120,16 @@ pub fn lost_secrets(run: &RunState, store: &dyn SecretStore) -> Vec<&'static str
     if !admin_ok {
         lost.push("the admin password");
     }
-    if rancher.done(Step::PinCa) && !present(secret::RANCHER_CA) {
+    // A server verified against the system's roots (empty cacerts) has no CA to keep.
+    if matches!(rancher.outcome(Step::PinCa), Some(Outcome::CaPinned { .. })) && !present(secret::RANCHER_CA) {
         lost.push("the pinned CA");
     }
+    // rke2/k3s: a lost or expired API token is made again after a new
+    // login, and the node command is read fresh from Rancher before each
+    // node (its token rotates), so neither is needed from the store.
+    let v1 = run.plan.distribution.is_v1();
     if let Some(Outcome::ApiTokenCreated { token, .. }) = rancher.outcome(Step::CreateApiToken) {
-        if !matches(token) {
+        if !v1 && !matches(token) {
             lost.push("the API token");
         }
     }
@@ -132,9 +137,51 @@ pub fn lost_secrets(run: &RunState, store: &dyn SecretStore) -> Vec<&'static str
         let agents_left = run.machines().iter().any(|(name, role)| {
             *role != Role::Rancher && !run.actor(name).is_some_and(|a| a.done(Step::RunAgent))
         });
-        if agents_left && !matches(command) {
+        if !v1 && agents_left && !matches(command) {
             lost.push("the node command");
         }
     }
     lost
+}
+
+#[cfg(test)]
+mod lost_tests {
+    use super::*;
+    use rmm_events::{Distribution, Envelope, Event, History, Plan, RunKind, Via};
+    use uuid::Uuid;
+
+    #[derive(Default)]
+    struct Mem(std::sync::Mutex<BTreeMap<String, Secret>>);
+    impl SecretStore for Mem {
+        fn get(&self, name: &str) -> Option<Secret> {
+            self.0.lock().unwrap().get(name).cloned()
+        }
+        fn put(&self, name: &str, value: &Secret) -> Result<(), String> {
+            self.0.lock().unwrap().insert(name.into(), value.clone());
+            Ok(())
+        }
+    }
+
+    fn run(distribution: Distribution) -> RunState {
+        let id = Uuid::now_v7();
+        let plan = Plan { distribution, ..Plan::default() };
+        let secret = |name: &str| SecretRef { name: name.into(), fingerprint: "000000000000".into() };
+        let events = vec![
+            ("coordinator", Event::RunStarted { kind: RunKind::Up, plan }),
+            ("rancher", Event::StepSucceeded { step: Step::CreateApiToken, outcome: Outcome::ApiTokenCreated { token_id: "token-1".into(), token: secret("api-token") }, via: Via::Done }),
+            ("rancher", Event::StepSucceeded { step: Step::WaitNodeCommand, outcome: Outcome::NodeCommandReady { command: secret("node-command") }, via: Via::Done }),
+        ];
+        let mut h = History::default();
+        for (i, (actor, event)) in events.into_iter().enumerate() {
+            h.apply(&Envelope { seq: i as u64 + 1, id: Uuid::now_v7(), run: id, attempt: 1, actor: actor.into(), cause: None, at_ms: 0, event });
+        }
+        h.latest().unwrap().clone()
+    }
+
+    #[test]
+    fn on_rke2_a_lost_api_token_or_node_command_does_not_block_a_resume() {
+        let store = Mem::default();
+        assert_eq!(lost_secrets(&run(Distribution::Rke1), &store), vec!["the API token", "the node command"]);
+        assert!(lost_secrets(&run(Distribution::Rke2), &store).is_empty());
+    }
 }

@@ -29,7 +29,7 @@ pub(crate) fn role_of(name: &str) -> Role {
 pub fn actor_state(run: &RunState, actor: Option<&ActorState>, role: Role, writer_alive: bool) -> (&'static str, Option<Step>) {
     let down = run.kind == RunKind::Down;
     let Some(a) = actor else { return ("pending", None) };
-    let steps = steps_for(role, down);
+    let steps = steps_for(role, down, run.plan.distribution);
     if steps.iter().all(|s| a.done(*s)) {
         return (if down { "removed" } else { "done" }, None);
     }
@@ -70,7 +70,7 @@ pub fn status_json(history: &History, run: Option<&RunState>, writer_alive: bool
         let r = u.actor("rancher")?;
         if removed {
             Some("removed")
-        } else if r.done(Step::WaitClusterActive) {
+        } else if r.done(Step::WaitClusterActive) || r.done(Step::WaitClusterReady) {
             Some("active")
         } else if r.done(Step::CreateCluster) {
             Some("provisioning")
@@ -272,7 +272,8 @@ pub fn write_event_data(out: &mut Vec<u8>, event: &rmm_events::Event) {
         | Event::AttemptStarted { .. }
         | Event::RunCompleted
         | Event::RunFailed { .. }
-        | Event::AttemptInterrupted { .. } => {
+        | Event::AttemptInterrupted { .. }
+        | Event::Progress { .. } => {
             serde_json::to_writer(&mut *out, &event_data(event)).expect("writing JSON into a Vec never fails");
         }
     }
@@ -335,6 +336,18 @@ fn write_outcome(out: &mut Vec<u8>, outcome: &rmm_events::Outcome) {
         O::MachineRemoved => unit(out, "machine_removed"),
         O::ServerRunning => unit(out, "server_running"),
         O::ServerRestarted { state } => one(out, "server_restarted", "state", state),
+        // The outcomes of the v1 path: serde's own shape (the same as above).
+        O::RancherVersion { .. }
+        | O::ApiReady
+        | O::KubernetesVersionChosen { .. }
+        | O::ClusterNamed { .. }
+        | O::MachineRunning { .. }
+        | O::ClusterReady
+        | O::CaSystemRoots => {
+            // Through a Value: its keys come out sorted, as serde_json's own event JSON has them.
+            let v = serde_json::to_value(outcome).expect("an Outcome is JSON");
+            serde_json::to_writer(&mut *out, &v).expect("writing JSON into a Vec never fails")
+        }
     }
 }
 

@@ -85,7 +85,7 @@ impl Coordinator {
         Some(JoinInfo {
             url: self.state.rancher_url()?.to_string(),
             cluster_id: self.state.cluster_id()?.to_string(),
-            ca_checksum: self.state.ca_checksum()?.to_string(),
+            ca_checksum: self.state.ca_trust()?.to_string(),
         })
     }
 
@@ -193,7 +193,7 @@ impl Actor for Coordinator {
             let actor = StepActor::new(
                 name.clone(),
                 role,
-                steps_for(role, self.down),
+                steps_for(role, self.down, self.ctx.plan.distribution),
                 state,
                 self.ctx.clone(),
                 me.clone(),

@@ -2,15 +2,17 @@
 //! no randomness — the same history always gives the same answer, which is
 //! why a fresh start and a resume are the same code path.
 
-use rmm_events::{ActorState, Plan, Retry, Role, RunState, Step, StepState};
+use rmm_events::{ActorState, Distribution, Plan, Retry, Role, RunState, Step, StepState};
 
-/// The steps of each kind of actor, in order.
+/// The steps of each kind of actor, in order (rke1: the v3 API).
 pub const RANCHER_STEPS: &[Step] = &[
     Step::CreateMachine,
     Step::StartServer,
     Step::WaitReady,
     Step::CheckServer,
     Step::PinCa,
+    // Before anything is made in Rancher: rke1 is refused on 2.12+.
+    Step::CheckRancherVersion,
     Step::Login,
     Step::ChangePassword,
     Step::CreateApiToken,
@@ -23,12 +25,40 @@ pub const RANCHER_STEPS: &[Step] = &[
 pub const NODE_STEPS: &[Step] = &[Step::CreateMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitNodeActive];
 pub const REMOVE_STEPS: &[Step] = &[Step::RemoveMachine];
 
+/// The rancher actor's steps for rke2/k3s (reference/rancher-current.md §2,
+/// issue 8's order): the version check and the Kubernetes version before
+/// anything is made in Rancher (the login's session aside), readiness
+/// beyond `/ping` with the token, `server-url` before the cluster.
+pub const V1_RANCHER_STEPS: &[Step] = &[
+    Step::CreateMachine,
+    Step::StartServer,
+    Step::WaitReady,
+    Step::CheckServer,
+    Step::PinCa,
+    Step::CheckRancherVersion,
+    Step::Login,
+    Step::ChooseKubernetesVersion,
+    Step::ChangePassword,
+    Step::CreateApiToken,
+    Step::WaitApiReady,
+    Step::SetServerUrl,
+    Step::CreateCluster,
+    Step::WaitClusterName,
+    Step::WaitNodeCommand,
+    Step::WaitClusterReady,
+];
+/// A node on rke2/k3s: the installer (which checks its registration),
+/// the machine listed, then `Running` with a `nodeRef` (§2.8).
+pub const V1_NODE_STEPS: &[Step] = &[Step::CreateMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitMachineRunning];
+
 /// The steps an actor of `role` runs in a run of this kind.
-pub fn steps_for(role: Role, down: bool) -> &'static [Step] {
-    match (down, role) {
-        (true, _) => REMOVE_STEPS,
-        (false, Role::Rancher) => RANCHER_STEPS,
-        (false, _) => NODE_STEPS,
+pub fn steps_for(role: Role, down: bool, distribution: Distribution) -> &'static [Step] {
+    match (down, role, distribution.is_v1()) {
+        (true, _, _) => REMOVE_STEPS,
+        (false, Role::Rancher, false) => RANCHER_STEPS,
+        (false, _, false) => NODE_STEPS,
+        (false, Role::Rancher, true) => V1_RANCHER_STEPS,
+        (false, _, true) => V1_NODE_STEPS,
     }
 }
 
@@ -126,10 +156,20 @@ pub fn backoff_ms(retry: &Retry, failures: u32) -> u64 {
 /// Masters join one at a time — master N+1 only once Rancher lists master N
 /// (concurrent etcd joins break) — and the workers all together once every
 /// master is listed. Nothing joins before the node command exists.
+///
+/// rke2/k3s: every node at once, as soon as the node command exists.
+/// Rancher's planner starts nothing until an etcd, a control-plane and a
+/// worker machine are registered, picks the init node and joins the other
+/// etcd members itself (reference/rancher-current.md §2.7, §2.8): gating
+/// masters on each other would slow the run and, gated on `Running`,
+/// deadlock it.
 pub fn grants(state: &RunState) -> Vec<String> {
     let ready = state.actor("rancher").is_some_and(|a| a.done(Step::WaitNodeCommand));
     if !ready {
         return Vec::new();
+    }
+    if state.plan.distribution.is_v1() {
+        return state.plan.node_names().into_iter().map(|(n, _)| n).filter(|n| !state.granted.contains(n)).collect();
     }
     let listed = |name: &str| state.actor(name).is_some_and(|a| a.done(Step::WaitNodeListed));
     let nodes = state.plan.node_names();
@@ -161,7 +201,7 @@ fn all_done(plan: &Plan, state: &RunState, down: bool) -> bool {
     plan.machine_names().iter().all(|(name, role)| {
         state
             .actor(name)
-            .is_some_and(|a| steps_for(*role, down).iter().all(|s| a.done(*s)))
+            .is_some_and(|a| steps_for(*role, down, plan.distribution).iter().all(|s| a.done(*s)))
     })
 }
 
@@ -338,6 +378,65 @@ mod tests {
         assert_eq!(grants(&g.state()), vec!["worker01", "worker02"]);
         let g = g.granted("worker01").granted("worker02");
         assert!(grants(&g.state()).is_empty());
+    }
+
+    fn v1_given() -> Given {
+        let run = Uuid::now_v7();
+        let mut g = Given { run, attempt: 1, events: Vec::new() };
+        let plan = Plan { distribution: rmm_events::Distribution::Rke2, ..plan() };
+        g.push("coordinator", Event::RunStarted { kind: RunKind::Up, plan });
+        g.attempt(1)
+    }
+
+    #[test]
+    fn the_v1_order_checks_the_server_before_anything_is_made_and_sets_server_url_before_the_cluster() {
+        let pos = |s: Step| V1_RANCHER_STEPS.iter().position(|x| *x == s).unwrap();
+        assert!(pos(Step::PinCa) < pos(Step::CheckRancherVersion));
+        assert!(pos(Step::CheckRancherVersion) < pos(Step::Login));
+        assert!(pos(Step::ChooseKubernetesVersion) < pos(Step::ChangePassword), "refused before the password or a token is made");
+        assert!(pos(Step::CreateApiToken) < pos(Step::WaitApiReady));
+        assert!(pos(Step::WaitApiReady) < pos(Step::SetServerUrl));
+        assert!(pos(Step::SetServerUrl) < pos(Step::CreateCluster));
+        assert!(pos(Step::CreateCluster) < pos(Step::WaitClusterName));
+        assert!(pos(Step::WaitClusterName) < pos(Step::WaitNodeCommand));
+        assert_eq!(V1_RANCHER_STEPS.last(), Some(&Step::WaitClusterReady));
+        assert!(!V1_RANCHER_STEPS.contains(&Step::CreateRegistrationToken), "default-token is Rancher's own");
+        assert_eq!(V1_NODE_STEPS, &[Step::CreateMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitMachineRunning]);
+        // rke1 keeps its order, with the version check before the login.
+        assert_eq!(steps_for(Role::Rancher, false, rmm_events::Distribution::Rke1), RANCHER_STEPS);
+        assert_eq!(steps_for(Role::Worker, false, rmm_events::Distribution::K3s), V1_NODE_STEPS);
+        let rp = |s: Step| RANCHER_STEPS.iter().position(|x| *x == s).unwrap();
+        assert!(rp(Step::CheckRancherVersion) < rp(Step::Login));
+    }
+
+    #[test]
+    fn on_the_v1_path_every_node_joins_as_soon_as_the_node_command_exists() {
+        assert!(grants(&v1_given().state()).is_empty(), "nothing before the node command");
+        let g = v1_given().done("rancher", Step::WaitNodeCommand, Outcome::NodeCommandReady {
+            command: rmm_events::SecretRef { name: "node-command".into(), fingerprint: "abc".into() },
+        });
+        assert_eq!(grants(&g.state()), vec!["master01", "master02", "master03", "worker01", "worker02"]);
+        let g = g.granted("master01").granted("worker01");
+        assert_eq!(grants(&g.state()), vec!["master02", "master03", "worker02"], "no master waits for another");
+    }
+
+    #[test]
+    fn a_v1_run_is_complete_when_every_machine_runs_and_the_cluster_is_ready() {
+        let mut g = v1_given();
+        let plan = g.state().plan;
+        for (name, role) in plan.machine_names() {
+            for s in steps_for(role, false, plan.distribution) {
+                g = g.done(&name, *s, machine());
+            }
+        }
+        assert!(up_complete(&g.state()));
+        let mut g = v1_given();
+        for (name, role) in plan.machine_names() {
+            for s in steps_for(role, false, plan.distribution).iter().filter(|s| **s != Step::WaitMachineRunning) {
+                g = g.done(&name, *s, machine());
+            }
+        }
+        assert!(!up_complete(&g.state()), "a node whose machine is not Running is not done");
     }
 
     #[test]

@@ -205,6 +205,66 @@ pub struct RegistrationToken {
     pub cluster_id: String,
     /// Empty until Rancher's controller fills it in (2.6+).
     pub node_command: Option<Secret>,
+    /// The same command with `curl --insecure` for the script download
+    /// only (reference/rancher-current.md §2.6). Empty until filled in.
+    pub insecure_node_command: Option<Secret>,
+}
+
+/// `metadata.state` of a Steve object (reference/rancher-current.md §2.0):
+/// `name` is a lower-cased summary (`active`, `running`, `provisioning` …).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SteveState {
+    pub name: String,
+    pub message: String,
+    pub error: bool,
+    pub transitioning: bool,
+}
+
+/// One entry of `status.conditions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Condition {
+    pub kind: String,
+    /// `True`, `False`, `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// A Steve (`/v1`) object: the fields rmm reads of a provisioning cluster,
+/// a management cluster or a CAPI machine (§2.4, §2.8, §2.9). Fields an
+/// object does not have are empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SteveObject {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.generation`.
+    pub generation: i64,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub annotations: std::collections::BTreeMap<String, String>,
+    pub state: SteveState,
+    pub conditions: Vec<Condition>,
+    /// `status.ready` (provisioning cluster).
+    pub ready: bool,
+    /// `status.observedGeneration`.
+    pub observed_generation: i64,
+    /// `status.clusterName` (provisioning cluster: `c-m-xxxxxxxx`).
+    pub cluster_name: Option<String>,
+    /// `status.phase` (CAPI machine: `Pending`, `Provisioning`, `Running` …).
+    pub phase: Option<String>,
+    /// `status.nodeRef.name` (CAPI machine).
+    pub node_ref: Option<String>,
+    /// `status.failureMessage` / `status.failureReason` (CAPI machine).
+    pub failure: Option<String>,
+}
+
+impl SteveObject {
+    pub fn condition(&self, kind: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.kind == kind)
+    }
+    /// Whether condition `kind` is `True`.
+    pub fn is_true(&self, kind: &str) -> bool {
+        self.condition(kind).is_some_and(|c| c.status == "True")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +319,34 @@ pub trait RancherApi: Send + Sync {
     async fn get_registration_token(&self, auth: &Secret, id: &str) -> Result<RegistrationToken, ApiError>;
     /// `GET /v3/nodes?clusterId=<id>`
     async fn list_nodes(&self, auth: &Secret, cluster_id: &str) -> Result<Vec<NodeInfo>, ApiError>;
+
+    // ------------------------------------------ v1 (RKE2/K3s, reference/rancher-current.md §2)
+
+    /// `GET /rancherversion` (no credential) → `Version` (`v2.15.1`).
+    async fn rancher_version(&self) -> Result<String, ApiError>;
+    /// `POST /v1-public/login` (201, 2.13+), falling back to the v3 login
+    /// on 404 (§2.2, as terraform's `DoUserLogin`).
+    async fn login_public(&self, username: &str, password: &Secret) -> Result<Secret, ApiError>;
+    /// One round of the readiness reads of §2.1: `GET
+    /// /v1/management.cattle.io.users` and `GET
+    /// /v1/provisioning.cattle.io.clusters`, both 200.
+    async fn v1_reads(&self, auth: &Secret) -> Result<(), ApiError>;
+    /// `GET /v3/settings/<name>` → `.value` (may be empty).
+    async fn get_setting(&self, auth: &Secret, name: &str) -> Result<String, ApiError>;
+    /// `GET /v1-<distro>-release/releases` (`distro`: `rke2`, `k3s`): the
+    /// versions this server offers (§2.4).
+    async fn offered_versions(&self, auth: &Secret, distro: &str) -> Result<Vec<String>, ApiError>;
+    /// `POST /v1/provisioning.cattle.io.clusters` (201) in `fleet-default`
+    /// with `spec.rkeConfig` and `spec.kubernetesVersion` (§2.4). A name
+    /// that exists is 409 `AlreadyExists`.
+    async fn create_v1_cluster(&self, auth: &Secret, name: &str, kubernetes_version: &str) -> Result<SteveObject, ApiError>;
+    /// `GET /v1/provisioning.cattle.io.clusters/fleet-default/<name>`; 404 → `None`.
+    async fn get_v1_cluster(&self, auth: &Secret, name: &str) -> Result<Option<SteveObject>, ApiError>;
+    /// `GET /v1/management.cattle.io.clusters/<id>` (§2.9 item 3).
+    async fn get_management_cluster(&self, auth: &Secret, id: &str) -> Result<SteveObject, ApiError>;
+    /// `GET /v1/cluster.x-k8s.io.machines/fleet-default`, filtered (here,
+    /// §8) on the label `cluster.x-k8s.io/cluster-name=<cluster>` (§2.8).
+    async fn list_machines(&self, auth: &Secret, cluster: &str) -> Result<Vec<SteveObject>, ApiError>;
 }
 
 /// Which certificates a Rancher client trusts.
@@ -269,7 +357,15 @@ pub enum CaTrust {
     Unverified,
     /// Only this CA (PEM): the one whose checksum is recorded in the log.
     Pinned(String),
+    /// The system's trust roots: a server whose `cacerts` setting is empty
+    /// (a publicly trusted certificate: `--no-cacerts`, ACME;
+    /// reference/rancher-current.md §3.2, §7 item 3). Verified, so
+    /// credentials may be sent.
+    SystemRoots,
 }
+
+/// What the v3 client says when `cacerts` is empty (see [`CaTrust::SystemRoots`]).
+pub const EMPTY_CACERTS: &str = "the cacerts setting is empty";
 
 /// Makes Rancher clients for a server URL (`https://IP[:port]`).
 pub trait RancherConnector: Send + Sync + 'static {

@@ -21,6 +21,7 @@ use crate::ports::{
 pub struct JoinInfo {
     pub url: String,
     pub cluster_id: String,
+    /// Empty: the server is verified against the system's trust roots.
     pub ca_checksum: String,
 }
 
@@ -34,6 +35,9 @@ pub struct StepCall<'a> {
     /// The actor's folded state when the step was decided.
     pub state: &'a ActorState,
     pub join: Option<&'a JoinInfo>,
+    /// Where records a step appends itself (Rancher's progress messages)
+    /// are shown, like the step's own: the coordinator (the live view).
+    pub observer: Option<&'a actix::Addr<crate::coordinator::Coordinator>>,
 }
 
 /// A failed step: recorded as `StepFailed`; retried when `retryable`.
@@ -100,7 +104,14 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
             format!("admin password {} (stored before the call)", pw.fingerprint())
         }
         Step::CreateApiToken => format!("description {:?}", token_description(ctx)),
+        Step::CreateCluster if ctx.plan.distribution.is_v1() => format!(
+            "v1 cluster {}/{} ({})",
+            v1::FLEET_DEFAULT,
+            ctx.plan.cluster_name,
+            ctx.plan.distribution.as_str()
+        ),
         Step::CreateCluster => format!("cluster {}", ctx.plan.cluster_name),
+        Step::RunAgent if ctx.plan.distribution.is_v1() => format!("system-agent installer, {}", v1::role_flags(call.role).join(" ")),
         Step::RunAgent => format!("roles {}", roles(call.role).join(",")),
         Step::WaitReady => format!("GET /ping (timeout {}s)", ctx.plan.timeouts.rancher_ready_s),
         Step::CheckServer => {
@@ -109,12 +120,49 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
         Step::WaitNodeCommand => format!("nodeCommand filled in (timeout {}s)", ctx.plan.timeouts.node_command_s),
         Step::WaitNodeListed => format!("Rancher lists {} (timeout {}s)", call.actor, ctx.plan.timeouts.node_listed_s),
         Step::WaitNodeActive | Step::WaitClusterActive => format!("state active (timeout {}s)", ctx.plan.timeouts.active_s),
+        Step::CheckRancherVersion => format!("GET /rancherversion: can this server make {}?", ctx.plan.distribution.as_str()),
+        Step::WaitApiReady => format!("authenticated /v1 reads succeed twice in a row (timeout {}s)", ctx.plan.timeouts.rancher_ready_s),
+        Step::ChooseKubernetesVersion => match &ctx.plan.kubernetes_version {
+            Some(v) => format!("{v}, if this server offers it"),
+            None => format!("the server's {}", ctx.plan.distribution.default_version_setting().unwrap_or("default")),
+        },
+        Step::WaitClusterName => format!("status.clusterName set (timeout {}s)", ctx.plan.timeouts.node_command_s),
+        Step::WaitMachineRunning => format!("machine of node {} Running with a nodeRef (timeout {}s)", call.actor, ctx.plan.timeouts.active_s),
+        Step::WaitClusterReady => format!("ready, Ready=True, Provisioned=True (timeout {}s)", ctx.plan.timeouts.active_s),
         _ => String::new(),
     })
 }
 
-/// Runs the step's effect.
+/// Runs the step's effect. A step that Rancher refuses with a 401 while
+/// the run holds an API token (it expired, 90 days by default, or was
+/// revoked: a resume months later) logs in again, makes a new token, and
+/// runs once more (reference/rancher-current.md §2.2, §7 item 10).
 pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
+    match effect_once(call).await {
+        Err(e)
+            if e.message.contains("answered 401")
+                && !matches!(call.step, Step::Login | Step::ChangePassword | Step::CreateApiToken)
+                && call.ctx.secret(secret::API_TOKEN).is_some() =>
+        {
+            tracing::warn!(step = call.step.as_str(), "Rancher refused the API token: making a new one");
+            v1::renew(call, &rancher_api(call)?).await?;
+            effect_once(call).await
+        }
+        other => other,
+    }
+}
+
+async fn effect_once(call: &StepCall<'_>) -> StepResult<Outcome> {
+    if call.ctx.plan.distribution.is_v1() {
+        match call.step {
+            Step::Login => return v1::login(call).await,
+            Step::CreateCluster => return v1::create_cluster(call).await,
+            Step::WaitNodeCommand => return v1::wait_node_command(call).await,
+            Step::RunAgent => return v1::run_agent(call).await,
+            Step::WaitNodeListed => return v1::wait_machine_listed(call).await,
+            _ => {}
+        }
+    }
     match call.step {
         Step::CreateMachine => create_machine(call).await,
         Step::StartServer => start_server(call).await,
@@ -133,6 +181,12 @@ pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
         Step::WaitNodeActive => wait_node_active(call).await,
         Step::RemoveMachine => remove_machine(call).await,
         Step::CheckServer => check_server(call).await,
+        Step::CheckRancherVersion => v1::check_rancher_version(call).await,
+        Step::WaitApiReady => v1::wait_api_ready(call).await,
+        Step::ChooseKubernetesVersion => v1::choose_kubernetes_version(call).await,
+        Step::WaitClusterName => v1::wait_cluster_name(call).await,
+        Step::WaitMachineRunning => v1::wait_machine_running(call).await,
+        Step::WaitClusterReady => v1::wait_cluster_ready(call).await,
     }
 }
 
@@ -140,6 +194,13 @@ pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
 /// it; `None` means run it again (waits and idempotent calls always do).
 pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
     let ctx = call.ctx;
+    if ctx.plan.distribution.is_v1() {
+        match call.step {
+            Step::CreateCluster => return v1::find_cluster(call).await,
+            Step::RunAgent => return Ok(v1::machine_of_node(call).await?.map(|_| Outcome::AgentStarted)),
+            _ => {}
+        }
+    }
     match call.step {
         Step::CreateMachine => match ctx.driver.inspect(call.actor).await? {
             // Ours only if it carries this cluster's label (when the driver has labels).
@@ -194,7 +255,13 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
         | Step::WaitNodeCommand
         | Step::WaitClusterActive
         | Step::WaitNodeListed
-        | Step::WaitNodeActive => Ok(None),
+        | Step::WaitNodeActive
+        | Step::CheckRancherVersion
+        | Step::WaitApiReady
+        | Step::ChooseKubernetesVersion
+        | Step::WaitClusterName
+        | Step::WaitMachineRunning
+        | Step::WaitClusterReady => Ok(None),
     }
 }
 
@@ -283,8 +350,24 @@ fn token_description(ctx: &RunCtx) -> String {
 /// A client that trusts only the pinned CA, after checking the stored PEM
 /// against the checksum recorded in the log.
 fn rancher_api(call: &StepCall<'_>) -> StepResult<Arc<dyn RancherApi>> {
-    let pem = pinned_pem(call)?;
-    Ok(call.ctx.connector.connect(&rancher_url(call)?, CaTrust::Pinned(pem))?)
+    Ok(call.ctx.connector.connect(&rancher_url(call)?, trust(call)?)?)
+}
+
+/// Whether the log recorded that this server is verified against the
+/// system's trust roots (its `cacerts` is empty).
+fn system_roots(call: &StepCall<'_>) -> bool {
+    match call.join {
+        Some(join) => join.ca_checksum.is_empty(),
+        None => matches!(call.state.outcome(Step::PinCa), Some(Outcome::CaSystemRoots)),
+    }
+}
+
+/// The pinned CA, or the system's roots when that is what the log recorded.
+fn trust(call: &StepCall<'_>) -> StepResult<CaTrust> {
+    if system_roots(call) {
+        return Ok(CaTrust::SystemRoots);
+    }
+    Ok(CaTrust::Pinned(pinned_pem(call)?))
 }
 
 /// The pinned CA (PEM) from the state dir, checked against the checksum in
@@ -393,7 +476,8 @@ async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
     // that cannot read the machine's CA leaves /ping unverified (it carries
     // no credential).
     let pinned = match call.state.outcome(Step::PinCa) {
-        Some(Outcome::CaPinned { .. }) => Some(pinned_pem(call)?),
+        Some(Outcome::CaPinned { .. }) => Some(CaTrust::Pinned(pinned_pem(call)?)),
+        Some(Outcome::CaSystemRoots) => Some(CaTrust::SystemRoots),
         _ => None,
     };
     let what = format!("the Rancher server at {url} to answer /ping (container {state})");
@@ -406,7 +490,8 @@ async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
                 Some(known) => known,
                 None => {
                     let (trust, expected) = match pinned {
-                        Some(pem) => (CaTrust::Pinned(pem), Some("the CA pinned in the log")),
+                        Some(CaTrust::SystemRoots) => (CaTrust::SystemRoots, Some("the system's trust roots (as the log records)")),
+                        Some(trust) => (trust, Some("the CA pinned in the log")),
                         None => match ctx.driver.read_server_ca(call.actor).await? {
                             Some(pem) => (CaTrust::Pinned(pem), Some("the CA on the rancher machine")),
                             None => (CaTrust::Unverified, None),
@@ -519,9 +604,13 @@ async fn pin_ca(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
     let url = rancher_url(call)?;
     let api = ctx.connector.connect(&url, CaTrust::Unverified)?;
-    let served = api.cacerts().await?;
+    let served = match api.cacerts().await {
+        Ok(pem) => pem,
+        Err(ApiError::Decode(m)) if m.contains(crate::ports::EMPTY_CACERTS) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
     if served.trim().is_empty() {
-        return Err(StepError::permanent("Rancher's cacerts setting is empty; nothing to pin"));
+        return system_roots_trusted(call, &url).await;
     }
     let pem = match ctx.driver.read_server_ca(call.actor).await? {
         Some(on_machine) => {
@@ -550,6 +639,28 @@ async fn pin_ca(call: &StepCall<'_>) -> StepResult<Outcome> {
     }
     ctx.put_secret(secret::RANCHER_CA, &Secret::new(pem)).map_err(StepError::permanent)?;
     Ok(Outcome::CaPinned { checksum })
+}
+
+/// An empty `cacerts`: Rancher serves a publicly trusted certificate
+/// (`--no-cacerts`, ACME; reference/rancher-current.md §3.2, §7 item 3).
+/// There is no private CA to pin: the server must verify against the
+/// system's trust roots, and that choice is recorded (`CaSystemRoots`).
+/// A `--ca-checksum` still pins: a CA was asked for and there is none.
+async fn system_roots_trusted(call: &StepCall<'_>, url: &str) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    if let Some(expected) = &ctx.plan.ca_checksum {
+        return Err(StepError::permanent(format!(
+            "--ca-checksum {expected} pins a CA, but Rancher's cacerts setting is empty (a publicly trusted certificate): leave --ca-checksum out to verify the server against the system's trust roots"
+        )));
+    }
+    let api = ctx.connector.connect(url, CaTrust::SystemRoots)?;
+    match api.ping().await {
+        Ok(()) => Ok(Outcome::CaSystemRoots),
+        Err(ApiError::Tls(e)) => Err(StepError::permanent(format!(
+            "Rancher's cacerts setting is empty, but the certificate at {url} does not chain to the system's trust roots ({e}); no credential was sent"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn login(call: &StepCall<'_>) -> StepResult<Outcome> {
@@ -671,10 +782,14 @@ async fn create_api_token(call: &StepCall<'_>) -> StepResult<Outcome> {
 }
 
 async fn set_server_url(call: &StepCall<'_>) -> StepResult<Outcome> {
-    let ctx = call.ctx;
     let api = rancher_api(call)?;
     let url = rancher_url(call)?;
-    api.set_setting(&auth(ctx)?, "server-url", &url).await?;
+    // A token that expired (a resume months later) is made again.
+    v1::authed(call, &api, |a| {
+        let (api, url) = (api.clone(), url.clone());
+        async move { api.set_setting(&a, "server-url", &url).await }
+    })
+    .await?;
     Ok(Outcome::ServerUrlSet { url })
 }
 
@@ -782,7 +897,12 @@ fn roles(role: Role) -> Vec<&'static str> {
 
 async fn listed_node(call: &StepCall<'_>) -> StepResult<Option<crate::ports::NodeInfo>> {
     let api = rancher_api(call)?;
-    let nodes = api.list_nodes(&auth(call.ctx)?, &cluster_id(call)?).await?;
+    let id = cluster_id(call)?;
+    let nodes = v1::authed(call, &api, |a| {
+        let (api, id) = (api.clone(), id.clone());
+        async move { api.list_nodes(&a, &id).await }
+    })
+    .await?;
     Ok(nodes.into_iter().find(|n| n.requested_hostname == call.actor))
 }
 
@@ -855,6 +975,9 @@ async fn wait_node_active(call: &StepCall<'_>) -> StepResult<Outcome> {
     })
     .await
 }
+
+mod v1;
+pub use v1::REFUSAL;
 
 #[cfg(test)]
 mod tests;

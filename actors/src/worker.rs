@@ -240,6 +240,7 @@ impl Job {
             try_no,
             state: &self.state,
             join: self.join.as_ref(),
+            observer: Some(&self.coordinator),
         }
     }
 

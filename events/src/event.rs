@@ -86,6 +86,22 @@ pub enum Step {
     /// Once per attempt, after the server was started: is its container
     /// running and answering? Started again if not.
     CheckServer,
+    /// `GET /rancherversion`: refuses a distribution this server line
+    /// cannot make (rke1 on 2.12+), before anything is made in Rancher.
+    CheckRancherVersion,
+    /// Authenticated `/v1` reads that succeed twice in a row: Rancher's
+    /// webhooks are up (reference/rancher-current.md §2.1).
+    WaitApiReady,
+    /// The Kubernetes version: the plan's, checked against what the server
+    /// offers, or the server's default.
+    ChooseKubernetesVersion,
+    /// Poll the v1 cluster until `status.clusterName` (`c-m-…`) is set.
+    WaitClusterName,
+    /// Poll this node's CAPI machine until it is `Running` with a `nodeRef`.
+    WaitMachineRunning,
+    /// Poll the v1 cluster (and its management cluster) until ready as
+    /// Rancher's own tests define it (§2.9).
+    WaitClusterReady,
 }
 
 impl Step {
@@ -99,6 +115,12 @@ impl Step {
                 | Step::WaitClusterActive
                 | Step::WaitNodeListed
                 | Step::WaitNodeActive
+                | Step::CheckRancherVersion
+                | Step::WaitApiReady
+                | Step::ChooseKubernetesVersion
+                | Step::WaitClusterName
+                | Step::WaitMachineRunning
+                | Step::WaitClusterReady
         )
     }
 
@@ -127,6 +149,12 @@ impl Step {
             Step::WaitNodeActive => "wait_node_active",
             Step::RemoveMachine => "remove_machine",
             Step::CheckServer => "check_server",
+            Step::CheckRancherVersion => "check_rancher_version",
+            Step::WaitApiReady => "wait_api_ready",
+            Step::ChooseKubernetesVersion => "choose_kubernetes_version",
+            Step::WaitClusterName => "wait_cluster_name",
+            Step::WaitMachineRunning => "wait_machine_running",
+            Step::WaitClusterReady => "wait_cluster_ready",
         }
     }
 }
@@ -156,6 +184,24 @@ pub enum Outcome {
     /// `CheckServer`: the server was not running (`state` is what the
     /// machine said: `exited`, `absent` …) and was started again.
     ServerRestarted { state: String },
+    /// `CheckRancherVersion`: what `/rancherversion` said (`v2.15.1`).
+    RancherVersion { version: String },
+    /// `WaitApiReady`: two rounds of authenticated `/v1` reads succeeded.
+    ApiReady,
+    /// `ChooseKubernetesVersion`: the version the cluster is made with;
+    /// `server_default` when the plan named none.
+    KubernetesVersionChosen { version: String, server_default: bool },
+    /// `WaitClusterName`: the management cluster id (`c-m-xxxxxxxx`).
+    ClusterNamed { management_id: String },
+    /// `WaitMachineRunning`: the node's CAPI machine (`custom-<hex>`) is
+    /// `Running` and names its Kubernetes node.
+    MachineRunning { machine: String, node: String },
+    /// `WaitClusterReady`: ready, Ready=True, Provisioned=True, the
+    /// management cluster Ready.
+    ClusterReady,
+    /// `PinCa`: the server's `cacerts` is empty (a publicly trusted
+    /// certificate): it is verified against the system's trust roots.
+    CaSystemRoots,
 }
 
 /// How a step's outcome was established.
@@ -192,6 +238,10 @@ pub enum Event {
     RunFailed { actor: String, step: Option<Step>, reason: String },
     /// The process was asked to stop (Ctrl-C, SIGTERM) and stopped cleanly.
     AttemptInterrupted { reason: String },
+    /// A wait saw Rancher's own progress message change (the planner's
+    /// `waiting for probes: …`, a machine's phase): recorded so `rmm log`
+    /// shows why a step took long. Never holds a secret.
+    Progress { step: Step, message: String },
 }
 
 impl Event {
@@ -207,6 +257,7 @@ impl Event {
             Event::RunCompleted => "RunCompleted",
             Event::RunFailed { .. } => "RunFailed",
             Event::AttemptInterrupted { .. } => "AttemptInterrupted",
+            Event::Progress { .. } => "Progress",
         }
     }
 
@@ -260,6 +311,7 @@ impl Event {
                 None => format!("run failed at {actor}: {reason}"),
             },
             Event::AttemptInterrupted { reason } => format!("interrupted: {reason}"),
+            Event::Progress { step, message } => format!("{}: {message}", step.as_str()),
         }
     }
 }
@@ -279,10 +331,19 @@ fn outcome_summary(outcome: &Outcome) -> String {
         Outcome::NodeListed { node_id } => format!(": {node_id}"),
         Outcome::ServerRunning => ": running and answering".into(),
         Outcome::ServerRestarted { state } => format!(": was {state}, started again"),
+        Outcome::RancherVersion { version } => format!(": Rancher {version}"),
+        Outcome::KubernetesVersionChosen { version, server_default } => {
+            format!(": {version}{}", if *server_default { " (the server's default)" } else { "" })
+        }
+        Outcome::ClusterNamed { management_id } => format!(": {management_id}"),
+        Outcome::MachineRunning { machine, node } => format!(": machine {machine} running as node {node}"),
+        Outcome::CaSystemRoots => ": cacerts empty; verified against the system's trust roots".into(),
         Outcome::Ready
         | Outcome::ClusterActive
         | Outcome::AgentStarted
         | Outcome::NodeActive
-        | Outcome::MachineRemoved => String::new(),
+        | Outcome::MachineRemoved
+        | Outcome::ApiReady
+        | Outcome::ClusterReady => String::new(),
     }
 }

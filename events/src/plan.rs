@@ -23,6 +23,68 @@ pub struct Plan {
     pub retry: Retry,
     /// How often waits poll the world, in milliseconds.
     pub poll_ms: u64,
+    /// Which Kubernetes Rancher builds (since format version 3; a log of an
+    /// older version is an RKE1 run, the only kind rmm made then).
+    pub distribution: Distribution,
+    /// The Kubernetes version asked for (`v1.35.1+rke2r1`); `None`: the
+    /// server's own `rke2-default-version` / `k3s-default-version`
+    /// (reference/rancher-current.md §2.4). Unused for RKE1.
+    pub kubernetes_version: Option<String>,
+}
+
+/// The Kubernetes distribution of the downstream cluster.
+///
+/// * `Rke2` / `K3s`: a custom cluster made through the v1 (Steve) API,
+///   Rancher 2.6 and later, the only kind on 2.12+ (reference/rancher-current.md §1.3, §2).
+/// * `Rke1`: a custom cluster made through the v3 API, Rancher 2.6–2.11
+///   only (2.12 removed RKE1, §1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distribution {
+    Rke2,
+    K3s,
+    Rke1,
+}
+
+impl Distribution {
+    pub const ALL: [Distribution; 3] = [Distribution::Rke2, Distribution::K3s, Distribution::Rke1];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Distribution::Rke2 => "rke2",
+            Distribution::K3s => "k3s",
+            Distribution::Rke1 => "rke1",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Distribution> {
+        Distribution::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
+    /// Made through `/v1/provisioning.cattle.io.clusters` (rke2, k3s).
+    pub fn is_v1(self) -> bool {
+        !matches!(self, Distribution::Rke1)
+    }
+
+    /// The Rancher setting that holds the server's default version
+    /// (`rke2-default-version`, `k3s-default-version`; §2.4).
+    pub fn default_version_setting(self) -> Option<&'static str> {
+        match self {
+            Distribution::Rke2 => Some("rke2-default-version"),
+            Distribution::K3s => Some("k3s-default-version"),
+            Distribution::Rke1 => None,
+        }
+    }
+
+    /// The suffix of this distribution's version strings (`+rke2r1`,
+    /// `+k3s1`): "that suffix is what selects the distro" (§2.4).
+    pub fn version_marker(self) -> Option<&'static str> {
+        match self {
+            Distribution::Rke2 => Some("+rke2"),
+            Distribution::K3s => Some("+k3s"),
+            Distribution::Rke1 => None,
+        }
+    }
 }
 
 /// Every wait has an end. Seconds.
@@ -53,7 +115,13 @@ pub struct Retry {
 
 /// The Rancher image rmm starts by default: the last line with RKE1 custom
 /// clusters (2.12 removed RKE1).
+/// The lead flips this and [`DEFAULT_DISTRIBUTION`] together to
+/// `rancher/rancher:v2.15.1` / `Rke2` once the emulator speaks v1.
 pub const DEFAULT_RANCHER_IMAGE: &str = "rancher/rancher:v2.11.3";
+
+/// The distribution of a plan that does not name one (see
+/// [`DEFAULT_RANCHER_IMAGE`]: the two go together).
+pub const DEFAULT_DISTRIBUTION: Distribution = Distribution::Rke1;
 
 /// The defaults `rmm.toml` documents: cluster `tinysetup`, 3 masters, 3
 /// workers, the local driver, 8 creations at once.
@@ -70,6 +138,8 @@ impl Default for Plan {
             timeouts: Timeouts::default(),
             retry: Retry::default(),
             poll_ms: 50,
+            distribution: DEFAULT_DISTRIBUTION,
+            kubernetes_version: None,
         }
     }
 }

@@ -29,6 +29,10 @@ pub struct ActorState {
     pub last_ms: Option<i64>,
     /// Per step: (attempt, tries within that attempt), for retry budgets.
     pub attempt_tries: BTreeMap<Step, (u32, u32)>,
+    /// Rancher's latest progress message for the step in flight (the
+    /// planner's `waiting for probes: …`), from `Event::Progress`; cleared
+    /// when a step starts or ends.
+    pub progress: Option<String>,
 }
 
 impl ActorState {
@@ -36,6 +40,11 @@ impl ActorState {
         self.last_event = Some(env.id);
         self.first_ms.get_or_insert(env.at_ms);
         self.last_ms = Some(env.at_ms);
+        match &env.event {
+            Event::StepStarted { .. } | Event::StepSucceeded { .. } | Event::StepFailed { .. } => self.progress = None,
+            Event::Progress { message, .. } => self.progress = Some(message.clone()),
+            _ => {}
+        }
         match &env.event {
             Event::StepStarted { step, try_no, .. } => {
                 let tries = self.attempt_tries.entry(*step).or_insert((env.attempt, 0));
@@ -225,7 +234,7 @@ impl RunState {
                 self.status = RunStatus::Interrupted;
                 self.ended_ms = Some(env.at_ms);
             }
-            Event::StepStarted { .. } | Event::StepSucceeded { .. } | Event::StepFailed { .. } => {}
+            Event::StepStarted { .. } | Event::StepSucceeded { .. } | Event::StepFailed { .. } | Event::Progress { .. } => {}
         }
         self.actors.entry(env.actor.clone()).or_default().apply(env);
     }
@@ -252,9 +261,25 @@ impl RunState {
         }
     }
 
+    /// The cluster's id in Rancher: the management id (`c-m-…`) of a v1
+    /// cluster once known, else what the create step returned (`c-xxxxx`
+    /// for rke1; `fleet-default/<name>` for a v1 cluster).
     pub fn cluster_id(&self) -> Option<&str> {
+        if let Some(Outcome::ClusterNamed { management_id }) = self.actor("rancher")?.outcome(Step::WaitClusterName) {
+            return Some(management_id);
+        }
         match self.actor("rancher")?.outcome(Step::CreateCluster) {
             Some(Outcome::ClusterCreated { cluster_id }) => Some(cluster_id),
+            _ => None,
+        }
+    }
+
+    /// What nodes are told to trust: the pinned CA's checksum, or `""` for
+    /// a server verified against the system's roots (empty `cacerts`).
+    pub fn ca_trust(&self) -> Option<&str> {
+        match self.actor("rancher")?.outcome(Step::PinCa) {
+            Some(Outcome::CaPinned { checksum }) => Some(checksum),
+            Some(Outcome::CaSystemRoots) => Some(""),
             _ => None,
         }
     }

@@ -8,11 +8,19 @@
 
 use std::path::PathBuf;
 
-use rmm_events::{codec, Envelope, Event, Outcome, Plan, RunKind, SecretRef, Step, Via};
+use rmm_events::{codec, Distribution, Envelope, Event, Outcome, Plan, RunKind, SecretRef, Step, Via};
 use uuid::Uuid;
 
+/// The plan written into fixtures. Versions 1 and 2 had no
+/// `distribution` / `kubernetes_version`: their fixtures decode as rke1
+/// with no version (see [`expected`]), whatever today's default is.
 fn plan() -> Plan {
-    Plan { ca_checksum: Some("ab".repeat(32)), ..Plan::default() }
+    Plan {
+        ca_checksum: Some("ab".repeat(32)),
+        distribution: Distribution::Rke2,
+        kubernetes_version: Some("v1.35.1+rke2r1".into()),
+        ..Plan::default()
+    }
 }
 
 /// One canonical event of every kind (and every outcome), by name.
@@ -57,14 +65,24 @@ fn added_later() -> Vec<(u8, &'static str, Event)> {
         (2, "check_server_started", Event::StepStarted { step: Step::CheckServer, try_no: 1, detail: "server container running and answering?".into() }),
         (2, "server_running", ok(Step::CheckServer, Outcome::ServerRunning)),
         (2, "server_restarted", ok(Step::CheckServer, Outcome::ServerRestarted { state: "exited".into() })),
+        (3, "rancher_version", ok(Step::CheckRancherVersion, Outcome::RancherVersion { version: "v2.15.1".into() })),
+        (3, "api_ready", ok(Step::WaitApiReady, Outcome::ApiReady)),
+        (3, "kubernetes_version_chosen", ok(Step::ChooseKubernetesVersion, Outcome::KubernetesVersionChosen { version: "v1.35.1+rke2r1".into(), server_default: true })),
+        (3, "cluster_named", ok(Step::WaitClusterName, Outcome::ClusterNamed { management_id: "c-m-7kx2qz4b".into() })),
+        (3, "machine_running", ok(Step::WaitMachineRunning, Outcome::MachineRunning { machine: "custom-0123456789ab".into(), node: "master01".into() })),
+        (3, "cluster_ready", ok(Step::WaitClusterReady, Outcome::ClusterReady)),
+        (3, "ca_system_roots", ok(Step::PinCa, Outcome::CaSystemRoots)),
+        (3, "progress", Event::Progress { step: Step::WaitClusterReady, message: "waiting for probes: etcd, kube-apiserver".into() }),
     ]
 }
 
 #[test]
 fn fixtures_of_events_added_later_decode_from_their_first_version_on() {
     for (since, name, event) in added_later() {
-        if std::env::var_os("RMM_WRITE_FIXTURES").is_some() && since == codec::FORMAT_VERSION {
-            let path = fixtures(since).join(format!("{name}.bin"));
+        // Written into today's version's directory, whatever version first had them.
+        if std::env::var_os("RMM_WRITE_FIXTURES").is_some() && since <= codec::FORMAT_VERSION {
+            std::fs::create_dir_all(fixtures(codec::FORMAT_VERSION)).unwrap();
+            let path = fixtures(codec::FORMAT_VERSION).join(format!("{name}.bin"));
             if !path.exists() {
                 std::fs::write(&path, codec::encode(&envelope(event.clone()))).unwrap();
             }
@@ -114,6 +132,11 @@ fn expected(version: u8, event: Event) -> Envelope {
         (1, Event::AttemptStarted { attempt, command, pid, rmm_version, .. }) => {
             envelope(Event::AttemptStarted { attempt, command, pid, rmm_version, user: String::new(), host: String::new() })
         }
+        // Versions 1 and 2 made only RKE1 clusters and recorded no version.
+        (1 | 2, Event::RunStarted { kind, plan }) => envelope(Event::RunStarted {
+            kind,
+            plan: Plan { distribution: Distribution::Rke1, kubernetes_version: None, ..plan },
+        }),
         (_, event) => envelope(event),
     }
 }
@@ -157,11 +180,28 @@ fn every_event_kind_has_a_fixture() {
             | Event::JoinGranted { .. }
             | Event::RunCompleted
             | Event::RunFailed { .. }
-            | Event::AttemptInterrupted { .. } => {}
+            | Event::AttemptInterrupted { .. }
+            | Event::Progress { .. } => {}
         }
     }
-    let kinds: std::collections::BTreeSet<&str> = canonical().iter().map(|(_, e)| e.kind()).collect();
-    assert_eq!(kinds.len(), 9);
+    let mut all: Vec<Event> = canonical().into_iter().map(|(_, e)| e).collect();
+    all.extend(added_later().into_iter().map(|(_, _, e)| e));
+    let kinds: std::collections::BTreeSet<&str> = all.iter().map(|e| e.kind()).collect();
+    assert_eq!(kinds.len(), 10);
+}
+
+#[test]
+fn a_run_of_an_old_log_decodes_as_rke1() {
+    for version in 1..=2u8 {
+        let bytes = std::fs::read(fixtures(version).join("run_started.bin")).unwrap();
+        match codec::decode(&bytes).unwrap().event {
+            Event::RunStarted { plan, .. } => {
+                assert_eq!(plan.distribution, Distribution::Rke1, "v{version}");
+                assert_eq!(plan.kubernetes_version, None, "v{version}");
+            }
+            other => panic!("v{version}: {other:?}"),
+        }
+    }
 }
 
 #[test]

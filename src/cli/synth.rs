@@ -238,6 +238,12 @@ impl Gen {
             Step::WaitNodeListed => Outcome::NodeListed { node_id: format!("m-{actor}-{:04x}", self.rng.gen_range(0..0xffff)) },
             Step::WaitNodeActive => Outcome::NodeActive,
             Step::RemoveMachine => Outcome::MachineRemoved,
+            Step::CheckRancherVersion => Outcome::RancherVersion { version: "v2.11.3".into() },
+            Step::WaitApiReady => Outcome::ApiReady,
+            Step::ChooseKubernetesVersion => Outcome::KubernetesVersionChosen { version: "v1.35.1+rke2r1".into(), server_default: true },
+            Step::WaitClusterName => Outcome::ClusterNamed { management_id: "c-m-1".into() },
+            Step::WaitMachineRunning => Outcome::MachineRunning { machine: "custom-1".into(), node: actor.into() },
+            Step::WaitClusterReady => Outcome::ClusterReady,
             Step::CheckServer => Outcome::ServerRunning,
         }
     }

@@ -37,6 +37,12 @@ pub struct UpArgs {
     /// Accept an even number of masters (etcd quorum needs an odd count).
     #[arg(long)]
     pub allow_even_masters: bool,
+    /// Kubernetes distribution: rke2, k3s (Rancher 2.6+) or rke1 (Rancher 2.6-2.11).
+    #[arg(long)]
+    pub distribution: Option<String>,
+    /// Kubernetes version (e.g. v1.35.1+rke2r1); default: the server's own default.
+    #[arg(long)]
+    pub kubernetes_version: Option<String>,
 }
 
 impl UpArgs {
@@ -49,6 +55,8 @@ impl UpArgs {
             parallel: self.parallel,
             ca_checksum: self.ca_checksum.clone(),
             allow_even_masters: self.allow_even_masters,
+            distribution: self.distribution.clone(),
+            kubernetes_version: self.kubernetes_version.clone(),
         }
     }
     fn changes_plan(&self) -> bool {
@@ -58,6 +66,8 @@ impl UpArgs {
             || self.cluster_name.is_some()
             || self.parallel.is_some()
             || self.ca_checksum.is_some()
+            || self.distribution.is_some()
+            || self.kubernetes_version.is_some()
     }
 }
 
@@ -153,15 +163,28 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let _ = writeln!(out, "Password: not shown; run `rmm credentials` to print it.");
             Ok(())
         }
-        RunEnd::Failed { actor, step, reason } => Err(Error::RunFailed(format!(
-            "run failed: {actor} {}: {reason} (fix the cause, then `rmm up --resume`; `rmm log` has the details)",
-            step.as_str()
-        ))),
+        RunEnd::Failed { actor, step, reason } => Err(failed(&actor, step, &reason)),
         RunEnd::Interrupted => Err(Error::Interrupted("interrupted; `rmm up --resume` continues from the log".into())),
         RunEnd::Fatal(e) => Err(Error::StateDir(format!(
             "cannot write the event log ({e}); nothing after the last durable event happened unrecorded. Fix the disk, then `rmm up --resume`"
         ))),
     }
+}
+
+/// The error of a failed run. The server cannot do what the plan asks
+/// (rke1 on 2.12+, a Kubernetes version it does not offer): that was
+/// refused before anything was made in Rancher, and is a configuration
+/// error (exit 2) that says what to use instead.
+fn failed(actor: &str, step: rmm_events::Step, reason: &str) -> Error {
+    use rmm_events::Step;
+    let refusal = rmm_actors::steps::REFUSAL;
+    if matches!(step, Step::CheckRancherVersion | Step::ChooseKubernetesVersion) && reason.starts_with(refusal) {
+        return Error::Config(reason[refusal.len()..].to_string());
+    }
+    Error::RunFailed(format!(
+        "run failed: {actor} {}: {reason} (fix the cause, then `rmm up --resume`; `rmm log` has the details)",
+        step.as_str()
+    ))
 }
 
 /// Reads the secrets file before anything is recorded (a planted or
@@ -224,5 +247,30 @@ pub struct ConfigFileSource {
 impl ConfigFileSource {
     pub fn load(&self) -> Result<ConfigFile> {
         ConfigFile::load(&self.path, self.required)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmm_events::Step;
+
+    #[test]
+    fn a_refusal_by_the_server_is_exit_2_with_one_line_saying_what_to_use() {
+        let reason = format!(
+            "{}Rancher v2.15.1 cannot make an rke1 cluster (Rancher 2.12 removed RKE1): use --distribution rke2 (or k3s), or a Rancher image of 2.11 or older for rke1",
+            rmm_actors::steps::REFUSAL
+        );
+        let e = failed("rancher", Step::CheckRancherVersion, &reason);
+        assert_eq!(e.exit_code(), std::process::ExitCode::from(2));
+        let text = e.to_string();
+        assert!(text.starts_with("Rancher v2.15.1 cannot make an rke1 cluster") && text.contains("--distribution rke2"), "{text}");
+        assert!(!text.contains('\n'));
+        let reason = format!("{}kubernetes_version v1.20.0+rke2r1 is not offered by this Rancher; it offers: v1.35.1+rke2r1", rmm_actors::steps::REFUSAL);
+        assert_eq!(failed("rancher", Step::ChooseKubernetesVersion, &reason).exit_code(), std::process::ExitCode::from(2));
+        // Anything else that fails is a failed run (exit 1).
+        let e = failed("rancher", Step::CheckRancherVersion, "Rancher unavailable: GET /rancherversion: timed out");
+        assert_eq!(e.exit_code(), std::process::ExitCode::from(1));
+        assert_eq!(failed("worker01", Step::RunAgent, &reason).exit_code(), std::process::ExitCode::from(1));
     }
 }

@@ -9,6 +9,7 @@ use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::{Method, Url};
 use rmm_actors::ports::{
     ApiError, ApiToken, CaTrust, ClusterInfo, NodeInfo, RancherApi, RancherConnector, RegistrationToken, Secret,
+    SteveObject,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -93,7 +94,8 @@ impl HttpRancher {
         base.set_path("/");
         base.set_query(None);
         base.set_fragment(None);
-        let pinned = matches!(trust, CaTrust::Pinned(_));
+        // Verified: a pinned CA, or the system's roots.
+        let pinned = !matches!(trust, CaTrust::Unverified);
         let client = transport::client(&trust, timeout, loopback)?;
         Ok(HttpRancher { base, client, pinned, timeout })
     }
@@ -313,6 +315,72 @@ impl RancherApi for HttpRancher {
             .filter(|n| n.cluster_id().is_none_or(|c| c == cluster_id))
             .map(model::NodeDto::into_info)
             .collect()
+    }
+
+    // The v1 calls: reference/rancher-current.md §2 (paths, bodies, codes).
+
+    async fn rancher_version(&self) -> Result<String, ApiError> {
+        model::decode_rancher_version(&self.get(None, &["rancherversion"], &[]).await?)
+    }
+
+    /// §2.2: `/v1-public/login` (2.13+, 201), the v3 login on 404 (2.12 and
+    /// older have no such route), as terraform's `DoUserLogin` does.
+    async fn login_public(&self, username: &str, password: &Secret) -> Result<Secret, ApiError> {
+        if !self.pinned {
+            return Err(ApiError::Tls(REFUSE_UNPINNED.into()));
+        }
+        let body = model::login_public_body(username, password);
+        match self.post(None, &["v1-public", "login"], &[], &body).await {
+            Ok(answer) => model::decode_login(&answer),
+            Err(e) if e.status() == Some(404) => self.login(username, password).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn v1_reads(&self, auth: &Secret) -> Result<(), ApiError> {
+        self.get(Some(auth), &["v1", "management.cattle.io.users"], &[]).await?;
+        self.get(Some(auth), &["v1", "provisioning.cattle.io.clusters"], &[]).await?;
+        Ok(())
+    }
+
+    async fn get_setting(&self, auth: &Secret, name: &str) -> Result<String, ApiError> {
+        model::decode_setting_value(&self.get(Some(auth), &["v3", "settings", name], &[]).await?)
+    }
+
+    async fn offered_versions(&self, auth: &Secret, distro: &str) -> Result<Vec<String>, ApiError> {
+        let route = format!("v1-{distro}-release");
+        model::decode_releases(&self.get(Some(auth), &[route.as_str(), "releases"], &[]).await?)
+    }
+
+    async fn create_v1_cluster(&self, auth: &Secret, name: &str, kubernetes_version: &str) -> Result<SteveObject, ApiError> {
+        let body = model::create_v1_cluster_body(name, kubernetes_version);
+        let answer = self.post(Some(auth), &["v1", "provisioning.cattle.io.clusters"], &[], &body).await?;
+        model::decode_steve("v1 cluster", &answer)
+    }
+
+    async fn get_v1_cluster(&self, auth: &Secret, name: &str) -> Result<Option<SteveObject>, ApiError> {
+        match self.get(Some(auth), &["v1", "provisioning.cattle.io.clusters", model::FLEET_DEFAULT, name], &[]).await {
+            Ok(body) => model::decode_steve("v1 cluster", &body).map(Some),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get_management_cluster(&self, auth: &Secret, id: &str) -> Result<SteveObject, ApiError> {
+        model::decode_steve("management cluster", &self.get(Some(auth), &["v1", "management.cattle.io.clusters", id], &[]).await?)
+    }
+
+    async fn list_machines(&self, auth: &Secret, cluster: &str) -> Result<Vec<SteveObject>, ApiError> {
+        let all: Vec<model::SteveDto> =
+            self.list(auth, &["v1", "cluster.x-k8s.io.machines", model::FLEET_DEFAULT], &[]).await?;
+        let mut out = Vec::new();
+        for m in all {
+            let m = m.into_object()?;
+            if m.labels.get(model::CLUSTER_NAME_LABEL).map(String::as_str) == Some(cluster) {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 }
 

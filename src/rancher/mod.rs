@@ -39,3 +39,5 @@ pub use transport::{DEFAULT_TIMEOUT, USER_AGENT};
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v1;

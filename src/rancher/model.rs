@@ -5,7 +5,9 @@
 //! Nothing here ever leaks into events: the port types
 //! ([`ClusterInfo`], [`NodeInfo`], …) are what the actors see.
 
-use rmm_actors::ports::{ApiError, ApiToken, ClusterInfo, NodeInfo, RegistrationToken, Secret};
+use rmm_actors::ports::{
+    ApiError, ApiToken, ClusterInfo, Condition, NodeInfo, RegistrationToken, Secret, SteveObject, SteveState,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -115,7 +117,9 @@ struct SettingDto {
 pub fn decode_cacerts(body: &[u8]) -> Result<String, ApiError> {
     let s: SettingDto = decode("setting cacerts", body)?;
     non_empty(s.value)
-        .ok_or_else(|| ApiError::Decode("the cacerts setting is empty: this Rancher has no private CA to pin".into()))
+        .ok_or_else(|| {
+            ApiError::Decode(format!("{}: this Rancher has no private CA to pin", rmm_actors::ports::EMPTY_CACERTS))
+        })
 }
 
 #[derive(Deserialize)]
@@ -206,6 +210,8 @@ pub struct RegistrationTokenDto {
     cluster_id: Option<String>,
     #[serde(default, rename = "nodeCommand")]
     node_command: Option<String>,
+    #[serde(default, rename = "insecureNodeCommand")]
+    insecure_node_command: Option<String>,
 }
 
 impl RegistrationTokenDto {
@@ -219,7 +225,12 @@ impl RegistrationTokenDto {
         // id (`c-xxxxx:crt-xxxxx`) says the same.
         let cluster_id =
             non_empty(self.cluster_id).or_else(|| id.split_once(':').map(|(c, _)| c.to_string())).unwrap_or_default();
-        Ok(RegistrationToken { id, cluster_id, node_command: non_empty(self.node_command).map(Secret::new) })
+        Ok(RegistrationToken {
+            id,
+            cluster_id,
+            node_command: non_empty(self.node_command).map(Secret::new),
+            insecure_node_command: non_empty(self.insecure_node_command).map(Secret::new),
+        })
     }
 }
 
@@ -263,6 +274,211 @@ impl NodeDto {
             ip_address: non_empty(self.ip_address),
         })
     }
+}
+
+// ---------------------------------------------------------------- v1 (Steve)
+
+/// The namespace of v1 provisioning clusters and CAPI machines
+/// (reference/rancher-current.md §1.3, §2.4, §2.8).
+pub const FLEET_DEFAULT: &str = "fleet-default";
+
+/// The label that ties a CAPI machine to its cluster (§2.8).
+pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
+
+/// `POST /v1-public/login` (§2.2): same body as the v3 login, plus the
+/// description; `responseType` stays out (`cookie` would mean no body).
+pub fn login_public_body(username: &str, password: &Secret) -> Value {
+    json!({
+        "type": "localProvider",
+        "username": username,
+        "password": password.expose(),
+        "description": "rmm",
+    })
+}
+
+/// `POST /v1/provisioning.cattle.io.clusters` (§2.4): the shape Rancher's
+/// own custom-cluster tests create, an `rkeConfig` with no machine pools
+/// plus the version (whose `+rke2`/`+k3s` suffix selects the distribution).
+pub fn create_v1_cluster_body(name: &str, kubernetes_version: &str) -> Value {
+    json!({
+        "type": "provisioning.cattle.io.cluster",
+        "apiVersion": "provisioning.cattle.io/v1",
+        "kind": "Cluster",
+        "metadata": { "name": name, "namespace": FLEET_DEFAULT },
+        "spec": {
+            "kubernetesVersion": kubernetes_version,
+            "rkeConfig": {}
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct VersionDto {
+    #[serde(default, rename = "Version", alias = "version")]
+    version: Option<String>,
+}
+
+/// `GET /rancherversion` → `Version` (`v2.15.1`). (The JSON shape is
+/// Rancher's `{"Version":…,"GitCommit":…,"RancherPrime":…}`; §2.1 lists the
+/// route, §8 says live bodies were not captured.)
+pub fn decode_rancher_version(body: &[u8]) -> Result<String, ApiError> {
+    let v: VersionDto = decode("rancherversion", body)?;
+    non_empty(v.version).ok_or_else(|| ApiError::Decode("/rancherversion has no Version".into()))
+}
+
+/// `GET /v3/settings/<name>` → `.value`, empty when unset.
+pub fn decode_setting_value(body: &[u8]) -> Result<String, ApiError> {
+    let s: SettingDto = decode("setting", body)?;
+    Ok(s.value.unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+struct ReleaseDto {
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// `GET /v1-<distro>-release/releases` (§2.4): a collection whose entries
+/// name a version (`version`, else `id`). Order kept, duplicates dropped.
+pub fn decode_releases(body: &[u8]) -> Result<Vec<String>, ApiError> {
+    let c: Collection<ReleaseDto> = decode("releases", body)?;
+    let mut out: Vec<String> = Vec::new();
+    for r in c.data {
+        if let Some(v) = non_empty(r.version).or(non_empty(r.id)) {
+            if !out.contains(&v) {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize, Default)]
+struct MetaDto {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    generation: Option<i64>,
+    #[serde(default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    state: Option<StateDto>,
+}
+
+#[derive(Deserialize, Default)]
+struct StateDto {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    error: Option<bool>,
+    #[serde(default)]
+    transitioning: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+struct ConditionDto {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct NodeRefDto {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct SteveStatusDto {
+    #[serde(default)]
+    ready: Option<bool>,
+    #[serde(default, rename = "observedGeneration")]
+    observed_generation: Option<i64>,
+    #[serde(default, rename = "clusterName")]
+    cluster_name: Option<String>,
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default, rename = "nodeRef")]
+    node_ref: Option<NodeRefDto>,
+    #[serde(default, rename = "failureMessage")]
+    failure_message: Option<String>,
+    #[serde(default, rename = "failureReason")]
+    failure_reason: Option<String>,
+    #[serde(default)]
+    conditions: Option<Vec<ConditionDto>>,
+}
+
+/// A Steve object (§2.0): `metadata.{name,generation,labels,annotations,
+/// state}` and the `status` fields of §2.4/§2.8/§2.9. Unknown fields are
+/// ignored; a `status` that is missing or `null` reads as empty.
+#[derive(Deserialize)]
+pub struct SteveDto {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    metadata: Option<MetaDto>,
+    #[serde(default)]
+    status: Option<SteveStatusDto>,
+}
+
+impl SteveDto {
+    pub fn into_object(self) -> Result<SteveObject, ApiError> {
+        let meta = self.metadata.unwrap_or_default();
+        // `id` is `<ns>/<name>` for namespaced objects (§2.0).
+        let name = non_empty(meta.name)
+            .or_else(|| non_empty(self.id).map(|id| id.rsplit('/').next().unwrap_or_default().to_string()))
+            .ok_or_else(|| ApiError::Decode("v1 object without a name".into()))?;
+        let st = meta.state.unwrap_or_default();
+        let status = self.status.unwrap_or_default();
+        let failure = match (non_empty(status.failure_reason), non_empty(status.failure_message)) {
+            (Some(r), Some(m)) => Some(format!("{r}: {m}")),
+            (r, m) => m.or(r),
+        };
+        Ok(SteveObject {
+            name,
+            generation: meta.generation.unwrap_or(0),
+            labels: meta.labels.unwrap_or_default(),
+            annotations: meta.annotations.unwrap_or_default(),
+            state: SteveState {
+                name: st.name.unwrap_or_default(),
+                message: st.message.unwrap_or_default(),
+                error: st.error.unwrap_or(false),
+                transitioning: st.transitioning.unwrap_or(false),
+            },
+            conditions: status
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| Condition {
+                    kind: c.kind.unwrap_or_default(),
+                    status: c.status.unwrap_or_default(),
+                    reason: c.reason.unwrap_or_default(),
+                    message: c.message.unwrap_or_default(),
+                })
+                .collect(),
+            ready: status.ready.unwrap_or(false),
+            observed_generation: status.observed_generation.unwrap_or(0),
+            cluster_name: non_empty(status.cluster_name),
+            phase: non_empty(status.phase),
+            node_ref: status.node_ref.and_then(|r| non_empty(r.name)),
+            failure,
+        })
+    }
+}
+
+pub fn decode_steve(what: &str, body: &[u8]) -> Result<SteveObject, ApiError> {
+    decode::<SteveDto>(what, body)?.into_object()
 }
 
 // ---------------------------------------------------------------- errors

@@ -52,12 +52,48 @@ fn tls_config(trust: &CaTrust) -> Result<rustls::ClientConfig, ApiError> {
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
+        CaTrust::SystemRoots => {
+            let mut roots = RootCertStore::empty();
+            let (file, pem) = system_roots()?;
+            let (added, _) = roots.add_parsable_certificates(CertificateDer::pem_slice_iter(pem.as_bytes()).filter_map(Result::ok));
+            if added == 0 {
+                return Err(ApiError::Tls(format!("no usable certificate in the system's trust roots ({file})")));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
         CaTrust::Unverified => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
             .with_no_client_auth(),
     };
     Ok(config)
+}
+
+/// The system's CA bundle: `SSL_CERT_FILE` when set, else the first of the
+/// usual distribution paths. (No bundled roots: the system's are what the
+/// user's other tools trust.)
+fn system_roots() -> Result<(String, String), ApiError> {
+    let candidates: Vec<String> = match std::env::var("SSL_CERT_FILE") {
+        Ok(f) if !f.is_empty() => vec![f],
+        _ => [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/ca-bundle.pem",
+            "/etc/ssl/cert.pem",
+            "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    for f in &candidates {
+        if let Ok(pem) = std::fs::read_to_string(f) {
+            return Ok((f.clone(), pem));
+        }
+    }
+    Err(ApiError::Tls(format!(
+        "cannot read the system's trust roots (tried {}; set SSL_CERT_FILE)",
+        candidates.join(", ")
+    )))
 }
 
 /// A reqwest client for one trust choice. `loopback` turns proxies off (an

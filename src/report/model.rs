@@ -98,6 +98,12 @@ pub fn short_step(step: Step) -> &'static str {
         Step::WaitNodeActive => "active",
         Step::RemoveMachine => "remove",
         Step::CheckServer => "check",
+        Step::CheckRancherVersion => "ver",
+        Step::WaitApiReady => "apiready",
+        Step::ChooseKubernetesVersion => "k8sver",
+        Step::WaitClusterName => "mgmtid",
+        Step::WaitMachineRunning => "running",
+        Step::WaitClusterReady => "ready",
     }
 }
 
@@ -391,6 +397,8 @@ impl Builder {
                 self.attempt(e).end = AttemptEnd::Interrupted(reason.clone());
                 self.mark(e, MarkKind::Interrupted);
             }
+            // Rancher's progress messages: shown by `rmm log`, not on the timeline.
+            Event::Progress { .. } => {}
             Event::StepStarted { step, try_no, detail } => {
                 // An intent still open here was cut (crash) or is superseded.
                 self.open.remove(&(e.actor.clone(), *step));

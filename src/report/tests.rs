@@ -138,6 +138,12 @@ fn outcome(step: Step) -> Outcome {
         Step::WaitNodeListed => Outcome::NodeListed { node_id: "c-1:m-1".into() },
         Step::WaitNodeActive => Outcome::NodeActive,
         Step::RemoveMachine => Outcome::MachineRemoved,
+        Step::CheckRancherVersion => Outcome::RancherVersion { version: "v2.11.3".into() },
+        Step::WaitApiReady => Outcome::ApiReady,
+        Step::ChooseKubernetesVersion => Outcome::KubernetesVersionChosen { version: "v1.35.1+rke2r1".into(), server_default: true },
+        Step::WaitClusterName => Outcome::ClusterNamed { management_id: "c-m-1".into() },
+        Step::WaitMachineRunning => Outcome::MachineRunning { machine: "custom-1".into(), node: "master01".into() },
+        Step::WaitClusterReady => Outcome::ClusterReady,
         Step::CheckServer => Outcome::ServerRunning,
     }
 }
@@ -292,6 +298,7 @@ fn critical_path_follows_the_dependency_rules() {
         "rancher/wait_ready",
         "rancher/check_server",
         "rancher/pin_ca",
+        "rancher/check_rancher_version",
         "rancher/login",
         "rancher/change_password",
         "rancher/create_api_token",

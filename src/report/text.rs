@@ -436,7 +436,13 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
             if let Some(p) = prev_end {
                 let _ = write!(text, " (resumed {} later)", fmt_dur(att.start_ms - p));
             }
-            for l in wrap(&text, width, 4) {
+            for l in wrap(&text, width, 4).into_iter().map(|l| {
+            let l = l.replace(" -> ", pen.arrow());
+            match l.strip_suffix(" ->") {
+                Some(head) => format!("{head}{}", pen.arrow().trim_end()),
+                None => l,
+            }
+        }) {
                 let _ = writeln!(out, "{l}");
             }
             prev_end = Some(att.end_ms);
@@ -453,7 +459,9 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
         for (j, &bi) in chain.iter().enumerate() {
             let bar = &run.bars[bi];
             if j > 0 {
-                text.push_str(pen.arrow());
+                // Wrapped as the plain arrow, drawn after: both modes
+                // break the path at the same places.
+                text.push_str(" -> ");
             } else {
                 text.push(' ');
             }

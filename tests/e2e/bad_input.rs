@@ -152,3 +152,17 @@ fn readers_in_a_loop_do_not_make_up_or_down_fail() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
 }
+
+#[test]
+fn a_bad_distribution_or_kubernetes_version_is_refused_before_anything_is_written() {
+    let dir = TestDir::new();
+    let line = one_line_error(&dir.rmm(&["up", "--distribution", "rke3"]).code(2));
+    assert!(line.starts_with("rmm: ") && line.contains("rke3") && line.contains("rke2, k3s, rke1"), "{line}");
+    let line = one_line_error(&dir.rmm(&["up", "--distribution", "k3s", "--kubernetes-version", "v1.35.1+rke2r1"]).code(2));
+    assert!(line.contains("not a k3s version"), "{line}");
+    let line = one_line_error(&dir.rmm(&["up", "--distribution", "rke1", "--kubernetes-version", "v1.35.1+rke2r1"]).code(2));
+    assert!(line.contains("rke1 uses the server's own default"), "{line}");
+    std::fs::write(dir.tmp.path().join("rmm.toml"), "distribution = \"rke9\"\n").unwrap();
+    one_line_error(&dir.rmm(&["up"]).code(2));
+    assert!(!dir.state().exists(), "nothing written for bad input");
+}

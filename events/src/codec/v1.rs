@@ -6,7 +6,8 @@
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::{Outcome, Plan, RunKind, Step, Via};
+use super::v2::Plan;
+use crate::{Outcome, RunKind, Step, Via};
 
 #[derive(Deserialize)]
 pub struct Envelope {
@@ -52,7 +53,7 @@ impl From<Event> for crate::Event {
     fn from(e: Event) -> Self {
         use crate::Event as Now;
         match e {
-            Event::RunStarted { kind, plan } => Now::RunStarted { kind, plan },
+            Event::RunStarted { kind, plan } => Now::RunStarted { kind, plan: plan.into() },
             // Version 1 did not record who ran the command, nor where.
             Event::AttemptStarted { attempt, command, pid, rmm_version } => {
                 Now::AttemptStarted { attempt, command, pid, rmm_version, user: String::new(), host: String::new() }

@@ -20,6 +20,7 @@ pub const KINDS: &[&str] = &[
     "RunCompleted",
     "RunFailed",
     "AttemptInterrupted",
+    "Progress",
 ];
 
 /// The runs shown.

@@ -1,0 +1,657 @@
+//! The RKE2/K3s custom-cluster steps, through Rancher's v1 (Steve) API.
+//! Every wire fact here is from `reference/rancher-current.md`; the section
+//! is named where it is used.
+//!
+//! Order (decide::V1_RANCHER_STEPS): readiness beyond `/ping` (§2.1), login
+//! at `/v1-public/login` with the v3 fallback (§2.2), password and API
+//! token (§3.4), `server-url` before the cluster (§2.3), the cluster
+//! (§2.4), `status.clusterName` (§2.5), `default-token`'s command (§2.6),
+//! the installer on every node (§2.7), each node's CAPI machine `Running`
+//! with a `nodeRef` (§2.8), and the cluster ready as Rancher's own tests
+//! define it (§2.9).
+
+use std::sync::{Arc, Mutex};
+
+use rmm_events::{Event, Outcome, Role, Step};
+
+use super::{
+    auth, exec, poll, rancher_api, secret_ref, session, shell_quote, token_description, StepCall, StepError,
+    StepResult,
+};
+use crate::context::secret;
+use crate::ports::{ApiError, RancherApi, Secret, SteveObject};
+
+/// The namespace of v1 custom clusters and their machines (§1.3, §2.4).
+pub const FLEET_DEFAULT: &str = "fleet-default";
+
+/// A permanent failure whose message starts with this is a refusal: the
+/// plan asks for something this server cannot do (rke1 on 2.12+, a
+/// Kubernetes version it does not offer). `rmm up` exits 2 with the rest.
+pub const REFUSAL: &str = "refused: ";
+
+/// How long, after the installer ran, Rancher has to list the node's
+/// machine before the step fails with the evidence from the node.
+const REGISTRATION_GRACE_S: u64 = 60;
+
+/// The installer's long role flags (§2.7: `-a` is ambiguous; long flags only).
+pub fn role_flags(role: Role) -> Vec<&'static str> {
+    match role {
+        Role::Master => vec!["--etcd", "--controlplane"],
+        Role::Worker => vec!["--worker"],
+        Role::Rancher => vec![],
+    }
+}
+
+/// `(major, minor)` of `v2.15.1`, `2.12.0-rc3`; `None` for dev builds.
+pub fn minor_version(version: &str) -> Option<(u32, u32)> {
+    let v = version.trim().trim_start_matches('v');
+    let mut parts = v.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Calls `f` with the run's token; on a 401 (the API token expired or was
+/// revoked: 90 days by default, or a session token past its 16 h, §2.2)
+/// logs in again, makes a new API token, and calls once more.
+pub(super) async fn authed<T, F, Fut>(call: &StepCall<'_>, api: &Arc<dyn RancherApi>, f: F) -> StepResult<T>
+where
+    F: Fn(Secret) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    match f(auth(call.ctx)?).await {
+        Err(e) if e.status() == Some(401) => {
+            let token = renew(call, api).await?;
+            Ok(f(token).await?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// A new credential after a 401: a fresh session with the stored
+/// passwords, and, when the run already had an API token, a new one of the
+/// same description (the old one is cleared by `CreateApiToken`'s look-up).
+pub async fn renew(call: &StepCall<'_>, api: &Arc<dyn RancherApi>) -> StepResult<Secret> {
+    let ctx = call.ctx;
+    let login = session(call, api).await?;
+    if ctx.secret(secret::API_TOKEN).is_none() {
+        return Ok(login);
+    }
+    let (id, token) = api.create_token(&login, &token_description(ctx)).await?;
+    ctx.put_secret(secret::API_TOKEN, &token).map_err(StepError::permanent)?;
+    tracing::warn!(token_id = %id, "Rancher refused the API token (expired or revoked): logged in again and made a new one");
+    Ok(token)
+}
+
+/// Records each change of Rancher's progress message as an event, so
+/// `rmm log` shows why a wait took long.
+struct ProgressLog<'a> {
+    call: &'a StepCall<'a>,
+    last: Mutex<Option<String>>,
+}
+
+impl<'a> ProgressLog<'a> {
+    fn new(call: &'a StepCall<'a>) -> Self {
+        ProgressLog { call, last: Mutex::new(None) }
+    }
+
+    async fn saw(&self, message: &str) {
+        let message = self.call.ctx.redact(message.trim());
+        if message.is_empty() {
+            return;
+        }
+        {
+            let mut last = self.last.lock().expect("not poisoned");
+            if last.as_deref() == Some(message.as_str()) {
+                return;
+            }
+            *last = Some(message.clone());
+        }
+        let ctx = self.call.ctx;
+        let env = ctx.envelope(self.call.actor, self.call.state.last_event, Event::Progress { step: self.call.step, message });
+        match ctx.journal.append(vec![env]).await {
+            Ok(records) => {
+                if let Some(coordinator) = self.call.observer {
+                    coordinator.do_send(crate::coordinator::Appended(records));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not record a progress message"),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ rancher
+
+/// §1.1: Rancher 2.12 removed RKE1; the v1 custom cluster exists from 2.6
+/// (issue 8). Runs right after the CA is pinned: nothing is made in
+/// Rancher before a refusal. A server without `/rancherversion` (404) is
+/// let through (every Rancher line rmm knows has it).
+pub async fn check_rancher_version(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let version = match api.rancher_version().await {
+        Ok(v) => v,
+        Err(e) if e.status() == Some(404) => "unknown".to_string(),
+        Err(e) => return Err(e.into()),
+    };
+    let d = ctx.plan.distribution;
+    if let Some(line) = minor_version(&version) {
+        if !d.is_v1() && line >= (2, 12) {
+            return Err(StepError::permanent(format!(
+                "{REFUSAL}Rancher {version} cannot make an rke1 cluster (Rancher 2.12 removed RKE1): use --distribution rke2 (or k3s), or a Rancher image of 2.11 or older for rke1"
+            )));
+        }
+        if d.is_v1() && line < (2, 6) {
+            return Err(StepError::permanent(format!(
+                "{REFUSAL}Rancher {version} cannot make {} custom clusters (they need Rancher 2.6 or later): use a newer rancher_image",
+                d.as_str()
+            )));
+        }
+    }
+    Ok(Outcome::RancherVersion { version })
+}
+
+/// §2.2: `/v1-public/login`, the v3 login on 404; a 401 while Rancher
+/// makes its admin user is polled, with the bootstrap password and then the
+/// admin password (a resume after the change).
+pub async fn login(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let bootstrap = ctx
+        .secret(secret::BOOTSTRAP_PASSWORD)
+        .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
+    let admin = ctx.secret(secret::ADMIN_PASSWORD);
+    let token = poll(ctx, ctx.plan.timeouts.login_s, "the admin login to succeed", || {
+        let (api, bootstrap, admin) = (api.clone(), bootstrap.clone(), admin.clone());
+        async move {
+            for password in std::iter::once(bootstrap).chain(admin) {
+                match api.login_public("admin", &password).await {
+                    Ok(t) => return Ok(Some(t)),
+                    Err(e) if e.status() == Some(401) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(StepError::transient("401 authentication failed"))
+        }
+    })
+    .await?;
+    ctx.put_secret(secret::LOGIN_TOKEN, &token).map_err(StepError::permanent)?;
+    Ok(Outcome::LoggedIn { token: secret_ref(secret::LOGIN_TOKEN, &token) })
+}
+
+/// §2.1: `/ping` is not enough; two rounds in a row of authenticated
+/// `/v1` reads that both answer 200 (rancher/dashboard's e2e). A cluster
+/// made before the webhooks are up can be unusable (rancher#51273).
+pub async fn wait_api_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let streak = Mutex::new(0u32);
+    poll(ctx, ctx.plan.timeouts.rancher_ready_s, "two rounds of authenticated /v1 reads to succeed", || {
+        let (api, streak) = (api.clone(), &streak);
+        async move {
+            let round = authed(call, &api, |a| {
+                let api = api.clone();
+                async move { api.v1_reads(&a).await }
+            })
+            .await;
+            let mut n = streak.lock().expect("not poisoned");
+            match round {
+                Ok(()) => {
+                    *n += 1;
+                    Ok((*n >= 2).then_some(Outcome::ApiReady))
+                }
+                Err(e) if e.retryable || e.message.contains("answered 4") => {
+                    *n = 0;
+                    Err(StepError::transient(e.message))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    })
+    .await
+}
+
+/// The plan's version, refused (with the list) when this server does not
+/// offer it — Rancher would take it and fail much later in the planner
+/// (§2.7: "an unoffered version gets 201 and the planner later fails") —
+/// or the server's own default setting (§2.4).
+pub async fn choose_kubernetes_version(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let d = ctx.plan.distribution;
+    let api = rancher_api(call)?;
+    let distro = d.as_str();
+    let offered = match authed(call, &api, |a| {
+        let api = api.clone();
+        async move { api.offered_versions(&a, distro).await }
+    })
+    .await
+    {
+        Ok(list) => Some(list),
+        // No channel server route: the version cannot be checked here.
+        Err(e) if e.message.contains("answered 404") => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(wanted) = &ctx.plan.kubernetes_version {
+        return match &offered {
+            Some(list) if !list.iter().any(|v| v == wanted) => Err(StepError::permanent(format!(
+                "{REFUSAL}kubernetes_version {wanted} is not offered by this Rancher; it offers: {}",
+                if list.is_empty() { "none (its release data is empty)".to_string() } else { list.join(", ") }
+            ))),
+            _ => Ok(Outcome::KubernetesVersionChosen { version: wanted.clone(), server_default: false }),
+        };
+    }
+    let setting = d.default_version_setting().ok_or_else(|| StepError::permanent("rke1 has no v1 Kubernetes version"))?;
+    let what = format!("the {setting} setting to be filled in");
+    // Filled in once Rancher has read its release metadata (KDM).
+    let version = poll(ctx, ctx.plan.timeouts.rancher_ready_s, &what, || {
+        let api = api.clone();
+        async move {
+            let v = authed(call, &api, |a| {
+                let api = api.clone();
+                async move { api.get_setting(&a, setting).await }
+            })
+            .await?;
+            Ok((!v.trim().is_empty()).then(|| v.trim().to_string()))
+        }
+    })
+    .await?;
+    Ok(Outcome::KubernetesVersionChosen { version, server_default: true })
+}
+
+fn chosen_version(call: &StepCall<'_>) -> StepResult<String> {
+    match call.state.outcome(Step::ChooseKubernetesVersion) {
+        Some(Outcome::KubernetesVersionChosen { version, .. }) => Ok(version.clone()),
+        _ => Err(StepError::permanent("no Kubernetes version chosen yet")),
+    }
+}
+
+fn cluster_ref(name: &str) -> Outcome {
+    Outcome::ClusterCreated { cluster_id: format!("{FLEET_DEFAULT}/{name}") }
+}
+
+/// The probe of `CreateCluster`: the v1 cluster of the plan's name.
+pub async fn find_cluster(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
+    let api = rancher_api(call)?;
+    let name = call.ctx.plan.cluster_name.clone();
+    let found = authed(call, &api, |a| {
+        let (api, name) = (api.clone(), name.clone());
+        async move { api.get_v1_cluster(&a, &name).await }
+    })
+    .await?;
+    Ok(found.map(|_| cluster_ref(&name)))
+}
+
+/// §2.4: looked up by name first, on every try; a 409 `AlreadyExists`
+/// (made by a try whose outcome was lost) is adopted.
+pub async fn create_cluster(call: &StepCall<'_>) -> StepResult<Outcome> {
+    if let Some(found) = find_cluster(call).await? {
+        return Ok(found);
+    }
+    let api = rancher_api(call)?;
+    let name = call.ctx.plan.cluster_name.clone();
+    let version = chosen_version(call)?;
+    let made = authed(call, &api, |a| {
+        let (api, name, version) = (api.clone(), name.clone(), version.clone());
+        async move { api.create_v1_cluster(&a, &name, &version).await }
+    })
+    .await;
+    match made {
+        Ok(_) => Ok(cluster_ref(&name)),
+        Err(e) if e.message.contains("409") => Ok(find_cluster(call).await?.unwrap_or_else(|| cluster_ref(&name))),
+        Err(e) => Err(e),
+    }
+}
+
+async fn v1_cluster(call: &StepCall<'_>, api: &Arc<dyn RancherApi>) -> StepResult<SteveObject> {
+    let name = call.ctx.plan.cluster_name.clone();
+    authed(call, api, |a| {
+        let (api, name) = (api.clone(), name.clone());
+        async move { api.get_v1_cluster(&a, &name).await }
+    })
+    .await?
+    .ok_or_else(|| StepError::permanent(format!("the v1 cluster {FLEET_DEFAULT}/{name} is gone from Rancher")))
+}
+
+/// An error transition or an error condition ends a wait with Rancher's
+/// own message (issue 8: "failures seen in seconds").
+fn error_of(what: &str, o: &SteveObject) -> Option<String> {
+    if o.state.error {
+        let m = if o.state.message.is_empty() { o.state.name.clone() } else { o.state.message.clone() };
+        return Some(format!("{what} is in error: {m}"));
+    }
+    if let Some(f) = &o.failure {
+        return Some(format!("{what} failed: {f}"));
+    }
+    if o.phase.as_deref() == Some("Failed") {
+        return Some(format!("{what} is Failed"));
+    }
+    o.conditions
+        .iter()
+        .find(|c| c.reason == "Error" && c.status != "True" || c.kind == "Failed" && c.status == "True")
+        .map(|c| format!("{what}: condition {} {}: {}", c.kind, c.status, c.message))
+}
+
+/// What Rancher says it is doing: the Steve state message, else the first
+/// condition that is not True and has a message.
+fn progress_of(o: &SteveObject) -> String {
+    if !o.state.message.is_empty() {
+        return o.state.message.clone();
+    }
+    o.conditions.iter().find(|c| c.status != "True" && !c.message.is_empty()).map(|c| c.message.clone()).unwrap_or_default()
+}
+
+/// §2.5: `status.clusterName` (`c-m-xxxxxxxx`).
+pub async fn wait_cluster_name(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let what = format!("cluster {} to get its status.clusterName", ctx.plan.cluster_name);
+    poll(ctx, ctx.plan.timeouts.node_command_s, &what, || async {
+        let c = v1_cluster(call, &api).await?;
+        if let Some(e) = error_of("the cluster", &c) {
+            return Err(StepError::permanent(e));
+        }
+        Ok(c.cluster_name.map(|management_id| Outcome::ClusterNamed { management_id }))
+    })
+    .await
+}
+
+fn management_id(call: &StepCall<'_>) -> StepResult<String> {
+    if let Some(join) = call.join {
+        return Ok(join.cluster_id.clone());
+    }
+    match call.state.outcome(Step::WaitClusterName) {
+        Some(Outcome::ClusterNamed { management_id }) => Ok(management_id.clone()),
+        _ => Err(StepError::permanent("no management cluster id yet")),
+    }
+}
+
+/// Which of `default-token`'s commands rmm runs.
+///
+/// `insecureNodeCommand`, when the server has a private CA (the Docker
+/// install's self-signed default): the secure `nodeCommand`'s first `curl`
+/// fails on any node that does not already trust that CA, and `curl … |
+/// sh` then exits 0 anyway (§2.6, §2.7). In the insecure one only the
+/// script download skips verification; the installer itself downloads
+/// `<server>/cacerts` and checks it against `--ca-checksum` (§2.6), which
+/// rmm first checks equals the checksum it pinned ([`check_ca_checksum`]).
+/// Installing the CA on every node instead would need a CA store and a
+/// writable `/usr/local/share/ca-certificates` on each machine kind, for
+/// no gain in what the agent finally trusts. Without a pinned CA (public
+/// certificate) the secure `nodeCommand` is used.
+pub fn pick_command(token: &crate::ports::RegistrationToken, private_ca: bool) -> Option<Secret> {
+    let (first, second) = if private_ca {
+        (&token.insecure_node_command, &token.node_command)
+    } else {
+        (&token.node_command, &token.insecure_node_command)
+    };
+    first.clone().or_else(|| second.clone()).filter(|c| !c.expose().trim().is_empty())
+}
+
+/// The command's `--ca-checksum` must be the checksum rmm pinned: the
+/// agent will trust what that checksum names.
+pub fn check_ca_checksum(command: &str, pinned: &str) -> StepResult<()> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let given = words.iter().position(|w| *w == "--ca-checksum").and_then(|i| words.get(i + 1));
+    match given {
+        Some(sum) if sum.trim_matches('\'').eq_ignore_ascii_case(pinned) => Ok(()),
+        Some(sum) => Err(StepError::permanent(format!(
+            "the node command's --ca-checksum {sum} is not the pinned CA's {pinned}: not run"
+        ))),
+        // Rancher adds it only when `cacerts` is set (§2.6).
+        None => Err(StepError::permanent("the node command has no --ca-checksum although the CA is pinned: not run")),
+    }
+}
+
+fn pinned_checksum(call: &StepCall<'_>) -> Option<String> {
+    if let Some(join) = call.join {
+        // Empty: verified against the system's roots, nothing pinned.
+        return Some(join.ca_checksum.clone()).filter(|c| !c.is_empty());
+    }
+    match call.state.outcome(Step::PinCa) {
+        Some(Outcome::CaPinned { checksum }) => Some(checksum.clone()),
+        _ => None,
+    }
+}
+
+async fn default_token_command(call: &StepCall<'_>, api: &Arc<dyn RancherApi>) -> StepResult<Option<Secret>> {
+    // §2.6: `default-token` in namespace `<c-m-id>`, read through v3
+    // (which serves the real token in place of `{token}`).
+    let id = format!("{}:default-token", management_id(call)?);
+    let token = authed(call, api, |a| {
+        let (api, id) = (api.clone(), id.clone());
+        async move {
+            match api.get_registration_token(&a, &id).await {
+                Ok(t) => Ok(Some(t)),
+                // Not made yet by the cluster controller: keep polling.
+                Err(e) if e.status() == Some(404) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+    })
+    .await?;
+    Ok(token.and_then(|t| pick_command(&t, pinned_checksum(call).is_some())))
+}
+
+/// §2.6: `default-token` appears after the cluster and its command stays
+/// empty until the controller fills it in (and `server-url` is set).
+pub async fn wait_node_command(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let what = format!("default-token of {} to get its node command", management_id(call)?);
+    let command = poll(ctx, ctx.plan.timeouts.node_command_s, &what, || default_token_command(call, &api)).await?;
+    ctx.put_secret(secret::NODE_COMMAND, &command).map_err(StepError::permanent)?;
+    Ok(Outcome::NodeCommandReady { command: secret_ref(secret::NODE_COMMAND, &command) })
+}
+
+/// §2.9: ready as Rancher's own test (`WaitForCreate`) defines it.
+pub async fn wait_cluster_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let mgmt = management_id(call)?;
+    let progress = ProgressLog::new(call);
+    let what = format!("cluster {} to be ready", ctx.plan.cluster_name);
+    poll(ctx, ctx.plan.timeouts.active_s, &what, || async {
+        let c = v1_cluster(call, &api).await?;
+        if let Some(e) = error_of("the cluster", &c) {
+            return Err(StepError::permanent(e));
+        }
+        let now = progress_of(&c);
+        progress.saw(&now).await;
+        let v1_ready = c.ready
+            && c.observed_generation == c.generation
+            && c.is_true("Ready")
+            && c.is_true("Provisioned")
+            && c.cluster_name.is_some();
+        if !v1_ready {
+            return Err(StepError::transient(if now.is_empty() { "not ready yet".to_string() } else { now }));
+        }
+        let name = ctx.plan.cluster_name.clone();
+        let machines = authed(call, &api, |a| {
+            let (api, name) = (api.clone(), name.clone());
+            async move { api.list_machines(&a, &name).await }
+        })
+        .await?;
+        if let Some(m) = machines.iter().find(|m| m.node_ref.is_none()) {
+            return Err(StepError::transient(format!("machine {} has no nodeRef yet", m.name)));
+        }
+        let m = authed(call, &api, |a| {
+            let (api, mgmt) = (api.clone(), mgmt.clone());
+            async move { api.get_management_cluster(&a, &mgmt).await }
+        })
+        .await?;
+        if m.is_true("Ready") {
+            Ok(Some(Outcome::ClusterReady))
+        } else {
+            Err(StepError::transient(format!("management cluster {mgmt} not Ready yet")))
+        }
+    })
+    .await
+}
+
+// ------------------------------------------------------------------ nodes
+
+/// Whether a CAPI machine is this node's: its `nodeRef` names it, or a
+/// label or annotation holds its name (the `--node-name` the installer
+/// sent as `X-Cattle-Node-Name`, §2.7). The reference names no label key
+/// for it (§8: live bodies not captured), so any key is accepted.
+pub fn is_machine_of(m: &SteveObject, node: &str) -> bool {
+    m.node_ref.as_deref() == Some(node)
+        || m.labels.values().any(|v| v == node)
+        || m.annotations.values().any(|v| v == node)
+}
+
+/// This node's CAPI machine, if Rancher lists one (§2.8).
+pub async fn machine_of_node(call: &StepCall<'_>) -> StepResult<Option<SteveObject>> {
+    let api = rancher_api(call)?;
+    let cluster = call.ctx.plan.cluster_name.clone();
+    let machines = authed(call, &api, |a| {
+        let (api, cluster) = (api.clone(), cluster.clone());
+        async move { api.list_machines(&a, &cluster).await }
+    })
+    .await?;
+    Ok(machines.into_iter().find(|m| is_machine_of(m, call.actor)))
+}
+
+/// The unit the installer writes (reference/rancher-current.md §2.7).
+const AGENT_UNIT: &str = "/etc/systemd/system/rancher-system-agent.service";
+
+/// Whether the installer already ran on this node.
+async fn agent_installed(call: &StepCall<'_>) -> StepResult<bool> {
+    let out = exec(call.ctx, call.actor, &format!("test -f {AGENT_UNIT} && echo installed")).await?;
+    Ok(out.status == 0 && out.stdout.trim() == "installed")
+}
+
+/// The word after `flag` in a command.
+fn flag_value<'a>(command: &'a str, flag: &str) -> Option<&'a str> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    words.iter().position(|w| *w == flag).and_then(|i| words.get(i + 1)).copied()
+}
+
+/// The last `n` non-empty lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}
+
+/// §2.7: the installer with long flags. A node whose machine Rancher
+/// already lists does not run it again. The command is read fresh from
+/// `default-token` right before (CRTs rotate, §2.6). Its exit status proves
+/// nothing (`curl … | sh` exits 0 when curl fails), so the step then looks
+/// for the machine in Rancher for up to a minute, and fails with the
+/// evidence from the node (installer output, agent status and log tail,
+/// secrets redacted) when it is not there.
+pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    if machine_of_node(call).await?.is_some() {
+        return Ok(Outcome::AgentStarted);
+    }
+    let api = rancher_api(call)?;
+    let command = default_token_command(call, &api)
+        .await?
+        .ok_or_else(|| StepError::transient("default-token has no node command right now"))?;
+    ctx.put_secret(secret::NODE_COMMAND, &command).map_err(StepError::permanent)?;
+    if let Some(pinned) = pinned_checksum(call) {
+        check_ca_checksum(command.expose(), &pinned)?;
+    }
+    let ip = call.state.ip().ok_or_else(|| StepError::permanent("the machine has no address"))?;
+    let ip = shell_quote(ip);
+    let full = format!(
+        "{} {} --node-name {} --address {ip} --internal-address {ip}",
+        command.expose().trim(),
+        role_flags(call.role).join(" "),
+        shell_quote(call.actor)
+    );
+    // Installed by a try whose outcome was lost, not listed yet: not run
+    // again (a second registration could make a second machine); its
+    // registration is checked as if it had just run.
+    let out = if agent_installed(call).await? {
+        crate::ports::ExecOutput {
+            status: 0,
+            stdout: format!("(not run again: {AGENT_UNIT} exists from an earlier try)"),
+            stderr: String::new(),
+        }
+    } else {
+        exec(ctx, call.actor, &full).await?
+    };
+    let grace = REGISTRATION_GRACE_S.min(ctx.plan.timeouts.node_listed_s);
+    let what = format!("Rancher to list a machine for node {} after its installer ran", call.actor);
+    let registered = if out.status == 0 {
+        poll(ctx, grace, &what, || async { Ok(machine_of_node(call).await?.map(|_| ())) }).await
+    } else {
+        machine_of_node(call).await?.map(|_| ()).ok_or_else(|| StepError::permanent("installer failed"))
+    };
+    match registered {
+        Ok(()) => Ok(Outcome::AgentStarted),
+        Err(e) if e.message.starts_with("timed out") || e.message == "installer failed" => {
+            let evidence = exec(
+                ctx,
+                call.actor,
+                "systemctl status rancher-system-agent --no-pager 2>&1 | tail -n 5; journalctl -u rancher-system-agent -n 20 --no-pager 2>&1 | tail -n 20",
+            )
+            .await
+            .map(|o| tail(&format!("{}\n{}", o.stdout, o.stderr), 12))
+            .unwrap_or_else(|e| format!("could not read it: {}", e.message));
+            let installer = tail(&format!("{}\n{}", out.stdout, out.stderr), 8);
+            let text = format!(
+                "node {} did not register: the installer exited {} and Rancher lists no machine for it{}; installer output: {}; agent on the node: {}",
+                call.actor,
+                out.status,
+                if out.status == 0 { format!(" after {grace}s") } else { String::new() },
+                if installer.is_empty() { "(none)".to_string() } else { installer },
+                if evidence.is_empty() { "(nothing)".to_string() } else { evidence },
+            );
+            // The registration token, wherever the installer echoed it.
+            let text = match flag_value(command.expose(), "--token") {
+                Some(token) if token.len() >= 4 => text.replace(token, "***"),
+                _ => text,
+            };
+            let mut err = StepError::permanent(ctx.redact(&text));
+            // The agent could not reach Rancher at all: Rancher is away.
+            if err.message.contains("is not accessible") || err.message.contains("Could not resolve host") {
+                err.retryable = true;
+                err.unavailable = true;
+            }
+            Err(err)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// §2.8: the node's machine is listed (registered).
+pub async fn wait_machine_listed(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let what = format!("Rancher to list the machine of node {}", call.actor);
+    poll(call.ctx, call.ctx.plan.timeouts.node_listed_s, &what, || async {
+        match machine_of_node(call).await? {
+            Some(m) => match error_of(&format!("machine {}", m.name), &m) {
+                Some(e) => Err(StepError::permanent(e)),
+                None => Ok(Some(Outcome::NodeListed { node_id: m.name })),
+            },
+            None => Ok(None),
+        }
+    })
+    .await
+}
+
+/// §2.8/§2.9: `status.phase == Running` and `status.nodeRef` set.
+pub async fn wait_machine_running(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let progress = ProgressLog::new(call);
+    let what = format!("the machine of node {} to be Running", call.actor);
+    poll(ctx, ctx.plan.timeouts.active_s, &what, || async {
+        let Some(m) = machine_of_node(call).await? else {
+            return Err(StepError::transient("no machine listed for this node"));
+        };
+        if let Some(e) = error_of(&format!("machine {}", m.name), &m) {
+            return Err(StepError::permanent(e));
+        }
+        let phase = m.phase.clone().unwrap_or_else(|| "no phase".into());
+        if let (Some(node), "Running") = (&m.node_ref, phase.as_str()) {
+            return Ok(Some(Outcome::MachineRunning { machine: m.name.clone(), node: node.clone() }));
+        }
+        let now = progress_of(&m);
+        let message = if now.is_empty() { phase } else { format!("{phase}: {now}") };
+        progress.saw(&message).await;
+        Err(StepError::transient(message))
+    })
+    .await
+}
