@@ -238,7 +238,7 @@ impl Ctx<'_> {
         m.insert("namespaceId".into(), Value::Null);
         m.insert("token".into(), json!(rt.token));
         m.insert("nodeCommand".into(), json!(cmds.node_command));
-        m.insert("insecureNodeCommand".into(), json!(""));
+        m.insert("insecureNodeCommand".into(), json!(cmds.insecure_node_command));
         m.insert("command".into(), json!(cmds.command));
         m.insert("insecureCommand".into(), json!(cmds.insecure_command));
         m.insert("manifestUrl".into(), json!(cmds.manifest_url));

@@ -517,6 +517,13 @@ fn spawn_emulator(host: &Host, spec: &RunSpec, log_path: &Path, record_path: &Pa
         .arg(&data_dir)
         .arg("--listen")
         .arg(format!("{}:{HTTPS_PORT}", host.ip))
+        // the emulated line follows the image tag (rancher/rancher:v2.15.1
+        // → 2.15); an untagged image gets the emulator's default
+        .args(
+            crate::emulator::Line::from_image(&spec.image)
+                .map(|l| vec!["--rancher-version".to_string(), format!("2.{}", l.minor)])
+                .unwrap_or_default(),
+        )
         .current_dir(&host.dir)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
