@@ -51,6 +51,10 @@ fn showable(word: &str) -> &str {
 
 /// Runs one command line on `host`.
 pub async fn exec(host: &Host, command: &str) -> ExecOutput {
+    // the system-agent installer (RKE2/K3s nodes) and its service
+    if agent::is_system_agent_command(command) {
+        return agent::shell(host, command).await;
+    }
     let words = match shell_words::split(command) {
         Ok(words) => words,
         Err(_) => return out(2, "", "bash: syntax error: unterminated quoted string\n"),
