@@ -1009,3 +1009,224 @@ pub fn connection_info(model: &Model, base: &str, m: &Machine) -> Value {
 pub fn is_mgmt_id(id: &str) -> bool {
     id.len() == 12 && id.starts_with("c-m-") && id[4..].bytes().all(|b| ALPHABET.contains(&b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::model::State;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    fn model(line: Line, knobs: Knobs) -> (Model, StdRng) {
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut m, _) = Model::open(State::default(), CA.into(), 0, Some("pw"), &mut rng, 0);
+        m.line = line;
+        m.knobs = knobs;
+        m.started_ms = 0;
+        (m, rng)
+    }
+
+    fn knobs() -> Knobs {
+        Knobs { cluster_name_ms: 100, default_token_ms: 100, planner_ms: 10, ..Default::default() }
+    }
+
+    fn body(name: &str, version: &str) -> Value {
+        json!({"metadata": {"name": name, "namespace": "fleet-default"},
+               "spec": {"kubernetesVersion": version, "rkeConfig": {}}})
+    }
+
+    fn agent(id: &str, node: &str, etcd: bool, cp: bool, worker: bool) -> AgentHeaders {
+        AgentHeaders {
+            id: id.into(),
+            etcd,
+            control_plane: cp,
+            worker,
+            node_name: node.into(),
+            address: "10.0.0.9".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lines_and_versions() {
+        assert_eq!(Line::parse("2.15").unwrap(), Line { minor: 15 });
+        assert_eq!(Line::parse("v2.12.12").unwrap(), Line { minor: 12 });
+        assert!(Line::parse("2.16").is_err() && Line::parse("3.0").is_err() && Line::parse("x").is_err());
+        assert_eq!(Line::from_image("rancher/rancher:v2.11.3"), Some(Line::RKE1_LAST));
+        assert_eq!(Line::from_image("registry.example:5000/rancher/rancher:v2.15.1"), Some(Line::NEWEST));
+        assert_eq!(Line::from_image("rancher/rancher"), None);
+        assert_eq!(Line::from_image("rancher/rancher:latest"), None);
+        assert_eq!(Line::NEWEST.version(), "v2.15.1");
+        assert!(Line::RKE1_LAST.has_rke1() && !Line { minor: 12 }.has_rke1());
+        assert!(!Line { minor: 12 }.has_v1_public_login() && Line { minor: 13 }.has_v1_public_login());
+        // 2.15 offers 1.34–1.36, its embedded k3s is v1.36.1+k3s1 (§3.1)
+        assert_eq!(Line::NEWEST.default_version(Distro::K3s), "v1.36.1+k3s1");
+        assert_eq!(Line::NEWEST.offered(Distro::Rke2), vec!["v1.34.8+rke2r1", "v1.35.4+rke2r1", "v1.36.1+rke2r1"]);
+        assert_eq!(Line { minor: 12 }.default_version(Distro::Rke2), "v1.33.1+rke2r1");
+        assert_eq!(Distro::of_version("v1.36.1+k3s1"), Some(Distro::K3s));
+    }
+
+    #[test]
+    fn create_rules() {
+        let (mut m, mut rng) = model(Line::NEWEST, knobs());
+        let id = m.create_prov_cluster(&mut rng, 0, "user-x", &body("rmm-demo", "v1.36.1+rke2r1"), None).unwrap();
+        assert_eq!(id, "fleet-default/rmm-demo");
+        let e = m.create_prov_cluster(&mut rng, 0, "user-x", &body("rmm-demo", "v1.36.1+rke2r1"), None).unwrap_err();
+        assert_eq!((e.status, e.code, e.message.as_str()), (409, "AlreadyExists", "clusters.provisioning.cattle.io \"rmm-demo\" already exists"));
+        for bad in ["Upper", "-x", "local", "c-abcde", "a", "under_score"] {
+            let e = m.create_prov_cluster(&mut rng, 0, "u", &body(bad, "v1.36.1+rke2r1"), None).unwrap_err();
+            assert_eq!(e.status, 400, "{bad}");
+            assert!(e.message.ends_with(NAME_RULE));
+        }
+        let e = m.create_prov_cluster(&mut rng, 0, "u", &body("bad-version", "1.36"), None).unwrap_err();
+        assert_eq!(e.status, 500);
+        // an unoffered version is accepted (§2.7) …
+        m.create_prov_cluster(&mut rng, 0, "old", &body("old", "v1.20.1+rke2r1"), None).unwrap();
+        // … and the webhook window refuses everything
+        m.knobs.webhook_window_ms = 1_000;
+        m.started_ms = 5_000;
+        assert_eq!(m.create_prov_cluster(&mut rng, 5_999, "u", &body("later", "v1.36.1+rke2r1"), None).unwrap_err(), webhook_not_ready());
+        m.create_prov_cluster(&mut rng, 6_000, "u", &body("later", "v1.36.1+rke2r1"), None).unwrap();
+        let pc = m.prov("fleet-default", "rmm-demo").unwrap();
+        assert!(is_mgmt_id(&pc.mgmt_id), "{}", pc.mgmt_id);
+        assert_eq!(pc.annotations["field.cattle.io/creatorId"], "user-x");
+    }
+
+    #[test]
+    fn controllers_and_commands_on_their_clock() {
+        let (mut m, mut rng) = model(Line::NEWEST, knobs());
+        m.create_prov_cluster(&mut rng, 1_000, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        let pc = m.prov("fleet-default", "c1").unwrap().clone();
+        assert!(!m.view(&pc, 1_099).named);
+        assert!(m.view(&pc, 1_100).named);
+        let rt = m.state.registration_tokens.iter().find(|t| t.cluster_id == pc.mgmt_id).unwrap().clone();
+        assert_eq!((rt.name.as_str(), rt.created_ms), ("default-token", 1_200));
+        // a token not yet created does not register anything
+        assert_eq!(m.connect_agent(&mut rng, 1_199, &rt.token, &agent("a", "n", true, true, true)).unwrap_err().status, 401);
+        // no server-url: no commands (§2.3)
+        assert_eq!(m.commands(&rt), Commands::default());
+        m.put_setting("server-url", Some("https://10.0.0.2/x")).unwrap();
+        let c = m.commands(&rt);
+        let sum = rmm_actors::ports::ca_checksum(CA.trim());
+        let tail = format!(
+            "/system-agent-install.sh | sudo  sh -s - --server https://10.0.0.2 --label 'cattle.io/os=linux' --token {} --ca-checksum {sum}",
+            rt.token
+        );
+        assert_eq!(c.node_command, format!(" curl -fL https://10.0.0.2{tail}"));
+        assert_eq!(c.insecure_node_command, format!(" curl --insecure -fL https://10.0.0.2{tail}"));
+    }
+
+    /// The planner's walk, with its messages, for 3 etcd+cp and 3 workers.
+    #[test]
+    fn planner_walks_machines_with_the_real_messages() {
+        let (mut m, mut rng) = model(Line::NEWEST, knobs());
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        let pc = m.prov("fleet-default", "c1").unwrap().clone();
+        let token = m.state.registration_tokens[0].token.clone();
+        let mut t = 1_000;
+        for i in 1..=3 {
+            m.connect_agent(&mut rng, t, &token, &agent(&format!("cp{i}"), &format!("cp-{i}"), true, true, false)).unwrap();
+            t += 1;
+        }
+        let v = m.view(&pc, t);
+        assert_eq!(v.message, MSG_WAIT_ROLES);
+        assert!(v.machines.iter().all(|(_, mv)| mv.phase == "Pending" && mv.message == MSG_WAIT_ROLES));
+        // the machines check in (their agents read their plans)
+        for i in 0..3 {
+            let (tok, sec) = (m.state.machines[i].plan_token.clone(), m.state.machines[i].plan_secret());
+            assert!(m.check_in(t, &tok, &sec));
+        }
+        assert!(!m.check_in(t, "wrong", "x"));
+        for i in 1..=3 {
+            m.connect_agent(&mut rng, 2_000, &token, &agent(&format!("w{i}"), &format!("w-{i}"), false, false, true)).unwrap();
+        }
+        // re-registering the same agent id gives the same machine
+        m.connect_agent(&mut rng, 2_000, &token, &agent("w1", "w-1", false, false, true)).unwrap();
+        assert_eq!(m.state.machines.len(), 6);
+        for i in 3..6 {
+            let (tok, sec) = (m.state.machines[i].plan_token.clone(), m.state.machines[i].plan_secret());
+            m.check_in(2_000, &tok, &sec);
+        }
+        let init = m.state.machines[0].name.clone();
+        let msg = |now: u64, i: usize| {
+            let v = m.view(&pc, now);
+            v.machines.iter().find(|(j, _)| *j == i).unwrap().1.clone()
+        };
+        // every role registered at 2000: the init node applies its plan, the others wait
+        assert_eq!(m.view(&pc, 2_000).message, format!("configuring bootstrap node(s) {init}: {MSG_PLAN}"));
+        assert_eq!(msg(2_000, 0).phase, "Provisioning");
+        assert_eq!(msg(2_000, 1).message, MSG_BOOTSTRAP_ETCD);
+        assert_eq!(msg(2_000, 3).message, MSG_CONTROL_PLANE);
+        assert_eq!(
+            msg(2_010, 0).message,
+            "waiting for probes: calico, etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet"
+        );
+        assert_eq!(msg(2_020, 0).phase, "Running");
+        assert!(m.view(&pc, 2_020).provisioned);
+        assert_eq!(msg(2_020, 1).message, MSG_PLAN);
+        assert_eq!(msg(2_020, 3).message, MSG_PLAN);
+        assert_eq!(msg(2_030, 3).message, "waiting for probes: calico, kubelet");
+        let v = m.view(&pc, 2_040);
+        assert!(v.machines.iter().all(|(_, mv)| mv.phase == "Running"));
+        assert_eq!(v.message, MSG_CLUSTER_AGENT);
+        assert!(!v.ready);
+        let v = m.view(&pc, 2_050);
+        assert!(v.ready && v.error.is_none());
+        assert_eq!(v.ready_ms, Some(2_050));
+    }
+
+    #[test]
+    fn a_machine_whose_agent_never_checks_in_stays_provisioning() {
+        let (mut m, mut rng) = model(Line::NEWEST, knobs());
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        let pc = m.prov("fleet-default", "c1").unwrap().clone();
+        let token = m.state.registration_tokens[0].token.clone();
+        m.connect_agent(&mut rng, 1_000, &token, &agent("a", "all-1", true, true, true)).unwrap();
+        let v = m.view(&pc, 60_000);
+        assert_eq!(v.machines[0].1, MachineView { phase: "Provisioning", message: MSG_CHECK_IN.into(), running_ms: None });
+        assert_eq!(v.message, format!("configuring bootstrap node(s) {}: {MSG_CHECK_IN}", m.state.machines[0].name));
+        assert!(!v.ready);
+    }
+
+    #[test]
+    fn errors_end_in_an_error_state_with_the_message() {
+        // an unoffered version: accepted, then the planner fails (§2.7)
+        let (mut m, mut rng) = model(Line { minor: 12 }, knobs());
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        let pc = m.prov("fleet-default", "c1").unwrap().clone();
+        let token = m.state.registration_tokens[0].token.clone();
+        m.connect_agent(&mut rng, 1_000, &token, &agent("a", "all-1", true, true, true)).unwrap();
+        let v = m.view(&pc, 1_000);
+        assert_eq!(v.error.as_deref(), Some("could not find release data for \"v1.36.1+rke2r1\""));
+        // RMM_LOCAL_CLUSTER_ERROR
+        let mut k = knobs();
+        k.cluster_error = Some("etcd join failed: boom".into());
+        let (mut m, mut rng) = model(Line::NEWEST, k);
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+k3s1"), None).unwrap();
+        let pc = m.prov("fleet-default", "c1").unwrap().clone();
+        let token = m.state.registration_tokens[0].token.clone();
+        m.connect_agent(&mut rng, 1_000, &token, &agent("a", "all-1", true, true, true)).unwrap();
+        assert_eq!(m.view(&pc, 999).error, None);
+        let v = m.view(&pc, 1_000);
+        assert_eq!(v.error.as_deref(), Some("etcd join failed: boom"));
+        let shown = V1 { model: &m, base: "https://x".into(), now: 1_000 }.prov_cluster(&pc);
+        assert_eq!(shown["metadata"]["state"]["name"], "error");
+        assert_eq!(shown["metadata"]["state"]["error"], true);
+        assert_eq!(shown["metadata"]["state"]["message"], "etcd join failed: boom");
+        let ready = shown["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+        assert_eq!((ready["status"].as_str(), ready["message"].as_str()), (Some("False"), Some("etcd join failed: boom")));
+    }
+
+    #[test]
+    fn token_ttl_knob_caps_api_tokens() {
+        let mut k = knobs();
+        k.token_ttl_ms = Some(500);
+        let (mut m, mut rng) = model(Line::NEWEST, k);
+        let login = m.login(&mut rng, 0, "admin", "pw", "").unwrap();
+        let t = m.derive_token(&mut rng, 100, &login.name, "rmm", 0, None).unwrap();
+        assert_eq!(t.ttl_ms, 500);
+        assert!(m.authenticate(599, &t.bearer()).is_some());
+        assert!(m.authenticate(600, &t.bearer()).is_none());
+    }
+}
