@@ -476,3 +476,381 @@ pub async fn install(host: &Host, command: &str) -> rmm_actors::ports::ExecOutpu
     tracing::info!(machine = %host.name, node = %node, roles = ?flags.roles(), "system-agent registered");
     exec_out(0, stdout, "")
 }
+
+#[cfg(test)]
+mod wire_tests {
+    //! The v1 flow against an in-process emulator over real HTTPS, with
+    //! nodes registered by the installer's wire protocol.
+
+    use std::time::{Duration, Instant};
+
+    use reqwest::Client;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::emulator::{start, Knobs, Line, ServeOptions};
+
+    const PW: &str = "bootstrap-password-1";
+
+    fn client(ca: &str) -> Client {
+        Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+            .tls_built_in_root_certs(false)
+            .build()
+            .unwrap()
+    }
+
+    fn knobs() -> Knobs {
+        Knobs { cluster_name_ms: 150, default_token_ms: 150, planner_ms: 120, ..Knobs::default() }
+    }
+
+    async fn serve(dir: &std::path::Path, line: Line, knobs: Knobs) -> crate::emulator::Running {
+        start(ServeOptions {
+            data_dir: dir.to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            bootstrap_password: Some(PW.into()),
+            node_ready: Duration::ZERO,
+            tls_sans: vec![],
+            rancher_version: line,
+            knobs,
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = req.send().await.unwrap();
+        let s = r.status().as_u16();
+        let t = r.text().await.unwrap();
+        (s, serde_json::from_str(&t).unwrap_or(Value::String(t)))
+    }
+
+    /// Poll `f` every 20 ms until it gives `Some`, for at most 20 s.
+    async fn until<T, F: std::future::Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> F) -> T {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn host(root: &std::path::Path, name: &str) -> Host {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Host { name: name.into(), ip: "127.0.0.1".parse().unwrap(), dir, rmm_exe: "/bin/false".into(), emulator_env: vec![] }
+    }
+
+    /// Login (v1-public), an API token, server-url. Returns the bearer.
+    async fn setup(c: &Client, url: &str) -> String {
+        let (s, body) = send(c.post(format!("{url}/v1-public/login")).json(&json!({
+            "type": "localProvider", "username": "admin", "password": PW, "description": "rmm"}))).await;
+        assert_eq!(s, 201, "{body}");
+        // 2.13+: the cut-down body (rancher-api.md §2.2)
+        let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["baseType", "expiresAt", "id", "token", "type"]);
+        let login = body["token"].as_str().unwrap().to_string();
+        let (s, tok) = send(c.post(format!("{url}/v3/tokens")).bearer_auth(&login).json(&json!({"description": "rmm"}))).await;
+        assert_eq!(s, 201);
+        let bearer = tok["token"].as_str().unwrap().to_string();
+        let (s, _) = send(c.put(format!("{url}/v3/settings/server-url")).bearer_auth(&bearer).json(&json!({"value": url}))).await;
+        assert_eq!(s, 200);
+        bearer
+    }
+
+    async fn create(c: &Client, url: &str, bearer: &str, name: &str, version: &str) -> (u16, Value) {
+        send(c.post(format!("{url}/v1/provisioning.cattle.io.clusters")).bearer_auth(bearer).json(&json!({
+            "apiVersion": "provisioning.cattle.io/v1", "kind": "Cluster",
+            "metadata": {"name": name, "namespace": "fleet-default"},
+            "spec": {"kubernetesVersion": version, "rkeConfig": {}}}))).await
+    }
+
+    /// clusterName, then default-token's insecureNodeCommand.
+    async fn node_command(c: &Client, url: &str, bearer: &str, name: &str) -> (String, String) {
+        let mgmt = until("status.clusterName", || async {
+            let (_, v) = send(c.get(format!("{url}/v1/provisioning.cattle.io.clusters/fleet-default/{name}")).bearer_auth(bearer)).await;
+            v["status"]["clusterName"].as_str().filter(|s| !s.is_empty()).map(String::from)
+        })
+        .await;
+        assert!(mgmt.starts_with("c-m-") && mgmt.len() == 12, "{mgmt}");
+        let cmd = until("default-token's nodeCommand", || async {
+            let (s, v) = send(c.get(format!("{url}/v1/management.cattle.io.clusterregistrationtokens/{mgmt}/default-token")).bearer_auth(bearer)).await;
+            (s == 200).then(|| v["status"]["insecureNodeCommand"].as_str().filter(|s| !s.is_empty()).map(String::from)).flatten()
+        })
+        .await;
+        (mgmt, cmd)
+    }
+
+    fn roles(cp: bool) -> &'static str {
+        if cp { "--etcd --controlplane" } else { "--worker" }
+    }
+
+    async fn machines(c: &Client, url: &str, bearer: &str) -> Vec<Value> {
+        let (s, v) = send(c.get(format!("{url}/v1/cluster.x-k8s.io.machines/fleet-default")).bearer_auth(bearer)).await;
+        assert_eq!(s, 200);
+        v["data"].as_array().unwrap().clone()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn v1_cluster_to_ready_with_six_nodes_over_the_agent_wire() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = serve(&dir.path().join("rancher"), Line::NEWEST, knobs()).await;
+        let (url, c) = (running.url(), client(running.ca_pem()));
+        let (_, v) = send(c.get(format!("{url}/rancherversion"))).await;
+        assert_eq!(v["Version"], "v2.15.1");
+        let bearer = setup(&c, &url).await;
+        let (s, created) = create(&c, &url, &bearer, "rmm-demo", "v1.36.1+rke2r1").await;
+        assert_eq!(s, 201, "{created}");
+        assert_eq!(created["id"], "fleet-default/rmm-demo");
+        assert!(created["status"]["clusterName"].is_null(), "the controller has not run yet");
+        let (s, dup) = create(&c, &url, &bearer, "rmm-demo", "v1.36.1+rke2r1").await;
+        assert_eq!((s, dup["code"].as_str(), dup["status"].as_u64()), (409, Some("AlreadyExists"), Some(409)));
+        let (mgmt, cmd) = node_command(&c, &url, &bearer, "rmm-demo").await;
+        assert!(cmd.starts_with(&format!(" curl --insecure -fL {url}/system-agent-install.sh | sudo  sh -s - --server {url} --label 'cattle.io/os=linux' --token ")), "{cmd}");
+        // the secure command fails at curl on a node that does not trust the CA, and exits 0 anyway (§2.7)
+        let (_, crt) = send(c.get(format!("{url}/v3/clusterregistrationtokens/{mgmt}:default-token")).bearer_auth(&bearer)).await;
+        let secure = crt["nodeCommand"].as_str().unwrap().to_string();
+        let out = install(&host(dir.path(), "untrusting"), &format!("{secure} --worker --node-name nobody")).await;
+        assert_eq!(out.status, 0);
+        assert!(out.stderr.starts_with("curl: (60)"), "{}", out.stderr);
+        assert!(machines(&c, &url, &bearer).await.is_empty());
+        // three etcd+controlplane nodes: nothing starts before a worker is registered
+        let mut messages = std::collections::BTreeSet::new();
+        for i in 1..=3 {
+            let h = host(dir.path(), &format!("cp{i}"));
+            let out = install(&h, &format!("{cmd} {} --node-name rmm-cp-{i} --address 127.0.0.{i} --internal-address 127.0.0.{i}", roles(true))).await;
+            assert_eq!(out.status, 0, "{out:?}");
+            assert!(!out.stdout.contains(crt["token"].as_str().unwrap()) && !out.stderr.contains(crt["token"].as_str().unwrap()));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ms = machines(&c, &url, &bearer).await;
+        assert_eq!(ms.len(), 3);
+        for m in &ms {
+            assert_eq!(m["status"]["phase"], "Pending");
+            assert_eq!(m["metadata"]["state"]["message"], "waiting for at least one control plane, etcd, and worker node to be registered");
+        }
+        for i in 1..=3 {
+            let h = host(dir.path(), &format!("w{i}"));
+            let out = install(&h, &format!("{cmd} {} --node-name rmm-w-{i} --address 127.0.1.{i} --internal-address 127.0.1.{i}", roles(false))).await;
+            assert_eq!(out.status, 0, "{out:?}");
+        }
+        // running the installer again on a node does not make a second machine
+        install(&host(dir.path(), "w1"), &format!("{cmd} --worker --node-name rmm-w-1 --address 127.0.1.1 --internal-address 127.0.1.1")).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let cluster = loop {
+            let (_, v) = send(c.get(format!("{url}/v1/provisioning.cattle.io.clusters/fleet-default/rmm-demo")).bearer_auth(&bearer)).await;
+            messages.insert(v["metadata"]["state"]["message"].as_str().unwrap_or("").to_string());
+            for m in machines(&c, &url, &bearer).await {
+                messages.insert(m["metadata"]["state"]["message"].as_str().unwrap_or("").to_string());
+            }
+            if v["status"]["ready"] == true {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for the cluster to be ready: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // ready as Rancher's own tests define it (§2.9)
+        assert_eq!(cluster["status"]["observedGeneration"], cluster["metadata"]["generation"]);
+        let cond = |ty: &str| cluster["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == ty).unwrap()["status"].clone();
+        assert_eq!((cond("Ready"), cond("Provisioned")), (json!("True"), json!("True")));
+        assert_eq!(cluster["metadata"]["state"]["name"], "active");
+        let (_, mc) = send(c.get(format!("{url}/v1/management.cattle.io.clusters/{mgmt}")).bearer_auth(&bearer)).await;
+        assert_eq!(mc["status"]["conditions"][0], json!({"type": "Ready", "status": "True", "reason": "", "message": "",
+            "lastUpdateTime": mc["status"]["conditions"][0]["lastUpdateTime"], "lastTransitionTime": mc["status"]["conditions"][0]["lastTransitionTime"]}));
+        let (_, v3) = send(c.get(format!("{url}/v3/clusters/{mgmt}")).bearer_auth(&bearer)).await;
+        assert_eq!((v3["state"].as_str(), v3["driver"].as_str()), (Some("active"), Some("rke2")));
+        let ms = machines(&c, &url, &bearer).await;
+        assert_eq!(ms.len(), 6);
+        let mut seen = vec![];
+        for m in &ms {
+            assert_eq!(m["status"]["phase"], "Running");
+            assert_eq!(m["metadata"]["state"]["name"], "running");
+            let node = m["metadata"]["labels"]["rke.cattle.io/node-name"].as_str().unwrap();
+            assert_eq!(m["status"]["nodeRef"]["name"], node);
+            assert_eq!(m["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"], "rmm-demo");
+            assert!(m["metadata"]["name"].as_str().unwrap().starts_with("custom-"));
+            let cp = m["metadata"]["labels"]["rke.cattle.io/control-plane-role"] == "true";
+            let etcd = m["metadata"]["labels"]["rke.cattle.io/etcd-role"] == "true";
+            let worker = m["metadata"]["labels"]["rke.cattle.io/worker-role"] == "true";
+            assert_eq!((cp, etcd, worker), if node.starts_with("rmm-cp") { (true, true, false) } else { (false, false, true) }, "{node}");
+            seen.push(node.to_string());
+        }
+        seen.sort();
+        assert_eq!(seen, ["rmm-cp-1", "rmm-cp-2", "rmm-cp-3", "rmm-w-1", "rmm-w-2", "rmm-w-3"]);
+        // the planner's messages were seen on the way (§2.8)
+        for want in ["waiting for plan to be applied", "waiting for cluster agent to connect"] {
+            assert!(messages.contains(want), "{want} not in {messages:?}");
+        }
+        assert!(messages.iter().any(|m| m.starts_with("configuring bootstrap node(s) custom-")), "{messages:?}");
+        assert!(messages.iter().any(|m| m.starts_with("waiting for probes: calico, ")), "{messages:?}");
+        // the node's evidence
+        let st = shell(&host(dir.path(), "cp1"), "sudo systemctl status rancher-system-agent").await;
+        assert_eq!(st.status, 0);
+        assert!(st.stdout.contains("Active: active (running)"));
+        // kubeconfig (§2.10)
+        let (s, kc) = send(c.post(format!("{url}/v3/clusters/{mgmt}?action=generateKubeconfig")).bearer_auth(&bearer)).await;
+        assert_eq!(s, 200);
+        assert!(kc["config"].as_str().unwrap().contains(&format!("/k8s/clusters/{mgmt}")));
+        running.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_agent_installs_exits_0_and_never_checks_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = serve(&dir.path().join("rancher"), Line::NEWEST, knobs()).await;
+        let (url, c) = (running.url(), client(running.ca_pem()));
+        let bearer = setup(&c, &url).await;
+        assert_eq!(create(&c, &url, &bearer, "c1", "v1.36.1+k3s1").await.0, 201);
+        let (_, cmd) = node_command(&c, &url, &bearer, "c1").await;
+        // SAFETY of the env change: only this test reads RMM_LOCAL_AGENT_FAIL
+        std::env::set_var("RMM_LOCAL_AGENT_FAIL", "doomed-1");
+        let h = host(dir.path(), "doomed");
+        let out = install(&h, &format!("{cmd} --etcd --controlplane --worker --node-name doomed-1 --address 127.0.0.1")).await;
+        std::env::remove_var("RMM_LOCAL_AGENT_FAIL");
+        assert_eq!(out.status, 0, "the installer itself succeeds");
+        let st = shell(&h, "systemctl status rancher-system-agent.service").await;
+        assert_eq!(st.status, 3);
+        assert!(st.stdout.contains("failed") && st.stdout.contains("status=1/FAILURE"), "{}", st.stdout);
+        let j = shell(&h, "journalctl -u rancher-system-agent -n 1 --no-pager").await;
+        assert_eq!(j.stdout.lines().count(), 1);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let ms = machines(&c, &url, &bearer).await;
+        assert_eq!(ms.len(), 1, "registered");
+        assert_eq!(ms[0]["status"]["phase"], "Provisioning");
+        assert_eq!(ms[0]["metadata"]["state"]["message"], "waiting for agent to check in and apply initial plan");
+        // a node that never ran the installer has no unit
+        assert_eq!(shell(&host(dir.path(), "fresh"), "systemctl status rancher-system-agent").await.status, 4);
+        // a wrong checksum stops the installer (exit 1, §7.3)
+        let bad = cmd.replace("--ca-checksum ", "--ca-checksum 00");
+        let out = install(&host(dir.path(), "bad"), &format!("{bad} --worker")).await;
+        assert_eq!(out.status, 1);
+        assert!(out.stderr.contains("does not match given --ca-checksum"), "{}", out.stderr);
+        running.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_error_knob_shows_an_error_with_its_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut k = knobs();
+        k.cluster_error = Some("injected: etcd snapshot restore failed".into());
+        let running = serve(&dir.path().join("rancher"), Line::NEWEST, k).await;
+        let (url, c) = (running.url(), client(running.ca_pem()));
+        let bearer = setup(&c, &url).await;
+        assert_eq!(create(&c, &url, &bearer, "c1", "v1.36.1+rke2r1").await.0, 201);
+        let (_, cmd) = node_command(&c, &url, &bearer, "c1").await;
+        let out = install(&host(dir.path(), "n1"), &format!("{cmd} --etcd --controlplane --worker --node-name n1")).await;
+        assert_eq!(out.status, 0);
+        let state = until("the error", || async {
+            let (_, v) = send(c.get(format!("{url}/v1/provisioning.cattle.io.clusters/fleet-default/c1")).bearer_auth(&bearer)).await;
+            (v["metadata"]["state"]["error"] == true).then(|| v["metadata"]["state"].clone())
+        })
+        .await;
+        assert_eq!(state["message"], "injected: etcd snapshot restore failed");
+        running.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_up_windows_then_token_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut k = knobs();
+        k.login_window_ms = 1_500;
+        k.webhook_window_ms = 3_000;
+        k.token_ttl_ms = Some(1_000);
+        let running = serve(&dir.path().join("rancher"), Line::NEWEST, k).await;
+        let (url, c) = (running.url(), client(running.ca_pem()));
+        // /ping answers at once, login does not yet
+        let ping = c.get(format!("{url}/ping")).send().await.unwrap();
+        assert_eq!(ping.status(), 200);
+        let body = json!({"type": "localProvider", "username": "admin", "password": PW});
+        let (s, e) = send(c.post(format!("{url}/v1-public/login")).json(&body)).await;
+        assert_eq!((s, e["code"].as_str()), (503, Some("ServiceUnavailable")));
+        let login = until("login", || async {
+            let (s, v) = send(c.post(format!("{url}/v1-public/login")).json(&body)).await;
+            (s == 201).then(|| v["token"].as_str().unwrap().to_string())
+        })
+        .await;
+        // the webhook is not up yet: reads 503, creates refused with its error (§2.1, rancher#51273)
+        let (s, _) = send(c.get(format!("{url}/v1/provisioning.cattle.io.clusters")).bearer_auth(&login)).await;
+        assert_eq!(s, 503);
+        let (s, e) = create(&c, &url, &login, "early", "v1.36.1+rke2r1").await;
+        assert_eq!(s, 500);
+        assert!(e["message"].as_str().unwrap().contains("failed calling webhook \"rancher.cattle.io.clusters.provisioning.cattle.io\""), "{e}");
+        until("the webhook", || async {
+            let (s, _) = send(c.get(format!("{url}/v1/provisioning.cattle.io.clusters")).bearer_auth(&login)).await;
+            (s == 200).then_some(())
+        })
+        .await;
+        assert!(!std::fs::read_to_string(dir.path().join("rancher/state.json")).unwrap().contains("early"));
+        // an API token that expires (RMM_LOCAL_TOKEN_TTL_MS): 401 afterwards
+        let (_, t) = send(c.post(format!("{url}/v3/tokens")).bearer_auth(&login).json(&json!({"description": "rmm"}))).await;
+        let api = t["token"].as_str().unwrap().to_string();
+        assert_eq!(t["ttl"], 1_000);
+        assert_eq!(send(c.get(format!("{url}/v1/provisioning.cattle.io.clusters")).bearer_auth(&api)).await.0, 200);
+        let body = until("the token to expire", || async {
+            let (s, v) = send(c.get(format!("{url}/v1/provisioning.cattle.io.clusters")).bearer_auth(&api)).await;
+            (s == 401).then_some(v)
+        })
+        .await;
+        assert_eq!(body, json!({"type": "error", "status": "401", "message": "Unauthorized 401: must authenticate"}));
+        running.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn version_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        // 2.12: no /v1-public/login, RKE1 gone (register 404), the CRT writes the system-agent command
+        let running = serve(&dir.path().join("r12"), Line { minor: 12 }, knobs()).await;
+        let (url, c) = (running.url(), client(running.ca_pem()));
+        let (_, v) = send(c.get(format!("{url}/rancherversion"))).await;
+        assert_eq!(v["Version"], "v2.12.12");
+        let body = json!({"type": "localProvider", "username": "admin", "password": PW});
+        let r = c.post(format!("{url}/v1-public/login")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        let (s, tok) = send(c.post(format!("{url}/v3-public/localProviders/local?action=login")).json(&body)).await;
+        assert_eq!(s, 201);
+        assert_eq!(tok["type"], "token");
+        assert!(tok.get("userId").is_some(), "the full v3 token before 2.13");
+        let bearer = tok["token"].as_str().unwrap().to_string();
+        assert_eq!(c.get(format!("{url}/v3/connect/register")).send().await.unwrap().status(), 404);
+        let (_, rel) = send(c.get(format!("{url}/v1-rke2-release/releases"))).await;
+        let offered: Vec<&str> = rel["data"].as_array().unwrap().iter().map(|r| r["version"].as_str().unwrap()).collect();
+        assert_eq!(offered, ["v1.31.8+rke2r1", "v1.32.4+rke2r1", "v1.33.1+rke2r1"]);
+        // an RKE1 cluster through v3 is accepted and never provisions
+        let (s, cl) = send(c.post(format!("{url}/v3/clusters")).bearer_auth(&bearer)
+            .json(&json!({"name": "old", "rancherKubernetesEngineConfig": {}}))).await;
+        assert_eq!(s, 201);
+        let cid = cl["id"].as_str().unwrap().to_string();
+        running.shutdown().await.unwrap();
+        // … and 2.12–2.14 refuse to start while it exists (§1.1)
+        let again = crate::emulator::Emulator::open(ServeOptions {
+            data_dir: dir.path().join("r12"),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            bootstrap_password: None,
+            node_ready: Duration::ZERO,
+            tls_sans: vec![],
+            rancher_version: Line { minor: 12 },
+            knobs: knobs(),
+        });
+        let err = again.err().expect("refused");
+        assert!(err.to_string().contains("does not support RKE1"), "{err} ({cid})");
+        // 2.11: the RKE1 agent path is there, /v1-public/login is not
+        let running = serve(&dir.path().join("r11"), Line::RKE1_LAST, knobs()).await;
+        let (url, c) = (running.url(), client(running.ca_pem()));
+        assert_eq!(c.post(format!("{url}/v1-public/login")).json(&body).send().await.unwrap().status(), 404);
+        assert_eq!(c.get(format!("{url}/v3/connect/register")).send().await.unwrap().status(), 401);
+        running.shutdown().await.unwrap();
+        // 2.15: the v3 RKE1 field is dropped silently
+        let running = serve(&dir.path().join("r15"), Line::NEWEST, knobs()).await;
+        let (url, c) = (running.url(), client(running.ca_pem()));
+        let (_, tok) = send(c.post(format!("{url}/v3-public/localProviders/local?action=login")).json(&body)).await;
+        let bearer = tok["token"].as_str().unwrap().to_string();
+        let (s, cl) = send(c.post(format!("{url}/v3/clusters")).bearer_auth(&bearer)
+            .json(&json!({"name": "old", "rancherKubernetesEngineConfig": {"kubernetesVersion": "v1.32.5-rancher1-1"}}))).await;
+        assert_eq!(s, 201);
+        assert!(cl.get("rancherKubernetesEngineConfig").is_none(), "{cl}");
+        running.shutdown().await.unwrap();
+    }
+}
