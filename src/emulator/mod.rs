@@ -23,6 +23,12 @@
 //!   registering, and the cluster is `active` once the listed nodes cover
 //!   etcd, controlplane and worker (state is computed on read).
 //!
+//! `--rancher-version` picks the line (default 2.15): from 2.12 the RKE1
+//! path is gone and the v1 side (`v1`: RKE2/K3s custom clusters, the
+//! system-agent's `/v3/connect/agent`, CAPI machines, the planner, the
+//! controllers' delays and the `RMM_LOCAL_*` failures) is what a run uses;
+//! `/v1-public/login` from 2.13 (`reference/rancher-current.md`).
+//!
 //! Layout: [`model`] (pure state and rules), `render` (JSON shapes), `http`
 //! (routing and the auth filter), `store` (atomic files), `tls` (CA and cert).
 
