@@ -735,7 +735,14 @@ fn steve_type(seg: &str) -> Option<&'static str> {
     TYPES.iter().copied().find(|t| s == *t || s == format!("{t}s"))
 }
 
-fn steve_collection(req: &Req, ty: &str, data: Vec<Value>, creatable: bool) -> Value {
+fn steve_collection(req: &Req, ty: &str, mut data: Vec<Value>, creatable: bool) -> Value {
+    // `?labelSelector=k=v[,k=v]` on metadata.labels (equality only; the
+    // sheet leaves Steve's support open, §8, so a client may also filter
+    // itself)
+    if let Some((_, sel)) = req.query.iter().find(|(k, _)| k == "labelSelector") {
+        let wanted: Vec<(&str, &str)> = sel.split(',').filter_map(|p| p.split_once('=')).collect();
+        data.retain(|o| wanted.iter().all(|(k, v)| o["metadata"]["labels"][*k].as_str() == Some(*v)));
+    }
     let create = if creatable { json!({ty: format!("{}/v1/{ty}s", req.base)}) } else { json!({}) };
     json!({"type": "collection", "links": {"self": req.self_url}, "createTypes": create, "actions": {},
            "resourceType": ty, "revision": req.now.to_string(), "count": data.len(), "data": data})
@@ -1182,9 +1189,11 @@ fn generate_kubeconfig(req: &Req, inner: &mut Inner, caller: &Caller, cid: &str)
         m.derive_token(rng, now, &caller.token, "Kubeconfig token", 0, Some(cid.to_string()))
     })?;
     let ca = base64::engine::general_purpose::STANDARD.encode(format!("{}\n", inner.model.cacerts));
+    // the server is `server-url` (what Rancher writes), else this request's host
+    let server = super::model::root_url(&inner.model.setting("server-url").map(|s| s.0).unwrap_or_default());
+    let base = if server.is_empty() { req.base.clone() } else { server };
     let config = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: \"{name}\"\n  cluster:\n    server: \"{base}/k8s/clusters/{cid}\"\n    certificate-authority-data: \"{ca}\"\n\nusers:\n- name: \"{name}\"\n  user:\n    token: \"{tok}\"\n\ncontexts:\n- name: \"{name}\"\n  context:\n    user: \"{name}\"\n    cluster: \"{name}\"\n\ncurrent-context: \"{name}\"\n",
-        base = req.base,
         tok = t.bearer()
     );
     Ok(json_resp(200, &json!({"type": "generateKubeConfigOutput", "baseType": "generateKubeConfigOutput", "config": config}), &req.base))

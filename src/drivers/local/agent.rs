@@ -693,7 +693,19 @@ mod wire_tests {
         // kubeconfig (§2.10)
         let (s, kc) = send(c.post(format!("{url}/v3/clusters/{mgmt}?action=generateKubeconfig")).bearer_auth(&bearer)).await;
         assert_eq!(s, 200);
-        assert!(kc["config"].as_str().unwrap().contains(&format!("/k8s/clusters/{mgmt}")));
+        assert!(kc["config"].as_str().unwrap().contains(&format!("server: \"{url}/k8s/clusters/{mgmt}\"")));
+        // machines by label (§2.8)
+        let (_, v) = send(c.get(format!("{url}/v1/cluster.x-k8s.io.machines/fleet-default?labelSelector=cluster.x-k8s.io/cluster-name=rmm-demo,rke.cattle.io/worker-role=true")).bearer_auth(&bearer)).await;
+        assert_eq!(v["data"].as_array().unwrap().len(), 3);
+        let (_, v) = send(c.get(format!("{url}/v1/cluster.x-k8s.io.machines?labelSelector=cluster.x-k8s.io/cluster-name=other")).bearer_auth(&bearer)).await;
+        assert_eq!(v["data"].as_array().unwrap().len(), 0);
+        // delete (§2.10): the v1 cluster, its management cluster and machines go
+        let r = c.delete(format!("{url}/v1/provisioning.cattle.io.clusters/fleet-default/rmm-demo")).bearer_auth(&bearer).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let (s, e) = send(c.get(format!("{url}/v1/provisioning.cattle.io.clusters/fleet-default/rmm-demo")).bearer_auth(&bearer)).await;
+        assert_eq!((s, e["code"].as_str()), (404, Some("NotFound")));
+        assert_eq!(send(c.get(format!("{url}/v3/clusters/{mgmt}")).bearer_auth(&bearer)).await.0, 404);
+        assert!(machines(&c, &url, &bearer).await.is_empty());
         running.shutdown().await.unwrap();
     }
 
