@@ -35,8 +35,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("cacerts", ""),
     ("eula-agreed", ""),
     ("first-login", "true"),
+    ("k3s-default-version", ""),
     ("k8s-version", DEFAULT_K8S_VERSION),
     ("password-min-length", "12"),
+    ("rke2-default-version", ""),
     ("server-url", ""),
     ("server-version", RANCHER_VERSION),
     ("telemetry-opt", ""),
@@ -430,6 +432,18 @@ impl Model {
         let default = Self::setting_default(name)?;
         if name == "cacerts" {
             return Some((self.cacerts.clone(), default, "db"));
+        }
+        // what the running release fills in (§2.4: the KDM-derived
+        // `rke2-default-version` / `k3s-default-version`)
+        let derived = match name {
+            "rke2-default-version" => Some(self.line.default_version(super::v1::Distro::Rke2)),
+            "k3s-default-version" => Some(self.line.default_version(super::v1::Distro::K3s)),
+            "server-version" => Some(self.line.version()),
+            "agent-image" => Some(format!("rancher/rancher-agent:{}", self.line.version())),
+            _ => None,
+        };
+        if let Some(v) = derived.filter(|_| !self.state.settings.get(name).is_some_and(|v| !v.is_empty())) {
+            return Some((v, default, "default"));
         }
         match self.state.settings.get(name).filter(|v| !v.is_empty()) {
             Some(v) => Some((v.clone(), default, "db")),

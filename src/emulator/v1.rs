@@ -1065,6 +1065,14 @@ mod tests {
         assert_eq!(Line::NEWEST.offered(Distro::Rke2), vec!["v1.34.8+rke2r1", "v1.35.4+rke2r1", "v1.36.1+rke2r1"]);
         assert_eq!(Line { minor: 12 }.default_version(Distro::Rke2), "v1.33.1+rke2r1");
         assert_eq!(Distro::of_version("v1.36.1+k3s1"), Some(Distro::K3s));
+        // the settings a client reads the default version from (§2.4)
+        let (m, _) = model(Line::NEWEST, knobs());
+        assert_eq!(m.setting("rke2-default-version").unwrap().0, "v1.36.1+rke2r1");
+        assert_eq!(m.setting("k3s-default-version").unwrap().0, "v1.36.1+k3s1");
+        assert_eq!(m.setting("server-version").unwrap().0, "v2.15.1");
+        let (m, _) = model(Line::RKE1_LAST, knobs());
+        assert_eq!(m.setting("server-version").unwrap().0, "v2.11.3");
+        assert_eq!(m.setting("agent-image").unwrap().0, "rancher/rancher-agent:v2.11.3");
     }
 
     #[test]
