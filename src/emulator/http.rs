@@ -1247,11 +1247,19 @@ fn registration_tokens(
 
 fn node_items(req: &Req, inner: &Inner) -> Vec<(String, Value)> {
     let ctx = req.ctx(&inner.model);
-    inner
+    let mut items: Vec<(String, Value)> = inner
         .model
         .listed_nodes(req.now)
         .map(|n| (n.id(), ctx.node(n)))
-        .collect()
+        .collect();
+    // the nodes of v1 clusters' machines, once they run
+    let v = V1 { model: &inner.model, base: req.base.clone(), now: req.now };
+    for pc in &inner.model.state.prov_clusters {
+        for (i, mv) in inner.model.view(pc, req.now).machines {
+            items.extend(v.v3_node(pc, &inner.model.state.machines[i], &mv));
+        }
+    }
+    items
 }
 
 fn nodes(req: &Req, inner: &Inner, id: Option<&str>) -> Result<Response, ApiError> {

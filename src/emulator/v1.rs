@@ -935,6 +935,30 @@ impl V1<'_> {
         })
     }
 
+    /// The v3 node of a machine that has a Kubernetes node (§2.8: in
+    /// namespace `<c-m-id>`, annotated `cluster.x-k8s.io/machine`).
+    pub fn v3_node(&self, pc: &ProvCluster, m: &Machine, view: &MachineView) -> Option<(String, Value)> {
+        let at = view.running_ms?;
+        let name = {
+            use sha2::{Digest, Sha256};
+            format!("m-{}", &hex::encode(Sha256::digest(m.name.as_bytes()))[..12])
+        };
+        let id = format!("{}:{name}", pc.mgmt_id);
+        let this = format!("{}/v3/nodes/{id}", self.base);
+        let internal = if m.internal_address.is_empty() { m.address.clone() } else { m.internal_address.clone() };
+        Some((id.clone(), json!({
+            "id": id, "type": "node", "baseType": "node", "name": "", "clusterId": pc.mgmt_id, "namespaceId": Value::Null,
+            "created": rfc3339(m.registered_ms), "createdTS": m.registered_ms, "uuid": m.uid,
+            "links": {"self": this, "update": this, "remove": this}, "actions": {},
+            "labels": m.labels, "annotations": {"cluster.x-k8s.io/machine": m.name},
+            "etcd": m.etcd, "controlPlane": m.control_plane, "worker": m.worker,
+            "requestedHostname": m.node_name, "hostname": m.node_name, "nodeName": m.node_name,
+            "ipAddress": internal, "externalIpAddress": m.address, "imported": false,
+            "state": "active", "transitioning": "no", "transitioningMessage": "",
+            "conditions": [cond("Ready", "True", "", "", at)],
+        })))
+    }
+
     /// `management.cattle.io.clusterregistrationtoken` (v1 shape, §2.6).
     pub fn crt(&self, rt: &RegistrationToken) -> Value {
         let id = format!("{}/{}", rt.cluster_id, rt.name);

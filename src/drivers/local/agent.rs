@@ -694,6 +694,11 @@ mod wire_tests {
         let (s, kc) = send(c.post(format!("{url}/v3/clusters/{mgmt}?action=generateKubeconfig")).bearer_auth(&bearer)).await;
         assert_eq!(s, 200);
         assert!(kc["config"].as_str().unwrap().contains(&format!("server: \"{url}/k8s/clusters/{mgmt}\"")));
+        // v3 nodes of the machines (§2.8)
+        let (_, nodes) = send(c.get(format!("{url}/v3/nodes?clusterId={mgmt}")).bearer_auth(&bearer)).await;
+        let nodes = nodes["data"].as_array().unwrap();
+        assert_eq!(nodes.len(), 6);
+        assert!(nodes.iter().all(|n| n["state"] == "active" && n["annotations"]["cluster.x-k8s.io/machine"].as_str().unwrap().starts_with("custom-")));
         // machines by label (§2.8)
         let (_, v) = send(c.get(format!("{url}/v1/cluster.x-k8s.io.machines/fleet-default?labelSelector=cluster.x-k8s.io/cluster-name=rmm-demo,rke.cattle.io/worker-role=true")).bearer_auth(&bearer)).await;
         assert_eq!(v["data"].as_array().unwrap().len(), 3);
