@@ -442,7 +442,7 @@ impl Model {
             "agent-image" => Some(format!("rancher/rancher-agent:{}", self.line.version())),
             _ => None,
         };
-        if let Some(v) = derived.filter(|_| !self.state.settings.get(name).is_some_and(|v| !v.is_empty())) {
+        if let Some(v) = derived.filter(|_| self.state.settings.get(name).is_none_or(String::is_empty)) {
             return Some((v, default, "default"));
         }
         match self.state.settings.get(name).filter(|v| !v.is_empty()) {

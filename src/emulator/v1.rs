@@ -1029,7 +1029,8 @@ pub fn connection_info(model: &Model, base: &str, m: &Machine) -> Value {
     json!({"kubeConfig": kubeconfig, "namespace": m.namespace, "secretName": m.plan_secret()})
 }
 
-/// A random 8-character `c-m-` suffix check (used by tests).
+/// `c-m-` plus 8 characters of the id alphabet (§2.5).
+#[cfg(test)]
 pub fn is_mgmt_id(id: &str) -> bool {
     id.len() == 12 && id.starts_with("c-m-") && id[4..].bytes().all(|b| ALPHABET.contains(&b))
 }
