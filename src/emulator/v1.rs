@@ -16,7 +16,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::model::{random_string, random_uuid, ApiError, Commands, Model, RegistrationToken, ALPHABET};
+use super::model::{random_string, random_uuid, ApiError, Commands, Model, RegistrationToken};
 use super::render::rfc3339;
 
 // ---- Rancher lines --------------------------------------------------------------
@@ -1032,7 +1032,7 @@ pub fn connection_info(model: &Model, base: &str, m: &Machine) -> Value {
 /// `c-m-` plus 8 characters of the id alphabet (§2.5).
 #[cfg(test)]
 pub fn is_mgmt_id(id: &str) -> bool {
-    id.len() == 12 && id.starts_with("c-m-") && id[4..].bytes().all(|b| ALPHABET.contains(&b))
+    id.len() == 12 && id.starts_with("c-m-") && id[4..].bytes().all(|b| super::model::ALPHABET.contains(&b))
 }
 
 #[cfg(test)]
