@@ -195,16 +195,21 @@ impl Knobs {
     /// The defaults overridden by the environment.
     /// `RMM_LOCAL_SLOW_CONTROLLER_MS` is added to every controller delay.
     pub fn from_env(line: Line) -> anyhow::Result<Knobs> {
-        fn ms(name: &str) -> anyhow::Result<Option<u64>> {
-            match std::env::var(name) {
-                Ok(v) if !v.trim().is_empty() => v
+        Knobs::from_lookup(line, |name| std::env::var(name).ok())
+    }
+
+    /// [`Knobs::from_env`] over any lookup.
+    pub fn from_lookup(line: Line, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Knobs> {
+        let ms = |name: &str| -> anyhow::Result<Option<u64>> {
+            match get(name) {
+                Some(v) if !v.trim().is_empty() => v
                     .trim()
                     .parse()
                     .map(Some)
                     .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a number of milliseconds")),
                 _ => Ok(None),
             }
-        }
+        };
         let mut k = Knobs::defaults(line);
         let slow = ms("RMM_LOCAL_SLOW_CONTROLLER_MS")?.unwrap_or(0);
         k.cluster_name_ms = ms("RMM_LOCAL_CLUSTER_NAME_MS")?.unwrap_or(k.cluster_name_ms) + slow;
@@ -213,7 +218,7 @@ impl Knobs {
         k.login_window_ms = ms("RMM_LOCAL_LOGIN_WINDOW_MS")?.unwrap_or(k.login_window_ms);
         k.webhook_window_ms = ms("RMM_LOCAL_WEBHOOK_WINDOW_MS")?.unwrap_or(k.webhook_window_ms);
         k.token_ttl_ms = ms("RMM_LOCAL_TOKEN_TTL_MS")?;
-        k.cluster_error = std::env::var("RMM_LOCAL_CLUSTER_ERROR").ok().filter(|v| !v.trim().is_empty());
+        k.cluster_error = get("RMM_LOCAL_CLUSTER_ERROR").filter(|v| !v.trim().is_empty());
         Ok(k)
     }
 }
@@ -1098,6 +1103,35 @@ mod tests {
         let (m, _) = model(Line::RKE1_LAST, knobs());
         assert_eq!(m.setting("server-version").unwrap().0, "v2.11.3");
         assert_eq!(m.setting("agent-image").unwrap().0, "rancher/rancher-agent:v2.11.3");
+    }
+
+    #[test]
+    fn knobs_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |n: &str| pairs.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())
+        };
+        // defaults: small delays; the start-up windows only from 2.12
+        let k = Knobs::from_lookup(Line::NEWEST, env(&[])).unwrap();
+        assert_eq!((k.cluster_name_ms, k.default_token_ms, k.planner_ms), (300, 300, 150));
+        assert_eq!((k.login_window_ms, k.webhook_window_ms), (300, 600));
+        let k = Knobs::from_lookup(Line::RKE1_LAST, env(&[])).unwrap();
+        assert_eq!((k.login_window_ms, k.webhook_window_ms), (0, 0));
+        // a slow controller adds to each delay
+        let k = Knobs::from_lookup(
+            Line::NEWEST,
+            env(&[
+                ("RMM_LOCAL_SLOW_CONTROLLER_MS", "5000"),
+                ("RMM_LOCAL_PLANNER_MS", "10"),
+                ("RMM_LOCAL_CLUSTER_ERROR", "boom"),
+                ("RMM_LOCAL_TOKEN_TTL_MS", "2000"),
+                ("RMM_LOCAL_WEBHOOK_WINDOW_MS", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((k.cluster_name_ms, k.default_token_ms, k.planner_ms), (5300, 5300, 5010));
+        assert_eq!((k.cluster_error.as_deref(), k.token_ttl_ms, k.webhook_window_ms), (Some("boom"), Some(2000), 0));
+        let e = Knobs::from_lookup(Line::NEWEST, env(&[("RMM_LOCAL_PLANNER_MS", "soon")])).unwrap_err();
+        assert_eq!(e.to_string(), "RMM_LOCAL_PLANNER_MS=\"soon\" is not a number of milliseconds");
     }
 
     #[test]
