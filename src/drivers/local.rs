@@ -81,6 +81,7 @@ const EMULATOR_PASSTHROUGH: &[&str] = &[
     "RMM_LOCAL_WEBHOOK_WINDOW_MS",
     "RMM_LOCAL_CLUSTER_ERROR",
     "RMM_LOCAL_TOKEN_TTL_MS",
+    "RMM_LOCAL_MACHINE_ERROR",
 ];
 
 /// How the local world behaves; [`LocalConfig::from_env`] reads the knobs.

@@ -167,6 +167,9 @@ pub struct Knobs {
     pub cluster_error: Option<String>,
     /// `RMM_LOCAL_TOKEN_TTL_MS`: API tokens live at most this long.
     pub token_ttl_ms: Option<u64>,
+    /// `RMM_LOCAL_MACHINE_ERROR=NODE:MESSAGE`: once the planner starts,
+    /// that node's machine goes to `Failed` with this message.
+    pub machine_error: Option<(String, String)>,
 }
 
 pub const DEFAULT_CLUSTER_NAME_MS: u64 = 300;
@@ -189,6 +192,7 @@ impl Knobs {
             webhook_window_ms: if windows { DEFAULT_WEBHOOK_WINDOW_MS } else { 0 },
             cluster_error: None,
             token_ttl_ms: None,
+            machine_error: None,
         }
     }
 
@@ -219,6 +223,9 @@ impl Knobs {
         k.webhook_window_ms = ms("RMM_LOCAL_WEBHOOK_WINDOW_MS")?.unwrap_or(k.webhook_window_ms);
         k.token_ttl_ms = ms("RMM_LOCAL_TOKEN_TTL_MS")?;
         k.cluster_error = get("RMM_LOCAL_CLUSTER_ERROR").filter(|v| !v.trim().is_empty());
+        k.machine_error = get("RMM_LOCAL_MACHINE_ERROR")
+            .and_then(|v| v.split_once(':').map(|(n, m)| (n.trim().to_string(), m.trim().to_string())))
+            .filter(|(n, m)| !n.is_empty() && !m.is_empty());
         Ok(k)
     }
 }
@@ -716,6 +723,13 @@ impl Model {
             };
             views.insert(i, view);
         }
+        if let Some((node, message)) = &self.knobs.machine_error {
+            for (i, mv) in views.iter_mut() {
+                if ms(*i).node_name == *node {
+                    *mv = MachineView { phase: "Failed", message: message.clone(), running_ms: None };
+                }
+            }
+        }
         v.provisioned = views[&init].running_ms.is_some();
         let running_all = views.values().map(|m| m.running_ms).collect::<Option<Vec<u64>>>();
         v.message = match running_all.as_ref().and_then(|r| r.iter().max().copied()) {
@@ -905,7 +919,7 @@ impl V1<'_> {
                 cond("InfrastructureReady", "True", "", "", m.registered_ms),
                 cond("PlanApplied", if running { "True" } else { "Unknown" }, "", if running { "" } else { &view.message }, at),
                 cond("Reconciled", if running { "True" } else { "Unknown" }, "", if running { "" } else { &view.message }, at),
-                cond("Ready", if running { "True" } else { "False" }, "", if running { "" } else { &view.message }, at),
+                cond("Ready", if running { "True" } else { "False" }, if view.phase == "Failed" { "Error" } else { "" }, if running { "" } else { &view.message }, at),
             ],
         });
         let addrs: Vec<Value> = [("ExternalIP", &m.address), ("InternalIP", &m.internal_address)]
@@ -928,7 +942,7 @@ impl V1<'_> {
                 "creationTimestamp": rfc3339(m.registered_ms),
                 "labels": m.labels,
                 "annotations": {"rke.cattle.io/node-name": m.node_name},
-                "state": state(&view.phase.to_lowercase(), &view.message, false, !running),
+                "state": state(&view.phase.to_lowercase(), &view.message, view.phase == "Failed", !running && view.phase != "Failed"),
                 "relationships": [], "fields": [m.name, m.cluster, m.node_name, view.phase],
             },
             "spec": {
@@ -1283,6 +1297,29 @@ mod tests {
         assert_eq!(shown["metadata"]["state"]["message"], "etcd join failed: boom");
         let ready = shown["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
         assert_eq!((ready["status"].as_str(), ready["message"].as_str()), (Some("False"), Some("etcd join failed: boom")));
+    }
+
+    #[test]
+    fn machine_error_knob_fails_that_machine_with_its_message() {
+        let mut k = knobs();
+        k.machine_error = Some(("w-1".into(), "kubelet did not start".into()));
+        let (mut m, mut rng) = model(Line::NEWEST, k);
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        let pc = m.prov("fleet-default", "c1").unwrap().clone();
+        let token = m.state.registration_tokens[0].token.clone();
+        m.connect_agent(&mut rng, 1_000, &token, &agent("a", "cp-1", true, true, false)).unwrap();
+        m.connect_agent(&mut rng, 1_000, &token, &agent("b", "w-1", false, false, true)).unwrap();
+        for i in 0..2 {
+            let (t, s) = (m.state.machines[i].plan_token.clone(), m.state.machines[i].plan_secret());
+            m.check_in(1_000, &t, &s);
+        }
+        let v = m.view(&pc, 9_000);
+        assert_eq!(v.machines[1].1, MachineView { phase: "Failed", message: "kubelet did not start".into(), running_ms: None });
+        assert_eq!(v.machines[0].1.phase, "Running");
+        assert!(!v.ready);
+        let shown = V1 { model: &m, base: "https://x".into(), now: 9_000 }.machine(&m.state.machines[1], &v.machines[1].1);
+        assert_eq!(shown["metadata"]["state"], json!({"name": "failed", "message": "kubelet did not start", "error": true, "transitioning": false}));
+        assert_eq!(shown["status"]["phase"], "Failed");
     }
 
     #[test]

@@ -597,7 +597,8 @@ mod wire_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn v1_cluster_to_ready_with_six_nodes_over_the_agent_wire() {
         let dir = tempfile::tempdir().unwrap();
-        let running = serve(&dir.path().join("rancher"), Line::NEWEST, knobs()).await;
+        // planner steps long enough that polling sees each phase even on a busy machine
+        let running = serve(&dir.path().join("rancher"), Line::NEWEST, Knobs { planner_ms: 500, ..knobs() }).await;
         let (url, c) = (running.url(), client(running.ca_pem()));
         let (_, v) = send(c.get(format!("{url}/rancherversion"))).await;
         assert_eq!(v["Version"], "v2.15.1");
