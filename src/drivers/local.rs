@@ -82,6 +82,7 @@ const EMULATOR_PASSTHROUGH: &[&str] = &[
     "RMM_LOCAL_CLUSTER_ERROR",
     "RMM_LOCAL_TOKEN_TTL_MS",
     "RMM_LOCAL_MACHINE_ERROR",
+    "RMM_LOCAL_CRT_TTL_MS",
 ];
 
 /// How the local world behaves; [`LocalConfig::from_env`] reads the knobs.

@@ -228,6 +228,8 @@ impl Ctx<'_> {
             &rt.uuid,
             true,
         );
+        // a rotating default-token (2.13+, RMM_LOCAL_CRT_TTL_MS) shows its current value
+        let rt = &self.model.crt_at(rt, self.now);
         let cmds = if with_commands {
             self.model.commands(rt)
         } else {

@@ -167,6 +167,11 @@ pub struct Knobs {
     pub cluster_error: Option<String>,
     /// `RMM_LOCAL_TOKEN_TTL_MS`: API tokens live at most this long.
     pub token_ttl_ms: Option<u64>,
+    /// `RMM_LOCAL_CRT_TTL_MS`: on 2.13+ the `default-token` of a v1
+    /// cluster rotates this often; the previous one stays valid for one
+    /// more period (its grace period). §2.6: `spec.ttl` / `gracePeriod`
+    /// from 2.13.8 / 2.14.4 / 2.15.0 (default 30 days; off here).
+    pub crt_ttl_ms: Option<u64>,
     /// `RMM_LOCAL_MACHINE_ERROR=NODE:MESSAGE`: once the planner starts,
     /// that node's machine goes to `Failed` with this message.
     pub machine_error: Option<(String, String)>,
@@ -192,6 +197,7 @@ impl Knobs {
             webhook_window_ms: if windows { DEFAULT_WEBHOOK_WINDOW_MS } else { 0 },
             cluster_error: None,
             token_ttl_ms: None,
+            crt_ttl_ms: None,
             machine_error: None,
         }
     }
@@ -222,6 +228,7 @@ impl Knobs {
         k.login_window_ms = ms("RMM_LOCAL_LOGIN_WINDOW_MS")?.unwrap_or(k.login_window_ms);
         k.webhook_window_ms = ms("RMM_LOCAL_WEBHOOK_WINDOW_MS")?.unwrap_or(k.webhook_window_ms);
         k.token_ttl_ms = ms("RMM_LOCAL_TOKEN_TTL_MS")?;
+        k.crt_ttl_ms = ms("RMM_LOCAL_CRT_TTL_MS")?.filter(|t| *t > 0);
         k.cluster_error = get("RMM_LOCAL_CLUSTER_ERROR").filter(|v| !v.trim().is_empty());
         k.machine_error = get("RMM_LOCAL_MACHINE_ERROR")
             .and_then(|v| v.split_once(':').map(|(n, m)| (n.trim().to_string(), m.trim().to_string())))
@@ -412,6 +419,33 @@ impl Model {
         self.named_at(pc) + self.knobs.default_token_ms
     }
 
+    /// A registration token as it is at `now`: rotated every
+    /// `crt_ttl_ms` (v1 clusters, 2.13+), else as made.
+    pub fn crt_at(&self, rt: &RegistrationToken, now: u64) -> RegistrationToken {
+        let mut shown = rt.clone();
+        if let Some(k) = self.crt_epoch(rt, now) {
+            shown.token = rotated_token(&rt.token, k);
+        }
+        shown
+    }
+
+    fn crt_epoch(&self, rt: &RegistrationToken, now: u64) -> Option<u64> {
+        let ttl = self.knobs.crt_ttl_ms?;
+        if !self.line.has_v1_public_login() || self.prov_by_mgmt(&rt.cluster_id).is_none() {
+            return None;
+        }
+        Some(now.saturating_sub(rt.created_ms) / ttl)
+    }
+
+    /// Does `token` register with `rt` at `now`: the current one, or the
+    /// previous one within its grace period.
+    fn crt_accepts(&self, rt: &RegistrationToken, token: &str, now: u64) -> bool {
+        match self.crt_epoch(rt, now) {
+            None => rt.token == token,
+            Some(k) => rotated_token(&rt.token, k) == token || (k > 0 && rotated_token(&rt.token, k - 1) == token),
+        }
+    }
+
     /// `POST /v1/provisioning.cattle.io.clusters`. Returns its id.
     pub fn create_prov_cluster(
         &mut self,
@@ -541,7 +575,7 @@ impl Model {
             .state
             .registration_tokens
             .iter()
-            .find(|t| !token.is_empty() && t.token == token && t.created_ms <= now)
+            .find(|t| !token.is_empty() && t.created_ms <= now && self.crt_accepts(t, token, now))
             .ok_or_else(|| ApiError::unauthorized("must authenticate"))?;
         let pc = self
             .prov_by_mgmt(&rt.cluster_id)
@@ -760,6 +794,24 @@ impl Model {
         v.machines = views.into_iter().collect();
         v
     }
+}
+
+/// The `k`th rotation of a registration token (54 characters of the id
+/// alphabet); the 0th is the token itself.
+fn rotated_token(base: &str, k: u64) -> String {
+    if k == 0 {
+        return base.to_string();
+    }
+    use sha2::{Digest, Sha256};
+    let mut out = String::new();
+    let mut round = 0u32;
+    while out.len() < 54 {
+        let d = Sha256::digest(format!("{base}:{k}:{round}").as_bytes());
+        out.extend(d.iter().map(|b| super::model::ALPHABET[*b as usize % super::model::ALPHABET.len()] as char));
+        round += 1;
+    }
+    out.truncate(54);
+    out
 }
 
 pub fn already_exists(name: &str) -> ApiError {
@@ -981,6 +1033,7 @@ impl V1<'_> {
     /// `management.cattle.io.clusterregistrationtoken` (v1 shape, §2.6).
     pub fn crt(&self, rt: &RegistrationToken) -> Value {
         let id = format!("{}/{}", rt.cluster_id, rt.name);
+        let rt = &self.model.crt_at(rt, self.now);
         let c = self.model.commands(rt);
         json!({
             "id": id,
@@ -1320,6 +1373,34 @@ mod tests {
         let shown = V1 { model: &m, base: "https://x".into(), now: 9_000 }.machine(&m.state.machines[1], &v.machines[1].1);
         assert_eq!(shown["metadata"]["state"], json!({"name": "failed", "message": "kubelet did not start", "error": true, "transitioning": false}));
         assert_eq!(shown["status"]["phase"], "Failed");
+    }
+
+    #[test]
+    fn default_token_rotates_with_a_grace_period() {
+        let mut k = knobs();
+        k.crt_ttl_ms = Some(1_000);
+        let (mut m, mut rng) = model(Line::NEWEST, k);
+        m.put_setting("server-url", Some("https://10.0.0.2")).unwrap();
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        let rt = m.state.registration_tokens[0].clone(); // made at 200
+        let t0 = m.crt_at(&rt, 200).token;
+        assert_eq!(t0, rt.token);
+        let t1 = m.crt_at(&rt, 1_200).token;
+        assert_ne!(t1, t0);
+        assert_eq!(t1.len(), 54);
+        assert!(m.commands(&m.crt_at(&rt, 1_200)).node_command.contains(&format!("--token {t1} ")));
+        // the previous token still works during its grace period, then not
+        m.connect_agent(&mut rng, 1_500, &t0, &agent("a", "n1", true, true, true)).unwrap();
+        m.connect_agent(&mut rng, 1_500, &t1, &agent("b", "n2", true, true, true)).unwrap();
+        assert_eq!(m.connect_agent(&mut rng, 2_200, &t0, &agent("c", "n3", true, true, true)).unwrap_err().status, 401);
+        m.connect_agent(&mut rng, 2_200, &t1, &agent("c", "n3", true, true, true)).unwrap();
+        // before 2.13 there is no rotation
+        let mut k = knobs();
+        k.crt_ttl_ms = Some(1_000);
+        let (mut m, mut rng) = model(Line { minor: 12 }, k);
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.33.1+rke2r1"), None).unwrap();
+        let rt = m.state.registration_tokens[0].clone();
+        assert_eq!(m.crt_at(&rt, 99_000).token, rt.token);
     }
 
     #[test]
