@@ -68,7 +68,22 @@ use serde::{Deserialize, Serialize};
 pub const HTTPS_PORT: u16 = 8443;
 
 /// Environment variables of the caller that the emulator gets.
-const EMULATOR_PASSTHROUGH: &[&str] = &["RMM_LOCAL_RANCHER_BOOT_MS", "RMM_LOCAL_NODE_READY_MS", "RUST_LOG"];
+const EMULATOR_PASSTHROUGH: &[&str] = &[
+    "RMM_LOCAL_RANCHER_BOOT_MS",
+    "RMM_LOCAL_NODE_READY_MS",
+    "RUST_LOG",
+    // the v1 controllers and injected failures (emulator::v1::Knobs)
+    "RMM_LOCAL_CLUSTER_NAME_MS",
+    "RMM_LOCAL_DEFAULT_TOKEN_MS",
+    "RMM_LOCAL_PLANNER_MS",
+    "RMM_LOCAL_SLOW_CONTROLLER_MS",
+    "RMM_LOCAL_LOGIN_WINDOW_MS",
+    "RMM_LOCAL_WEBHOOK_WINDOW_MS",
+    "RMM_LOCAL_CLUSTER_ERROR",
+    "RMM_LOCAL_TOKEN_TTL_MS",
+    "RMM_LOCAL_MACHINE_ERROR",
+    "RMM_LOCAL_CRT_TTL_MS",
+];
 
 /// How the local world behaves; [`LocalConfig::from_env`] reads the knobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

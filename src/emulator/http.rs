@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use super::model::{ApiError, Model, RegisterParams, PUBLIC_SETTINGS, SETTINGS};
 use super::render::{self, Ctx};
 use super::store;
+use super::v1::{self, AgentHeaders, Distro, V1};
 
 pub struct Inner {
     pub model: Model,
@@ -385,6 +386,17 @@ fn dispatch(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[
     if path == "/cacerts" {
         return text_resp(app.cacerts_file.clone());
     }
+    if path == "/rancherversion" {
+        // §2.1: an unauthenticated probe; the body is pkg/version's
+        // (not in the sheet): Version, GitCommit, RancherPrime.
+        let inner = app.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let v = json!({"Version": inner.model.line.version(), "GitCommit": "rmm-emulator", "RancherPrime": "false"});
+        return json_resp(200, &v, "");
+    }
+    if path == "/system-agent-install.sh" {
+        let inner = app.inner.lock().unwrap_or_else(|p| p.into_inner());
+        return text_resp(v1::install_script(&inner.model));
+    }
     let host = match header_str(headers, "host") {
         "" => app.default_host.as_str(),
         h => h,
@@ -419,10 +431,22 @@ fn dispatch(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[
         req.method = Method::DELETE;
         req.query.retain(|(k, _)| k != "action");
     }
+    let has_rke1 = app.inner.lock().unwrap_or_else(|p| p.into_inner()).model.line.has_rke1();
     let result = match root.as_str() {
+        // 2.12 removed the RKE1 node agent path (§1.1 #50518)
+        "v3" if req.segs.len() == 2 && req.segs[0] == "connect" && req.segs[1] == "register" && !has_rke1 => {
+            return not_found_page()
+        }
         "v3" if req.segs.len() == 2 && req.segs[0] == "connect" && req.segs[1] == "register" => {
             return register(&req)
         }
+        "v3" if req.segs.len() == 2 && req.segs[0] == "connect" && req.segs[1] == "agent" => {
+            return connect_agent(&req)
+        }
+        "v1" => v1_api(&req),
+        "v1-public" => return v1_public(&req),
+        "v1-rke2-release" | "v1-k3s-release" => return channel_server(&req, &root),
+        "k8s" => return plan_secret(&req),
         "v3" => v3(&req),
         "v3-public" => check_csrf(method, headers).and_then(|()| v3_public(&req)),
         _ => Err(ApiError::not_found("not found")),
@@ -562,6 +586,7 @@ fn v3_public(req: &Req) -> Result<Response, ApiError> {
 }
 
 fn login(req: &Req) -> Result<Response, ApiError> {
+    login_window(req)?;
     let body = raw_json(req.body, "InvalidBodyContent", None)?;
     let (user, pass, desc) = (
         str_field(&body, "username"),
@@ -573,8 +598,291 @@ fn login(req: &Req) -> Result<Response, ApiError> {
     let token = mutate(req.app, &mut inner, |m, rng| {
         m.login(rng, now, user, pass, desc)
     })?;
+    if inner.model.line.has_v1_public_login() {
+        return Ok(json_resp(201, &short_login(&token), &req.base));
+    }
     let ctx = req.ctx(&inner.model);
     Ok(json_resp(201, &ctx.token(&token, true, false), &req.base))
+}
+
+/// 2.13+: the login response is cut down (rancher-api.md §2.2).
+fn short_login(t: &super::model::Token) -> Value {
+    json!({"token": t.bearer(), "expiresAt": t.expires_ms().map(render::rfc3339).unwrap_or_default(),
+           "id": t.name, "baseType": "token", "type": "token"})
+}
+
+/// RMM_LOCAL_LOGIN_WINDOW_MS: `/ping` answers but the local auth provider
+/// is not up yet. The sheet does not give the real answer; 503 says
+/// "try again" without claiming the password is wrong.
+fn login_window(req: &Req) -> Result<(), ApiError> {
+    let inner = req.app.inner.lock().unwrap_or_else(|p| p.into_inner());
+    if req.now < inner.model.started_ms + inner.model.knobs.login_window_ms {
+        return Err(ApiError::new(503, "ServiceUnavailable", "the local auth provider is not ready yet"));
+    }
+    Ok(())
+}
+
+/// A route that does not exist: the Go mux's plain 404.
+fn not_found_page() -> Response {
+    let mut r = (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+// ---- /v1-public, channel server, /v3/connect/agent, plan secrets ---------------------
+
+/// `POST /v1-public/login` from 2.13 (§2.2); 404 before.
+fn v1_public(req: &Req) -> Response {
+    let line = req.app.inner.lock().unwrap_or_else(|p| p.into_inner()).model.line;
+    if !line.has_v1_public_login() || req.segs != ["login"] {
+        return not_found_page();
+    }
+    if req.method != Method::POST {
+        return err_resp(&method_not_allowed(&req.method), &req.base);
+    }
+    let result = raw_json(req.body, "InvalidBodyContent", None).and_then(|body| {
+        if str_field(&body, "type") != "localProvider" {
+            return Err(ApiError::new(422, "InvalidBodyContent", "unsupported auth provider type"));
+        }
+        login(req)
+    });
+    result.unwrap_or_else(|e| err_resp(&e, &req.base))
+}
+
+/// `GET /v1-rke2-release/releases|channels`, unauthenticated (§2.4).
+fn channel_server(req: &Req, root: &str) -> Response {
+    let line = req.app.inner.lock().unwrap_or_else(|p| p.into_inner()).model.line;
+    let distro = if root == "v1-k3s-release" { Distro::K3s } else { Distro::Rke2 };
+    match req.segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["releases"] => json_resp(200, &v1::releases(line, distro, &req.base), &req.base),
+        ["channels"] => json_resp(200, &v1::channels(line, distro, &req.base), &req.base),
+        _ => not_found_page(),
+    }
+}
+
+/// `GET /v3/connect/agent` as the system-agent installer calls it (§2.7):
+/// the bearer is the registration token, the node in `X-Cattle-*`.
+fn connect_agent(req: &Req) -> Response {
+    let bool_h = |n: &str| header_str(req.headers, n).trim().eq_ignore_ascii_case("true");
+    let h = AgentHeaders {
+        id: header_str(req.headers, "x-cattle-id").to_string(),
+        etcd: bool_h("x-cattle-role-etcd"),
+        control_plane: bool_h("x-cattle-role-control-plane"),
+        worker: bool_h("x-cattle-role-worker"),
+        node_name: header_str(req.headers, "x-cattle-node-name").trim().to_string(),
+        address: header_str(req.headers, "x-cattle-address").trim().to_string(),
+        internal_address: header_str(req.headers, "x-cattle-internal-address").trim().to_string(),
+        labels: header_str(req.headers, "x-cattle-labels")
+            .split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+    };
+    let token = header_str(req.headers, "authorization")
+        .trim()
+        .strip_prefix("Bearer ")
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let mut inner = req.app.inner.lock().unwrap_or_else(|p| p.into_inner());
+    let now = req.now;
+    match mutate(req.app, &mut inner, |m, rng| m.connect_agent(rng, now, &token, &h)) {
+        Ok(i) => {
+            let m = &inner.model;
+            json_resp(200, &v1::connection_info(m, &req.base, &m.state.machines[i]), &req.base)
+        }
+        Err(e) if e.status == 401 => json_resp(401, &render::filter_401(), &req.base),
+        Err(e) => err_resp(&e, &req.base),
+    }
+}
+
+/// The system-agent reading its plan secret through the local cluster:
+/// `GET /k8s/clusters/local/api/v1/namespaces/<ns>/secrets/<name>`.
+fn plan_secret(req: &Req) -> Response {
+    let segs: Vec<&str> = req.segs.iter().map(String::as_str).collect();
+    let ["clusters", "local", "api", "v1", "namespaces", ns, "secrets", name] = segs.as_slice() else {
+        return not_found_page();
+    };
+    let bearer = header_str(req.headers, "authorization").trim().strip_prefix("Bearer ").unwrap_or("").trim().to_string();
+    let mut inner = req.app.inner.lock().unwrap_or_else(|p| p.into_inner());
+    let now = req.now;
+    match mutate(req.app, &mut inner, |m, _| Ok(m.check_in(now, &bearer, name))) {
+        Ok(true) => json_resp(
+            200,
+            &json!({"apiVersion": "v1", "kind": "Secret", "type": "rke.cattle.io/machine-plan",
+                    "metadata": {"name": name, "namespace": ns}, "data": {}}),
+            &req.base,
+        ),
+        Ok(false) => json_resp(401, &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                              "message": "Unauthorized", "reason": "Unauthorized", "code": 401}), &req.base),
+        Err(e) => err_resp(&e, &req.base),
+    }
+}
+
+// ---- /v1 (Steve) ------------------------------------------------------------------
+
+/// Steve's type lookup: schema id or plural, any case (§2.0).
+fn steve_type(seg: &str) -> Option<&'static str> {
+    const TYPES: &[&str] = &[
+        "provisioning.cattle.io.cluster",
+        "management.cattle.io.cluster",
+        "management.cattle.io.clusterregistrationtoken",
+        "cluster.x-k8s.io.machine",
+        "management.cattle.io.user",
+    ];
+    let s = seg.to_ascii_lowercase();
+    TYPES.iter().copied().find(|t| s == *t || s == format!("{t}s"))
+}
+
+fn steve_collection(req: &Req, ty: &str, mut data: Vec<Value>, creatable: bool) -> Value {
+    // `?labelSelector=k=v[,k=v]` on metadata.labels (equality only; the
+    // sheet leaves Steve's support open, §8, so a client may also filter
+    // itself)
+    if let Some((_, sel)) = req.query.iter().find(|(k, _)| k == "labelSelector") {
+        let wanted: Vec<(&str, &str)> = sel.split(',').filter_map(|p| p.split_once('=')).collect();
+        data.retain(|o| wanted.iter().all(|(k, v)| o["metadata"]["labels"][*k].as_str() == Some(*v)));
+    }
+    let create = if creatable { json!({ty: format!("{}/v1/{ty}s", req.base)}) } else { json!({}) };
+    json!({"type": "collection", "links": {"self": req.self_url}, "createTypes": create, "actions": {},
+           "resourceType": ty, "revision": req.now.to_string(), "count": data.len(), "data": data})
+}
+
+fn v1_api(req: &Req) -> Result<Response, ApiError> {
+    let mut inner = req.app.inner.lock().unwrap_or_else(|p| p.into_inner());
+    let caller = credentials(req.headers).and_then(|c| {
+        inner.model.authenticate(req.now, &c).map(|t| Caller {
+            token: t.name.clone(),
+            user_id: t.user_id.clone(),
+            is_derived: t.is_derived,
+        })
+    });
+    let Some(caller) = caller else {
+        return Ok(json_resp(401, &render::filter_401(), &req.base));
+    };
+    let _ = (&caller.token, caller.is_derived);
+    // The webhook window: Steve's API is not available yet (the reads the
+    // dashboard's readiness script waits for, §2.1) and creates are
+    // refused with the webhook's error.
+    if req.now < inner.model.started_ms + inner.model.knobs.webhook_window_ms {
+        if req.method == Method::POST {
+            return Err(v1::webhook_not_ready());
+        }
+        return Err(ApiError::new(503, "ServiceUnavailable", "the server is currently unable to handle the request"));
+    }
+    let segs: Vec<&str> = req.segs.iter().map(String::as_str).collect();
+    let Some(ty) = segs.first().and_then(|s| steve_type(s)) else {
+        return Err(ApiError::not_found(format!("schema {} not found", segs.first().unwrap_or(&""))));
+    };
+    let rest = &segs[1..];
+    let now = req.now;
+    fn view<'a>(inner: &'a Inner, req: &Req, now: u64) -> V1<'a> {
+        V1 { model: &inner.model, base: req.base.clone(), now }
+    }
+    let not_found = |what: &str, name: &str| ApiError::not_found(format!("{what} \"{name}\" not found"));
+    match ty {
+        "provisioning.cattle.io.cluster" => match (&req.method, rest) {
+            (&Method::POST, [] | [_]) => {
+                let body: Value = serde_json::from_slice(req.body)
+                    .map_err(|e| ApiError::new(422, "InvalidBodyContent", format!("Failed to parse body: {e}")))?;
+                let ns = rest.first().copied();
+                let id = mutate(req.app, &mut inner, |m, rng| m.create_prov_cluster(rng, now, &caller.user_id, &body, ns))?;
+                let (ns, name) = id.split_once('/').expect("ns/name");
+                let pc = inner.model.prov(ns, name).expect("created");
+                Ok(json_resp(201, &view(&inner, req, now).prov_cluster(pc), &req.base))
+            }
+            (&Method::GET, [] | [_]) => {
+                let v = view(&inner, req, now);
+                let data = inner.model.state.prov_clusters.iter()
+                    .filter(|c| rest.first().is_none_or(|ns| c.namespace == *ns))
+                    .map(|c| v.prov_cluster(c)).collect();
+                Ok(json_resp(200, &steve_collection(req, ty, data, true), &req.base))
+            }
+            (&Method::GET, [ns, name]) => {
+                let pc = inner.model.prov(ns, name).ok_or_else(|| not_found("clusters.provisioning.cattle.io", name))?;
+                Ok(json_resp(200, &view(&inner, req, now).prov_cluster(pc), &req.base))
+            }
+            (&Method::DELETE, [ns, name]) => {
+                let (ns, name) = (ns.to_string(), name.to_string());
+                let body = {
+                    let pc = inner.model.prov(&ns, &name).ok_or_else(|| not_found("clusters.provisioning.cattle.io", &name))?;
+                    view(&inner, req, now).prov_cluster(pc)
+                };
+                mutate(req.app, &mut inner, |m, _| {
+                    let mgmt = m.prov(&ns, &name).map(|c| c.mgmt_id.clone()).unwrap_or_default();
+                    m.state.prov_clusters.retain(|c| !(c.namespace == ns && c.name == name));
+                    m.state.machines.retain(|x| !(x.namespace == ns && x.cluster == name));
+                    m.state.registration_tokens.retain(|t| t.cluster_id != mgmt);
+                    Ok(())
+                })?;
+                Ok(json_resp(200, &body, &req.base))
+            }
+            (m, _) => Err(method_not_allowed(m)),
+        },
+        "management.cattle.io.cluster" => {
+            read_only(req)?;
+            let v = view(&inner, req, now);
+            let named = inner.model.state.prov_clusters.iter().filter(|c| inner.model.view(c, now).named);
+            match rest {
+                [] => {
+                    let data = named.map(|c| v.mgmt_cluster(c)).collect();
+                    Ok(json_resp(200, &steve_collection(req, ty, data, false), &req.base))
+                }
+                [id] => named.clone().find(|c| c.mgmt_id == *id)
+                    .map(|c| json_resp(200, &v.mgmt_cluster(c), &req.base))
+                    .ok_or_else(|| not_found("clusters.management.cattle.io", id)),
+                _ => Err(ApiError::not_found("not found")),
+            }
+        }
+        "management.cattle.io.clusterregistrationtoken" => {
+            read_only(req)?;
+            let v = view(&inner, req, now);
+            let visible: Vec<&super::model::RegistrationToken> =
+                inner.model.state.registration_tokens.iter().filter(|t| t.created_ms <= now).collect();
+            match rest {
+                [] | [_] => {
+                    let data = visible.iter().filter(|t| rest.first().is_none_or(|ns| t.cluster_id == *ns))
+                        .map(|t| v.crt(t)).collect();
+                    Ok(json_resp(200, &steve_collection(req, ty, data, false), &req.base))
+                }
+                [ns, name] => visible.iter().find(|t| t.cluster_id == *ns && t.name == *name)
+                    .map(|t| json_resp(200, &v.crt(t), &req.base))
+                    .ok_or_else(|| not_found("clusterregistrationtokens.management.cattle.io", name)),
+                _ => Err(ApiError::not_found("not found")),
+            }
+        }
+        "cluster.x-k8s.io.machine" => {
+            read_only(req)?;
+            let v = view(&inner, req, now);
+            let mut all = vec![];
+            for pc in &inner.model.state.prov_clusters {
+                for (i, mv) in inner.model.view(pc, now).machines {
+                    all.push((&inner.model.state.machines[i], mv));
+                }
+            }
+            match rest {
+                [] | [_] => {
+                    let data = all.iter().filter(|(m, _)| rest.first().is_none_or(|ns| m.namespace == *ns))
+                        .map(|(m, mv)| v.machine(m, mv)).collect();
+                    Ok(json_resp(200, &steve_collection(req, ty, data, false), &req.base))
+                }
+                [ns, name] => all.iter().find(|(m, _)| m.namespace == *ns && m.name == *name)
+                    .map(|(m, mv)| json_resp(200, &v.machine(m, mv), &req.base))
+                    .ok_or_else(|| not_found("machines.cluster.x-k8s.io", name)),
+                _ => Err(ApiError::not_found("not found")),
+            }
+        }
+        _ => {
+            // users: what the readiness check reads (§2.1)
+            read_only(req)?;
+            let data = inner.model.state.users.iter().map(|u| json!({
+                "id": u.id, "type": ty, "apiVersion": "management.cattle.io/v3", "kind": "User",
+                "metadata": {"name": u.id, "creationTimestamp": render::rfc3339(u.created_ms)},
+                "username": u.username, "displayName": u.display_name, "mustChangePassword": u.must_change_password,
+            })).collect();
+            Ok(json_resp(200, &steve_collection(req, ty, data, false), &req.base))
+        }
+    }
 }
 
 // ---- /v3 ----------------------------------------------------------------------------
@@ -827,6 +1135,9 @@ fn clusters(
     let now = req.now;
     match (&req.method, id, req.action()) {
         (&Method::POST, None, None) => {
+            if now < inner.model.started_ms + inner.model.knobs.webhook_window_ms {
+                return Err(v1::webhook_not_ready());
+            }
             let body = norman_body(req.headers, req.body)?;
             let cid = mutate(req.app, inner, |m, rng| {
                 m.create_cluster(rng, now, &caller.user_id, &body)
@@ -838,19 +1149,54 @@ fn clusters(
                 &req.base,
             ))
         }
+        (&Method::POST, Some(cid), Some("generateKubeconfig")) => {
+            generate_kubeconfig(req, inner, caller, cid)
+        }
         _ => {
             read_only(req)?;
             let ctx = req.ctx(&inner.model);
-            let items = inner
+            let mut items: Vec<(String, Value)> = inner
                 .model
                 .state
                 .clusters
                 .iter()
                 .map(|c| (c.id.clone(), ctx.cluster(c)))
                 .collect();
+            // the management clusters of v1 clusters, once named (§2.5)
+            let v = V1 { model: &inner.model, base: req.base.clone(), now };
+            items.extend(
+                inner.model.state.prov_clusters.iter()
+                    .filter(|pc| inner.model.view(pc, now).named)
+                    .map(|pc| (pc.mgmt_id.clone(), v.v3_mgmt_cluster(pc))),
+            );
             list_or_get(req, schema_by_id("cluster"), id, items, None)
         }
     }
+}
+
+/// `POST /v3/clusters/<id>?action=generateKubeconfig` → `{config}`
+/// (§2.10), with a new token for the caller's user, on an active cluster.
+fn generate_kubeconfig(req: &Req, inner: &mut Inner, caller: &Caller, cid: &str) -> Result<Response, ApiError> {
+    let now = req.now;
+    let exists = inner.model.cluster(cid).is_some()
+        || inner.model.prov_by_mgmt(cid).is_some_and(|pc| inner.model.view(pc, now).named);
+    if !exists {
+        return Err(ApiError::not_found(format!("clusters \"{cid}\" not found")));
+    }
+    let name = inner.model.prov_by_mgmt(cid).map(|pc| pc.name.clone())
+        .or_else(|| inner.model.cluster(cid).map(|c| c.name.clone())).unwrap_or_default();
+    let t = mutate(req.app, inner, |m, rng| {
+        m.derive_token(rng, now, &caller.token, "Kubeconfig token", 0, Some(cid.to_string()))
+    })?;
+    let ca = base64::engine::general_purpose::STANDARD.encode(format!("{}\n", inner.model.cacerts));
+    // the server is `server-url` (what Rancher writes), else this request's host
+    let server = super::model::root_url(&inner.model.setting("server-url").map(|s| s.0).unwrap_or_default());
+    let base = if server.is_empty() { req.base.clone() } else { server };
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: \"{name}\"\n  cluster:\n    server: \"{base}/k8s/clusters/{cid}\"\n    certificate-authority-data: \"{ca}\"\n\nusers:\n- name: \"{name}\"\n  user:\n    token: \"{tok}\"\n\ncontexts:\n- name: \"{name}\"\n  context:\n    user: \"{name}\"\n    cluster: \"{name}\"\n\ncurrent-context: \"{name}\"\n",
+        tok = t.bearer()
+    );
+    Ok(json_resp(200, &json!({"type": "generateKubeConfigOutput", "baseType": "generateKubeConfigOutput", "config": config}), &req.base))
 }
 
 fn registration_tokens(
@@ -885,6 +1231,7 @@ fn registration_tokens(
                 .state
                 .registration_tokens
                 .iter()
+                .filter(|t| t.created_ms <= now)
                 .map(|t| (t.id(), ctx.registration_token(t, true)))
                 .collect();
             list_or_get(
@@ -900,11 +1247,19 @@ fn registration_tokens(
 
 fn node_items(req: &Req, inner: &Inner) -> Vec<(String, Value)> {
     let ctx = req.ctx(&inner.model);
-    inner
+    let mut items: Vec<(String, Value)> = inner
         .model
         .listed_nodes(req.now)
         .map(|n| (n.id(), ctx.node(n)))
-        .collect()
+        .collect();
+    // the nodes of v1 clusters' machines, once they run
+    let v = V1 { model: &inner.model, base: req.base.clone(), now: req.now };
+    for pc in &inner.model.state.prov_clusters {
+        for (i, mv) in inner.model.view(pc, req.now).machines {
+            items.extend(v.v3_node(pc, &inner.model.state.machines[i], &mv));
+        }
+    }
+    items
 }
 
 fn nodes(req: &Req, inner: &Inner, id: Option<&str>) -> Result<Response, ApiError> {
@@ -920,7 +1275,8 @@ fn cluster_link(
     link: &str,
 ) -> Result<Response, ApiError> {
     read_only(req)?;
-    if inner.model.cluster(cluster_id).is_none() {
+    let named_v1 = inner.model.prov_by_mgmt(cluster_id).is_some_and(|pc| inner.model.view(pc, req.now).named);
+    if inner.model.cluster(cluster_id).is_none() && !named_v1 {
         return Err(ApiError::not_found(format!(
             "clusters \"{cluster_id}\" not found"
         )));
@@ -936,6 +1292,7 @@ fn cluster_link(
             .state
             .registration_tokens
             .iter()
+            .filter(|t| t.created_ms <= req.now)
             .map(|t| ctx.registration_token(t, true))
             .collect()
     };

@@ -23,6 +23,12 @@
 //!   registering, and the cluster is `active` once the listed nodes cover
 //!   etcd, controlplane and worker (state is computed on read).
 //!
+//! `--rancher-version` picks the line (default 2.15): from 2.12 the RKE1
+//! path is gone and the v1 side (`v1`: RKE2/K3s custom clusters, the
+//! system-agent's `/v3/connect/agent`, CAPI machines, the planner, the
+//! controllers' delays and the `RMM_LOCAL_*` failures) is what a run uses;
+//! `/v1-public/login` from 2.13 (`reference/rancher-current.md`).
+//!
 //! Layout: [`model`] (pure state and rules), `render` (JSON shapes), `http`
 //! (routing and the auth filter), `store` (atomic files), `tls` (CA and cert).
 
@@ -31,6 +37,8 @@ pub mod model;
 mod render;
 mod store;
 mod tls;
+mod v1;
+pub use v1::{Knobs, Line};
 
 #[cfg(test)]
 mod tests;
@@ -63,6 +71,11 @@ pub enum EmulatorCommand {
         /// Extra subject alternative names (IP or DNS) for the server certificate.
         #[arg(long = "tls-san")]
         tls_san: Vec<String>,
+        /// The Rancher line to behave as: 2.6 to 2.15 (2.11 is the last
+        /// with RKE1; 2.13 adds /v1-public/login). A tag such as v2.15.1
+        /// works too.
+        #[arg(long = "rancher-version", default_value = "2.15", value_parser = parse_line)]
+        rancher_version: Line,
     },
     /// Run `rmm emulator serve ARGS` as a container with a restart policy,
     /// detached (started by the local world's `docker run`).
@@ -77,6 +90,10 @@ pub enum EmulatorCommand {
         #[arg(last = true)]
         serve: Vec<String>,
     },
+}
+
+fn parse_line(s: &str) -> Result<Line, String> {
+    Line::parse(s)
 }
 
 /// The CA certificate's file in the emulator's data dir.
@@ -120,6 +137,10 @@ pub struct ServeOptions {
     pub node_ready: Duration,
     /// Extra certificate SANs besides the listen IP, 127.0.0.1 and localhost.
     pub tls_sans: Vec<String>,
+    /// `--rancher-version`.
+    pub rancher_version: Line,
+    /// Controller delays and injected failures (`RMM_LOCAL_*`).
+    pub knobs: Knobs,
 }
 
 /// An emulator whose state and CA are loaded but which does not listen yet.
@@ -153,6 +174,18 @@ impl Emulator {
             &mut rng,
             now_ms(),
         );
+        let (mut model, generated) = (model, generated);
+        model.line = opts.rancher_version;
+        model.knobs = opts.knobs.clone();
+        // 2.12–2.14 refuse to start while RKE1 clusters exist (§1.1
+        // `validateRKE1Resources`); the message is the chart hook's.
+        if model.line.refuses_rke1_at_start()
+            && model.state.clusters.iter().any(|c| c.spec.contains_key("rancherKubernetesEngineConfig"))
+        {
+            anyhow::bail!(
+                "Rancher v2.12+ does not support RKE1. Detected RKE1-related resources. Please migrate these clusters to RKE2 or K3s, or delete the related resources. More info: https://www.suse.com/c/rke-end-of-life-by-july-2025-replatform-to-rke2-or-k3s"
+            );
+        }
         if fresh || generated.is_some() {
             store::save(dir, &model.state)?;
         }
@@ -207,6 +240,10 @@ impl Emulator {
         let mut sans = vec![];
         if !addr.ip().is_unspecified() {
             sans.push(addr.ip().to_string());
+        } else {
+            // 0.0.0.0: every address of the host, which a container cannot
+            // know in advance.
+            sans.extend(host_addresses().into_iter().map(|ip| ip.to_string()));
         }
         for s in ["127.0.0.1", "localhost"]
             .map(String::from)
@@ -224,12 +261,13 @@ impl Emulator {
             axum_server::tls_rustls::RustlsConfig::from_config(config),
         )
         .handle(handle.clone());
+        self.app.inner.lock().unwrap_or_else(|p| p.into_inner()).model.started_ms = now_ms();
         let router = http::router(self.app.clone());
         let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
         println!(
             "{} [INFO] Rancher {} API emulator listening on https://{addr}",
             log_time(now_ms()),
-            model::RANCHER_VERSION
+            self.opts.rancher_version.version()
         );
         Ok(Running {
             addr,
@@ -280,8 +318,10 @@ pub async fn start(opts: ServeOptions) -> anyhow::Result<Running> {
 /// `rmm emulator serve`: blocks until SIGTERM or SIGINT.
 pub fn run(args: EmulatorArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (data_dir, listen, tls_san) = match args.command {
-        EmulatorCommand::Serve { data_dir, listen, tls_san } => (data_dir, listen, tls_san),
+    let (data_dir, listen, tls_san, line) = match args.command {
+        EmulatorCommand::Serve { data_dir, listen, tls_san, rancher_version } => {
+            (data_dir, listen, tls_san, rancher_version)
+        }
         EmulatorCommand::Supervise { container, restart, serve } => {
             let policy = crate::drivers::local::supervisor::RestartPolicy::parse(&restart).map_err(anyhow::Error::msg)?;
             return crate::drivers::local::supervisor::run(container, policy, serve);
@@ -297,6 +337,8 @@ pub fn run(args: EmulatorArgs) -> anyhow::Result<()> {
             .filter(|p| !p.is_empty()),
         node_ready: Duration::from_millis(env_ms("RMM_LOCAL_NODE_READY_MS")?),
         tls_sans: tls_san,
+        rancher_version: line,
+        knobs: Knobs::from_env(line)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -326,4 +368,37 @@ pub fn run(args: EmulatorArgs) -> anyhow::Result<()> {
         }
         running.shutdown().await
     })
+}
+
+/// The host's own addresses: IPv4 from `/proc/net/fib_trie` (the `/32
+/// host LOCAL` entries), IPv6 from `/proc/net/if_inet6`, plus loopback.
+pub fn host_addresses() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let mut last: Option<std::net::Ipv4Addr> = None;
+        for line in trie.lines() {
+            let t = line.trim_start_matches([' ', '|', '+', '-']).trim();
+            if let Ok(ip) = t.parse::<std::net::Ipv4Addr>() {
+                last = Some(ip);
+            } else if t.starts_with("/32 host LOCAL") {
+                if let Some(ip) = last {
+                    if !out.contains(&IpAddr::V4(ip)) {
+                        out.push(IpAddr::V4(ip));
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(v6) = std::fs::read_to_string("/proc/net/if_inet6") {
+        for line in v6.lines() {
+            let Some(hex) = line.split_whitespace().next() else { continue };
+            if let Ok(bits) = u128::from_str_radix(hex, 16) {
+                let ip = IpAddr::V6(std::net::Ipv6Addr::from(bits));
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    out
 }

@@ -35,8 +35,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("cacerts", ""),
     ("eula-agreed", ""),
     ("first-login", "true"),
+    ("k3s-default-version", ""),
     ("k8s-version", DEFAULT_K8S_VERSION),
     ("password-min-length", "12"),
+    ("rke2-default-version", ""),
     ("server-url", ""),
     ("server-version", RANCHER_VERSION),
     ("telemetry-opt", ""),
@@ -305,12 +307,19 @@ pub struct State {
     pub clusters: Vec<Cluster>,
     pub registration_tokens: Vec<RegistrationToken>,
     pub nodes: Vec<Node>,
+    /// `provisioning.cattle.io/v1` clusters (2.6+; the only kind from 2.12).
+    #[serde(default)]
+    pub prov_clusters: Vec<super::v1::ProvCluster>,
+    /// CAPI machines of the custom clusters (`cluster.x-k8s.io`).
+    #[serde(default)]
+    pub machines: Vec<super::v1::Machine>,
 }
 
 /// The registration commands of a token (2.6+: empty until server-url is set).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Commands {
     pub node_command: String,
+    pub insecure_node_command: String,
     pub command: String,
     pub insecure_command: String,
     pub manifest_url: String,
@@ -324,6 +333,12 @@ pub struct Model {
     pub cacerts: String,
     /// How long after registration a node shows up in `/v3/nodes`.
     pub node_ready_ms: u64,
+    /// The Rancher line this emulator behaves as (`--rancher-version`).
+    pub line: super::v1::Line,
+    /// Controller delays and injected failures (`RMM_LOCAL_*`).
+    pub knobs: super::v1::Knobs,
+    /// When this process started serving (the start-up windows count from it).
+    pub started_ms: u64,
 }
 
 fn new_id<F: Fn(&str) -> bool>(rng: &mut impl Rng, prefix: &str, taken: F) -> String {
@@ -398,6 +413,9 @@ impl Model {
                 state,
                 cacerts: cacerts.trim().to_string(),
                 node_ready_ms,
+                line: super::v1::Line::RKE1_LAST,
+                knobs: super::v1::Knobs::default(),
+                started_ms: now,
             },
             generated,
         )
@@ -414,6 +432,18 @@ impl Model {
         let default = Self::setting_default(name)?;
         if name == "cacerts" {
             return Some((self.cacerts.clone(), default, "db"));
+        }
+        // what the running release fills in (§2.4: the KDM-derived
+        // `rke2-default-version` / `k3s-default-version`)
+        let derived = match name {
+            "rke2-default-version" => Some(self.line.default_version(super::v1::Distro::Rke2)),
+            "k3s-default-version" => Some(self.line.default_version(super::v1::Distro::K3s)),
+            "server-version" => Some(self.line.version()),
+            "agent-image" => Some(format!("rancher/rancher-agent:{}", self.line.version())),
+            _ => None,
+        };
+        if let Some(v) = derived.filter(|_| self.state.settings.get(name).is_none_or(String::is_empty)) {
+            return Some((v, default, "default"));
         }
         match self.state.settings.get(name).filter(|v| !v.is_empty()) {
             Some(v) => Some((v.clone(), default, "db")),
@@ -535,6 +565,8 @@ impl Model {
         } else {
             ttl_ms
         };
+        // RMM_LOCAL_TOKEN_TTL_MS: a token that expires while the run goes on.
+        let ttl_ms = self.knobs.token_ttl_ms.map_or(ttl_ms, |cap| ttl_ms.min(cap.max(1)));
         let template = Token {
             name: String::new(),
             secret: String::new(),
@@ -668,8 +700,12 @@ impl Model {
         {
             return Err(ApiError::field("NotUnique", "Cluster name", ""));
         }
+        // 2.15 deleted the v3 RKE1 field: norman drops it silently
+        // (rancher-current.md §1.1).
+        let dropped = |f: &str| f == "rancherKubernetesEngineConfig" && !self.line.has_rke1_field();
         let mut spec: Map<String, Value> = CLUSTER_SPEC_FIELDS
             .iter()
+            .filter(|f| !dropped(f))
             .filter_map(|f| {
                 body.get(*f)
                     .filter(|v| !v.is_null())
@@ -733,7 +769,7 @@ impl Model {
         let cluster_id = cluster_id
             .filter(|c| !c.is_empty())
             .ok_or_else(|| ApiError::field("MissingRequired", "clusterId", ""))?;
-        if self.cluster(cluster_id).is_none() {
+        if self.cluster(cluster_id).is_none() && self.prov_by_mgmt(cluster_id).is_none() {
             return Err(ApiError::field("InvalidReference", "clusterId", ""));
         }
         let name = {
@@ -756,6 +792,10 @@ impl Model {
         let server = root_url(&self.setting_value("server-url"));
         if server.is_empty() {
             return Commands::default();
+        }
+        // 2.12+ (and any v1 cluster): the system-agent installer.
+        if !self.line.has_rke1() || self.prov_by_mgmt(&rt.cluster_id).is_some() {
+            return self.system_agent_commands(rt, &server);
         }
         let checksum = if self.cacerts.is_empty() {
             String::new()
@@ -783,6 +823,7 @@ impl Model {
         let image = self.setting_value("agent-image");
         let manifest_url = format!("{server}/v3/import/{}_{}.yaml", rt.token, rt.cluster_id);
         Commands {
+            insecure_node_command: String::new(),
             node_command: format!(
                 "sudo docker run -d --privileged --restart=unless-stopped --net=host \
                  -v /etc/kubernetes:/etc/kubernetes -v /var/run:/var/run {env_vars} {image} \

@@ -228,6 +228,8 @@ impl Ctx<'_> {
             &rt.uuid,
             true,
         );
+        // a rotating default-token (2.13+, RMM_LOCAL_CRT_TTL_MS) shows its current value
+        let rt = &self.model.crt_at(rt, self.now);
         let cmds = if with_commands {
             self.model.commands(rt)
         } else {
@@ -238,7 +240,7 @@ impl Ctx<'_> {
         m.insert("namespaceId".into(), Value::Null);
         m.insert("token".into(), json!(rt.token));
         m.insert("nodeCommand".into(), json!(cmds.node_command));
-        m.insert("insecureNodeCommand".into(), json!(""));
+        m.insert("insecureNodeCommand".into(), json!(cmds.insecure_node_command));
         m.insert("command".into(), json!(cmds.command));
         m.insert("insecureCommand".into(), json!(cmds.insecure_command));
         m.insert("manifestUrl".into(), json!(cmds.manifest_url));

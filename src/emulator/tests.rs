@@ -28,6 +28,8 @@ fn opts(dir: &std::path::Path, bootstrap: &str) -> ServeOptions {
         bootstrap_password: Some(bootstrap.to_string()),
         node_ready: Duration::from_millis(READY_MS),
         tls_sans: vec![],
+        rancher_version: super::Line::RKE1_LAST,
+        knobs: super::Knobs::defaults(super::Line::RKE1_LAST),
     }
 }
 

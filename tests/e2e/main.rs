@@ -6,6 +6,7 @@ mod bad_input;
 mod crash;
 mod disk_full;
 mod down;
+mod emulator;
 mod faults;
 mod kills;
 mod log;

@@ -51,6 +51,10 @@ fn showable(word: &str) -> &str {
 
 /// Runs one command line on `host`.
 pub async fn exec(host: &Host, command: &str) -> ExecOutput {
+    // the system-agent installer (RKE2/K3s nodes) and its service
+    if agent::is_system_agent_command(command) {
+        return agent::shell(host, command).await;
+    }
     let words = match shell_words::split(command) {
         Ok(words) => words,
         Err(_) => return out(2, "", "bash: syntax error: unterminated quoted string\n"),
@@ -517,6 +521,13 @@ fn spawn_emulator(host: &Host, spec: &RunSpec, log_path: &Path, record_path: &Pa
         .arg(&data_dir)
         .arg("--listen")
         .arg(format!("{}:{HTTPS_PORT}", host.ip))
+        // the emulated line follows the image tag (rancher/rancher:v2.15.1
+        // → 2.15); an untagged image gets the emulator's default
+        .args(
+            crate::emulator::Line::from_image(&spec.image)
+                .map(|l| vec!["--rancher-version".to_string(), format!("2.{}", l.minor)])
+                .unwrap_or_default(),
+        )
         .current_dir(&host.dir)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))

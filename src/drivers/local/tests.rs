@@ -445,7 +445,8 @@ async fn docker_run_rancher_starts_a_detached_emulator_that_remove_stops() {
     assert_eq!(
         args.trim(),
         format!(
-            "emulator supervise --container {} --restart unless-stopped -- --data-dir {} --listen {ip}:8443",
+            // the emulated line follows the image tag (v2.9.2 → 2.9)
+            "emulator supervise --container {} --restart unless-stopped -- --data-dir {} --listen {ip}:8443 --rancher-version 2.9",
             dir.join("containers").join(format!("{id}.json")).display(),
             dir.join("rancher").display()
         )
