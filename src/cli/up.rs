@@ -153,6 +153,13 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let _ = writeln!(out, "Password: not shown; run `rmm credentials` to print it.");
             Ok(())
         }
+        RunEnd::Failed { actor, step, reason } if crate::engine::secrets_write_error(dir, "", &reason).is_some() => {
+            Err(crate::engine::secrets_write_error(dir, &format!("{actor} {}", step.as_str()), &reason).expect("checked"))
+        }
+        RunEnd::Fatal(e) if crate::engine::secrets_write_error(dir, "", &e).is_some() => {
+            let where_ = e.split(": ").next().unwrap_or("a step").to_string();
+            Err(crate::engine::secrets_write_error(dir, &where_, &e).expect("checked"))
+        }
         RunEnd::Failed { actor, step, reason } => Err(Error::RunFailed(format!(
             "run failed: {actor} {}: {reason} (fix the cause, then `rmm up --resume`; `rmm log` has the details)",
             step.as_str()
