@@ -406,3 +406,42 @@ fn down_cluster_asks_on_a_terminal_and_no_keeps_everything() {
     assert!(out.contains("Removed 3 machines of cluster tinysetup."), "{out}");
     assert!(procs(&dir, "serve").is_empty());
 }
+
+/// The server died before it ever answered (here: killed while it booted;
+/// on a real box: a full disk at start, an OOM kill) and rmm crashed while
+/// waiting for it. The resume's `wait_ready` must not poll a dead server
+/// for `rancher_ready_s`: it starts the container again first.
+#[test]
+fn a_resume_waiting_for_a_server_that_died_before_it_answered_starts_it_again() {
+    let dir = TestDir::new();
+    std::fs::write(dir.tmp.path().join("rmm.toml"), "[timeouts]\nrancher_ready_s = 20\n").unwrap();
+    let mut child = dir
+        .rmm(&["up"])
+        .env("RMM_LOCAL_RANCHER_BOOT_MS", "600000")
+        .cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let waiting = || {
+        dir.events_while_running()
+            .iter()
+            .any(|e| e["actor"] == "rancher" && e["kind"] == "StepStarted" && e["data"]["step"] == "wait_ready")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wait_ready never started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    kill_container(&dir);
+
+    let start = Instant::now();
+    let out = dir.rmm(&["up", "--resume"]).run();
+    assert!(out.status.success(), "after {:?}: {}", start.elapsed(), text(&out.stderr));
+    check_completed_once(&dir, "server dead before it answered", 1);
+}
