@@ -64,6 +64,12 @@ impl UpArgs {
 pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()> {
     // Validate everything the user typed before touching the state dir.
     let plan = config.load()?.plan(&args.overrides())?;
+    // A log deleted beside a live world is not a fresh start: a new log
+    // would fail on every machine and bury the evidence.
+    dir.check_log_not_lost(&format!(
+        ", or remove what it made (`rmm status --refresh` lists it; `rmm down --cluster {}`) and start again",
+        plan.cluster_name
+    ))?;
     dir.create()?;
     let _lock = dir.lock()?;
     let mut log = dir.open_store()?;

@@ -445,3 +445,25 @@ fn a_resume_waiting_for_a_server_that_died_before_it_answered_starts_it_again() 
     assert!(out.status.success(), "after {:?}: {}", start.elapsed(), text(&out.stderr));
     check_completed_once(&dir, "server dead before it answered", 1);
 }
+
+/// The log deleted under a live cluster: `status` and `up` must not act as
+/// if there never was a run (`status` said "no run yet" and exit 0; `up`
+/// started a new log that failed on every machine, the evidence gone).
+/// Both say the log is missing (exit 5, as `log` does) and name the way on;
+/// `status --refresh` still lists the machines as orphans.
+#[test]
+fn a_deleted_log_beside_a_live_world_is_named_by_status_and_refused_by_up() {
+    let dir = TestDir::new();
+    dir.up_ok(&[]);
+    std::fs::remove_dir_all(dir.state().join("events")).unwrap();
+    let status = dir.rmm(&["status"]).code(5);
+    let line = single_stderr_line(&status);
+    assert!(line.contains("is missing") && line.contains("status --refresh"), "{line}");
+    let up = dir.rmm(&["up"]).code(5);
+    let line = single_stderr_line(&up);
+    assert!(line.contains("is missing") && line.contains("down --cluster"), "{line}");
+    assert!(!dir.state().join("events").exists(), "up left the evidence as it was");
+    let refreshed = json(&dir.rmm(&["status", "--refresh", "--json"]).ok().stdout);
+    assert_eq!(refreshed["orphans"].as_array().map(|o| o.len()), Some(7), "{refreshed}");
+    dir.rmm(&["down", "--cluster", "tinysetup", "--yes"]).ok();
+}
