@@ -205,13 +205,13 @@ pub fn secrets_write_error(dir: &StateDir, where_: &str, reason: &str) -> Option
 }
 
 /// Bytes an unprivileged writer may still use on the file system of `path`.
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
+pub(crate) fn free_bytes(path: &std::path::Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
     Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
 /// `812 B`, `12 KB`, `3.4 MB`, `1.2 GB` (powers of 1024).
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const K: u64 = 1024;
     match n {
         n if n < K => format!("{n} B"),

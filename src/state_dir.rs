@@ -218,7 +218,21 @@ impl StateDir {
                         READER_WAIT.as_secs()
                     )))
                 }
-                Err(OpenError::Other(e)) => return Err(e.into()),
+                Err(OpenError::Other(e)) => {
+                    // sled writes as it opens: a full disk is named with the
+                    // store's path and the free space, like a failed append.
+                    let text = e.to_string();
+                    if text.contains("os error 28") {
+                        let free = crate::engine::free_bytes(&self.events())
+                            .map(|b| format!(" ({} free)", crate::engine::human_bytes(b)))
+                            .unwrap_or_default();
+                        return Err(Error::StateDir(format!(
+                            "cannot open the event log {}: No space left on device{free}; nothing was recorded. Free space, then run the command again",
+                            self.events().display()
+                        )));
+                    }
+                    return Err(e.into());
+                }
             }
         }
     }
