@@ -467,3 +467,55 @@ fn a_deleted_log_beside_a_live_world_is_named_by_status_and_refused_by_up() {
     assert_eq!(refreshed["orphans"].as_array().map(|o| o.len()), Some(7), "{refreshed}");
     dir.rmm(&["down", "--cluster", "tinysetup", "--yes"]).ok();
 }
+
+/// A Rancher whose machine's disk is full still answers (its log lines are
+/// lost, as a server's logger drops them): the emulator's `println!`
+/// panicked on the full device, so every request, `/ping` included, got no
+/// answer at all and rmm could only time out.
+#[test]
+fn the_emulator_answers_when_its_log_cannot_be_written() {
+    let dir = TestDir::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let data = dir.tmp.path().join("data");
+    let devfull = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rmm"))
+        .args(["emulator", "serve", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("CATTLE_BOOTSTRAP_PASSWORD", "bootstrap-pw-for-a-test")
+        .stdout(devfull)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _ = &mut child;
+    let mut child = Kill(child);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answers = rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut answered = 0;
+        while Instant::now() < deadline && answered < 3 {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!("the emulator exited ({status}) with its log on a full device");
+            }
+            match client.get(format!("https://127.0.0.1:{port}/ping")).send().await {
+                Ok(resp) if resp.status().is_success() => answered += 1,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        answered
+    });
+    assert_eq!(answers, 3, "/ping answered with the log on a full device");
+}
