@@ -513,17 +513,50 @@ async fn wait_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
     // /ping carries no credential; the CA is pinned right after.
     let api = ctx.connector.connect(&url, CaTrust::Unverified)?;
     let what = format!("Rancher at {url} to answer /ping");
-    poll(ctx, ctx.plan.timeouts.rancher_ready_s, &what, || {
+    // While it does not answer, look at the container about once a second:
+    // one that exited (and that no restart policy brings back: its
+    // supervisor died too) will never answer, so the try ends now, naming
+    // it, and the next try starts it again (above), instead of polling a
+    // dead address for `rancher_ready_s`.
+    let looked = std::sync::Mutex::new(Instant::now());
+    let dead = std::sync::atomic::AtomicBool::new(false);
+    let result = poll(ctx, ctx.plan.timeouts.rancher_ready_s, &what, || {
         let api = api.clone();
+        let (looked, dead) = (&looked, &dead);
         async move {
             match api.ping().await {
                 Ok(()) => Ok(Some(Outcome::Ready)),
-                Err(e) if e.is_retryable() || e.status().is_some() => Err(StepError::transient(e.to_string())),
+                Err(e) if e.is_retryable() || e.status().is_some() => {
+                    let due = {
+                        let mut at = looked.lock().expect("not poisoned");
+                        let due = at.elapsed() >= Duration::from_secs(1);
+                        if due {
+                            *at = Instant::now();
+                        }
+                        due
+                    };
+                    if due {
+                        let state = server_state(ctx).await?;
+                        if !matches!(state.as_str(), "running" | "restarting") {
+                            // Not retryable within `poll` (it would go on
+                            // polling); made a failed try below.
+                            dead.store(true, std::sync::atomic::Ordering::SeqCst);
+                            return Err(StepError::permanent(format!(
+                                "the Rancher server container is {state} (it stopped before it answered: {e}); the next try starts it again"
+                            )));
+                        }
+                    }
+                    Err(StepError::transient(e.to_string()))
+                }
                 Err(e) => Err(e.into()),
             }
         }
     })
-    .await
+    .await;
+    match result {
+        Err(e) if dead.load(std::sync::atomic::Ordering::SeqCst) => Err(StepError::transient(e.message)),
+        other => other,
+    }
 }
 
 /// Pins the CA the machine itself holds (read through the driver, not the

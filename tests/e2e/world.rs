@@ -519,3 +519,41 @@ fn the_emulator_answers_when_its_log_cannot_be_written() {
     });
     assert_eq!(answers, 3, "/ping answered with the log on a full device");
 }
+
+/// The server container died while rmm waited for its first answer, and
+/// nothing brings it back (its supervisor died too: on a real box, a full
+/// disk at start or a daemon that went away). `wait_ready` looks at the
+/// container while it waits: the try ends naming it and the next try starts
+/// it again, instead of polling a dead address for `rancher_ready_s`.
+#[test]
+fn a_server_that_dies_before_it_answers_is_started_again_by_the_next_try() {
+    let dir = TestDir::new();
+    std::fs::write(dir.tmp.path().join("rmm.toml"), "[timeouts]\nrancher_ready_s = 30\n").unwrap();
+    let mut child = dir
+        .rmm(&["up"])
+        .env("RMM_LOCAL_RANCHER_BOOT_MS", "2500")
+        .cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waiting = || {
+        dir.events_while_running()
+            .iter()
+            .any(|e| e["actor"] == "rancher" && e["kind"] == "StepStarted" && e["data"]["step"] == "wait_ready")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wait_ready never started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_container(&dir);
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "after {:?}: {}", start.elapsed(), text(&out.stderr));
+    assert!(text(&out.stderr).contains("the Rancher server container is"), "{}", text(&out.stderr));
+    check_completed_once(&dir, "server dead before its first answer", 0);
+}
