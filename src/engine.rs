@@ -187,14 +187,31 @@ pub fn log_write_error(dir: &StateDir, failure: &AppendFailure, then: &str) -> E
     ))
 }
 
+/// A run that ended because the secrets file could not be written (a full
+/// disk, EIO) is a state dir failure, not a failed run: one line naming the
+/// file, the OS's reason, the free space when the disk is full, where the
+/// run stopped, and the way on. Exit 2. `None` for any other reason.
+pub fn secrets_write_error(dir: &StateDir, where_: &str, reason: &str) -> Option<Error> {
+    let at = reason.find(crate::secrets::WRITE_FAILED)?;
+    let what = reason[at..].trim_end();
+    let full = what.contains("No space left on device") || what.contains("os error 28");
+    let (free, fix) = if full {
+        let free = free_bytes(&dir.secrets().parent().map(|p| p.to_path_buf()).unwrap_or_else(|| dir.events())).map(|b| format!(" ({} free)", human_bytes(b))).unwrap_or_default();
+        (free, "Free space")
+    } else {
+        (String::new(), "Fix the cause")
+    };
+    Some(Error::StateDir(format!("{what}{free}; the run stopped at {where_}. {fix}, then `rmm up --resume`")))
+}
+
 /// Bytes an unprivileged writer may still use on the file system of `path`.
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
+pub(crate) fn free_bytes(path: &std::path::Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
     Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
 /// `812 B`, `12 KB`, `3.4 MB`, `1.2 GB` (powers of 1024).
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const K: u64 = 1024;
     match n {
         n if n < K => format!("{n} B"),

@@ -77,6 +77,10 @@ fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// How a failed write of the secrets file begins (found again in a step's
+/// failure by [`crate::engine::secrets_write_error`]).
+pub const WRITE_FAILED: &str = "cannot write secrets file";
+
 impl SecretStore for FileSecrets {
     fn get(&self, name: &str) -> Option<Secret> {
         self.cache.lock().expect("secrets lock").get(name).map(|v| Secret::new(v.clone()))
@@ -87,7 +91,7 @@ impl SecretStore for FileSecrets {
         let mut next = map.clone();
         next.insert(name.to_string(), value.expose().to_string());
         self.write(&next)
-            .map_err(|e| format!("cannot write secrets file {}: {e}", self.path.display()))?;
+            .map_err(|e| format!("{WRITE_FAILED} {}: {e}", self.path.display()))?;
         *map = next;
         Ok(())
     }

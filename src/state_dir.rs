@@ -218,7 +218,21 @@ impl StateDir {
                         READER_WAIT.as_secs()
                     )))
                 }
-                Err(OpenError::Other(e)) => return Err(e.into()),
+                Err(OpenError::Other(e)) => {
+                    // sled writes as it opens: a full disk is named with the
+                    // store's path and the free space, like a failed append.
+                    let text = e.to_string();
+                    if text.contains("os error 28") {
+                        let free = crate::engine::free_bytes(&self.events())
+                            .map(|b| format!(" ({} free)", crate::engine::human_bytes(b)))
+                            .unwrap_or_default();
+                        return Err(Error::StateDir(format!(
+                            "cannot open the event log {}: No space left on device{free}; nothing was recorded. Free space, then run the command again",
+                            self.events().display()
+                        )));
+                    }
+                    return Err(e.into());
+                }
             }
         }
     }
@@ -248,6 +262,29 @@ impl StateDir {
             )));
         }
         Ok(SledLog::open_snapshot_with_cache(&self.events(), Some(rmm_events::READER_CACHE_BYTES))?)
+    }
+
+    /// A log lost beside other state (secrets, the local world): exit 5,
+    /// the same line `log` gives, with `then` (the way on for the caller's
+    /// command) after it. `Ok` when the log is there or nothing else is.
+    pub fn check_log_not_lost(&self, then: &str) -> Result<()> {
+        if self.events().join("db").exists() || fs::symlink_metadata(self.events()).is_ok() {
+            return Ok(());
+        }
+        // A planted symlink is no proof of a run (it is refused on its own
+        // further on).
+        let real = [self.secrets(), self.world()]
+            .into_iter()
+            .any(|p| fs::symlink_metadata(&p).is_ok_and(|m| !m.file_type().is_symlink()));
+        let others = self.state_besides_the_log();
+        if !real || others.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Log(format!(
+            "the event log {} is missing, but the state dir still holds {}: the log was deleted or moved; restore it from a backup{then}",
+            self.events().display(),
+            others.join(" and ")
+        )))
     }
 
     /// What the state dir holds that only a run makes: proof that a log

@@ -432,12 +432,10 @@ pub async fn server_state(ctx: &RunCtx) -> StepResult<String> {
     Ok(out.stdout.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("absent").to_string())
 }
 
-/// Once per attempt (see `Step::CheckServer`): the server container is
-/// running (or its restart policy is bringing it back), or it is started
-/// again; then it must answer `/ping`, and — when the CA is known from the
-/// log or from the machine — answer with that CA's certificate: a process
-/// squatting the address is refused before any credential is sent.
-async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
+/// The server container's state, and — unless it is running (or its
+/// restart policy is bringing it back) — the container started again, in
+/// which case the state it was found in is returned second.
+async fn ensure_server_running(call: &StepCall<'_>) -> StepResult<(String, Option<String>)> {
     let ctx = call.ctx;
     let state = server_state(ctx).await?;
     let restarted = match state.as_str() {
@@ -468,6 +466,17 @@ async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
             Some(other.to_string())
         }
     };
+    Ok((state, restarted))
+}
+
+/// Once per attempt (see `Step::CheckServer`): the server container is
+/// running (or its restart policy is bringing it back), or it is started
+/// again; then it must answer `/ping`, and — when the CA is known from the
+/// log or from the machine — answer with that CA's certificate: a process
+/// squatting the address is refused before any credential is sent.
+async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let (state, restarted) = ensure_server_running(call).await?;
     let url = rancher_url(call)?;
     // The CA to expect: the one pinned in the log, else the machine's own
     // (read again each poll while the server has not made it yet). With a
@@ -578,21 +587,61 @@ where
 
 async fn wait_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
+    // A resume (or a try after a failed one) may wait for a server that died
+    // before it ever answered (killed, a full disk at start): polling it for
+    // `rancher_ready_s` would be in vain. Start it again first; `check_server`
+    // right after records the state it is then in.
+    if call.try_no > 1 || call.ctx.attempt > 1 {
+        ensure_server_running(call).await?;
+    }
     let url = rancher_url(call)?;
     // /ping carries no credential; the CA is pinned right after.
     let api = ctx.connector.connect(&url, CaTrust::Unverified)?;
     let what = format!("Rancher at {url} to answer /ping");
-    poll(ctx, ctx.plan.timeouts.rancher_ready_s, &what, || {
+    // While it does not answer, look at the container about once a second:
+    // one that exited (and that no restart policy brings back: its
+    // supervisor died too) will never answer, so the try ends now, naming
+    // it, and the next try starts it again (above), instead of polling a
+    // dead address for `rancher_ready_s`.
+    let looked = std::sync::Mutex::new(Instant::now());
+    let dead = std::sync::atomic::AtomicBool::new(false);
+    let result = poll(ctx, ctx.plan.timeouts.rancher_ready_s, &what, || {
         let api = api.clone();
+        let (looked, dead) = (&looked, &dead);
         async move {
             match api.ping().await {
                 Ok(()) => Ok(Some(Outcome::Ready)),
-                Err(e) if e.is_retryable() || e.status().is_some() => Err(StepError::transient(e.to_string())),
+                Err(e) if e.is_retryable() || e.status().is_some() => {
+                    let due = {
+                        let mut at = looked.lock().expect("not poisoned");
+                        let due = at.elapsed() >= Duration::from_secs(1);
+                        if due {
+                            *at = Instant::now();
+                        }
+                        due
+                    };
+                    if due {
+                        let state = server_state(ctx).await?;
+                        if !matches!(state.as_str(), "running" | "restarting") {
+                            // Not retryable within `poll` (it would go on
+                            // polling); made a failed try below.
+                            dead.store(true, std::sync::atomic::Ordering::SeqCst);
+                            return Err(StepError::permanent(format!(
+                                "the Rancher server container is {state} (it stopped before it answered: {e}); the next try starts it again"
+                            )));
+                        }
+                    }
+                    Err(StepError::transient(e.to_string()))
+                }
                 Err(e) => Err(e.into()),
             }
         }
     })
-    .await
+    .await;
+    match result {
+        Err(e) if dead.load(std::sync::atomic::Ordering::SeqCst) => Err(StepError::transient(e.message)),
+        other => other,
+    }
 }
 
 /// Pins the CA the machine itself holds (read through the driver, not the

@@ -377,3 +377,33 @@ fn a_damaged_data_file_is_refused_naming_the_file_or_the_missing_seqs() {
     }
     assert!(named >= 1 && anchored >= 1, "both kinds of damage were hit: named the file {named}, caught by the anchor {anchored}");
 }
+
+/// sled writes a snapshot as `snap.<lsn>.generating` and renames it when
+/// whole; a write that failed (a full disk, EIO) or a kill in between left
+/// that file, and sled then took it for the latest snapshot and refused
+/// the whole store as corrupted (every command exit 5, "db is damaged").
+/// An unfinished snapshot is never one: the writer removes it, readers'
+/// copies leave it out.
+#[test]
+fn an_unfinished_sled_snapshot_left_by_a_failed_write_does_not_make_the_store_unreadable() {
+    let (dir, log) = filled(5);
+    let head = log.head();
+    drop(log);
+    let snaps: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("snap."))
+        .collect();
+    // Newer than any snapshot there (sled picks the highest lsn).
+    let unfinished = dir.path().join("snap.00000000FFFFFFFF.generating");
+    std::fs::write(&unfinished, b"").unwrap();
+    let reader = SledLog::open_snapshot(dir.path()).unwrap_or_else(|e| panic!("a reader's copy ({snaps:?}): {e}"));
+    assert_eq!((reader.last_seq(), reader.head()), (5, head));
+    assert!(first_error(&reader).is_none());
+    drop(reader);
+    assert!(unfinished.exists(), "a reader changes nothing in the store");
+    let log = SledLog::open(dir.path()).unwrap_or_else(|_| panic!("the writer"));
+    assert_eq!((log.last_seq(), log.head()), (5, head));
+    assert!(first_error(&log).is_none());
+    assert!(!unfinished.exists(), "the writer removed the unfinished snapshot");
+}

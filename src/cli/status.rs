@@ -33,6 +33,9 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: StatusArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()> {
+    if !args.refresh {
+        dir.check_log_not_lost(" (`rmm status --refresh` lists the machines the driver still has)")?;
+    }
     let (history, writer) = if dir.exists() {
         let writer = dir.locked_by_other();
         let log = dir.open_store_for_reading()?;

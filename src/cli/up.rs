@@ -74,6 +74,12 @@ impl UpArgs {
 pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()> {
     // Validate everything the user typed before touching the state dir.
     let plan = config.load()?.plan(&args.overrides())?;
+    // A log deleted beside a live world is not a fresh start: a new log
+    // would fail on every machine and bury the evidence.
+    dir.check_log_not_lost(&format!(
+        ", or remove what it made (`rmm status --refresh` lists it; `rmm down --cluster {}`) and start again",
+        plan.cluster_name
+    ))?;
     dir.create()?;
     let _lock = dir.lock()?;
     let mut log = dir.open_store()?;
@@ -162,6 +168,13 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let _ = writeln!(out, "User:    admin");
             let _ = writeln!(out, "Password: not shown; run `rmm credentials` to print it.");
             Ok(())
+        }
+        RunEnd::Failed { actor, step, reason } if crate::engine::secrets_write_error(dir, "", &reason).is_some() => {
+            Err(crate::engine::secrets_write_error(dir, &format!("{actor} {}", step.as_str()), &reason).expect("checked"))
+        }
+        RunEnd::Fatal(e) if crate::engine::secrets_write_error(dir, "", &e).is_some() => {
+            let where_ = e.split(": ").next().unwrap_or("a step").to_string();
+            Err(crate::engine::secrets_write_error(dir, &where_, &e).expect("checked"))
         }
         RunEnd::Failed { actor, step, reason } => Err(failed(&actor, step, &reason)),
         RunEnd::Interrupted => Err(Error::Interrupted("interrupted; `rmm up --resume` continues from the log".into())),

@@ -53,6 +53,7 @@ pub mod supervisor;
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -169,12 +170,7 @@ impl LocalDriver {
     /// an `.await`, so tasks sharing a thread cannot deadlock on it.
     fn lock(&self) -> Result<Flock<File>, DriverError> {
         create_private_dir(&self.world).map_err(|e| io_error("create the world directory", &e))?;
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(self.world.join(".lock"))
+        let file = open_lock_file(&self.world.join(".lock"))
             .map_err(|e| io_error("open the world lock", &e))?;
         Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, e)| DriverError::Transient(format!("lock the world: {e}")))
@@ -692,7 +688,9 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{file_name}.tmp-{:08x}", rand::thread_rng().gen::<u32>()));
     let result = (|| {
-        let mut f = File::create(&tmp)?;
+        // Inside rmm's state dir: a new file of our own, owner-only from
+        // the start, never through a symlink.
+        let mut f = new_private_file(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -702,6 +700,28 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// A new file (`O_EXCL | O_NOFOLLOW`, mode 0600).
+pub(crate) fn new_private_file(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// A lock file, made owner-only if new; a symlink there is refused.
+pub(crate) fn open_lock_file(path: &Path) -> io::Result<File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -45,7 +45,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let resp = dispatch(&app, &method, &uri, &headers, &body);
-    println!(
+    log_line!(
         "{} [INFO] {} {} {}",
         super::log_time(super::now_ms()),
         method,

@@ -32,6 +32,17 @@
 //! Layout: [`model`] (pure state and rules), `render` (JSON shapes), `http`
 //! (routing and the auth filter), `store` (atomic files), `tls` (CA and cert).
 
+/// One line of the server's log on stdout. A log that cannot be written
+/// (the machine's disk is full, stdout closed) is dropped, as a server's
+/// logger does: `println!` panicked, and every request of a server whose
+/// disk was full got no answer at all (not even `/ping`).
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod http;
 pub mod model;
 mod render;
@@ -217,18 +228,18 @@ impl Emulator {
                 IpAddr::V6(ip) => format!("[{ip}]"),
                 ip => ip.to_string(),
             };
-            println!("{t} [INFO] ");
-            println!("{t} [INFO] -----------------------------------------");
-            println!("{t} [INFO] Welcome to Rancher");
-            println!("{t} [INFO] A bootstrap password has been generated for your admin user.");
-            println!("{t} [INFO] ");
-            println!("{t} [INFO] Bootstrap Password: {pw}");
-            println!("{t} [INFO] ");
-            println!(
+            log_line!("{t} [INFO] ");
+            log_line!("{t} [INFO] -----------------------------------------");
+            log_line!("{t} [INFO] Welcome to Rancher");
+            log_line!("{t} [INFO] A bootstrap password has been generated for your admin user.");
+            log_line!("{t} [INFO] ");
+            log_line!("{t} [INFO] Bootstrap Password: {pw}");
+            log_line!("{t} [INFO] ");
+            log_line!(
                 "{t} [INFO] Use https://{host}/dashboard/?setup={pw} to complete setup in the UI"
             );
-            println!("{t} [INFO] -----------------------------------------");
-            println!("{t} [INFO] ");
+            log_line!("{t} [INFO] -----------------------------------------");
+            log_line!("{t} [INFO] ");
         }
     }
 
@@ -264,7 +275,7 @@ impl Emulator {
         self.app.inner.lock().unwrap_or_else(|p| p.into_inner()).model.started_ms = now_ms();
         let router = http::router(self.app.clone());
         let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
-        println!(
+        log_line!(
             "{} [INFO] Rancher {} API emulator listening on https://{addr}",
             log_time(now_ms()),
             self.opts.rancher_version.version()

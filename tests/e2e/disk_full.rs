@@ -239,3 +239,84 @@ fn a_real_full_tmpfs_ends_the_run_with_exit_2_and_after_freeing_space_the_resume
     std::fs::remove_file(&filler).unwrap();
     recover(&dir, "full tmpfs", &out);
 }
+
+/// The secrets file cannot be written (a full disk at any of its writes,
+/// the first one before the bootstrap password's intent included): one
+/// `rmm:` line naming the file and the free space, exit 2 (a state dir
+/// disk failure, not a failed run), promptly; once space is back the
+/// resume completes with every machine made once.
+#[test]
+fn a_full_disk_at_each_write_of_the_secrets_file_ends_the_run_with_exit_2_and_the_resume_completes() {
+    if shim().is_none() {
+        eprintln!("SKIPPED: no C compiler to build the LD_PRELOAD shim — apt-get install -y gcc");
+        return;
+    }
+    for k in 1..=4u64 {
+        let dir = TestDir::new();
+        let log = dir.tmp.path().join("shim.log");
+        let mut child = dir
+            .rmm(&["up"])
+            .env("LD_PRELOAD", shim().unwrap().to_str().unwrap())
+            .env("RMM_SHIM_LOG", log.to_str().unwrap())
+            .env("RMM_SHIM_PATH_HAS", "/secrets.json.tmp")
+            .env("RMM_SHIM_FAIL_CALL", "write")
+            .env("RMM_SHIM_FAIL_AT", &k.to_string())
+            .env("RMM_SHIM_ERRNO", "28")
+            .cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("write {k} of secrets.json failed: rmm did not end");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        let failed = calls(&log).iter().any(|c| c.failed);
+        assert!(failed, "write {k}: the shim never failed a write of the secrets file: {stderr}");
+        assert_eq!(out.status.code(), Some(2), "write {k}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rmm: ")).collect();
+        assert_eq!(errors.len(), 1, "write {k}: {stderr}");
+        assert!(
+            errors[0].contains("secrets.json") && errors[0].contains("No space left on device") && errors[0].contains(" free)"),
+            "write {k}: {stderr}"
+        );
+        recover(&dir, &format!("secrets write {k}"), &out);
+    }
+}
+
+/// sled writes while it opens the store (it zeroes a torn segment, writes a
+/// snapshot): a full disk there is one line naming the store and the free
+/// space (it said only "event store: IO error: …"), exit 2, and the log
+/// stays readable, so the same command completes once space is back.
+#[test]
+fn a_full_disk_while_down_opens_the_store_names_it_and_down_then_completes() {
+    if shim().is_none() {
+        eprintln!("SKIPPED: no C compiler to build the LD_PRELOAD shim — apt-get install -y gcc");
+        return;
+    }
+    for k in 1..=3u64 {
+        let dir = TestDir::new();
+        dir.up_ok(&["--masters", "1", "--workers", "1"]);
+        let events = format!("{}/", dir.state().join("events").display());
+        let out = dir
+            .rmm(&["down", "--yes"])
+            .env("LD_PRELOAD", shim().unwrap().to_str().unwrap())
+            .env("RMM_SHIM_PATH_HAS", &events)
+            .env("RMM_SHIM_FAIL_CALL", "write")
+            .env("RMM_SHIM_FAIL_AT", &k.to_string())
+            .run();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "write {k}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rmm: ")).collect();
+        assert_eq!(errors.len(), 1, "write {k}: {stderr}");
+        assert!(errors[0].contains("/events") && errors[0].contains(" free)"), "write {k}: {stderr}");
+        dir.rmm(&["log", "--verify"]).ok();
+        dir.rmm(&["down", "--yes"]).ok();
+    }
+}

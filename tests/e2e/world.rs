@@ -406,3 +406,154 @@ fn down_cluster_asks_on_a_terminal_and_no_keeps_everything() {
     assert!(out.contains("Removed 3 machines of cluster tinysetup."), "{out}");
     assert!(procs(&dir, "serve").is_empty());
 }
+
+/// The server died before it ever answered (here: killed while it booted;
+/// on a real box: a full disk at start, an OOM kill) and rmm crashed while
+/// waiting for it. The resume's `wait_ready` must not poll a dead server
+/// for `rancher_ready_s`: it starts the container again first.
+#[test]
+fn a_resume_waiting_for_a_server_that_died_before_it_answered_starts_it_again() {
+    let dir = TestDir::new();
+    std::fs::write(dir.tmp.path().join("rmm.toml"), "[timeouts]\nrancher_ready_s = 20\n").unwrap();
+    let mut child = dir
+        .rmm(&["up"])
+        .env("RMM_LOCAL_RANCHER_BOOT_MS", "600000")
+        .cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let waiting = || {
+        dir.events_while_running()
+            .iter()
+            .any(|e| e["actor"] == "rancher" && e["kind"] == "StepStarted" && e["data"]["step"] == "wait_ready")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wait_ready never started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    kill_container(&dir);
+
+    let start = Instant::now();
+    let out = dir.rmm(&["up", "--resume"]).run();
+    assert!(out.status.success(), "after {:?}: {}", start.elapsed(), text(&out.stderr));
+    check_completed_once(&dir, "server dead before it answered", 1);
+}
+
+/// The log deleted under a live cluster: `status` and `up` must not act as
+/// if there never was a run (`status` said "no run yet" and exit 0; `up`
+/// started a new log that failed on every machine, the evidence gone).
+/// Both say the log is missing (exit 5, as `log` does) and name the way on;
+/// `status --refresh` still lists the machines as orphans.
+#[test]
+fn a_deleted_log_beside_a_live_world_is_named_by_status_and_refused_by_up() {
+    let dir = TestDir::new();
+    dir.up_ok(&[]);
+    std::fs::remove_dir_all(dir.state().join("events")).unwrap();
+    let status = dir.rmm(&["status"]).code(5);
+    let line = single_stderr_line(&status);
+    assert!(line.contains("is missing") && line.contains("status --refresh"), "{line}");
+    let up = dir.rmm(&["up"]).code(5);
+    let line = single_stderr_line(&up);
+    assert!(line.contains("is missing") && line.contains("down --cluster"), "{line}");
+    assert!(!dir.state().join("events").exists(), "up left the evidence as it was");
+    let refreshed = json(&dir.rmm(&["status", "--refresh", "--json"]).ok().stdout);
+    assert_eq!(refreshed["orphans"].as_array().map(|o| o.len()), Some(7), "{refreshed}");
+    dir.rmm(&["down", "--cluster", "tinysetup", "--yes"]).ok();
+}
+
+/// A Rancher whose machine's disk is full still answers (its log lines are
+/// lost, as a server's logger drops them): the emulator's `println!`
+/// panicked on the full device, so every request, `/ping` included, got no
+/// answer at all and rmm could only time out.
+#[test]
+fn the_emulator_answers_when_its_log_cannot_be_written() {
+    let dir = TestDir::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let data = dir.tmp.path().join("data");
+    let devfull = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rmm"))
+        .args(["emulator", "serve", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("CATTLE_BOOTSTRAP_PASSWORD", "bootstrap-pw-for-a-test")
+        .stdout(devfull)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _ = &mut child;
+    let mut child = Kill(child);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answers = rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut answered = 0;
+        while Instant::now() < deadline && answered < 3 {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                panic!("the emulator exited ({status}) with its log on a full device");
+            }
+            match client.get(format!("https://127.0.0.1:{port}/ping")).send().await {
+                Ok(resp) if resp.status().is_success() => answered += 1,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        answered
+    });
+    assert_eq!(answers, 3, "/ping answered with the log on a full device");
+}
+
+/// The server container died while rmm waited for its first answer, and
+/// nothing brings it back (its supervisor died too: on a real box, a full
+/// disk at start or a daemon that went away). `wait_ready` looks at the
+/// container while it waits: the try ends naming it and the next try starts
+/// it again, instead of polling a dead address for `rancher_ready_s`.
+#[test]
+fn a_server_that_dies_before_it_answers_is_started_again_by_the_next_try() {
+    let dir = TestDir::new();
+    std::fs::write(dir.tmp.path().join("rmm.toml"), "[timeouts]\nrancher_ready_s = 30\n").unwrap();
+    let mut child = dir
+        .rmm(&["up"])
+        .env("RMM_LOCAL_RANCHER_BOOT_MS", "2500")
+        .cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waiting = || {
+        dir.events_while_running()
+            .iter()
+            .any(|e| e["actor"] == "rancher" && e["kind"] == "StepStarted" && e["data"]["step"] == "wait_ready")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wait_ready never started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_container(&dir);
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "after {:?}: {}", start.elapsed(), text(&out.stderr));
+    assert!(text(&out.stderr).contains("the Rancher server container is"), "{}", text(&out.stderr));
+    check_completed_once(&dir, "server dead before its first answer", 0);
+}

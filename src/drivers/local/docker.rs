@@ -407,7 +407,7 @@ async fn run(host: &Host, args: &[String]) -> ExecOutput {
 /// One `docker` at a time per machine.
 fn lock_machine(dir: &Path) -> io::Result<Flock<File>> {
     let file =
-        fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(dir.join(".docker.lock"))?;
+        super::open_lock_file(&dir.join(".docker.lock"))?;
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))
 }
 
@@ -508,7 +508,7 @@ fn start_container_locked(host: &Host, spec: &RunSpec, kind: Kind) -> io::Result
 fn spawn_emulator(host: &Host, spec: &RunSpec, log_path: &Path, record_path: &Path) -> io::Result<(i32, Option<u64>)> {
     let data_dir = host.dir.join("rancher");
     fs::create_dir_all(&data_dir)?;
-    let log = File::create(log_path)?;
+    let log = super::new_private_file(log_path)?;
     let mut cmd = Command::new(&host.rmm_exe);
     cmd.arg("emulator")
         .arg("supervise")

@@ -629,3 +629,19 @@ async fn the_agent_refuses_a_wrong_checksum_and_reports_a_refused_registration()
     assert_eq!(o.status, 1);
     assert!(o.stderr.contains("/ping is not accessible"), "{}", o.stderr);
 }
+
+/// The world lives in rmm's state dir: its files are owner-only from the
+/// start and its temp files are made with `O_EXCL | O_NOFOLLOW`.
+#[test]
+fn world_files_are_owner_only_and_never_follow_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("machine.json");
+    write_atomic(&path, b"{}").unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.path().join(".lock")).unwrap();
+    assert!(open_lock_file(&dir.path().join(".lock")).is_err(), "a symlinked lock is refused");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+}
