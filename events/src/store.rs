@@ -204,8 +204,8 @@ impl SledLog {
     /// Refuses a log that ends before its head anchor, or whose record at
     /// the anchor's seq is not the one anchored.
     fn check_anchor(&self, anchored: Option<Anchored>) -> Result<()> {
-        let Some(a) = anchored else { return Ok(()) };
         let file = self.origin.join(HEAD);
+        let Some(a) = anchored else { return self.check_unanchored(&file) };
         if a.seq > self.last_seq {
             let missing = if a.seq == self.last_seq + 1 {
                 format!("record {} is missing", a.seq)
@@ -232,6 +232,31 @@ impl SledLog {
                 "seq {}: the record is not the one its head anchor ({}) holds: it was rewritten or removed",
                 a.seq,
                 file.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A log with no head anchor is one from before anchors. Anchors came
+    /// with record format 3, and a writer makes (and syncs) the anchor file
+    /// before its first append: a last record of format 3 or later with no
+    /// anchor means the anchor was removed, and with it whatever the tail
+    /// lost cannot be told — refused, as a cut tail is.
+    fn check_unanchored(&self, file: &Path) -> Result<()> {
+        if self.last_seq == 0 {
+            return Ok(());
+        }
+        let stored = self.tree.get(self.last_seq.to_be_bytes()).map_err(|e| sled_err(&self.origin, e))?;
+        let format = match &stored {
+            Some(v) => split_value(self.last_seq, v)?.0.first().copied().unwrap_or(0),
+            None => 0,
+        };
+        if format >= ANCHORED_SINCE_FORMAT {
+            return Err(Error::Untrusted(format!(
+                "the head anchor ({}) is missing, but the log (seq 1..{}) was written by an rmm that keeps one: records after seq {} may have been cut",
+                file.display(),
+                self.last_seq,
+                self.last_seq
             )));
         }
         Ok(())
@@ -787,6 +812,9 @@ fn install_quiet_hook() {
         }));
     });
 }
+
+/// The first record format whose writers keep a head anchor.
+const ANCHORED_SINCE_FORMAT: u8 = 3;
 
 /// The head anchor file's name, in the store directory.
 pub(crate) const HEAD: &str = "head";

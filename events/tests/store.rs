@@ -311,12 +311,31 @@ fn a_crash_between_the_write_ahead_sync_and_the_anchor_leaves_it_behind_which_is
 
 #[test]
 fn a_store_from_before_anchors_opens_and_gets_one() {
+    // A store an older rmm wrote: records of format 2 and no anchor file
+    // (sled's own layout: key = big-endian seq, value = record ‖ chain hash).
+    let dir = tempfile::tempdir().unwrap();
+    let record = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v2/run_started.bin")).unwrap();
+    assert_eq!(record[0], 2, "a format-2 record");
+    let hash = rmm_events::chain_hash(&rmm_events::GENESIS, &record);
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("events").unwrap();
+        tree.insert(1u64.to_be_bytes(), [record.as_slice(), hash.as_slice()].concat()).unwrap();
+        db.flush().unwrap();
+    }
+    let log = SledLog::open(dir.path()).unwrap_or_else(|e| panic!("a store from before anchors opens: {e:?}"));
+    assert_eq!(log.anchored().unwrap(), Some((1, hash)), "and gets an anchor");
+}
+
+#[test]
+fn a_head_anchor_removed_from_a_log_that_had_one_is_refused() {
+    // Anchors came with format 3: a log of format-3 records had one from
+    // its first append, so its loss hides whatever the tail lost.
     let (dir, log) = filled(3);
-    let head = log.head();
     drop(log);
     std::fs::remove_file(dir.path().join("head")).unwrap();
-    let log = SledLog::open(dir.path()).unwrap_or_else(|_| panic!("a store without an anchor opens"));
-    assert_eq!(log.anchored().unwrap(), Some((3, head)));
+    let e = open_err(dir.path());
+    assert!(e.contains("head anchor") && e.contains("missing") && e.contains("seq 1..3"), "{e}");
 }
 
 #[test]
