@@ -267,11 +267,12 @@ impl Emulator {
         }
         let config = self.ca.server_config(&sans)?;
         let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(
-            listener,
-            axum_server::tls_rustls::RustlsConfig::from_config(config),
-        )
-        .handle(handle.clone());
+        // TCP_NODELAY, as Go's net/http (so Rancher) sets on every
+        // connection: without it a response written in two TLS records
+        // waits for the client's delayed ACK, ~40 ms a request.
+        let tls = axum_server::tls_rustls::RustlsAcceptor::new(axum_server::tls_rustls::RustlsConfig::from_config(config))
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        let server = axum_server::Server::from_tcp(listener).acceptor(tls).handle(handle.clone());
         self.app.inner.lock().unwrap_or_else(|p| p.into_inner()).model.started_ms = now_ms();
         let router = http::router(self.app.clone());
         let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
