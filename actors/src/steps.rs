@@ -155,7 +155,6 @@ pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
 async fn effect_once(call: &StepCall<'_>) -> StepResult<Outcome> {
     if call.ctx.plan.distribution.is_v1() {
         match call.step {
-            Step::Login => return v1::login(call).await,
             Step::CreateCluster => return v1::create_cluster(call).await,
             Step::WaitNodeCommand => return v1::wait_node_command(call).await,
             Step::RunAgent => return v1::run_agent(call).await,
@@ -712,6 +711,10 @@ async fn system_roots_trusted(call: &StepCall<'_>, url: &str) -> StepResult<Outc
     }
 }
 
+/// Logs in as `admin`: with the bootstrap password, then the admin password
+/// (a resume after the change). Rancher answers /ping before its admin user
+/// exists: 401 is polled. rke2/k3s use `/v1-public/login` (v3 on 404,
+/// reference §2.2); rke1 the v3 login.
 async fn login(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
     let api = rancher_api(call)?;
@@ -719,17 +722,13 @@ async fn login(call: &StepCall<'_>) -> StepResult<Outcome> {
         .secret(secret::BOOTSTRAP_PASSWORD)
         .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
     let admin = ctx.secret(secret::ADMIN_PASSWORD);
-    // Rancher answers /ping before its admin user exists: 401 is polled.
+    let public = ctx.plan.distribution.is_v1();
     let token = poll(ctx, ctx.plan.timeouts.login_s, "the admin login to succeed", || {
         let (api, bootstrap, admin) = (api.clone(), bootstrap.clone(), admin.clone());
         async move {
-            match api.login("admin", &bootstrap).await {
-                Ok(t) => return Ok(Some(t)),
-                Err(e) if e.status() == Some(401) => {}
-                Err(e) => return Err(e.into()),
-            }
-            if let Some(admin) = admin {
-                match api.login("admin", &admin).await {
+            for password in std::iter::once(bootstrap).chain(admin) {
+                let tried = if public { api.login_public("admin", &password).await } else { api.login("admin", &password).await };
+                match tried {
                     Ok(t) => return Ok(Some(t)),
                     Err(e) if e.status() == Some(401) => {}
                     Err(e) => return Err(e.into()),

@@ -151,34 +151,6 @@ pub async fn check_rancher_version(call: &StepCall<'_>) -> StepResult<Outcome> {
     Ok(Outcome::RancherVersion { version })
 }
 
-/// §2.2: `/v1-public/login`, the v3 login on 404; a 401 while Rancher
-/// makes its admin user is polled, with the bootstrap password and then the
-/// admin password (a resume after the change).
-pub async fn login(call: &StepCall<'_>) -> StepResult<Outcome> {
-    let ctx = call.ctx;
-    let api = rancher_api(call)?;
-    let bootstrap = ctx
-        .secret(secret::BOOTSTRAP_PASSWORD)
-        .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
-    let admin = ctx.secret(secret::ADMIN_PASSWORD);
-    let token = poll(ctx, ctx.plan.timeouts.login_s, "the admin login to succeed", || {
-        let (api, bootstrap, admin) = (api.clone(), bootstrap.clone(), admin.clone());
-        async move {
-            for password in std::iter::once(bootstrap).chain(admin) {
-                match api.login_public("admin", &password).await {
-                    Ok(t) => return Ok(Some(t)),
-                    Err(e) if e.status() == Some(401) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Err(StepError::transient("401 authentication failed"))
-        }
-    })
-    .await?;
-    ctx.put_secret(secret::LOGIN_TOKEN, &token).map_err(StepError::permanent)?;
-    Ok(Outcome::LoggedIn { token: secret_ref(secret::LOGIN_TOKEN, &token) })
-}
-
 /// §2.1: `/ping` is not enough; two rounds in a row of authenticated
 /// `/v1` reads that both answer 200 (rancher/dashboard's e2e). A cluster
 /// made before the webhooks are up can be unusable (rancher#51273).
