@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 pub mod credentials;
 pub mod down;
+pub mod kubeconfig;
 pub mod log;
 pub mod replay;
 pub mod report;
@@ -86,6 +87,9 @@ pub enum Command {
     Down(down::DownArgs),
     /// Print the Rancher URL, user, password and CA checksum (on request only).
     Credentials(credentials::CredentialsArgs),
+    /// Print the cluster's kubeconfig (`-o FILE`: written mode 0600); never recorded.
+    #[command(after_help = "Examples:\n  rmm kubeconfig -o kubeconfig.yaml\n  KUBECONFIG=kubeconfig.yaml kubectl get nodes")]
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// The Rancher API emulator of the local world (started by the local driver).
     Emulator(crate::emulator::EmulatorArgs),
     /// Tamper drill: flip one byte of a stored record (hidden; for tests and drills).

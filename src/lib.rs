@@ -52,6 +52,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Report(args) => cli::report::run(args, &dir),
         Command::Down(args) => cli::down::run(args, &dir, &config),
         Command::Credentials(args) => cli::credentials::run(args, &dir),
+        Command::Kubeconfig(args) => cli::kubeconfig::run(args, &dir),
         Command::Tamper(args) => cli::tamper(args, &dir),
         Command::Synth(args) => cli::synth::run(args, &dir),
         Command::Emulator(args) => emulator::run(args).map_err(|e| error::Error::Other(format!("{e:#}"))),

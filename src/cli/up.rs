@@ -167,6 +167,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let _ = writeln!(out, "Rancher: {}", r.rancher_url().unwrap_or("?"));
             let _ = writeln!(out, "User:    admin");
             let _ = writeln!(out, "Password: not shown; run `rmm credentials` to print it.");
+            let _ = writeln!(out, "Kubeconfig: `rmm kubeconfig -o kubeconfig.yaml` (written mode 0600).");
             Ok(())
         }
         RunEnd::Failed { actor, step, reason } if crate::engine::secrets_write_error(dir, "", &reason).is_some() => {

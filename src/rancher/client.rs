@@ -168,6 +168,25 @@ impl HttpRancher {
         Ok(self.send(Method::POST, self.url(segments, query), auth, &[], Some(body)).await?.1)
     }
 
+    /// `POST /v3/clusters/<id>?action=generateKubeconfig` → `.config`
+    /// (reference/rancher-current.md §2.10): the downstream cluster's
+    /// kubeconfig, which holds a token of its own — a secret.
+    pub async fn generate_kubeconfig(&self, auth: &Secret, cluster_id: &str) -> Result<Secret, ApiError> {
+        #[derive(Deserialize)]
+        struct Generated {
+            config: String,
+        }
+        let body = self
+            .post(Some(auth), &["v3", "clusters", cluster_id], &[("action", "generateKubeconfig")], &serde_json::json!({}))
+            .await?;
+        let g: Generated = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Decode(format!("generateKubeconfig: {e}")))?;
+        if g.config.trim().is_empty() {
+            return Err(ApiError::Decode("generateKubeconfig: an empty config".into()));
+        }
+        Ok(Secret::new(g.config))
+    }
+
     /// Every item of a collection, following `pagination.next` while it
     /// stays on this server.
     async fn list<T: for<'de> Deserialize<'de>>(

@@ -9,6 +9,7 @@ mod down;
 mod emulator;
 mod faults;
 mod kills;
+mod kubeconfig;
 mod log;
 mod lookup;
 mod outage;
