@@ -170,18 +170,21 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let _ = writeln!(out, "Kubeconfig: `rmm kubeconfig -o kubeconfig.yaml` (written mode 0600).");
             Ok(())
         }
-        RunEnd::Failed { actor, step, reason } if crate::engine::secrets_write_error(dir, "", &reason).is_some() => {
-            Err(crate::engine::secrets_write_error(dir, &format!("{actor} {}", step.as_str()), &reason).expect("checked"))
-        }
-        RunEnd::Fatal(e) if crate::engine::secrets_write_error(dir, "", &e).is_some() => {
-            let where_ = e.split(": ").next().unwrap_or("a step").to_string();
-            Err(crate::engine::secrets_write_error(dir, &where_, &e).expect("checked"))
-        }
-        RunEnd::Failed { actor, step, reason } => Err(failed(&actor, step, &reason)),
+        // A failed write of the secrets file is a state-dir error (exit 2)
+        // whichever way it ended the run.
+        RunEnd::Failed { actor, step, reason } => Err(crate::engine::secrets_write_error(
+            dir,
+            &format!("{actor} {}", step.as_str()),
+            &reason,
+        )
+        .unwrap_or_else(|| failed(&actor, step, &reason))),
         RunEnd::Interrupted => Err(Error::Interrupted("interrupted; `rmm up --resume` continues from the log".into())),
-        RunEnd::Fatal(e) => Err(Error::StateDir(format!(
-            "cannot write the event log ({e}); nothing after the last durable event happened unrecorded. Fix the disk, then `rmm up --resume`"
-        ))),
+        RunEnd::Fatal(e) => Err(crate::engine::secrets_write_error(dir, e.split(": ").next().unwrap_or("a step"), &e)
+            .unwrap_or_else(|| {
+                Error::StateDir(format!(
+                    "cannot write the event log ({e}); nothing after the last durable event happened unrecorded. Fix the disk, then `rmm up --resume`"
+                ))
+            })),
     }
 }
 

@@ -325,6 +325,21 @@ pub struct Commands {
     pub manifest_url: String,
 }
 
+impl Commands {
+    /// A registration token's commands: the two node commands given, and
+    /// the import commands Rancher derives from the token's manifest URL.
+    pub fn new(node_command: String, insecure_node_command: String, server: &str, token: &str, cluster_id: &str) -> Commands {
+        let manifest_url = format!("{server}/v3/import/{token}_{cluster_id}.yaml");
+        Commands {
+            node_command,
+            insecure_node_command,
+            command: format!("kubectl apply -f {manifest_url}"),
+            insecure_command: format!("curl --insecure -sfL {manifest_url} | kubectl apply -f -"),
+            manifest_url,
+        }
+    }
+}
+
 /// State plus the runtime facts that are not persisted.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -821,19 +836,13 @@ impl Model {
             })
             .unwrap_or_default();
         let image = self.setting_value("agent-image");
-        let manifest_url = format!("{server}/v3/import/{}_{}.yaml", rt.token, rt.cluster_id);
-        Commands {
-            insecure_node_command: String::new(),
-            node_command: format!(
-                "sudo docker run -d --privileged --restart=unless-stopped --net=host \
-                 -v /etc/kubernetes:/etc/kubernetes -v /var/run:/var/run {env_vars} {image} \
-                 --server {server} --token {}{checksum}",
-                rt.token
-            ),
-            command: format!("kubectl apply -f {manifest_url}"),
-            insecure_command: format!("curl --insecure -sfL {manifest_url} | kubectl apply -f -"),
-            manifest_url,
-        }
+        let node_command = format!(
+            "sudo docker run -d --privileged --restart=unless-stopped --net=host \
+             -v /etc/kubernetes:/etc/kubernetes -v /var/run:/var/run {env_vars} {image} \
+             --server {server} --token {}{checksum}",
+            rt.token
+        );
+        Commands::new(node_command, String::new(), &server, &rt.token, &rt.cluster_id)
     }
 
     // ---- nodes -----------------------------------------------------------

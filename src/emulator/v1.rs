@@ -552,14 +552,13 @@ impl Model {
             "/system-agent-install.sh | sudo {env} sh -s - --server {server} --label 'cattle.io/os=linux' --token {}{checksum}",
             rt.token
         );
-        let manifest_url = format!("{server}/v3/import/{}_{}.yaml", rt.token, rt.cluster_id);
-        Commands {
-            node_command: format!("{env} curl -fL {server}{tail}"),
-            insecure_node_command: format!("{env} curl --insecure -fL {server}{tail}"),
-            command: format!("kubectl apply -f {manifest_url}"),
-            insecure_command: format!("curl --insecure -sfL {manifest_url} | kubectl apply -f -"),
-            manifest_url,
-        }
+        Commands::new(
+            format!("{env} curl -fL {server}{tail}"),
+            format!("{env} curl --insecure -fL {server}{tail}"),
+            &server,
+            &rt.token,
+            &rt.cluster_id,
+        )
     }
 
     /// `GET /v3/connect/agent` with a registration token: the configserver

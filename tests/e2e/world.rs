@@ -423,19 +423,7 @@ fn a_resume_waiting_for_a_server_that_died_before_it_answered_starts_it_again() 
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let waiting = || {
-        dir.events_while_running()
-            .iter()
-            .any(|e| e["actor"] == "rancher" && e["kind"] == "StepStarted" && e["data"]["step"] == "wait_ready")
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !waiting() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("wait_ready never started");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_wait_ready_started(&dir, &mut child);
     child.kill().unwrap();
     child.wait().unwrap();
     kill_container(&dir);
@@ -537,6 +525,18 @@ fn a_server_that_dies_before_it_answers_is_started_again_by_the_next_try() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    until_wait_ready_started(&dir, &mut child);
+    kill_container(&dir);
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "after {:?}: {}", start.elapsed(), text(&out.stderr));
+    assert!(text(&out.stderr).contains("the Rancher server container is"), "{}", text(&out.stderr));
+    check_completed_once(&dir, "server dead before its first answer", 0);
+}
+
+/// Polls the log beside the running `up` until rancher's `wait_ready` has
+/// started (30 s at most: then the run is killed and the test fails).
+fn until_wait_ready_started(dir: &TestDir, child: &mut std::process::Child) {
     let waiting = || {
         dir.events_while_running()
             .iter()
@@ -550,10 +550,4 @@ fn a_server_that_dies_before_it_answers_is_started_again_by_the_next_try() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    kill_container(&dir);
-    let start = Instant::now();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "after {:?}: {}", start.elapsed(), text(&out.stderr));
-    assert!(text(&out.stderr).contains("the Rancher server container is"), "{}", text(&out.stderr));
-    check_completed_once(&dir, "server dead before its first answer", 0);
 }

@@ -669,20 +669,20 @@ async fn wait_gone(pid: i32, start: Option<u64>, wait: Duration) -> bool {
 /// emulator, waits up to 10 s, then kills it, and records the exit); the
 /// restart policy does not bring it back.
 async fn stop(host: &Host, args: &[String]) -> ExecOutput {
-    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if names.is_empty() {
-        return out(1, "", "\"docker stop\" requires at least 1 argument.\n");
-    }
+    let names = match named_args(args, "stop") {
+        Ok(names) => names,
+        Err(usage) => return usage,
+    };
     let (mut stdout, mut stderr, mut status) = (String::new(), String::new(), 0);
     for name in names {
-        let containers = match load_containers(&host.dir) {
-            Ok(cs) => cs,
-            Err(e) => return out(1, "", format!("Error response from daemon: {e}\n")),
-        };
-        let Some(c) = find_named(&containers, name) else {
-            stderr.push_str(&format!("Error response from daemon: No such container: {}\n", showable(name)));
-            status = 1;
-            continue;
+        let c = match lookup_named(host, name) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                stderr.push_str(&format!("Error response from daemon: No such container: {}\n", showable(name)));
+                status = 1;
+                continue;
+            }
+            Err(daemon) => return daemon,
         };
         match c.pid {
             Some(pid) if process_alive(pid, c.pid_start) => {
@@ -702,6 +702,23 @@ async fn stop(host: &Host, args: &[String]) -> ExecOutput {
     out(status, stdout, stderr)
 }
 
+/// The container names of `docker VERB [flags] NAME…`, or docker's usage
+/// error when there is none.
+fn named_args<'a>(args: &'a [String], verb: &str) -> Result<Vec<&'a String>, ExecOutput> {
+    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    if names.is_empty() {
+        return Err(out(1, "", format!("\"docker {verb}\" requires at least 1 argument.\n")));
+    }
+    Ok(names)
+}
+
+/// The container called (or with the id prefix) `name`, read afresh; the
+/// daemon's error when the records cannot be read.
+fn lookup_named(host: &Host, name: &str) -> Result<Option<Container>, ExecOutput> {
+    let containers = load_containers(&host.dir).map_err(|e| out(1, "", format!("Error response from daemon: {e}\n")))?;
+    Ok(find_named(&containers, name).cloned())
+}
+
 fn set_exit(machine_dir: &Path, id: &str, code: i32) {
     let path = machine_dir.join("containers").join(format!("{id}.json"));
     let Ok(Ok(mut c)) = fs::read(&path).map(|b| serde_json::from_slice::<Container>(&b)) else { return };
@@ -715,21 +732,21 @@ fn set_exit(machine_dir: &Path, id: &str, code: i32) {
 /// SIGKILL, as docker does); its record, log and child file go.
 async fn rm(host: &Host, args: &[String]) -> ExecOutput {
     let force = args.iter().any(|a| a == "-f" || a == "--force");
-    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    if names.is_empty() {
-        return out(1, "", "\"docker rm\" requires at least 1 argument.\n");
-    }
+    let names = match named_args(args, "rm") {
+        Ok(names) => names,
+        Err(usage) => return usage,
+    };
     let (mut stdout, mut stderr, mut status) = (String::new(), String::new(), 0);
     let containers_dir = host.dir.join("containers");
     for name in names {
-        let containers = match load_containers(&host.dir) {
-            Ok(cs) => cs,
-            Err(e) => return out(1, "", format!("Error response from daemon: {e}\n")),
-        };
-        let Some(c) = find_named(&containers, name) else {
-            stderr.push_str(&format!("Error response from daemon: No such container: {}\n", showable(name)));
-            status = 1;
-            continue;
+        let c = match lookup_named(host, name) {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                stderr.push_str(&format!("Error response from daemon: No such container: {}\n", showable(name)));
+                status = 1;
+                continue;
+            }
+            Err(daemon) => return daemon,
         };
         if c.is_running() {
             if !force {
