@@ -146,9 +146,12 @@ fn disk_full_at_every_append_ends_the_run_with_one_line_and_the_resume_completes
     l.sort();
     let missed = missed.into_inner().unwrap();
     eprintln!("failed write -> exit: median {} ms, max {} ms; not reached: {missed:?}", l[l.len() / 2], l[l.len() - 1]);
-    // Group commit makes the number of writes vary a little between runs:
-    // only the last few indices may not be reached.
-    assert!(missed.iter().all(|k| *k + 5 > w), "write indices not reached: {missed:?} of {w}");
+    // Group commit makes the number of writes vary between runs (actors'
+    // events that arrive together share one write; seen: 74 in the golden
+    // run, 67 in another): only indices in the last eighth may be past a
+    // run's own end, and such a run was checked to complete unharmed.
+    let slack = (w / 8).max(5);
+    assert!(missed.iter().all(|k| *k + slack > w), "write indices not reached: {missed:?} of {w}");
     // "Within a second" is the aim; 10 s only tells a slow machine from a hang.
     assert!(l[l.len() - 1] < 10_000, "a failed append must end the process promptly: {l:?}");
 }
