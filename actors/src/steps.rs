@@ -489,7 +489,9 @@ async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
         _ => None,
     };
     let what = format!("the Rancher server at {url} to answer /ping (container {state})");
-    let api: std::sync::Mutex<Option<(Arc<dyn RancherApi>, Option<&'static str>)>> = std::sync::Mutex::new(None);
+    // The client connected on an earlier poll, and how its server was trusted.
+    type Connected = (Arc<dyn RancherApi>, Option<&'static str>);
+    let api: std::sync::Mutex<Option<Connected>> = std::sync::Mutex::new(None);
     poll(ctx, ctx.plan.timeouts.rancher_ready_s, &what, || {
         let (url, pinned, api) = (url.clone(), pinned.clone(), &api);
         async move {

@@ -555,7 +555,7 @@ impl Model {
         Commands::new(
             format!("{env} curl -fL {server}{tail}"),
             format!("{env} curl --insecure -fL {server}{tail}"),
-            &server,
+            server,
             &rt.token,
             &rt.cluster_id,
         )
