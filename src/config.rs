@@ -32,6 +32,9 @@ pub struct ConfigFile {
     pub timeouts: TimeoutsFile,
     #[serde(default)]
     pub retry: RetryFile,
+    /// `[docker]`: the Docker driver's settings (`drivers::docker`).
+    #[serde(default)]
+    pub docker: crate::drivers::docker::DockerFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,7 +69,7 @@ pub struct Overrides {
     pub kubernetes_version: Option<String>,
 }
 
-pub const DRIVERS: &[&str] = &["local"];
+pub const DRIVERS: &[&str] = &["local", "docker"];
 
 impl ConfigFile {
     /// Reads `path`; a missing file is the defaults.

@@ -46,7 +46,7 @@
 //! * `RMM_LOCAL_RANCHER_BOOT_MS`, `RMM_LOCAL_NODE_READY_MS`: passed on to
 //!   the emulator.
 
-mod agent;
+pub mod agent;
 mod docker;
 pub mod supervisor;
 

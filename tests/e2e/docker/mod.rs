@@ -1,0 +1,205 @@
+//! `--driver docker` on the real Docker Engine of this machine, with test
+//! images built here ([`images`]): no image can be pulled, and the runtime
+//! refuses `--privileged`, so the tests set `privileged = false` (the real
+//! images need it: README). Skipped with SKIPPED and the reason when no
+//! engine answers, except under CI=true, where they fail.
+//!
+//! Every test has its own cluster name; [`Cleanup`] removes whatever
+//! carries that cluster's label (containers, volumes, networks) and the
+//! test's images when the test ends, failed or not.
+
+mod images;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+use crate::support::{text, TestDir};
+
+/// A number unique within this test process.
+pub fn unique() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Whether an engine answers (`docker version`); else SKIPPED (or a
+/// failure under CI=true).
+fn engine_answers(test: &str) -> bool {
+    let out = Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output();
+    let why = match out {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => format!("no Docker Engine answers: {}", text(&o.stderr).trim()),
+        Err(e) => format!("the docker CLI cannot run: {e}"),
+    };
+    let what = format!("{test} needs a Docker Engine: {why} — install and start it: `apt-get install -y docker.io && (systemctl start docker || dockerd &)`");
+    if crate::support::under_ci() {
+        panic!("{what} (CI=true: .ci/run starts the engine)");
+    }
+    println!("SKIPPED: {what}");
+    false
+}
+
+/// `docker ARGS` → stdout (must succeed).
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    assert!(out.status.success(), "docker {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The ids of the cluster's objects of one kind (`container`, `volume`,
+/// `network`), found by label through the engine.
+fn labelled(kind: &str, cluster: &str) -> Vec<String> {
+    let filter = format!("label=io.rmm.cluster={cluster}");
+    let args: Vec<&str> = match kind {
+        "container" => vec!["ps", "-aq", "--filter", &filter],
+        "volume" => vec!["volume", "ls", "-q", "--filter", &filter],
+        _ => vec!["network", "ls", "-q", "--filter", &filter],
+    };
+    docker(&args).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+}
+
+/// Removes every object labelled with the cluster when dropped.
+struct Cleanup {
+    cluster: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("docker").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        };
+        for kind in ["container", "volume", "network"] {
+            let ids = std::panic::catch_unwind(|| labelled(kind, &self.cluster)).unwrap_or_default();
+            for id in ids {
+                match kind {
+                    "container" => quiet(&["rm", "-fv", &id]),
+                    "volume" => quiet(&["volume", "rm", "-f", &id]),
+                    _ => quiet(&["network", "rm", &id]),
+                }
+            }
+        }
+    }
+}
+
+/// A test's world: its dir, cluster, images and cleanup (dropped in
+/// reverse: the cluster's objects, then the images).
+struct World {
+    t: TestDir,
+    cluster: String,
+    _cleanup: Cleanup,
+    _images: images::TestImages,
+    node_image: String,
+}
+
+impl World {
+    fn new(test: &str) -> Option<World> {
+        if !engine_answers(test) {
+            return None;
+        }
+        let images = images::build("2.15");
+        let cluster = format!("dk{}-{}", std::process::id(), unique());
+        let t = TestDir::new();
+        let config = format!(
+            "driver = \"docker\"\ndistribution = \"rke2\"\nrancher_image = \"{}\"\ncluster_name = \"{cluster}\"\npoll_ms = 100\n\n[timeouts]\nrancher_ready_s = 60\nnode_command_s = 60\nnode_listed_s = 60\nactive_s = 120\nmachine_create_s = 60\n\n[docker]\nnode_image = \"{}\"\nprivileged = false\n",
+            images.rancher, images.node
+        );
+        std::fs::write(t.tmp.path().join("rmm.toml"), config).unwrap();
+        Some(World { t, node_image: images.node.clone(), _cleanup: Cleanup { cluster: cluster.clone() }, cluster, _images: images })
+    }
+
+    /// The container's address on the cluster network.
+    fn ip_of(&self, container: &str) -> String {
+        docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container]).trim().to_string()
+    }
+
+    /// GET `path` from the emulator through the published port, as admin.
+    fn ask(&self, paths: &[&str]) -> Vec<Value> {
+        let creds = self.t.credentials();
+        let url = creds["url"].as_str().expect("url").to_string();
+        let password = creds["password"].as_str().unwrap().to_string();
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let c = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+            let login: Value = c
+                .post(format!("{url}/v3-public/localProviders/local?action=login"))
+                .json(&serde_json::json!({"username": "admin", "password": password}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let token = login["token"].as_str().expect("admin login with the password `rmm credentials` gives").to_string();
+            let mut out = Vec::new();
+            for p in paths {
+                out.push(c.get(format!("{url}{p}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap());
+            }
+            out
+        })
+    }
+}
+
+#[test]
+fn docker_up_makes_rancher_and_six_nodes_as_containers_that_register_from_their_own_addresses_and_down_leaves_nothing() {
+    let Some(w) = World::new("the docker driver's full up") else { return };
+    let up = w.t.up_ok(&[]);
+    let out = text(&up.stdout);
+    assert!(out.contains("rmm kubeconfig"), "{out}");
+
+    // 1 + 3 + 3 containers, labelled, on one network.
+    let containers = labelled("container", &w.cluster);
+    assert_eq!(containers.len(), 7, "{containers:?}");
+    let server = format!("rmm-{}-rancher", w.cluster);
+    let rancher_ip = w.ip_of(&server);
+    let creds = w.t.credentials();
+    let url = creds["url"].as_str().unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "rmm reaches Rancher through the published port: {url}");
+    let status = w.t.status();
+    assert_eq!(status["rancher"]["url"], format!("https://{rancher_ip}"), "the server-url is the container's address on the cluster network");
+
+    // The bootstrap password is nowhere in the server's configuration.
+    let inspect = docker(&["inspect", &server]);
+    assert!(!inspect.contains("CATTLE_BOOTSTRAP_PASSWORD="), "the password reached docker inspect");
+    let events = w.t.events();
+    let secrets: Value = serde_json::from_str(&std::fs::read_to_string(w.t.state().join("secrets.json")).unwrap()).unwrap();
+    for v in secrets.as_object().unwrap().values().filter_map(Value::as_str).filter(|v| v.len() >= 12) {
+        assert!(!inspect.contains(v), "a secret of the run is in docker inspect of the server");
+    }
+    assert!(!events.is_empty());
+
+    // The emulator, asked through its /v1 API: the cluster ready, six
+    // machines Running, each registered from its own container address.
+    let answers = w.ask(&["/v1/provisioning.cattle.io.clusters", "/v1/cluster.x-k8s.io.machines/fleet-default"]);
+    let clusters = answers[0]["data"].as_array().unwrap();
+    let cluster = clusters.iter().find(|c| c["metadata"]["name"] == w.cluster.as_str()).expect("the cluster");
+    assert_eq!(cluster["status"]["ready"], true, "{cluster}");
+    let machines = answers[1]["data"].as_array().unwrap();
+    assert_eq!(machines.len(), 6, "{machines:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    for m in machines {
+        assert_eq!(m["status"]["phase"], "Running", "{m}");
+        let node = m["metadata"]["labels"]["rke.cattle.io/node-name"].as_str().unwrap().to_string();
+        let ip = w.ip_of(&format!("rmm-{}-{node}", w.cluster));
+        let from = m["metadata"]["annotations"]["emulator.rmm.io/registered-from"].as_str().unwrap_or("");
+        assert_eq!(from, ip, "{node} registered from its own container's address");
+        assert!(!ip.starts_with("127."), "{node}: {ip}");
+        assert_ne!(ip, rancher_ip);
+        let addresses = m["status"]["addresses"].to_string();
+        assert!(addresses.contains(&ip), "{node}: --address is the container's: {addresses}");
+        seen.insert(ip);
+    }
+    assert_eq!(seen.len(), 6, "six distinct addresses: {seen:?}");
+    for role in ["master01", "worker03"] {
+        let c = format!("rmm-{}-{role}", w.cluster);
+        assert_eq!(docker(&["inspect", "-f", "{{.Config.Hostname}} {{.Config.Image}} {{.HostConfig.Privileged}}", &c]).trim(), format!("{role} {} false", w.node_image));
+    }
+
+    // down: nothing with our labels is left, as the engine sees it.
+    w.t.rmm(&["down"]).ok();
+    for kind in ["container", "volume", "network"] {
+        assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "{kind}s left behind by down");
+    }
+}
