@@ -144,6 +144,13 @@ pub trait MachineDriver: Send + Sync + 'static {
     fn https_port(&self) -> u16 {
         443
     }
+    /// Starts a stopped machine again and reads it anew (its address may
+    /// have changed). `None`: this driver cannot; the caller removes the
+    /// machine and creates it again.
+    async fn restart(&self, name: &str) -> Result<Option<Machine>, DriverError> {
+        let _ = name;
+        Ok(None)
+    }
     /// Starts the Rancher server on `machine`. A machine driver types the
     /// single-node install's `docker run` into the machine (this default);
     /// a driver whose machines are containers creates the server's

@@ -301,6 +301,15 @@ async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
                     return Ok(Outcome::MachineCreated { ip });
                 }
             }
+            // Ours, stopped (a resume after it was stopped): started again
+            // where the driver can, its address read anew.
+            MachineState::Stopped if call.try_no > 1 || ctx.attempt > 1 => {
+                if let Some(m) = bounded(format!("starting machine {} again", call.actor), ctx.driver.restart(call.actor)).await? {
+                    if let Some(ip) = m.ip.filter(|_| m.state == MachineState::Running) {
+                        return Ok(Outcome::MachineCreated { ip });
+                    }
+                }
+            }
             MachineState::Running | MachineState::Stopped if call.try_no == 1 => {
                 return Err(StepError::permanent(format!(
                     "a machine named {} already exists{}; remove it (rmm down) or use another state dir",

@@ -416,6 +416,23 @@ impl MachineDriver for DockerDriver {
         Ok(())
     }
 
+    /// A stopped node container of this cluster: started again, its
+    /// address read anew (the engine may give it another).
+    async fn restart(&self, name: &str) -> Result<Option<Machine>, DriverError> {
+        if name == RANCHER {
+            return Ok(None);
+        }
+        let e = Engine::connect().await?;
+        let container = self.container(name);
+        match e.inspect(&container).await? {
+            Some(c) if c.labels.get(LABEL_CLUSTER) == Some(&self.cluster) && matches!(c.status.as_str(), "exited" | "paused") => {
+                e.start(&container).await?;
+                Ok(Some(e.machine(name, &container, &self.network()).await?))
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn start_server(&self, machine: &str, server: &ServerSpec) -> Result<ExecOutput, DriverError> {
         debug_assert_eq!(machine, RANCHER);
         let e = Engine::connect().await?;
@@ -479,8 +496,10 @@ impl MachineDriver for DockerDriver {
         }
     }
 
-    /// The CA the server made, read from its data volume through the
-    /// Engine (`docker exec … cat`), never from the network.
+    /// Not read from the container: where Rancher keeps its CA depends on
+    /// the image (the emulator's data dir, real Rancher's `tls-rancher`
+    /// secret in its embedded datastore). The CA is pinned on first use
+    /// from the published port, which only this engine's host reaches.
     async fn read_server_ca(&self, _machine: &str) -> Result<Option<String>, DriverError> {
         Ok(None)
     }
