@@ -203,3 +203,96 @@ fn docker_up_makes_rancher_and_six_nodes_as_containers_that_register_from_their_
         assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "{kind}s left behind by down");
     }
 }
+
+/// SIGKILLs `child` after `after` unless it ends first; `true` if killed.
+fn kill_after(mut child: std::process::Child, after: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + after;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if std::time::Instant::now() >= deadline {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+impl World {
+    /// Six machines in Rancher, one per node name; the cluster ready; one
+    /// container per machine.
+    fn check_made_once(&self, what: &str) {
+        let answers = self.ask(&["/v1/provisioning.cattle.io.clusters", "/v1/cluster.x-k8s.io.machines/fleet-default"]);
+        let clusters = answers[0]["data"].as_array().unwrap();
+        assert_eq!(clusters.len(), 1, "{what}: one v1 cluster");
+        assert_eq!(clusters[0]["status"]["ready"], true, "{what}");
+        let mut nodes: Vec<String> = answers[1]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["metadata"]["labels"]["rke.cattle.io/node-name"].as_str().unwrap().to_string())
+            .collect();
+        nodes.sort();
+        assert_eq!(nodes, ["master01", "master02", "master03", "worker01", "worker02", "worker03"], "{what}: each node registered once");
+        assert_eq!(labelled("container", &self.cluster).len(), 7, "{what}: one container per machine");
+        assert_eq!(labelled("network", &self.cluster).len(), 1, "{what}: one network");
+    }
+}
+
+#[test]
+fn docker_sigkill_at_a_seeded_moment_and_the_rancher_container_removed_then_resume_recovers_from_the_volume() {
+    for seed in crate::support::seeds("RMM_DOCKER_KILL_SEED", &[21]) {
+        use rand::{Rng, SeedableRng};
+        eprintln!("docker sigkill seed {seed}");
+        let Some(w) = World::new("the docker driver's resume") else { return };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut cmd = w.t.rmm(&["up"]).cmd;
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let killed = kill_after(cmd.spawn().unwrap(), std::time::Duration::from_millis(rng.gen_range(2000..9000)));
+        // The Rancher server's container removed behind rmm's back (its
+        // volume stays): the resume makes it again, and Rancher comes back
+        // with its state (admin password, cluster, machines) from the volume.
+        let server = format!("rmm-{}-rancher", w.cluster);
+        let existed = Command::new("docker").args(["rm", "-f", &server]).output().unwrap().status.success();
+        let resumed = w.t.rmm(&["up", "--resume"]).run();
+        assert!(resumed.status.success(), "seed {seed} (killed: {killed}): {}", text(&resumed.stderr));
+        w.check_made_once(&format!("seed {seed}"));
+        if killed && existed {
+            let log = serde_json::to_string(&w.t.events()).unwrap();
+            assert!(log.contains("absent"), "seed {seed}: the resume found the server container absent and made it again");
+        }
+        w.t.rmm(&["down"]).ok();
+        for kind in ["container", "volume", "network"] {
+            assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "seed {seed}: {kind}s left behind");
+        }
+    }
+}
+
+#[test]
+fn docker_a_container_labelled_with_the_cluster_but_unknown_to_the_log_is_an_orphan_down_leaves_it_unless_orphans() {
+    let Some(w) = World::new("the docker driver's orphans") else { return };
+    w.t.rmm(&["up", "--masters", "1", "--workers", "1"]).ok();
+    let stray = format!("rmm-{}-stray", w.cluster);
+    docker(&[
+        "run", "-d", "--name", &stray, "--label", &format!("io.rmm.cluster={}", w.cluster), "--label", "io.rmm.machine=stray", &w.node_image,
+    ]);
+    let status = w.t.status_refresh();
+    let orphans: Vec<&str> = status["orphans"].as_array().unwrap().iter().filter_map(|o| o["name"].as_str()).collect();
+    assert_eq!(orphans, ["stray"], "{status}");
+    assert_eq!(status["rancher"]["server"]["container"], "running", "{}", status["rancher"]);
+    assert_eq!(status["rancher"]["server"]["answering"], true, "{}", status["rancher"]);
+
+    let down = w.t.rmm(&["down"]).ok();
+    assert!(text(&down.stderr).contains("orphans): stray"), "{}", text(&down.stderr));
+    let left = labelled("container", &w.cluster);
+    assert_eq!(left.len(), 1, "only the orphan is left: {left:?}");
+    assert_eq!(docker(&["inspect", "-f", "{{.Name}}", &left[0]]).trim(), format!("/{stray}"));
+    assert_eq!(labelled("volume", &w.cluster), Vec::<String>::new());
+
+    w.t.rmm(&["down", "--orphans"]).ok();
+    for kind in ["container", "volume", "network"] {
+        assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "{kind}s left behind by down --orphans");
+    }
+}
