@@ -55,6 +55,7 @@ impl Stats {
     pub fn begin(&self) {
         let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(n, Ordering::SeqCst);
+        tracing::info!(target: "rmm::docker", creating = n, "container create started");
         self.starts.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
     }
     pub fn end(&self) {
@@ -78,6 +79,8 @@ pub struct Seen {
 }
 
 pub struct NodeSpec {
+    /// Its fixed address on the network, if it has one.
+    pub ip: Option<String>,
     pub container: String,
     pub hostname: String,
     pub image: String,
@@ -88,6 +91,8 @@ pub struct NodeSpec {
 }
 
 pub struct ServerContainer {
+    /// `NAME=value` for the server (never a secret).
+    pub env: Vec<String>,
     pub container: String,
     pub image: String,
     pub labels: HashMap<String, String>,
@@ -115,11 +120,30 @@ impl From<DriverError> for ServerError {
 
 /// `10.R.R.2` of `10.R.R.0/24`: the server's reserved address.
 pub fn reserved_ip(subnet: &str) -> Result<String, DriverError> {
+    host_ip(subnet, 2)
+}
+
+/// Host `n` of a /24 subnet.
+pub fn host_ip(subnet: &str, n: u8) -> Result<String, DriverError> {
     let base = subnet.split('/').next().unwrap_or("");
     let ip: std::net::Ipv4Addr =
         base.parse().map_err(|_| DriverError::Permanent(format!("docker: the cluster network's subnet {subnet:?} is not IPv4")))?;
     let o = ip.octets();
-    Ok(std::net::Ipv4Addr::new(o[0], o[1], o[2], o[3] | 2).to_string())
+    Ok(std::net::Ipv4Addr::new(o[0], o[1], o[2], n).to_string())
+}
+
+/// A node's fixed host number on the cluster's /24: `masterNN` → 10 + NN,
+/// `workerNN` → 110 + NN (NN ≤ 99), so a node keeps its address when its
+/// container is started again (the address its registration and the log
+/// name). Other names get one from the dynamic range (`.224/27`).
+pub fn node_host(machine: &str) -> Option<u8> {
+    let (base, n) = if let Some(n) = machine.strip_prefix("master") {
+        (10u16, n)
+    } else {
+        (110u16, machine.strip_prefix("worker")?)
+    };
+    let n: u16 = n.parse().ok().filter(|n| (1..=99).contains(n))?;
+    u8::try_from(base + n).ok()
 }
 
 fn status_of(e: &bollard::errors::Error) -> Option<u16> {
@@ -235,8 +259,8 @@ impl Engine {
     }
 
     /// Makes the network on a /24 no other network of the engine uses:
-    /// addresses are handed out from its upper half, `.2` stays the
-    /// server's. Returns the subnet.
+    /// `.2` is the server's, nodes have fixed addresses ([`node_host`]),
+    /// the engine hands out `.224/27` to anything else. Returns the subnet.
     pub async fn create_network(&self, name: &str, labels: HashMap<String, String>) -> Result<String, DriverError> {
         let used: Vec<String> = self
             .docker
@@ -264,7 +288,7 @@ impl Engine {
                 ipam: Some(Ipam {
                     config: Some(vec![IpamConfig {
                         subnet: Some(subnet.clone()),
-                        ip_range: Some(format!("10.{a}.{b}.128/25")),
+                        ip_range: Some(format!("10.{a}.{b}.224/27")),
                         gateway: Some(format!("10.{a}.{b}.1")),
                         ..Default::default()
                     }]),
@@ -392,7 +416,7 @@ impl Engine {
                 network_mode: Some(n.network.clone()),
                 ..Default::default()
             }),
-            networking_config: Some(Self::endpoint(&n.network, &n.hostname, None)),
+            networking_config: Some(Self::endpoint(&n.network, &n.hostname, n.ip.as_deref())),
             ..Default::default()
         };
         let opts = CreateContainerOptionsBuilder::default().name(&n.container).build();
@@ -434,6 +458,7 @@ impl Engine {
             labels: Some(s.labels.clone()),
             entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), PASSWORD_WRAPPER.into(), "rancher-entrypoint".into()]),
             cmd: Some(argv),
+            env: Some(s.env.clone()),
             exposed_ports: Some(vec![port.clone()]),
             host_config: Some(HostConfig {
                 privileged: Some(s.privileged),

@@ -8,9 +8,11 @@
 //! `io.rmm.role`, and is found by them (and by name):
 //! * the network `rmm-<cluster>` (or `[docker] network`): a bridge with a
 //!   /24 subnet rmm picks (`10.R.R.0/24`, one no other network of the
-//!   engine uses). Containers get addresses from its upper half; `.2` is
-//!   kept for the Rancher server, so its address (the `server-url` every
-//!   agent dials) survives restarts and re-creates of its container;
+//!   engine uses). Every address is fixed: `.2` for the Rancher server, so
+//!   its address (the `server-url` every agent dials) survives restarts
+//!   and re-creates of its container; `masterNN` at `.10+NN`, `workerNN`
+//!   at `.110+NN`, so a node started again keeps the address it registered
+//!   with; the engine hands out `.224/27` to anything else;
 //! * the **rancher machine**: that reserved address and the named volume
 //!   `rmm-<cluster>-rancher-data` for `/var/lib/rancher`. It exists once
 //!   both exist; `remove` removes the server container and the volume;
@@ -335,7 +337,13 @@ impl MachineDriver for DockerDriver {
                 _ => e.remove(&name, true).await?,
             }
         }
+        let subnet = e.network_subnet(&self.network(), &self.cluster).await?.unwrap_or_default();
+        let ip = match engine::node_host(&spec.name) {
+            Some(n) => Some(engine::host_ip(&subnet, n)?),
+            None => None,
+        };
         let node = engine::NodeSpec {
+            ip,
             container: name.clone(),
             hostname: spec.name.clone(),
             image: self.cfg.node_image.clone(),
@@ -392,6 +400,14 @@ impl MachineDriver for DockerDriver {
         let container = if name == RANCHER { self.server_container() } else { self.container(name) };
         match e.inspect(&container).await? {
             Some(c) if c.status == "running" => {}
+            // A node stopped behind rmm's back (`docker kill`): started
+            // again; its address is fixed, so the one on record holds.
+            Some(c) if name != RANCHER && engine::node_host(name).is_some() && matches!(c.status.as_str(), "exited" | "paused")
+                && c.labels.get(LABEL_CLUSTER) == Some(&self.cluster) =>
+            {
+                tracing::warn!(machine = name, state = %c.status, "the node's container was not running: started it again");
+                e.start(&container).await?;
+            }
             Some(c) => return Err(DriverError::Transient(format!("machine {name}: container {container} is {}", c.status))),
             None => return Err(DriverError::Permanent(format!("machine {name}: no container {container}"))),
         }
@@ -442,7 +458,15 @@ impl MachineDriver for DockerDriver {
         if e.inspect(&name).await?.is_some() {
             return Ok(exec_out(125, "", format!("docker: Error response from daemon: Conflict. The container name \"/{name}\" is already in use.\n")));
         }
+        // The emulator's knobs (`RMM_LOCAL_*`, test images only), when set:
+        // configuration through the environment, as the Docker install takes it.
+        let env = crate::drivers::local::EMULATOR_PASSTHROUGH
+            .iter()
+            .filter(|k| k.starts_with("RMM_LOCAL_"))
+            .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+            .collect();
         let spec = engine::ServerContainer {
+            env,
             container: name,
             image: server.image.clone(),
             labels: self.labels(RANCHER, Role::Rancher.as_str()),
@@ -534,5 +558,26 @@ mod tests {
         assert_ne!(a.publish_port, 0);
         let b = settings(dir.path(), Some(&DockerFile { publish_port: Some(1), ..Default::default() }), true).unwrap();
         assert_eq!(a, b, "the recorded settings win");
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::engine::{host_ip, node_host, reserved_ip};
+
+    #[test]
+    fn every_node_of_a_plan_has_its_own_fixed_address_apart_from_the_servers_and_the_dynamic_range() {
+        let mut seen = std::collections::BTreeSet::from([2u8]);
+        for i in 1..=99 {
+            for name in [format!("master{i:02}"), format!("worker{i:02}")] {
+                let n = node_host(&name).unwrap();
+                assert!(n > 2 && n < 224, "{name}: {n}");
+                assert!(seen.insert(n), "{name}: {n} twice");
+            }
+        }
+        assert_eq!(node_host("rancher"), None);
+        assert_eq!(node_host("master100"), None);
+        assert_eq!(reserved_ip("10.201.7.0/24").unwrap(), "10.201.7.2");
+        assert_eq!(host_ip("10.201.7.0/24", node_host("worker01").unwrap()).unwrap(), "10.201.7.111");
     }
 }
