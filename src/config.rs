@@ -35,6 +35,9 @@ pub struct ConfigFile {
     /// `[docker]`: the Docker driver's settings (`drivers::docker`).
     #[serde(default)]
     pub docker: crate::drivers::docker::DockerFile,
+    /// `[ssh]` and `[[ssh.hosts]]`: the ssh driver's hosts (`drivers::ssh`).
+    #[serde(default)]
+    pub ssh: crate::drivers::ssh::SshFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,7 +72,7 @@ pub struct Overrides {
     pub kubernetes_version: Option<String>,
 }
 
-pub const DRIVERS: &[&str] = &["local", "docker"];
+pub const DRIVERS: &[&str] = &["local", "docker", "ssh"];
 
 impl ConfigFile {
     /// Reads `path`; a missing file is the defaults.

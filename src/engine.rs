@@ -25,6 +25,10 @@ pub fn driver(plan: &Plan, dir: &StateDir) -> Result<Arc<dyn MachineDriver>> {
             let cfg = crate::drivers::docker::settings(dir.root(), None, false).map_err(Error::Config)?;
             Ok(Arc::new(crate::drivers::docker::DockerDriver::new(&plan.cluster_name, cfg, dir.root())))
         }
+        "ssh" => {
+            let cfg = crate::drivers::ssh::settings(dir.root(), None, false).map_err(Error::Config)?;
+            Ok(Arc::new(crate::drivers::ssh::SshDriver::new(cfg, plan.distribution, dir.root())))
+        }
         other => Err(Error::Config(format!("unknown driver {other:?}"))),
     }
 }

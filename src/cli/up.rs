@@ -77,8 +77,13 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     // Validate everything the user typed before touching the state dir.
     let file = config.load()?;
     let docker = file.docker.clone();
+    let ssh = file.ssh.clone();
     let plan = file.plan(&args.overrides())?;
     docker.resolve().map_err(Error::Config)?;
+    if plan.driver == "ssh" {
+        let names: Vec<String> = plan.machine_names().into_iter().map(|(n, _)| n).collect();
+        crate::drivers::ssh::check_hosts(&ssh.resolve().map_err(Error::Config)?, &names).map_err(Error::Config)?;
+    }
     // A log deleted beside a live world is not a fresh start: a new log
     // would fail on every machine and bury the evidence.
     dir.check_log_not_lost(&format!(
@@ -147,6 +152,10 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         // The settings of the run: recorded by its first `up` (a free
         // port for `publish_port = 0`), read by every later command.
         crate::drivers::docker::settings(dir.root(), Some(&docker), true).map_err(Error::Config)?;
+    }
+    if plan.driver == "ssh" && run.is_none() {
+        // A new run takes rmm.toml's hosts; a resume keeps its run's.
+        crate::drivers::ssh::settings(dir.root(), Some(&ssh), true).map_err(Error::Config)?;
     }
     let driver = engine::driver(&plan, dir)?;
     let state = engine::begin(dir, &mut log, &mut history, run, RunKind::Up, &plan)?;

@@ -566,6 +566,30 @@ impl MachineDriver for LocalDriver {
     }
 }
 
+/// `rmm emulator host-docker -- ARGS`: `docker ARGS` of the local world on
+/// the host described by `RMM_HOST_DIR` (its machine directory),
+/// `RMM_HOST_IP` and `RMM_HOST_NAME`; prints docker's output and returns
+/// its exit status.
+pub async fn host_docker(args: &[String]) -> anyhow::Result<i32> {
+    use std::io::Write as _;
+    let var = |k: &str| std::env::var(k).map_err(|_| anyhow::anyhow!("{k} is not set"));
+    let dir = PathBuf::from(var("RMM_HOST_DIR")?);
+    fs::create_dir_all(dir.join("containers"))?;
+    let host = docker::Host {
+        name: var("RMM_HOST_NAME").unwrap_or_else(|_| "host".into()),
+        ip: var("RMM_HOST_IP")?.parse().map_err(|_| anyhow::anyhow!("RMM_HOST_IP is not an IPv4 address"))?,
+        dir,
+        rmm_exe: std::env::current_exe()?,
+        emulator_env: LocalConfig::from_env().emulator_env,
+    };
+    let mut words = vec!["docker".to_string()];
+    words.extend(args.iter().cloned());
+    let out = docker::exec(&host, &shell_words::join(&words)).await;
+    std::io::stdout().write_all(out.stdout.as_bytes())?;
+    std::io::stderr().write_all(out.stderr.as_bytes())?;
+    Ok(out.status)
+}
+
 // ---------------------------------------------------------------- records
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

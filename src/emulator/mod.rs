@@ -106,6 +106,12 @@ pub enum EmulatorCommand {
     /// script runs as the downloaded agent binary.
     #[command(hide = true)]
     SystemAgent(SystemAgentArgs),
+    /// The local world's `docker` (run, ps, stop, rm of the Rancher and
+    /// agent images) as a command on a host of its own: the machine's
+    /// directory in `RMM_HOST_DIR`, its address in `RMM_HOST_IP`. The ssh
+    /// driver's tests put it on their hosts' PATH as `docker`.
+    #[command(hide = true)]
+    HostDocker(SystemAgentArgs),
 }
 
 /// What the emulator's served install script runs on a node as the
@@ -351,6 +357,11 @@ pub fn run(args: EmulatorArgs) -> anyhow::Result<()> {
         EmulatorCommand::Supervise { container, restart, serve } => {
             let policy = crate::drivers::local::supervisor::RestartPolicy::parse(&restart).map_err(anyhow::Error::msg)?;
             return crate::drivers::local::supervisor::run(container, policy, serve);
+        }
+        EmulatorCommand::HostDocker(a) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
+            let status = runtime.block_on(crate::drivers::local::host_docker(&a.args))?;
+            std::process::exit(status);
         }
         EmulatorCommand::SystemAgent(a) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;

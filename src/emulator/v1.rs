@@ -1135,6 +1135,17 @@ elif [ "$STRICT_VERIFY" = "true" ]; then
   fatal "Aborting system-agent installation due to requested strict CA verification with no CA checksum provided"
 fi
 bin="$CATTLE_AGENT_BIN_PREFIX/bin/rancher-system-agent"
+uninstall="$CATTLE_AGENT_BIN_PREFIX/bin/rancher-system-agent-uninstall.sh"
+cat >"$uninstall" <<EOF
+#!/bin/sh
+# rancher-system-agent uninstaller (rmm emulator), as the real installer writes it
+systemctl stop rancher-system-agent >/dev/null 2>&1 || true
+systemctl disable rancher-system-agent >/dev/null 2>&1 || true
+rm -f /etc/systemd/system/rancher-system-agent.service /etc/systemd/system/rancher-system-agent.env
+rm -rf "$CATTLE_AGENT_VAR_DIR" /etc/rancher/agent
+rm -f "$bin" "$uninstall"
+EOF
+chmod 0755 "$uninstall"
 curl --cacert "$ca" -sfL -o "$bin.new" "$CATTLE_AGENT_BINARY_BASE_URL/rancher-system-agent-amd64" || fatal "downloading the rancher-system-agent binary failed"
 chmod 0755 "$bin.new"
 mv -f "$bin.new" "$bin"

@@ -476,7 +476,12 @@ pub async fn register(host: &Host, flags: &AgentFlags, header: impl Fn(&str) -> 
 /// returns. Prints the installer's lines; returns its exit status.
 pub async fn system_agent_main(args: &[String]) -> i32 {
     use std::io::Write;
-    let flags = parse(args);
+    let mut flags = parse(args);
+    // The real installer takes the token from `CATTLE_TOKEN` as well as
+    // from `--token` (the ssh driver passes it so: never in an argv).
+    if flags.token.is_none() {
+        flags.token = std::env::var("CATTLE_TOKEN").ok().filter(|t| !t.is_empty()).map(Secret::new);
+    }
     let server = flags.server.clone().or_else(|| std::env::var("CATTLE_SERVER").ok()).unwrap_or_default();
     let name = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into());
     let ip = flags

@@ -267,7 +267,23 @@ pub fn parse_run(args: &[String]) -> Result<RunSpec, String> {
                         }
                     }
                 },
-                "--env-file" => return Err("--env-file is not supported in the local world".into()),
+                // docker's env file: `NAME=VALUE` lines (`#` comments and
+                // blank lines skipped; `NAME` alone takes the caller's
+                // value), read when the container is created.
+                "--env-file" => {
+                    let text = fs::read_to_string(&value)
+                        .map_err(|e| format!("open {}: {}", showable(&value), e.kind()))?;
+                    for line in text.lines().map(str::trim_start).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                        match line.split_once('=') {
+                            Some((k, v)) => spec.env.push((k.to_string(), v.to_string())),
+                            None => {
+                                if let Ok(v) = std::env::var(line) {
+                                    spec.env.push((line.to_string(), v));
+                                }
+                            }
+                        }
+                    }
+                }
                 _ => {}
             }
         } else {
