@@ -19,6 +19,7 @@ mod readers;
 mod report;
 mod secrets_lost;
 mod shim;
+mod ssh;
 mod state_dir;
 mod up;
 mod world;

@@ -1,0 +1,444 @@
+//! `driver = "ssh"` against real OpenSSH servers: one `sshd` per host,
+//! each on its own loopback address (`127.X.Y.10+i`) with its own host key
+//! and state directory, run as the current user and killed by [`Hosts`]'s
+//! Drop (and by [`TestDir`]'s, which kills whatever names the test's dir).
+//! Skipped with SKIPPED and the apt line when `sshd` or `ssh` is missing,
+//! except under CI=true.
+//!
+//! # A host
+//! The commands run on this machine, so each host gets what makes it a host
+//! of its own, through sshd's `ForceCommand` (`<host>/host-shell`):
+//! * a private mount namespace (`unshare -m`, `-r` when not root) in which
+//!   `/etc/systemd/system` and `/usr/local/bin` are the host's own
+//!   directories (bind mounts), so each host's installer writes its unit
+//!   file and binaries apart, and nothing of this machine's is touched;
+//! * `CATTLE_AGENT_VAR_DIR` under the host's directory (the installer's
+//!   own setting for where its state goes);
+//! * on its PATH a `docker` that is the local world's (`rmm emulator
+//!   host-docker`: the Rancher image runs the emulator on the host's
+//!   address) and a `systemctl` that answers `--version` and `status` from
+//!   the unit file (the hosts have no systemd of their own; the emulator's
+//!   agent does its first check-in itself, as on the Docker driver's nodes).
+//!
+//! The node command is the emulator's real one (`curl … | sh -s - …`),
+//! run by a real shell with real curl: the installer downloads the agent
+//! binary from the emulator and registers from the host.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{text, TestDir};
+
+const INSTALL: &str = "apt-get update && apt-get install -y openssh-server openssh-client";
+const PORT: u16 = 22022;
+
+fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let sshd = crate::support::require_tool(&["sshd"], "RMM_TEST_SSHD", test, INSTALL).or_else(|| {
+        // Debian puts sshd in /usr/sbin, not on a user's PATH.
+        let p = PathBuf::from("/usr/sbin/sshd");
+        p.exists().then_some(p)
+    })?;
+    let ssh = crate::support::require_tool(&["ssh"], "RMM_TEST_SSH", test, INSTALL)?;
+    Some((sshd, ssh))
+}
+
+/// One host: its sshd and its directory.
+struct Host {
+    name: String,
+    ip: Ipv4Addr,
+    dir: PathBuf,
+    sshd: Option<Child>,
+}
+
+/// The hosts of a test; their sshds die with it.
+struct Hosts {
+    hosts: Vec<Host>,
+    sshd_bin: PathBuf,
+    client_key: PathBuf,
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            if let Some(mut c) = h.sshd.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn keygen(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("pub"));
+    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "rmm-test", "-f"]).arg(path));
+}
+
+fn is_root() -> bool {
+    nix_uid() == 0
+}
+
+fn nix_uid() -> u32 {
+    // /proc/self/status: "Uid:\t<real>\t…"
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(u32::MAX)
+}
+
+impl Hosts {
+    fn new(t: &TestDir, names: &[&str], sshd_bin: PathBuf) -> Hosts {
+        let root = t.tmp.path().join("hosts");
+        std::fs::create_dir_all(&root).unwrap();
+        let client_key = root.join("client_key");
+        keygen(&client_key);
+        std::fs::copy(client_key.with_extension("pub"), root.join("authorized_keys")).unwrap();
+        if is_root() {
+            // the privilege separation directory the Debian package makes
+            let _ = std::fs::create_dir_all("/run/sshd");
+        }
+        let (x, y) = {
+            let n = std::process::id() ^ (Instant::now().elapsed().subsec_nanos()) ^ (t.tmp.path().to_string_lossy().len() as u32 * 7919);
+            let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() ^ n;
+            (((seed >> 8) % 250 + 2) as u8, (seed % 250 + 2) as u8)
+        };
+        let mut hosts = Hosts { hosts: Vec::new(), sshd_bin, client_key };
+        for (i, name) in names.iter().enumerate() {
+            let ip = Ipv4Addr::new(127, x, y, 10 + i as u8);
+            let dir = root.join(name);
+            for d in ["etc-systemd-system", "usr-local-bin", "bin", "home", "machine", "var-lib-rancher"] {
+                std::fs::create_dir_all(dir.join(d)).unwrap();
+            }
+            hosts.hosts.push(Host { name: name.to_string(), ip, dir, sshd: None });
+            hosts.write_host(i);
+            hosts.new_host_key(i);
+            hosts.start(i);
+        }
+        hosts
+    }
+
+    fn write_host(&self, i: usize) {
+        use std::os::unix::fs::PermissionsExt;
+        let h = &self.hosts[i];
+        let d = h.dir.display();
+        let root_dir = self.hosts[i].dir.parent().unwrap().display().to_string();
+        let exe = env!("CARGO_BIN_EXE_rmm");
+        let unshare = if is_root() { "unshare -m" } else { "unshare -rm" };
+        let shell = format!(
+            r#"#!/bin/sh
+# The host {name}: its own /etc/systemd/system and /usr/local/bin (bind
+# mounts in a namespace of its own), its docker and systemctl.
+H='{d}'
+export H PATH="$H/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME="$H/home"
+export RMM_HOST_DIR="$H/machine" RMM_HOST_IP='{ip}' RMM_HOST_NAME='{name}'
+export CATTLE_AGENT_VAR_DIR="$H/var-lib-rancher/agent"
+if [ -e "$H/drop-after-install" ]; then
+  script="$(cat)"
+  case "$script" in
+    *system-agent-install.sh*)
+      rm -f "$H/drop-after-install"
+      printf '%s\n' "$script" | {unshare} sh -c 'mount --bind "$H/etc-systemd-system" /etc/systemd/system && mount --bind "$H/usr-local-bin" /usr/local/bin && cd "$HOME" && exec sh -c "$SSH_ORIGINAL_COMMAND"'
+      # the connection drops before the exit status gets back
+      p=$$
+      while [ "$p" -gt 1 ]; do
+        case "$(cat /proc/$p/comm 2>/dev/null)" in sshd*) kill -9 "$p"; exit 1;; esac
+        p="$(awk '{{print $4}}' /proc/$p/stat 2>/dev/null || echo 1)"
+      done
+      exit 1;;
+  esac
+  printf '%s\n' "$script" | exec {unshare} sh -c 'mount --bind "$H/etc-systemd-system" /etc/systemd/system && mount --bind "$H/usr-local-bin" /usr/local/bin && cd "$HOME" && exec sh -c "$SSH_ORIGINAL_COMMAND"'
+fi
+exec {unshare} sh -c 'mount --bind "$H/etc-systemd-system" /etc/systemd/system && mount --bind "$H/usr-local-bin" /usr/local/bin && cd "$HOME" && exec sh -c "$SSH_ORIGINAL_COMMAND"'
+"#,
+            name = h.name,
+            ip = h.ip,
+        );
+        let files = [
+            ("host-shell", shell),
+            ("bin/docker", format!("#!/bin/sh\nexec '{exe}' emulator host-docker -- \"$@\"\n")),
+            (
+                "bin/systemctl",
+                "#!/bin/sh\n# the test host's systemctl: its version, and the agent's unit from its file\ncase \"$1\" in\n  --version) echo 'systemd 252 (252.30-1~deb12u2, rmm test host)';;\n  status|is-active) if [ -f /etc/systemd/system/rancher-system-agent.service ]; then echo 'active'; else echo 'Unit rancher-system-agent.service could not be found.' >&2; exit 4; fi;;\n  *) exit 0;;\nesac\n".to_string(),
+            ),
+        ];
+        for (f, body) in files {
+            let p = h.dir.join(f);
+            std::fs::write(&p, body).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let config = format!(
+            "ListenAddress {ip}:{PORT}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {root_dir}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nForceCommand {d}/host-shell\nLogLevel VERBOSE\n",
+            ip = h.ip
+        );
+        std::fs::write(h.dir.join("sshd_config"), config).unwrap();
+    }
+
+    fn new_host_key(&self, i: usize) {
+        keygen(&self.hosts[i].dir.join("host_key"));
+    }
+
+    fn start(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        let log = std::fs::File::create(h.dir.join("sshd.log")).unwrap();
+        let child = Command::new(&self.sshd_bin)
+            .args(["-D", "-e", "-f"])
+            .arg(h.dir.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start sshd");
+        h.sshd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect_timeout(&(h.ip, PORT).into(), Duration::from_millis(200)).is_err() {
+            if let Some(status) = h.sshd.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sshd of {} exited {status}: {}", h.name, std::fs::read_to_string(h.dir.join("sshd.log")).unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "sshd of {} does not answer on {}:{PORT}", h.name, h.ip);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.hosts[i].sshd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `[ssh]` and `[[ssh.hosts]]` for rmm.toml.
+    fn toml(&self) -> String {
+        let mut s = format!(
+            "[ssh]\nport = {PORT}\nidentity_file = \"{}\"\nsudo = false\nknown_hosts = \"{}\"\nrancher_port = 8443\nconnect_timeout_s = 5\ncommand_timeout_s = 120\n",
+            self.client_key.display(),
+            self.client_key.parent().unwrap().join("user_known_hosts").display()
+        );
+        for h in &self.hosts {
+            s.push_str(&format!("\n[[ssh.hosts]]\nname = \"{}\"\naddress = \"{}\"\n", h.name, h.ip));
+        }
+        s
+    }
+
+    fn dir(&self, name: &str) -> &Path {
+        &self.hosts.iter().find(|h| h.name == name).unwrap().dir
+    }
+}
+
+const SEVEN: &[&str] = &["rancher", "master01", "master02", "master03", "worker01", "worker02", "worker03"];
+
+/// A test's world: the state dir with its rmm.toml, and the hosts.
+fn world(test: &str, names: &[&str], masters: u32, workers: u32, extra: &str) -> Option<(TestDir, Hosts)> {
+    let (sshd, _ssh) = tools(test)?;
+    let t = TestDir::new();
+    let hosts = Hosts::new(&t, names, sshd);
+    let cluster = format!("ssh{}", std::process::id() % 100000);
+    let config = format!(
+        "driver = \"ssh\"\ndistribution = \"rke2\"\nrancher_image = \"rancher/rancher:v2.15.1\"\ncluster_name = \"{cluster}\"\nmasters = {masters}\nworkers = {workers}\npoll_ms = 100\n{extra}\n[timeouts]\nrancher_ready_s = 60\nnode_command_s = 60\nnode_listed_s = 60\nactive_s = 120\nmachine_create_s = 60\n\n{}",
+        hosts.toml()
+    );
+    std::fs::write(t.tmp.path().join("rmm.toml"), config).unwrap();
+    Some((t, hosts))
+}
+
+/// Every distinct command line seen while it runs, read from /proc.
+struct PsWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<BTreeSet<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PsWatch {
+    fn start() -> PsWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let (s, w) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                if let Ok(procs) = std::fs::read_dir("/proc") {
+                    for p in procs.flatten() {
+                        if let Ok(c) = std::fs::read(p.path().join("cmdline")) {
+                            if !c.is_empty() {
+                                w.lock().unwrap().insert(String::from_utf8_lossy(&c).replace('\0', " "));
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        PsWatch { stop, seen, thread: Some(thread) }
+    }
+
+    fn finish(mut self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+impl Drop for PsWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The run's secrets (secrets.json), and the tokens inside node commands.
+fn secrets(t: &TestDir) -> Vec<String> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(t.state().join("secrets.json")).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for s in v.as_object().unwrap().values().filter_map(Value::as_str) {
+        if let Some(rest) = s.split("--token ").nth(1) {
+            out.push(rest.split_whitespace().next().unwrap().to_string());
+        } else if s.len() >= 12 {
+            out.push(s.to_string());
+        }
+    }
+    out
+}
+
+/// GET `paths` from the emulator as admin.
+fn ask(t: &TestDir, paths: &[&str]) -> Vec<Value> {
+    let creds = t.credentials();
+    let url = creds["url"].as_str().expect("url").to_string();
+    let password = creds["password"].as_str().unwrap().to_string();
+    let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let c = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+        let login: Value = c
+            .post(format!("{url}/v3-public/localProviders/local?action=login"))
+            .json(&serde_json::json!({"username": "admin", "password": password}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = login["token"].as_str().expect("admin login").to_string();
+        let mut out = Vec::new();
+        for p in paths {
+            out.push(c.get(format!("{url}{p}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap());
+        }
+        out
+    })
+}
+
+fn machines_by_node(t: &TestDir) -> Vec<String> {
+    let a = ask(t, &["/v1/cluster.x-k8s.io.machines/fleet-default"]);
+    let mut nodes: Vec<String> = a[0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["metadata"]["labels"]["rke.cattle.io/node-name"].as_str().unwrap_or("").to_string())
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+#[test]
+fn ssh_up_on_seven_hosts_registers_each_from_its_address_with_no_secret_in_ps_and_down_releases_every_host() {
+    let Some((t, hosts)) = world("the ssh driver's full up", SEVEN, 3, 3, "") else { return };
+    let watch = PsWatch::start();
+    let up = t.up_ok(&[]);
+    let seen = watch.finish();
+    assert!(text(&up.stdout).contains("rmm kubeconfig"), "{}", text(&up.stdout));
+
+    // No secret of the run on any command line seen during it.
+    let secrets = secrets(&t);
+    assert!(secrets.len() >= 2, "the password and the node command's token: {secrets:?}");
+    for s in &secrets {
+        if let Some(line) = seen.iter().find(|l| l.contains(s.as_str())) {
+            panic!("a secret ({} chars) was on a command line: {}", s.len(), line.replace(s.as_str(), "<SECRET>"));
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("eval \"$(cat)\"")), "the watch saw the ssh calls");
+
+    // Six machines, each registered from its host's own address.
+    let a = ask(&t, &["/v1/cluster.x-k8s.io.machines/fleet-default"]);
+    let machines = a[0]["data"].as_array().unwrap();
+    assert_eq!(machines.len(), 6, "{machines:?}");
+    for m in machines {
+        assert_eq!(m["status"]["phase"], "Running", "{m}");
+        let node = m["metadata"]["labels"]["rke.cattle.io/node-name"].as_str().unwrap();
+        let ip = hosts.hosts.iter().find(|h| h.name == node).unwrap().ip.to_string();
+        let from = m["metadata"]["annotations"]["emulator.rmm.io/registered-from"].as_str().unwrap_or("");
+        assert_eq!(from, ip, "{node} registered from its own host");
+        // The installer ran on that host: its unit and uninstall script.
+        let dir = hosts.dir(node);
+        assert!(dir.join("etc-systemd-system/rancher-system-agent.service").exists(), "{node}");
+        assert!(dir.join("usr-local-bin/rancher-system-agent-uninstall.sh").exists(), "{node}");
+    }
+    assert!(!Path::new("/etc/systemd/system/rancher-system-agent.service").exists() || is_root(), "nothing of this machine's touched");
+    // The server-url is the rancher host's address.
+    assert_eq!(t.status()["rancher"]["url"], format!("https://{}:8443", hosts.hosts[0].ip));
+
+    // down: every host released (uninstall ran), none deleted; sshd still answers.
+    t.rmm(&["down"]).ok();
+    for h in &hosts.hosts {
+        assert!(h.dir.join("host-shell").exists(), "{} not deleted", h.name);
+        assert!(!h.dir.join("etc-systemd-system/rancher-system-agent.service").exists(), "{}: the uninstall script ran", h.name);
+        assert!(!h.dir.join("usr-local-bin/rancher-system-agent").exists(), "{}", h.name);
+        assert!(TcpStream::connect_timeout(&(h.ip, PORT).into(), Duration::from_secs(2)).is_ok(), "{} still answers", h.name);
+    }
+    let claims = std::fs::read_dir(t.state().join("ssh/claims")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(claims, 0, "every host released");
+    // The server container is gone from the rancher host.
+    let ps = run(Command::new("sh").arg("-c").arg(format!(
+        "RMM_HOST_DIR='{}/machine' RMM_HOST_IP='{}' '{}' emulator host-docker -- ps -aq",
+        hosts.hosts[0].dir.display(),
+        hosts.hosts[0].ip,
+        env!("CARGO_BIN_EXE_rmm")
+    )));
+    assert_eq!(ps.trim(), "", "the Rancher container removed");
+}
+
+#[test]
+fn ssh_a_host_key_changed_between_runs_refuses_with_one_line() {
+    let Some((t, mut hosts)) = world("the ssh driver's host key pinning", &["rancher", "master01", "worker01"], 1, 1, "") else {
+        return;
+    };
+    t.up_ok(&[]);
+    t.rmm(&["down"]).ok();
+    // The host is reinstalled: a new host key.
+    hosts.stop(1);
+    hosts.new_host_key(1);
+    hosts.start(1);
+    let out = t.rmm(&["up"]).run();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rmm:")).collect();
+    assert_eq!(lines.len(), 1, "one rmm: line: {stderr}");
+    assert!(lines[0].contains("host key of master01"), "{}", lines[0]);
+    assert!(lines[0].contains("known_hosts"), "{}", lines[0]);
+}
+
+#[test]
+fn ssh_a_host_that_drops_the_connection_after_the_installer_ran_then_resume_registers_it_once() {
+    let Some((t, hosts)) = world("the ssh driver's dropped connection", &["rancher", "master01", "worker01"], 1, 1, "[retry]\nmax_tries = 1\n") else {
+        return;
+    };
+    std::fs::write(hosts.dir("master01").join("drop-after-install"), "").unwrap();
+    let out = t.rmm(&["up"]).run();
+    assert!(!out.status.success(), "the dropped connection fails the run (max_tries = 1): {}", text(&out.stdout));
+    assert!(!hosts.dir("master01").join("drop-after-install").exists(), "the installer's connection was dropped");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("master01"), "{stderr}");
+    t.up_ok(&["--resume"]);
+    assert_eq!(machines_by_node(&t), ["master01", "worker01"], "each registered once");
+}
