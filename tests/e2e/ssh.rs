@@ -40,11 +40,15 @@ const INSTALL: &str = "apt-get update && apt-get install -y openssh-server opens
 const PORT: u16 = 22022;
 
 fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let sshd = crate::support::require_tool(&["sshd"], "RMM_TEST_SSHD", test, INSTALL).or_else(|| {
-        // Debian puts sshd in /usr/sbin, not on a user's PATH.
-        let p = PathBuf::from("/usr/sbin/sshd");
-        p.exists().then_some(p)
-    })?;
+    // Debian puts sshd in /usr/sbin, not on every user's PATH.
+    let debian = PathBuf::from("/usr/sbin/sshd");
+    let sshd = if std::env::var_os("RMM_TEST_SSHD").is_none() && debian.exists() {
+        debian
+    } else {
+        crate::support::require_tool(&["sshd"], "RMM_TEST_SSHD", test, INSTALL)?
+    };
+    crate::support::require_tool(&["ssh-keygen"], "RMM_TEST_SSH_KEYGEN", test, INSTALL)?;
+    crate::support::require_tool(&["unshare"], "RMM_TEST_UNSHARE", test, "apt-get install -y util-linux")?;
     let ssh = crate::support::require_tool(&["ssh"], "RMM_TEST_SSH", test, INSTALL)?;
     Some((sshd, ssh))
 }
