@@ -421,7 +421,11 @@ impl SshDriver {
         let as_root = host.sudo || host.user.as_deref().is_none_or(|u| u == "root");
         let mut command = if as_root { without_sudo(command) } else { command.to_string() };
         let mut prefix = String::new();
-        if let Some((before, token, after)) = split_token(&command) {
+        // The system-agent installer reads CATTLE_TOKEN (rke2/k3s). An rke1
+        // node command (`docker run … rancher-agent … --token X`) keeps its
+        // token: not moved yet (README).
+        let installer = command.contains("system-agent-install.sh");
+        if let Some((before, token, after)) = split_token(&command).filter(|_| installer) {
             prefix = format!("CATTLE_TOKEN={}\nexport CATTLE_TOKEN\n", shell_quote(token));
             command = format!("{before}{after}");
         }
@@ -619,6 +623,23 @@ mod tests {
         let (b, t, a) = split_token("curl x | sh -s - --server s --token abc123 --ca-checksum c").unwrap();
         assert_eq!((b, t, a), ("curl x | sh -s - --server s", "abc123", " --ca-checksum c"));
         assert!(split_token("docker ps").is_none());
+    }
+
+    /// The README's complete example is a valid rmm.toml whose hosts match its plan.
+    #[test]
+    fn the_readme_example_parses_and_matches_its_plan() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("(`driver = \"ssh\"`)").expect("the ssh section")..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let file: crate::config::ConfigFile = toml::from_str(example).unwrap();
+        let cfg = file.ssh.resolve().unwrap();
+        let plan = file.plan(&Default::default()).unwrap();
+        let names: Vec<String> = plan.machine_names().into_iter().map(|(n, _)| n).collect();
+        check_hosts(&cfg, &names).unwrap();
+        assert_eq!(plan.driver, "ssh");
+        let w2 = cfg.hosts.iter().find(|h| h.name == "worker02").unwrap();
+        assert_eq!((w2.address.as_str(), w2.ip.as_str(), w2.sudo), ("node-w2", "10.0.0.22", true));
     }
 
     #[test]
