@@ -225,6 +225,10 @@ struct Claim {
     address: String,
     ip: String,
     claimed: String,
+    /// The pinned host key's fingerprint (`SHA256:…`), when rmm's
+    /// known-hosts file has it under the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host_key: Option<String>,
 }
 
 /// The driver for one state dir.
@@ -404,6 +408,31 @@ impl SshDriver {
         None
     }
 
+    /// `ssh-keygen -l -F` of the host in rmm's pins: its key's fingerprint.
+    async fn pinned_fingerprint(&self, host: &HostConfig) -> Option<String> {
+        let entry = match host.port {
+            Some(p) if p != 22 => format!("[{}]:{p}", host.address),
+            _ => host.address.clone(),
+        };
+        let out = tokio::process::Command::new("ssh-keygen")
+            .arg("-l")
+            .arg("-F")
+            .arg(&entry)
+            .arg("-f")
+            .arg(self.pins())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let prints: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("SHA256:")))
+            .collect();
+        (!prints.is_empty()).then(|| prints.join(","))
+    }
+
     fn machine(&self, claim: &Claim) -> Machine {
         Machine {
             name: claim.name.clone(),
@@ -524,6 +553,7 @@ impl MachineDriver for SshDriver {
             address: host.address.clone(),
             ip: host.ip.clone(),
             claimed: rmm_events::rfc3339_ms(rmm_events::now_ms()),
+            host_key: self.pinned_fingerprint(&host).await,
         };
         let path = self.claim_path(&spec.name);
         let parent = path.parent().expect("claims dir");
@@ -531,7 +561,7 @@ impl MachineDriver for SshDriver {
         let bytes = serde_json::to_vec_pretty(&claim).expect("a claim serialises");
         crate::drivers::local::write_atomic(&path, &bytes)
             .map_err(|e| DriverError::Transient(format!("ssh: write {}: {e}", path.display())))?;
-        tracing::info!(machine = %spec.name, address = %host.address, "claimed the host (its key is pinned)");
+        tracing::info!(machine = %spec.name, address = %host.address, host_key = claim.host_key.as_deref().unwrap_or("?"), "claimed the host (its key is pinned)");
         Ok(self.machine(&claim))
     }
 

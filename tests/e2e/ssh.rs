@@ -420,6 +420,12 @@ fn ssh_a_host_key_changed_between_runs_refuses_with_one_line() {
         return;
     };
     t.up_ok(&[]);
+    // The first contact recorded the host's key: the fingerprint of its sshd's key.
+    let claim: Value =
+        serde_json::from_str(&std::fs::read_to_string(t.state().join("ssh/claims/master01.json")).unwrap()).unwrap();
+    let print = run(Command::new("ssh-keygen").arg("-l").arg("-f").arg(hosts.dir("master01").join("host_key.pub")));
+    let print = print.split_whitespace().find(|w| w.starts_with("SHA256:")).unwrap().to_string();
+    assert_eq!(claim["host_key"].as_str(), Some(print.as_str()), "{claim}");
     t.rmm(&["down"]).ok();
     // The host is reinstalled: a new host key.
     hosts.stop(1);
