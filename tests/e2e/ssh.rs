@@ -454,3 +454,44 @@ fn ssh_a_host_that_drops_the_connection_after_the_installer_ran_then_resume_regi
     t.up_ok(&["--resume"]);
     assert_eq!(machines_by_node(&t), ["master01", "worker01"], "each registered once");
 }
+
+/// SIGKILL of rmm at a seeded moment of an `up` (twice at most), then
+/// `up --resume` completes with every node registered once. The hosts
+/// keep running, as real ones do; the emulator on the rancher host too.
+#[test]
+fn ssh_sigkill_at_seeded_moments_then_resume_completes_with_each_node_registered_once() {
+    use rand::{Rng, SeedableRng};
+    for seed in crate::support::seeds("RMM_SSH_KILL_SEED", &[1, 2]) {
+        eprintln!("ssh sigkill seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let Some((t, _hosts)) = world("the ssh driver's SIGKILL and resume", &["rancher", "master01", "worker01"], 1, 1, "") else {
+            return;
+        };
+        for i in 0..rng.gen_range(1..=2) {
+            let args: &[&str] = if i == 0 || t.events_while_running().is_empty() { &["up"] } else { &["up", "--resume"] };
+            let mut cmd = t.rmm(args).cmd;
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            let mut child = cmd.spawn().expect("spawn rmm");
+            let deadline = Instant::now() + Duration::from_millis(rng.gen_range(100..5000));
+            let killed = loop {
+                if child.try_wait().unwrap().is_some() {
+                    break false;
+                }
+                if Instant::now() >= deadline {
+                    child.kill().unwrap(); // SIGKILL
+                    child.wait().unwrap();
+                    break true;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            if !killed {
+                break;
+            }
+        }
+        // (Killed before the run was logged: there is nothing to resume.)
+        let started = !t.events_while_running().is_empty();
+        t.up_ok(if started { &["--resume"] } else { &[] });
+        assert_eq!(t.status()["run"]["state"], "completed", "seed {seed}");
+        assert_eq!(machines_by_node(&t), ["master01", "worker01"], "seed {seed}: each node registered once");
+    }
+}
