@@ -495,3 +495,19 @@ fn ssh_sigkill_at_seeded_moments_then_resume_completes_with_each_node_registered
         assert_eq!(machines_by_node(&t), ["master01", "worker01"], "seed {seed}: each node registered once");
     }
 }
+
+/// The hosts decide the topology: `up` refuses, before touching anything,
+/// when `[[ssh.hosts]]` does not name every planned machine.
+#[test]
+fn ssh_up_refuses_with_one_line_when_the_hosts_do_not_match_the_plan() {
+    let t = TestDir::new();
+    std::fs::write(
+        t.tmp.path().join("rmm.toml"),
+        "driver = \"ssh\"\ndistribution = \"rke2\"\nmasters = 1\nworkers = 1\n\n[[ssh.hosts]]\nname = \"rancher\"\naddress = \"10.0.0.10\"\n\n[[ssh.hosts]]\nname = \"master01\"\naddress = \"10.0.0.11\"\n",
+    )
+    .unwrap();
+    let out = t.rmm(&["up"]).code(2);
+    let line = crate::support::single_stderr_line(&out);
+    assert!(line.starts_with("rmm:") && line.contains("worker01") && line.contains("[[ssh.hosts]]"), "{line}");
+    assert!(!t.state().join("ssh.json").exists(), "nothing recorded");
+}
