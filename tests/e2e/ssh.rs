@@ -394,6 +394,15 @@ fn ssh_up_on_seven_hosts_registers_each_with_its_address_with_no_secret_in_ps_an
     // The server-url is the rancher host's address.
     assert_eq!(t.status()["rancher"]["url"], format!("https://{}:8443", hosts.hosts[0].ip));
 
+    // status --refresh observes the hosts through the driver, and the
+    // server container through docker over ssh.
+    let refreshed = t.status_refresh();
+    for a in refreshed["actors"].as_array().unwrap() {
+        assert_eq!(a["observed"], "running", "{a}");
+    }
+    assert_eq!(refreshed["rancher"]["server"]["container"], "running", "{}", refreshed["rancher"]);
+    assert_eq!(refreshed["rancher"]["server"]["answering"], true, "{}", refreshed["rancher"]);
+
     // down: every host released (uninstall ran), none deleted; sshd still answers.
     t.rmm(&["down"]).ok();
     for h in &hosts.hosts {
