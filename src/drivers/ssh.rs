@@ -505,9 +505,10 @@ fn split_token(command: &str) -> Option<(&str, &str, &str)> {
     Some((&command[..at], token, &command[value_start + len..]))
 }
 
-/// What the probe prints.
+/// What the probe prints. systemd: booted with it (`/run/systemd/system`,
+/// as `sd_booted()` checks) and `systemctl` answers.
 const PROBE: &str = r#"echo "rmm-probe uid=$(id -u)"
-if command -v systemctl >/dev/null 2>&1 && systemctl --version >/dev/null 2>&1; then echo "rmm-probe systemd=yes"; else echo "rmm-probe systemd=no"; fi
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1 && systemctl --version >/dev/null 2>&1; then echo "rmm-probe systemd=yes"; else echo "rmm-probe systemd=no"; fi
 if command -v docker >/dev/null 2>&1 && docker ps -q >/dev/null 2>&1; then echo "rmm-probe docker=yes"; else echo "rmm-probe docker=no"; fi
 "#;
 

@@ -17,7 +17,8 @@
 //! * on its PATH a `docker` that is the local world's (`rmm emulator
 //!   host-docker`: the Rancher image runs the emulator on the host's
 //!   address) and a `systemctl` that answers `--version` and `status` from
-//!   the unit file (the hosts have no systemd of their own; the emulator's
+//!   the unit file, and `/run/systemd/system` on a tmpfs of the namespace
+//!   (the hosts have no systemd of their own; the emulator's
 //!   agent does its first check-in itself, as on the Docker driver's nodes).
 //!
 //! The node command is the emulator's real one (`curl … | sh -s - …`),
@@ -149,12 +150,19 @@ H='{d}'
 export H PATH="$H/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME="$H/home"
 export RMM_HOST_DIR="$H/machine" RMM_HOST_IP='{ip}' RMM_HOST_NAME='{name}'
 export CATTLE_AGENT_VAR_DIR="$H/var-lib-rancher/agent"
+# its mounts; and, unless it is a host without systemd, /run/systemd/system
+# (what systemd's sd_booted() looks for) on a tmpfs of its own
+M='mount --bind "$H/etc-systemd-system" /etc/systemd/system && mount --bind "$H/usr-local-bin" /usr/local/bin'
+if [ ! -e "$H/no-systemd" ]; then
+  M="$M"' && {{ if [ -d /run/systemd ]; then mount -t tmpfs rmm-host /run/systemd; else mount -t tmpfs rmm-host /run; fi; }} && mkdir -p /run/systemd/system'
+fi
+export M
 if [ -e "$H/drop-after-install" ]; then
   script="$(cat)"
   case "$script" in
     *system-agent-install.sh*)
       rm -f "$H/drop-after-install"
-      printf '%s\n' "$script" | {unshare} sh -c 'mount --bind "$H/etc-systemd-system" /etc/systemd/system && mount --bind "$H/usr-local-bin" /usr/local/bin && cd "$HOME" && exec sh -c "$SSH_ORIGINAL_COMMAND"'
+      printf '%s\n' "$script" | {unshare} sh -c 'eval "$M" && cd "$HOME" && exec sh -c "$SSH_ORIGINAL_COMMAND"'
       # the connection drops before the exit status gets back
       p=$$
       while [ "$p" -gt 1 ]; do
@@ -163,9 +171,9 @@ if [ -e "$H/drop-after-install" ]; then
       done
       exit 1;;
   esac
-  printf '%s\n' "$script" | exec {unshare} sh -c 'mount --bind "$H/etc-systemd-system" /etc/systemd/system && mount --bind "$H/usr-local-bin" /usr/local/bin && cd "$HOME" && exec sh -c "$SSH_ORIGINAL_COMMAND"'
+  printf '%s\n' "$script" | exec {unshare} sh -c 'eval "$M" && cd "$HOME" && exec sh -c "$SSH_ORIGINAL_COMMAND"'
 fi
-exec {unshare} sh -c 'mount --bind "$H/etc-systemd-system" /etc/systemd/system && mount --bind "$H/usr-local-bin" /usr/local/bin && cd "$HOME" && exec sh -c "$SSH_ORIGINAL_COMMAND"'
+exec {unshare} sh -c 'eval "$M" && cd "$HOME" && exec sh -c "$SSH_ORIGINAL_COMMAND"'
 "#,
             name = h.name,
             ip = h.ip,
@@ -519,4 +527,21 @@ fn ssh_up_refuses_with_one_line_when_the_hosts_do_not_match_the_plan() {
     let line = crate::support::single_stderr_line(&out);
     assert!(line.starts_with("rmm:") && line.contains("worker01") && line.contains("[[ssh.hosts]]"), "{line}");
     assert!(!t.state().join("ssh.json").exists(), "nothing recorded");
+}
+
+/// "create" checks what the distribution needs: an rke2 node host without
+/// systemd is refused with one line, and the run claims nothing it cannot use.
+#[test]
+fn ssh_a_node_host_without_systemd_is_refused_with_one_line() {
+    let Some((t, hosts)) = world("the ssh driver's host checks", &["rancher", "master01", "worker01"], 1, 1, "") else {
+        return;
+    };
+    std::fs::write(hosts.dir("worker01").join("no-systemd"), "").unwrap();
+    let out = t.rmm(&["up"]).run();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rmm:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("worker01") && lines[0].contains("no systemd"), "{}", lines[0]);
+    assert!(!t.state().join("ssh/claims/worker01.json").exists(), "not claimed");
 }
