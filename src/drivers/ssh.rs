@@ -450,13 +450,17 @@ impl SshDriver {
         let as_root = host.sudo || host.user.as_deref().is_none_or(|u| u == "root");
         let mut command = if as_root { without_sudo(command) } else { command.to_string() };
         let mut prefix = String::new();
-        // The system-agent installer reads CATTLE_TOKEN (rke2/k3s). An rke1
-        // node command (`docker run … rancher-agent … --token X`) keeps its
-        // token: not moved yet (README).
+        // The system-agent installer (rke2/k3s) and the rke1 agent's run.sh
+        // both read CATTLE_TOKEN; `docker run -e CATTLE_TOKEN` (no value)
+        // hands the script's to the agent container.
         let installer = command.contains("system-agent-install.sh");
-        if let Some((before, token, after)) = split_token(&command).filter(|_| installer) {
+        let rke1_agent = command.contains("docker run ") && command.contains("rancher-agent");
+        if let Some((before, token, after)) = split_token(&command).filter(|_| installer || rke1_agent) {
             prefix = format!("CATTLE_TOKEN={}\nexport CATTLE_TOKEN\n", shell_quote(token));
             command = format!("{before}{after}");
+            if rke1_agent {
+                command = command.replacen("docker run ", "docker run -e CATTLE_TOKEN ", 1);
+            }
         }
         format!("{prefix}{command}\n")
     }

@@ -253,12 +253,16 @@ const SEVEN: &[&str] = &["rancher", "master01", "master02", "master03", "worker0
 
 /// A test's world: the state dir with its rmm.toml, and the hosts.
 fn world(test: &str, names: &[&str], masters: u32, workers: u32, extra: &str) -> Option<(TestDir, Hosts)> {
+    world_of(test, names, masters, workers, extra, "rke2", "rancher/rancher:v2.15.1")
+}
+
+fn world_of(test: &str, names: &[&str], masters: u32, workers: u32, extra: &str, distribution: &str, image: &str) -> Option<(TestDir, Hosts)> {
     let (sshd, _ssh) = tools(test)?;
     let t = TestDir::new();
     let hosts = Hosts::new(&t, names, sshd);
     let cluster = format!("ssh{}", std::process::id() % 100000);
     let config = format!(
-        "driver = \"ssh\"\ndistribution = \"rke2\"\nrancher_image = \"rancher/rancher:v2.15.1\"\ncluster_name = \"{cluster}\"\nmasters = {masters}\nworkers = {workers}\npoll_ms = 100\n{extra}\n[timeouts]\nrancher_ready_s = 60\nnode_command_s = 60\nnode_listed_s = 60\nactive_s = 120\nmachine_create_s = 60\n\n{}",
+        "driver = \"ssh\"\ndistribution = \"{distribution}\"\nrancher_image = \"{image}\"\ncluster_name = \"{cluster}\"\nmasters = {masters}\nworkers = {workers}\npoll_ms = 100\n{extra}\n[timeouts]\nrancher_ready_s = 60\nnode_command_s = 60\nnode_listed_s = 60\nactive_s = 120\nmachine_create_s = 60\n\n{}",
         hosts.toml()
     );
     std::fs::write(t.tmp.path().join("rmm.toml"), config).unwrap();
@@ -544,4 +548,30 @@ fn ssh_a_node_host_without_systemd_is_refused_with_one_line() {
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("worker01") && lines[0].contains("no systemd"), "{}", lines[0]);
     assert!(!t.state().join("ssh/claims/worker01.json").exists(), "not claimed");
+}
+
+/// rke1 on an emulated 2.11: the agent is a `docker run` on each node host,
+/// its token handed over as `-e CATTLE_TOKEN` from the script's
+/// environment, never on a command line; `down` releases every host.
+#[test]
+fn ssh_rke1_on_an_emulated_2_11_registers_each_node_with_no_secret_in_ps() {
+    let Some((t, hosts)) = world_of("the ssh driver's rke1 run", &["rancher", "master01", "worker01"], 1, 1, "", "rke1", "rancher/rancher:v2.11.3") else {
+        return;
+    };
+    let watch = PsWatch::start();
+    t.up_ok(&[]);
+    let seen = watch.finish();
+    let secrets = secrets(&t);
+    assert!(secrets.len() >= 2, "{secrets:?}");
+    for s in &secrets {
+        if let Some(line) = seen.iter().find(|l| l.contains(s.as_str())) {
+            panic!("a secret ({} chars) was on a command line: {}", s.len(), line.replace(s.as_str(), "<SECRET>"));
+        }
+    }
+    assert_eq!(t.status()["rancher"]["cluster_state"], "active");
+    t.rmm(&["down"]).ok();
+    for h in &hosts.hosts {
+        assert!(h.dir.join("host-shell").exists(), "{} not deleted", h.name);
+    }
+    assert_eq!(std::fs::read_dir(t.state().join("ssh/claims")).map(|d| d.count()).unwrap_or(0), 0);
 }

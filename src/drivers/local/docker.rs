@@ -408,7 +408,11 @@ async fn run(host: &Host, args: &[String]) -> ExecOutput {
         Kind::Agent => {
             // The agent's work happens before its container is recorded: a
             // registration that fails leaves no container behind.
-            let flags = agent::parse(&spec.args);
+            let mut flags = agent::parse(&spec.args);
+            // run.sh takes the token from CATTLE_TOKEN too (`-e CATTLE_TOKEN`).
+            if flags.token.is_none() {
+                flags.token = spec.env.iter().find(|(k, v)| k == "CATTLE_TOKEN" && !v.is_empty()).map(|(_, v)| rmm_actors::ports::Secret::new(v.clone()));
+            }
             if let Err(conflict) = check_name_free(host, spec.name.as_deref()) {
                 return conflict;
             }
