@@ -493,6 +493,47 @@ async fn agent_installed(call: &StepCall<'_>) -> StepResult<bool> {
     Ok(out.status == 0 && out.stdout.trim() == "installed")
 }
 
+/// How a failed registration check starts its message (see [`run_agent`]).
+const AGENT_DEAD: &str = "agent service dead: ";
+
+/// What systemd says of the agent's service on the node.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AgentService {
+    /// `active`, never restarted.
+    Healthy,
+    /// Loaded, not active yet (`activating`).
+    Starting,
+    /// It will not register: why.
+    Dead(String),
+    /// The node did not say (no `systemctl`): Rancher's list decides.
+    Unknown,
+}
+
+/// Reads `systemctl show -p LoadState -p ActiveState -p NRestarts` output
+/// (one `Key=value` a line, in systemd's own order). The installer writes
+/// and starts `rancher-system-agent.service` (§2.7); a unit that is not
+/// there after the installer exited was never installed (the pipeline
+/// exits 0 when curl fails, §2.7); a unit that is `failed`, or that
+/// systemd has already restarted, exited: an agent that works keeps
+/// running (it watches its plan secret).
+pub fn agent_service_of(show: &str) -> AgentService {
+    let get = |key: &str| show.lines().find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=')).map(str::trim);
+    let Some(active) = get("ActiveState") else { return AgentService::Unknown };
+    let restarts = get("NRestarts").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    match (get("LoadState"), active) {
+        (Some("not-found"), _) => AgentService::Dead("the installer left no rancher-system-agent service on the node".into()),
+        (_, "failed") => AgentService::Dead("the rancher-system-agent service failed".into()),
+        _ if restarts > 0 => AgentService::Dead(format!("the rancher-system-agent service exited and was restarted {restarts} time(s)")),
+        (_, "active") => AgentService::Healthy,
+        _ => AgentService::Starting,
+    }
+}
+
+async fn agent_service(call: &StepCall<'_>) -> StepResult<AgentService> {
+    let out = exec(call.ctx, call.actor, "systemctl show rancher-system-agent -p LoadState -p ActiveState -p NRestarts").await?;
+    Ok(if out.status == 0 { agent_service_of(&out.stdout) } else { AgentService::Unknown })
+}
+
 /// The word after `flag` in a command.
 fn flag_value<'a>(command: &'a str, flag: &str) -> Option<&'a str> {
     let words: Vec<&str> = command.split_whitespace().collect();
@@ -547,14 +588,30 @@ pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     };
     let grace = REGISTRATION_GRACE_S.min(ctx.plan.timeouts.node_listed_s);
     let what = format!("Rancher to list a machine for node {} after its installer ran", call.actor);
+    // Registered means both: Rancher lists the machine (the installer's
+    // `/v3/connect/agent` made it) and the agent's service runs on the
+    // node. A service that died is seen at once, not after the minute
+    // (nor after the half hour `wait_machine_running` would wait for a
+    // machine whose agent never checks in).
     let registered = if out.status == 0 {
-        poll(ctx, grace, &what, || async { Ok(machine_of_node(call).await?.map(|_| ())) }).await
+        poll(ctx, grace, &what, || async {
+            match agent_service(call).await? {
+                AgentService::Dead(why) => Err(StepError::permanent(format!("{AGENT_DEAD}{why}"))),
+                AgentService::Starting => Ok(None),
+                AgentService::Healthy | AgentService::Unknown => Ok(machine_of_node(call).await?.map(|_| ())),
+            }
+        })
+        .await
     } else {
         machine_of_node(call).await?.map(|_| ()).ok_or_else(|| StepError::permanent("installer failed"))
     };
     match registered {
         Ok(()) => Ok(Outcome::AgentStarted),
-        Err(e) if e.message.starts_with("timed out") || e.message == "installer failed" => {
+        Err(e) if e.message.starts_with("timed out") || e.message == "installer failed" || e.message.starts_with(AGENT_DEAD) => {
+            let why = match e.message.strip_prefix(AGENT_DEAD) {
+                Some(why) => format!(" ({why})"),
+                None => String::new(),
+            };
             let evidence = exec(
                 ctx,
                 call.actor,
@@ -565,10 +622,14 @@ pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
             .unwrap_or_else(|e| format!("could not read it: {}", e.message));
             let installer = tail(&format!("{}\n{}", out.stdout, out.stderr), 8);
             let text = format!(
-                "node {} did not register: the installer exited {} and Rancher lists no machine for it{}; installer output: {}; agent on the node: {}",
+                "node {} did not register{why}: the installer exited {}{}; installer output: {}; agent on the node: {}",
                 call.actor,
                 out.status,
-                if out.status == 0 { format!(" after {grace}s") } else { String::new() },
+                match (out.status, why.is_empty()) {
+                    (0, true) => format!(" and Rancher lists no machine for it after {grace}s"),
+                    (0, false) => String::new(),
+                    _ => " and Rancher lists no machine for it".to_string(),
+                },
                 if installer.is_empty() { "(none)".to_string() } else { installer },
                 if evidence.is_empty() { "(nothing)".to_string() } else { evidence },
             );
