@@ -1026,7 +1026,7 @@ async fn wait_node_active(call: &StepCall<'_>) -> StepResult<Outcome> {
     .await
 }
 
-mod v1;
+pub mod v1;
 pub use v1::REFUSAL;
 
 #[cfg(test)]

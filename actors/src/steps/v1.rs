@@ -134,21 +134,37 @@ pub async fn check_rancher_version(call: &StepCall<'_>) -> StepResult<Outcome> {
         Err(e) if e.status() == Some(404) => "unknown".to_string(),
         Err(e) => return Err(e.into()),
     };
-    let d = ctx.plan.distribution;
-    if let Some(line) = minor_version(&version) {
-        if !d.is_v1() && line >= (2, 12) {
-            return Err(StepError::permanent(format!(
-                "{REFUSAL}Rancher {version} cannot make an rke1 cluster (Rancher 2.12 removed RKE1): use --distribution rke2 (or k3s), or a Rancher image of 2.11 or older for rke1"
-            )));
-        }
-        if d.is_v1() && line < (2, 6) {
-            return Err(StepError::permanent(format!(
-                "{REFUSAL}Rancher {version} cannot make {} custom clusters (they need Rancher 2.6 or later): use a newer rancher_image",
-                d.as_str()
-            )));
-        }
+    if let Some(why) = line_refusal(ctx.plan.distribution, &version) {
+        return Err(StepError::permanent(format!("{REFUSAL}{why}")));
     }
     Ok(Outcome::RancherVersion { version })
+}
+
+/// Why a Rancher of `version` cannot make a cluster of `d`, if it cannot
+/// (§1.1: 2.12 removed RKE1; v1 custom clusters exist from 2.6).
+pub fn line_refusal(d: rmm_events::Distribution, version: &str) -> Option<String> {
+    let line = minor_version(version)?;
+    if !d.is_v1() && line >= (2, 12) {
+        return Some(format!(
+            "Rancher {version} cannot make an rke1 cluster (Rancher 2.12 removed RKE1): use --distribution rke2 (or k3s), or a Rancher image of 2.11 or older for rke1"
+        ));
+    }
+    if d.is_v1() && line < (2, 6) {
+        return Some(format!(
+            "Rancher {version} cannot make {} custom clusters (they need Rancher 2.6 or later): use a newer rancher_image",
+            d.as_str()
+        ));
+    }
+    None
+}
+
+/// The Rancher version an image's tag names (`rancher/rancher:v2.15.1`
+/// → `v2.15.1`), if its tag is a version (not `latest`, `head`, a digest).
+pub fn image_version(image: &str) -> Option<&str> {
+    let image = image.split('@').next().unwrap_or(image);
+    let name_end = image.rfind('/').map_or(0, |i| i + 1);
+    let tag = image[name_end..].split_once(':')?.1;
+    minor_version(tag).map(|_| tag)
 }
 
 /// §2.1: `/ping` is not enough; two rounds in a row of authenticated
