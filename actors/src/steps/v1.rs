@@ -59,20 +59,37 @@ where
     F: Fn(Secret) -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
-    match f(auth(call.ctx)?).await {
+    let used = auth(call.ctx)?;
+    match f(used.clone()).await {
         Err(e) if e.status() == Some(401) => {
-            let token = renew(call, api).await?;
+            let token = renew_after(call, api, Some(&used)).await?;
             Ok(f(token).await?)
         }
         other => Ok(other?),
     }
 }
 
+/// One renewal at a time: every actor's wait meets the same expired token
+/// at about the same moment, and each making its own would leave a live
+/// token per actor (one process runs one run).
+static RENEWAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A new credential after a 401: a fresh session with the stored
 /// passwords, and, when the run already had an API token, a new one of the
-/// same description (the old one is cleared by `CreateApiToken`'s look-up).
-pub async fn renew(call: &StepCall<'_>, api: &Arc<dyn RancherApi>) -> StepResult<Secret> {
+/// same description (a resume's `CreateApiToken` look-up clears older
+/// ones). Recorded as a `Progress` event of the step that met the 401, so
+/// `rmm log` shows when and why the token changed (never the token).
+///
+/// Unless another actor already renewed since `refused` was read: then
+/// its token is used.
+pub async fn renew_after(call: &StepCall<'_>, api: &Arc<dyn RancherApi>, refused: Option<&Secret>) -> StepResult<Secret> {
     let ctx = call.ctx;
+    let _one = RENEWAL.lock().await;
+    if let (Some(refused), Ok(now)) = (refused, auth(ctx)) {
+        if now.expose() != refused.expose() {
+            return Ok(now);
+        }
+    }
     let login = session(call, api).await?;
     if ctx.secret(secret::API_TOKEN).is_none() {
         return Ok(login);
@@ -80,7 +97,23 @@ pub async fn renew(call: &StepCall<'_>, api: &Arc<dyn RancherApi>) -> StepResult
     let (id, token) = api.create_token(&login, &token_description(ctx)).await?;
     ctx.put_secret(secret::API_TOKEN, &token).map_err(StepError::permanent)?;
     tracing::warn!(token_id = %id, "Rancher refused the API token (expired or revoked): logged in again and made a new one");
+    record_progress(call, format!("Rancher refused the run's API token (expired or revoked): logged in again and made API token {id}")).await;
     Ok(token)
+}
+
+/// Appends a `Progress` event of this step (best effort: a message that
+/// cannot be recorded is only traced).
+async fn record_progress(call: &StepCall<'_>, message: String) {
+    let ctx = call.ctx;
+    let env = ctx.envelope(call.actor, call.state.last_event, Event::Progress { step: call.step, message });
+    match ctx.journal.append(vec![env]).await {
+        Ok(records) => {
+            if let Some(coordinator) = call.observer {
+                coordinator.do_send(crate::coordinator::Appended(records));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not record a progress message"),
+    }
 }
 
 /// Records each change of Rancher's progress message as an event, so
@@ -107,16 +140,7 @@ impl<'a> ProgressLog<'a> {
             }
             *last = Some(message.clone());
         }
-        let ctx = self.call.ctx;
-        let env = ctx.envelope(self.call.actor, self.call.state.last_event, Event::Progress { step: self.call.step, message });
-        match ctx.journal.append(vec![env]).await {
-            Ok(records) => {
-                if let Some(coordinator) = self.call.observer {
-                    coordinator.do_send(crate::coordinator::Appended(records));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not record a progress message"),
-        }
+        record_progress(self.call, message).await;
     }
 }
 
