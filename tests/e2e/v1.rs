@@ -455,3 +455,41 @@ fn a_node_rancher_already_lists_does_not_run_the_installer_again_on_resume() {
     assert!(r.machines.iter().all(|m| m["status"]["phase"] == "Running"));
     assert_intents_closed(&events);
 }
+
+#[test]
+fn an_agent_that_dies_after_it_registered_ends_its_machines_wait_in_seconds() {
+    let t = dir_with(&format!("{RKE2}{LONG_TIMEOUTS}"));
+    // a slow planner: the machines wait several seconds for Running
+    let mut child = t.rmm(&["up", "--masters", "1", "--workers", "1"]).env("RMM_LOCAL_PLANNER_MS", "3000").cmd;
+    let mut child = child.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let waiting = |t: &TestDir| {
+        t.events_while_running()
+            .iter()
+            .any(|e| e["actor"] == "worker01" && e["kind"] == "StepStarted" && e["data"]["step"] == "wait_machine_running")
+    };
+    while !waiting(&t) {
+        assert!(std::time::Instant::now() < deadline, "worker01 never waited for its machine");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // the agent's service dies on the node (what `systemctl` there reads)
+    let agent = t.state().join("world/machines/worker01/rancher-system-agent");
+    std::fs::write(agent.join("state"), "failed\n").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let events = t.events();
+    let failed = events
+        .iter()
+        .find(|e| e["kind"] == "StepFailed" && e["data"]["retryable"] == false)
+        .unwrap_or_else(|| panic!("a step gave up"));
+    assert_eq!((failed["actor"].as_str(), failed["data"]["step"].as_str()), (Some("worker01"), Some("wait_machine_running")), "{failed}");
+    let error = failed["data"]["error"].as_str().unwrap();
+    assert!(error.contains("agent stopped") && error.contains("Active: failed"), "{error}");
+    let started = events
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "StepStarted" && e["actor"] == "worker01" && e["data"]["step"] == "wait_machine_running")
+        .unwrap();
+    let took = at_ms(failed) - at_ms(started);
+    assert!(took < 30_000, "seen {took} ms into a wait of up to 1800 s");
+}

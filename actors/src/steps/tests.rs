@@ -938,7 +938,8 @@ fn the_agent_service_on_the_node_says_whether_it_can_register() {
     assert_eq!(show("loaded", "activating", 0), Starting);
     assert!(matches!(show("loaded", "failed", 0), Dead(w) if w.contains("failed")));
     // a unit that restarts on failure: a crashing agent is `activating (auto-restart)` between tries
-    assert!(matches!(show("loaded", "activating", 3), Dead(w) if w.contains("restarted 3")));
+    assert_eq!(show("loaded", "activating", 3), Restarted(3));
+    assert_eq!(show("loaded", "active", 1), Restarted(1));
     assert!(matches!(show("not-found", "inactive", 0), Dead(w) if w.contains("no rancher-system-agent service")));
     // a node without systemctl says nothing: Rancher's list decides
     assert_eq!(v1::agent_service_of("bash: systemctl: command not found\n"), Unknown);

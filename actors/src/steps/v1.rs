@@ -545,6 +545,9 @@ pub enum AgentService {
     Starting,
     /// It will not register: why.
     Dead(String),
+    /// Running or starting, but systemd has restarted it this many times:
+    /// it exited. Right after the installer, that is an agent that fails.
+    Restarted(u64),
     /// The node did not say (no `systemctl`): Rancher's list decides.
     Unknown,
 }
@@ -563,7 +566,7 @@ pub fn agent_service_of(show: &str) -> AgentService {
     match (get("LoadState"), active) {
         (Some("not-found"), _) => AgentService::Dead("the installer left no rancher-system-agent service on the node".into()),
         (_, "failed") => AgentService::Dead("the rancher-system-agent service failed".into()),
-        _ if restarts > 0 => AgentService::Dead(format!("the rancher-system-agent service exited and was restarted {restarts} time(s)")),
+        _ if restarts > 0 => AgentService::Restarted(restarts),
         (_, "active") => AgentService::Healthy,
         _ => AgentService::Starting,
     }
@@ -573,6 +576,21 @@ async fn agent_service(call: &StepCall<'_>) -> StepResult<AgentService> {
     let out = exec(call.ctx, call.actor, "systemctl show rancher-system-agent -p LoadState -p ActiveState -p NRestarts").await?;
     Ok(if out.status == 0 { agent_service_of(&out.stdout) } else { AgentService::Unknown })
 }
+
+/// The agent's service status and log tail on the node, for a failure.
+async fn agent_evidence(call: &StepCall<'_>) -> String {
+    exec(
+        call.ctx,
+        call.actor,
+        "systemctl status rancher-system-agent --no-pager 2>&1 | tail -n 5; journalctl -u rancher-system-agent -n 20 --no-pager 2>&1 | tail -n 20",
+    )
+    .await
+    .map(|o| tail(&format!("{}\n{}", o.stdout, o.stderr), 12))
+    .unwrap_or_else(|e| format!("could not read it: {}", e.message))
+}
+
+/// How often a wait for a node's machine looks at the agent on the node.
+const AGENT_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The word after `flag` in a command.
 fn flag_value<'a>(command: &'a str, flag: &str) -> Option<&'a str> {
@@ -637,6 +655,9 @@ pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
         poll(ctx, grace, &what, || async {
             match agent_service(call).await? {
                 AgentService::Dead(why) => Err(StepError::permanent(format!("{AGENT_DEAD}{why}"))),
+                AgentService::Restarted(n) => Err(StepError::permanent(format!(
+                    "{AGENT_DEAD}the rancher-system-agent service exited and was restarted {n} time(s)"
+                ))),
                 AgentService::Starting => Ok(None),
                 AgentService::Healthy | AgentService::Unknown => Ok(machine_of_node(call).await?.map(|_| ())),
             }
@@ -652,14 +673,7 @@ pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
                 Some(why) => format!(" ({why})"),
                 None => String::new(),
             };
-            let evidence = exec(
-                ctx,
-                call.actor,
-                "systemctl status rancher-system-agent --no-pager 2>&1 | tail -n 5; journalctl -u rancher-system-agent -n 20 --no-pager 2>&1 | tail -n 20",
-            )
-            .await
-            .map(|o| tail(&format!("{}\n{}", o.stdout, o.stderr), 12))
-            .unwrap_or_else(|e| format!("could not read it: {}", e.message));
+            let evidence = agent_evidence(call).await;
             let installer = tail(&format!("{}\n{}", out.stdout, out.stderr), 8);
             let text = format!(
                 "node {} did not register{why}: the installer exited {}{}; installer output: {}; agent on the node: {}",
@@ -710,6 +724,7 @@ pub async fn wait_machine_running(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
     let progress = ProgressLog::new(call);
     let what = format!("the machine of node {} to be Running", call.actor);
+    let looked = Mutex::new(std::time::Instant::now());
     poll(ctx, ctx.plan.timeouts.active_s, &what, || async {
         let Some(m) = machine_of_node(call).await? else {
             return Err(StepError::transient("no machine listed for this node"));
@@ -720,6 +735,29 @@ pub async fn wait_machine_running(call: &StepCall<'_>) -> StepResult<Outcome> {
         let phase = m.phase.clone().unwrap_or_else(|| "no phase".into());
         if let (Some(node), "Running") = (&m.node_ref, phase.as_str()) {
             return Ok(Some(Outcome::MachineRunning { machine: m.name.clone(), node: node.clone() }));
+        }
+        // An agent that died after it registered leaves the machine
+        // waiting for it for good: seen on the node every few seconds.
+        // Only `failed` or gone counts here (an agent that has run a
+        // while may have been restarted for good reasons).
+        let look = {
+            let mut at = looked.lock().expect("not poisoned");
+            let due = at.elapsed() >= AGENT_LOOK_EVERY;
+            if due {
+                *at = std::time::Instant::now();
+            }
+            due
+        };
+        if look {
+            if let AgentService::Dead(why) = agent_service(call).await? {
+                let text = format!(
+                    "node {}'s agent stopped ({why}) while its machine {} is {phase}; agent on the node: {}",
+                    call.actor,
+                    m.name,
+                    agent_evidence(call).await
+                );
+                return Err(StepError::permanent(call.ctx.redact(&text)));
+            }
         }
         let now = progress_of(&m);
         let message = if now.is_empty() { phase } else { format!("{phase}: {now}") };
