@@ -198,6 +198,14 @@ fn validate(plan: &Plan, allow_even_masters: bool) -> Result<()> {
             Some(_) => {}
         }
     }
+    // rke1 on 2.12+ (or rke2/k3s before 2.6) is refused before anything
+    // is made when the image's tag names its version; an image whose tag
+    // does not (`latest`) is checked at `/rancherversion` once it runs.
+    if let Some(why) = rmm_actors::steps::v1::image_version(&plan.rancher_image)
+        .and_then(|v| rmm_actors::steps::v1::line_refusal(plan.distribution, v))
+    {
+        return bad(why);
+    }
     if plan.retry.max_tries == 0 {
         return bad("retry.max_tries must be at least 1".into());
     }
@@ -283,6 +291,19 @@ mod tests {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains(why) && !err.contains('\n'), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_rancher_image_whose_tag_cannot_make_the_distribution_is_refused() {
+        let err = parse("distribution = \"rke1\"\nrancher_image = \"rancher/rancher:v2.15.1\"").unwrap_err().to_string();
+        assert!(err.contains("Rancher v2.15.1 cannot make an rke1 cluster") && err.contains("--distribution rke2") && !err.contains('\n'), "{err}");
+        let err = parse("distribution = \"k3s\"\nrancher_image = \"reg:5000/rancher/rancher:v2.5.16\"").unwrap_err().to_string();
+        assert!(err.contains("need Rancher 2.6 or later"), "{err}");
+        assert!(parse("distribution = \"rke1\"\nrancher_image = \"rancher/rancher:v2.11.3\"").is_ok());
+        assert!(parse("distribution = \"rke2\"\nrancher_image = \"rancher/rancher:v2.15.1\"").is_ok());
+        // a tag that names no version is checked at /rancherversion instead
+        assert!(parse("distribution = \"rke1\"\nrancher_image = \"rancher/rancher:latest\"").is_ok());
+        assert!(parse("distribution = \"rke1\"\nrancher_image = \"rancher/rancher@sha256:0123\"").is_ok());
     }
 
     #[test]

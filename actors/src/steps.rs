@@ -138,6 +138,7 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
 /// revoked: a resume months later) logs in again, makes a new token, and
 /// runs once more (reference/rancher-current.md §2.2, §7 item 10).
 pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let used = call.ctx.secret(secret::API_TOKEN);
     match effect_once(call).await {
         Err(e)
             if e.message.contains("answered 401")
@@ -145,7 +146,7 @@ pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
                 && call.ctx.secret(secret::API_TOKEN).is_some() =>
         {
             tracing::warn!(step = call.step.as_str(), "Rancher refused the API token: making a new one");
-            v1::renew(call, &rancher_api(call)?).await?;
+            v1::renew_after(call, &rancher_api(call)?, used.as_ref()).await?;
             effect_once(call).await
         }
         other => other,
@@ -1026,7 +1027,7 @@ async fn wait_node_active(call: &StepCall<'_>) -> StepResult<Outcome> {
     .await
 }
 
-mod v1;
+pub mod v1;
 pub use v1::REFUSAL;
 
 #[cfg(test)]

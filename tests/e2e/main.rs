@@ -20,4 +20,5 @@ mod secrets_lost;
 mod shim;
 mod state_dir;
 mod up;
+mod v1;
 mod world;

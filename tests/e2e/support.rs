@@ -145,6 +145,60 @@ pub struct RancherView {
 }
 
 pub fn ask_rancher(dir: &TestDir) -> RancherView {
+    let get = |paths: &[String]| rancher_get(dir, paths);
+    let clusters = collection(&get(&["/v3/clusters".into()])[0]);
+    let cid = clusters.first().map(|c| c["id"].as_str().unwrap().to_string()).unwrap_or_default();
+    let rest = get(&[
+        format!("/v3/nodes?clusterId={cid}"),
+        format!("/v3/clusterregistrationtokens?clusterId={cid}"),
+        "/v3/tokens".into(),
+    ]);
+    RancherView {
+        nodes: collection(&rest[0]),
+        registration_tokens: collection(&rest[1]),
+        tokens: collection(&rest[2]),
+        clusters,
+    }
+}
+
+/// The `data` of a collection.
+pub fn collection(v: &Value) -> Vec<Value> {
+    v["data"].as_array().cloned().unwrap_or_else(|| panic!("a collection: {v}"))
+}
+
+/// What the emulator says of a v1 (rke2/k3s) run, asked through `/v1`.
+pub struct RancherV1View {
+    /// `provisioning.cattle.io.clusters` in `fleet-default`.
+    pub clusters: Vec<Value>,
+    /// `management.cattle.io.clusters`.
+    pub management: Vec<Value>,
+    /// `cluster.x-k8s.io.machines` in `fleet-default`.
+    pub machines: Vec<Value>,
+    /// `/v3/tokens` (the admin's).
+    pub tokens: Vec<Value>,
+}
+
+pub fn ask_rancher_v1(dir: &TestDir) -> RancherV1View {
+    let all = rancher_get(
+        dir,
+        &[
+            "/v1/provisioning.cattle.io.clusters/fleet-default".into(),
+            "/v1/management.cattle.io.clusters".into(),
+            "/v1/cluster.x-k8s.io.machines/fleet-default".into(),
+            "/v3/tokens".into(),
+        ],
+    );
+    RancherV1View {
+        clusters: collection(&all[0]),
+        management: collection(&all[1]),
+        machines: collection(&all[2]),
+        tokens: collection(&all[3]),
+    }
+}
+
+/// GETs each path as the admin (the password `rmm credentials` prints),
+/// over the CA the log pinned; the bodies, in order.
+pub fn rancher_get(dir: &TestDir, paths: &[String]) -> Vec<Value> {
     let creds = dir.credentials();
     let url = creds["url"].as_str().expect("url").to_string();
     let password = creds["password"].as_str().expect("password").to_string();
@@ -171,21 +225,12 @@ pub fn ask_rancher(dir: &TestDir) -> RancherView {
             .await
             .unwrap();
         let token = login["token"].as_str().expect("login with the password `rmm credentials` prints").to_string();
-        let get = |path: String| {
-            let (client, token, url) = (client.clone(), token.clone(), url.clone());
-            async move {
-                let v: Value = client.get(format!("{url}{path}")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
-                v["data"].as_array().cloned().unwrap_or_else(|| panic!("a collection: {v}"))
-            }
-        };
-        let clusters = get("/v3/clusters".into()).await;
-        let cid = clusters.first().map(|c| c["id"].as_str().unwrap().to_string()).unwrap_or_default();
-        RancherView {
-            nodes: get(format!("/v3/nodes?clusterId={cid}")).await,
-            registration_tokens: get(format!("/v3/clusterregistrationtokens?clusterId={cid}")).await,
-            tokens: get("/v3/tokens".into()).await,
-            clusters,
+        let mut bodies = Vec::new();
+        for path in paths {
+            let v: Value = client.get(format!("{url}{path}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+            bodies.push(v);
         }
+        bodies
     })
 }
 

@@ -929,3 +929,18 @@ async fn an_rke1_wait_renews_an_expired_api_token_and_goes_on() {
     assert_eq!(ok, Outcome::ClusterActive);
     assert_ne!(f.ctx.secret(secret::API_TOKEN).unwrap().expose(), "token-api:s");
 }
+
+#[test]
+fn the_agent_service_on_the_node_says_whether_it_can_register() {
+    use v1::AgentService::*;
+    let show = |load: &str, active: &str, n: u32| v1::agent_service_of(&format!("NRestarts={n}\nLoadState={load}\nActiveState={active}\n"));
+    assert_eq!(show("loaded", "active", 0), Healthy);
+    assert_eq!(show("loaded", "activating", 0), Starting);
+    assert!(matches!(show("loaded", "failed", 0), Dead(w) if w.contains("failed")));
+    // a unit that restarts on failure: a crashing agent is `activating (auto-restart)` between tries
+    assert_eq!(show("loaded", "activating", 3), Restarted(3));
+    assert_eq!(show("loaded", "active", 1), Restarted(1));
+    assert!(matches!(show("not-found", "inactive", 0), Dead(w) if w.contains("no rancher-system-agent service")));
+    // a node without systemctl says nothing: Rancher's list decides
+    assert_eq!(v1::agent_service_of("bash: systemctl: command not found\n"), Unknown);
+}

@@ -196,9 +196,18 @@ pub async fn shell(host: &Host, command: &str) -> rmm_actors::ports::ExecOutput 
     let state = std::fs::read_to_string(agent_dir(host).join("state")).ok();
     let log = std::fs::read_to_string(agent_dir(host).join("journal")).unwrap_or_default();
     match words.first().copied() {
+        // systemd shows a unit it does not know as not-found, and exits 0
+        Some("systemctl") if unit_named && state.is_none() && words.contains(&"show") => {
+            exec_out(0, "NRestarts=0\nLoadState=not-found\nActiveState=inactive\n", "")
+        }
         Some("systemctl") if unit_named => match state.as_deref().map(str::trim) {
             None => exec_out(4, "", "Unit rancher-system-agent.service could not be found.\n"),
             Some(s) if words.contains(&"is-active") => exec_out(if s == "active" { 0 } else { 3 }, format!("{s}\n"), ""),
+            // `systemctl show -p LoadState -p ActiveState -p NRestarts`: a
+            // service here never restarts (a failed one stays `failed`)
+            Some(s) if words.contains(&"show") => {
+                exec_out(0, format!("NRestarts=0\nLoadState=loaded\nActiveState={s}\n"), "")
+            }
             Some(s) => {
                 let active = if s == "active" { "active (running)" } else { "failed (Result: exit-code)" };
                 let tail: String = log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().map(|l| format!("{l}\n")).collect();
