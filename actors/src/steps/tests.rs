@@ -197,13 +197,14 @@ impl RancherApi for Fake {
         w.check(auth)?;
         Ok(w.offered.clone())
     }
-    async fn create_v1_cluster(&self, auth: &Secret, name: &str, version: &str) -> Result<SteveObject, ApiError> {
+    async fn create_v1_cluster(&self, auth: &Secret, name: &str, version: &str, run: &str) -> Result<SteveObject, ApiError> {
         let mut w = self.world();
         w.check(auth)?;
         if w.v1_clusters.iter().any(|c| c.name == name) {
             return Err(ApiError::Status { status: 409, code: Some("AlreadyExists".into()), message: "exists".into() });
         }
-        let c = SteveObject { name: name.into(), ..Default::default() };
+        let mut c = SteveObject { name: name.into(), ..Default::default() };
+        c.annotations.insert(crate::ports::RUN_ANNOTATION.into(), run.into());
         w.v1_clusters.push(c.clone());
         w.writes.push(format!("create v1 cluster {name} {version}"));
         Ok(c)
@@ -226,9 +227,22 @@ impl RancherApi for Fake {
         }
         Ok(w.v1_clusters.iter().find(|c| c.name == name).cloned())
     }
+    async fn delete_v1_cluster(&self, auth: &Secret, name: &str) -> Result<(), ApiError> {
+        let mut w = self.world();
+        w.check(auth)?;
+        w.v1_clusters.retain(|c| c.name != name);
+        w.writes.push(format!("delete v1 cluster {name}"));
+        Ok(())
+    }
+    async fn public_setting(&self, name: &str) -> Result<String, ApiError> {
+        Ok(self.world().settings.get(name).cloned().unwrap_or_default())
+    }
     async fn get_management_cluster(&self, auth: &Secret, id: &str) -> Result<SteveObject, ApiError> {
         let w = self.world();
         w.check(auth)?;
+        if !w.v1_clusters.iter().any(|c| c.cluster_name.as_deref() == Some(id)) && w.writes.iter().any(|x| x.starts_with("delete v1 cluster")) {
+            return Err(ApiError::Status { status: 404, code: Some("NotFound".into()), message: format!("clusters.management.cattle.io \"{id}\" not found") });
+        }
         Ok(SteveObject { name: id.into(), conditions: vec![condition("Ready", "True", "")], ..Default::default() })
     }
     async fn list_machines(&self, auth: &Secret, cluster: &str) -> Result<Vec<SteveObject>, ApiError> {
@@ -353,6 +367,7 @@ fn fixture() -> Fixture {
         secrets: Arc::new(Secrets::default()),
         create_slots: Arc::new(Semaphore::new(1)),
         stop,
+        undo: None,
     };
     ctx.put_secret(secret::RANCHER_CA, &Secret::new("pem")).unwrap();
     ctx.put_secret(secret::LOGIN_TOKEN, &Secret::new("token-login:s")).unwrap();
@@ -843,6 +858,7 @@ fn run_flow(fake: &Fake) -> (crate::coordinator::RunEnd, Vec<Envelope>) {
         secrets: Arc::new(Secrets::default()),
         create_slots: Arc::new(Semaphore::new(8)),
         stop,
+        undo: None,
     });
     let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let system = actix::System::new();
