@@ -793,7 +793,7 @@ async fn login(call: &StepCall<'_>) -> StepResult<Outcome> {
             // plain 401, reference/rancher-api.md §2.2, §3.3.)
             if api_existing_setup(ctx, &api).await {
                 return Err(StepError::permanent(format!(
-                    "Rancher at {} refused the password given for admin (401 authentication failed): its first login was done already, so the password must be the admin password in force (if an earlier rmm run changed it, `rmm credentials` in that run's state dir prints it); give it in {} or --rancher-password-file, then `rmm up --resume`",
+                    "Rancher at {} refused the password given for admin (401 authentication failed): its first login was done already, so the password must be the admin password in force (if an earlier rmm run changed it, `rmm credentials` in that run's state dir prints it); give that one in {} or --rancher-password-file",
                     ctx.plan.rancher_url.as_deref().unwrap_or("?"),
                     secret::PASSWORD_ENV
                 )));

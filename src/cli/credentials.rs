@@ -34,7 +34,7 @@ pub fn run(args: CredentialsArgs, dir: &StateDir) -> Result<()> {
     let changed = !kept && rancher.is_some_and(|a| a.done(Step::ChangePassword));
     // The new password is stored before the call that sets it: if that call
     // was in flight when the run stopped, the new one is most likely in force.
-    let in_doubt = !changed && rancher.is_some_and(|a| a.step(Step::ChangePassword).is_some());
+    let in_doubt = !kept && !changed && rancher.is_some_and(|a| a.step(Step::ChangePassword).is_some());
     let name = if changed || in_doubt { secret::ADMIN_PASSWORD } else { secret::BOOTSTRAP_PASSWORD };
     if in_doubt {
         crate::errln!("note: the password change was in flight when the run stopped; `rmm up --resume` confirms it");
