@@ -92,6 +92,10 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     // before anything is created; stored in the secrets file once the run
     // has an id. Never from a flag (see `config::rancher_password`).
     let password = crate::config::rancher_password(password_file.as_deref())?;
+    // Read once; no process rmm starts (drivers, agents, `docker`) inherits
+    // it. (Still single-threaded here: nothing reads the environment
+    // concurrently.)
+    std::env::remove_var(rmm_actors::context::secret::PASSWORD_ENV);
     if plan.existing_rancher() && password.is_none() && !args.resume {
         return Err(Error::Config(missing_password(&plan)));
     }

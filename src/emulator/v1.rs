@@ -1251,6 +1251,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((k.cluster_name_ms, k.default_token_ms, k.planner_ms), (5300, 5300, 5010));
+        assert_eq!(k.delete_ms, 5400, "deletion is a controller's work too");
         assert_eq!((k.cluster_error.as_deref(), k.token_ttl_ms, k.webhook_window_ms), (Some("boom"), Some(2000), 0));
         let e = Knobs::from_lookup(Line::NEWEST, env(&[("RMM_LOCAL_PLANNER_MS", "soon")])).unwrap_err();
         assert_eq!(e.to_string(), "RMM_LOCAL_PLANNER_MS=\"soon\" is not a number of milliseconds");
@@ -1280,6 +1281,26 @@ mod tests {
         let pc = m.prov("fleet-default", "rmm-demo").unwrap();
         assert!(is_mgmt_id(&pc.mgmt_id), "{}", pc.mgmt_id);
         assert_eq!(pc.annotations["field.cattle.io/creatorId"], "user-x");
+    }
+
+    #[test]
+    fn a_deleted_cluster_goes_through_its_finalizer_management_cluster_first() {
+        let (mut m, mut rng) = model(Line::NEWEST, Knobs { delete_ms: 400, ..knobs() });
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        m.state.prov_clusters[0].deleting_ms = Some(1_000);
+        let pc = m.prov("fleet-default", "c1").unwrap().clone();
+        // still there, management cluster too, until half the delay
+        assert!(!m.mgmt_gone(&pc, 1_199) && m.mgmt_gone(&pc, 1_200));
+        assert!(!m.deletion_due(1_399) && !m.purge_deleted(1_399));
+        assert!(m.prov("fleet-default", "c1").is_some(), "the v1 object waits for its finalizer");
+        let v = V1 { model: &m, base: "https://x".into(), now: 1_100 }.prov_cluster(&pc);
+        assert_eq!(v["metadata"]["state"]["name"], "removing");
+        assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
+        assert!(v["metadata"]["state"]["message"].as_str().unwrap().contains(&pc.mgmt_id));
+        // then it goes, with its registration token
+        assert!(m.deletion_due(1_400) && m.purge_deleted(1_400));
+        assert!(m.prov("fleet-default", "c1").is_none());
+        assert!(!m.state.registration_tokens.iter().any(|t| t.cluster_id == pc.mgmt_id));
     }
 
     #[test]

@@ -215,7 +215,11 @@ fn an_existing_rancher_takes_the_bootstrap_then_the_admin_password_and_down_leav
     // (a) The bootstrap password: first login, password changed.
     let a = TestDir::new();
     config(&a, &server, "alpha");
+    let watch = CmdlineWatch::start(BOOTSTRAP);
     let up = a.rmm(&["up"]).env("RMM_RANCHER_PASSWORD", BOOTSTRAP).ok();
+    let (looks, seen_in) = watch.stop();
+    assert!(looks > 0, "the command lines were looked at");
+    assert_eq!(seen_in, None, "the password was on a command line (`ps` shows it)");
     assert!(text(&up.stdout).contains(&format!("Rancher: {}", server.url())), "{}", text(&up.stdout));
     assert_eq!(machines(&a), six_nodes(), "no rancher machine in the local world");
     let creds = a.credentials();
@@ -333,5 +337,40 @@ impl WithoutPassword for crate::support::RmmCmd {
 impl Server {
     fn child_alive(&mut self) -> bool {
         self.child.try_wait().map(|s| s.is_none()).unwrap_or(false)
+    }
+}
+
+/// Looks at every process's command line (what `ps` shows) until stopped,
+/// noting one that holds `needle`.
+struct CmdlineWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(u64, Option<String>)>,
+}
+
+impl CmdlineWatch {
+    fn start(needle: &str) -> CmdlineWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, needle) = (stop.clone(), needle.to_string());
+        let handle = std::thread::spawn(move || {
+            let mut looks = 0;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                    let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                    if line.contains(&needle) {
+                        return (looks, Some(line));
+                    }
+                }
+                looks += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (looks, None)
+        });
+        CmdlineWatch { stop, handle }
+    }
+
+    fn stop(self) -> (u64, Option<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().unwrap()
     }
 }
