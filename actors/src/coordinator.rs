@@ -121,6 +121,17 @@ impl Coordinator {
         if new.is_empty() {
             return;
         }
+        if self.down {
+            // Nothing to record: the gate is the rancher actor's recorded
+            // `DeleteCluster`, which a resume folds and decides on again.
+            self.granting.extend(new.iter().cloned());
+            for node in &new {
+                if let Some(id) = cause.or(self.last_id()) {
+                    self.send_join(node, id);
+                }
+            }
+            return;
+        }
         let events: Vec<_> = new
             .iter()
             .map(|node| self.ctx.envelope("coordinator", cause.or(self.last_id()), Event::JoinGranted { node: node.clone() }))

@@ -222,6 +222,10 @@ fn an_existing_rancher_takes_the_bootstrap_then_the_admin_password_and_down_leav
     assert_eq!(seen_in, None, "the password was on a command line (`ps` shows it)");
     assert!(text(&up.stdout).contains(&format!("Rancher: {}", server.url())), "{}", text(&up.stdout));
     assert_eq!(machines(&a), six_nodes(), "no rancher machine in the local world");
+    let refreshed = a.status_refresh();
+    let rancher = refreshed["actors"].as_array().unwrap().iter().find(|x| x["name"] == "rancher").unwrap().clone();
+    assert_eq!(rancher["observed"], "not a machine (existing Rancher)", "{rancher}");
+    assert_eq!(refreshed["orphans"], json!([]), "{refreshed}");
     let creds = a.credentials();
     let admin = creds["password"].as_str().unwrap().to_string();
     assert_ne!(admin, BOOTSTRAP, "the bootstrap password was changed");
