@@ -101,6 +101,7 @@ pub fn run_attempt(
     state: RunState,
     machines: Vec<(String, Role)>,
     driver: Arc<dyn MachineDriver>,
+    undo: Option<rmm_actors::context::Undo>,
 ) -> Result<RunEnd> {
     let secrets = FileSecrets::open(dir.secrets())
         .map_err(|e| Error::StateDir(format!("cannot read secrets file: {e}")))?;
@@ -118,6 +119,7 @@ pub fn run_attempt(
         secrets: Arc::new(secrets),
         create_slots: Arc::new(Semaphore::new(state.plan.parallel as usize)),
         stop: stop_rx,
+        undo,
     });
     let down = state.kind == RunKind::Down;
     let names: Vec<String> = machines.iter().map(|(n, _)| n.clone()).collect();

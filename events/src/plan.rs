@@ -30,6 +30,11 @@ pub struct Plan {
     /// server's own `rke2-default-version` / `k3s-default-version`
     /// (reference/rancher-current.md §2.4). Unused for RKE1.
     pub kubernetes_version: Option<String>,
+    /// An existing Rancher to provision the nodes into (`--rancher-url`,
+    /// since format version 4): no rancher machine is made, the server is
+    /// never started, stopped or removed. `None`: rmm starts its own.
+    #[serde(default)]
+    pub rancher_url: Option<String>,
 }
 
 /// The Kubernetes distribution of the downstream cluster.
@@ -140,6 +145,7 @@ impl Default for Plan {
             poll_ms: 50,
             distribution: DEFAULT_DISTRIBUTION,
             kubernetes_version: None,
+            rancher_url: None,
         }
     }
 }
@@ -152,7 +158,14 @@ impl Plan {
         masters.chain(workers).collect()
     }
 
-    /// Every machine of the run: `rancher` first, then the nodes.
+    /// Whether the run provisions into an existing Rancher (`--rancher-url`).
+    pub fn existing_rancher(&self) -> bool {
+        self.rancher_url.is_some()
+    }
+
+    /// Every actor of the run: `rancher` first (it owns the Rancher side:
+    /// with `--rancher-url` it has no machine, only the API steps), then
+    /// the nodes.
     pub fn machine_names(&self) -> Vec<(String, crate::Role)> {
         let mut all = vec![("rancher".to_string(), crate::Role::Rancher)];
         all.extend(self.node_names());

@@ -245,6 +245,7 @@ impl Gen {
             Step::WaitMachineRunning => Outcome::MachineRunning { machine: "custom-1".into(), node: actor.into() },
             Step::WaitClusterReady => Outcome::ClusterReady,
             Step::CheckServer => Outcome::ServerRunning,
+            Step::DeleteCluster => Outcome::ClusterDeleted { management_id: "c-m-1".into() },
         }
     }
 

@@ -104,6 +104,7 @@ pub fn short_step(step: Step) -> &'static str {
         Step::WaitClusterName => "mgmtid",
         Step::WaitMachineRunning => "running",
         Step::WaitClusterReady => "ready",
+        Step::DeleteCluster => "delete",
     }
 }
 

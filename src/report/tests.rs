@@ -145,6 +145,7 @@ fn outcome(step: Step) -> Outcome {
         Step::WaitMachineRunning => Outcome::MachineRunning { machine: "custom-1".into(), node: "master01".into() },
         Step::WaitClusterReady => Outcome::ClusterReady,
         Step::CheckServer => Outcome::ServerRunning,
+        Step::DeleteCluster => Outcome::ClusterDeleted { management_id: "c-m-1".into() },
     }
 }
 

@@ -7,6 +7,7 @@ mod crash;
 mod disk_full;
 mod down;
 mod emulator;
+mod existing;
 mod faults;
 mod kills;
 mod kubeconfig;

@@ -53,6 +53,8 @@ struct World {
     controllers: Option<usize>,
     /// Machines created through the driver, by name: (ip, times created).
     made: BTreeMap<String, u32>,
+    /// The passwords login accepts (`None`: any).
+    passwords: Option<Vec<String>>,
 }
 
 fn unauthorized() -> ApiError {
@@ -109,8 +111,13 @@ impl RancherApi for Fake {
         }
         Ok("pem".into())
     }
-    async fn login(&self, _: &str, _: &Secret) -> Result<Secret, ApiError> {
-        Ok(Secret::new("token-login:s"))
+    async fn login(&self, _: &str, password: &Secret) -> Result<Secret, ApiError> {
+        match &self.world().passwords {
+            Some(ok) if !ok.iter().any(|p| p == password.expose()) => {
+                Err(ApiError::Status { status: 401, code: Some("Unauthorized".into()), message: "authentication failed".into() })
+            }
+            _ => Ok(Secret::new("token-login:s")),
+        }
     }
     async fn change_password(&self, _: &Secret, _: &Secret, _: &Secret) -> Result<(), ApiError> {
         Ok(())
@@ -197,13 +204,14 @@ impl RancherApi for Fake {
         w.check(auth)?;
         Ok(w.offered.clone())
     }
-    async fn create_v1_cluster(&self, auth: &Secret, name: &str, version: &str) -> Result<SteveObject, ApiError> {
+    async fn create_v1_cluster(&self, auth: &Secret, name: &str, version: &str, run: &str) -> Result<SteveObject, ApiError> {
         let mut w = self.world();
         w.check(auth)?;
         if w.v1_clusters.iter().any(|c| c.name == name) {
             return Err(ApiError::Status { status: 409, code: Some("AlreadyExists".into()), message: "exists".into() });
         }
-        let c = SteveObject { name: name.into(), ..Default::default() };
+        let mut c = SteveObject { name: name.into(), ..Default::default() };
+        c.annotations.insert(crate::ports::RUN_ANNOTATION.into(), run.into());
         w.v1_clusters.push(c.clone());
         w.writes.push(format!("create v1 cluster {name} {version}"));
         Ok(c)
@@ -226,9 +234,22 @@ impl RancherApi for Fake {
         }
         Ok(w.v1_clusters.iter().find(|c| c.name == name).cloned())
     }
+    async fn delete_v1_cluster(&self, auth: &Secret, name: &str) -> Result<(), ApiError> {
+        let mut w = self.world();
+        w.check(auth)?;
+        w.v1_clusters.retain(|c| c.name != name);
+        w.writes.push(format!("delete v1 cluster {name}"));
+        Ok(())
+    }
+    async fn public_setting(&self, name: &str) -> Result<String, ApiError> {
+        Ok(self.world().settings.get(name).cloned().unwrap_or_default())
+    }
     async fn get_management_cluster(&self, auth: &Secret, id: &str) -> Result<SteveObject, ApiError> {
         let w = self.world();
         w.check(auth)?;
+        if !w.v1_clusters.iter().any(|c| c.cluster_name.as_deref() == Some(id)) && w.writes.iter().any(|x| x.starts_with("delete v1 cluster")) {
+            return Err(ApiError::Status { status: 404, code: Some("NotFound".into()), message: format!("clusters.management.cattle.io \"{id}\" not found") });
+        }
         Ok(SteveObject { name: id.into(), conditions: vec![condition("Ready", "True", "")], ..Default::default() })
     }
     async fn list_machines(&self, auth: &Secret, cluster: &str) -> Result<Vec<SteveObject>, ApiError> {
@@ -353,6 +374,7 @@ fn fixture() -> Fixture {
         secrets: Arc::new(Secrets::default()),
         create_slots: Arc::new(Semaphore::new(1)),
         stop,
+        undo: None,
     };
     ctx.put_secret(secret::RANCHER_CA, &Secret::new("pem")).unwrap();
     ctx.put_secret(secret::LOGIN_TOKEN, &Secret::new("token-login:s")).unwrap();
@@ -843,6 +865,7 @@ fn run_flow(fake: &Fake) -> (crate::coordinator::RunEnd, Vec<Envelope>) {
         secrets: Arc::new(Secrets::default()),
         create_slots: Arc::new(Semaphore::new(8)),
         stop,
+        undo: None,
     });
     let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let system = actix::System::new();
@@ -943,4 +966,105 @@ fn the_agent_service_on_the_node_says_whether_it_can_register() {
     assert!(matches!(show("not-found", "inactive", 0), Dead(w) if w.contains("no rancher-system-agent service")));
     // a node without systemctl says nothing: Rancher's list decides
     assert_eq!(v1::agent_service_of("bash: systemctl: command not found\n"), Unknown);
+}
+
+// ------------------------------------------------------------------ an existing Rancher
+
+fn existing_fixture() -> Fixture {
+    let mut f = v1_fixture();
+    f.ctx.plan.rancher_url = Some("https://rancher.example.com".into());
+    f.ctx.put_secret(secret::BOOTSTRAP_PASSWORD, &Secret::new("given-password")).unwrap();
+    f
+}
+
+#[tokio::test]
+async fn on_an_existing_rancher_the_password_changes_only_while_its_first_login_is_to_be_done() {
+    let f = existing_fixture();
+    let st = v1_rancher_state(f.ctx.run);
+    f.fake.world().settings.insert("first-login".into(), "true".into());
+    let changed = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::ChangePassword, &st, None)).await.unwrap();
+    assert!(matches!(changed, Outcome::PasswordChanged { .. }), "{changed:?}");
+    // First login done, and the admin password rmm stored works: an
+    // earlier try of this run changed it (its outcome was lost).
+    f.fake.world().settings.insert("first-login".into(), "false".into());
+    f.fake.world().passwords = Some(vec!["admin-password-123".into()]);
+    let again = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::ChangePassword, &st, None)).await.unwrap();
+    assert!(matches!(again, Outcome::PasswordChanged { .. }), "{again:?}");
+    // First login done by someone else: the given password is the admin
+    // one, and is kept; nothing is changed.
+    f.fake.world().passwords = Some(vec!["given-password".into()]);
+    let kept = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::ChangePassword, &st, None)).await.unwrap();
+    assert_eq!(kept, Outcome::PasswordKept);
+}
+
+#[tokio::test]
+async fn on_an_existing_rancher_a_cluster_of_that_name_not_made_by_this_run_is_refused_never_adopted() {
+    let f = existing_fixture();
+    let st = v1_rancher_state(f.ctx.run);
+    f.fake.world().v1_clusters.push(SteveObject { name: "tinysetup".into(), ..Default::default() });
+    let e = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::CreateCluster, &st, None)).await.unwrap_err();
+    assert!(!e.retryable && e.message.contains("already exists") && e.message.contains("--cluster-name"), "{e:?}");
+    assert!(f.fake.world().writes.is_empty());
+    // One of this run's (a try whose outcome was lost) is adopted.
+    f.fake.world().v1_clusters[0].annotations.insert(crate::ports::RUN_ANNOTATION.into(), f.ctx.run.to_string());
+    let adopted = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::CreateCluster, &st, None)).await.unwrap();
+    assert_eq!(adopted, Outcome::ClusterCreated { cluster_id: "fleet-default/tinysetup".into() });
+    assert!(f.fake.world().writes.is_empty());
+}
+
+#[tokio::test]
+async fn on_an_existing_rancher_its_server_url_is_kept_and_set_only_when_empty() {
+    let f = existing_fixture();
+    let st = v1_rancher_state(f.ctx.run);
+    f.fake.world().settings.insert("server-url".into(), "https://rancher.corp".into());
+    let kept = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::SetServerUrl, &st, None)).await.unwrap();
+    assert_eq!(kept, Outcome::ServerUrlSet { url: "https://rancher.corp".into() });
+    f.fake.world().settings.insert("server-url".into(), String::new());
+    let set = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::SetServerUrl, &st, None)).await.unwrap();
+    assert_eq!(set, Outcome::ServerUrlSet { url: "https://rancher.example.com".into() });
+}
+
+#[tokio::test]
+async fn a_down_deletes_only_the_cluster_its_up_run_made_with_that_run_s_secrets_and_trust() {
+    let mut f = existing_fixture();
+    let up = Uuid::now_v7();
+    // The up run's secrets, not this run's: read through `undo`.
+    f.ctx.secrets.put(&format!("{up}/{}", secret::RANCHER_CA), &Secret::new("pem")).unwrap();
+    f.ctx.secrets.put(&format!("{up}/{}", secret::API_TOKEN), &Secret::new("token-up:s")).unwrap();
+    f.ctx.undo = Some(crate::context::Undo { run: up, ca_trust: Some(ca_checksum("pem")), management_id: Some("c-m-abcd1234".into()) });
+    let fresh = ActorState::default();
+    let mut theirs = SteveObject { name: "tinysetup".into(), cluster_name: Some("c-m-abcd1234".into()), ..Default::default() };
+    f.fake.world().v1_clusters.push(theirs.clone());
+    let e = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::DeleteCluster, &fresh, None)).await.unwrap_err();
+    assert!(e.message.contains("was not made by run") && !e.retryable, "{e:?}");
+    assert!(f.fake.world().writes.is_empty(), "someone else's cluster is never deleted");
+    theirs.annotations.insert(crate::ports::RUN_ANNOTATION.into(), up.to_string());
+    f.fake.world().v1_clusters = vec![theirs];
+    let done = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::DeleteCluster, &fresh, None)).await.unwrap();
+    assert_eq!(done, Outcome::ClusterDeleted { management_id: "c-m-abcd1234".into() });
+    assert_eq!(f.fake.world().writes, vec!["delete v1 cluster tinysetup"]);
+    assert!(
+        f.fake.world().trusts.iter().all(|t| *t == CaTrust::Pinned("pem".into())),
+        "only the CA the up run pinned: {:?}",
+        f.fake.world().trusts
+    );
+    // Again (a resume): nothing left to delete, nothing deleted twice.
+    let again = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::DeleteCluster, &fresh, None)).await.unwrap();
+    assert_eq!(again, done);
+    assert_eq!(f.fake.world().writes.len(), 1);
+}
+
+#[test]
+fn an_existing_rancher_has_no_machine_or_server_steps_and_its_down_deletes_the_cluster_first() {
+    use crate::decide::{plan_steps, EXISTING_DOWN_RANCHER_STEPS};
+    let plan = Plan { distribution: rmm_events::Distribution::Rke2, rancher_url: Some("https://r".into()), ..Plan::default() };
+    let up = plan_steps(Role::Rancher, false, &plan);
+    for s in [Step::CreateMachine, Step::StartServer, Step::CheckServer] {
+        assert!(!up.contains(&s), "{s:?}");
+    }
+    let own = plan_steps(Role::Rancher, false, &Plan { rancher_url: None, ..plan.clone() });
+    assert_eq!(up, own.iter().copied().filter(|s| !matches!(s, Step::CreateMachine | Step::StartServer | Step::CheckServer)).collect::<Vec<_>>());
+    assert_eq!(plan_steps(Role::Rancher, true, &plan), EXISTING_DOWN_RANCHER_STEPS);
+    assert_eq!(plan_steps(Role::Worker, true, &plan), crate::decide::REMOVE_STEPS);
+    assert_eq!(plan_steps(Role::Master, false, &plan), crate::decide::V1_NODE_STEPS);
 }

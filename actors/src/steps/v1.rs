@@ -19,7 +19,7 @@ use super::{
     StepResult,
 };
 use crate::context::secret;
-use crate::ports::{ApiError, RancherApi, Secret, SteveObject};
+use crate::ports::{ApiError, RancherApi, Secret, SteveObject, RUN_ANNOTATION};
 
 /// The namespace of v1 custom clusters and their machines (§1.3, §2.4).
 pub const FLEET_DEFAULT: &str = "fleet-default";
@@ -281,7 +281,15 @@ fn cluster_ref(name: &str) -> Outcome {
     Outcome::ClusterCreated { cluster_id: format!("{FLEET_DEFAULT}/{name}") }
 }
 
-/// The probe of `CreateCluster`: the v1 cluster of the plan's name.
+/// Whether `c` was made by run `run` (it carries [`RUN_ANNOTATION`]).
+pub fn made_by(c: &SteveObject, run: &str) -> bool {
+    c.annotations.get(RUN_ANNOTATION).is_some_and(|r| r == run)
+}
+
+/// The probe of `CreateCluster`: the v1 cluster of the plan's name. On a
+/// Rancher this run started, a cluster of that name is this run's. On an
+/// existing Rancher only one annotated with this run's id is: any other is
+/// someone else's, and is refused, never adopted (nor later deleted).
 pub async fn find_cluster(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
     let api = rancher_api(call)?;
     let name = call.ctx.plan.cluster_name.clone();
@@ -290,7 +298,14 @@ pub async fn find_cluster(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
         async move { api.get_v1_cluster(&a, &name).await }
     })
     .await?;
-    Ok(found.map(|_| cluster_ref(&name)))
+    match found {
+        Some(c) if call.ctx.plan.existing_rancher() && !made_by(&c, &call.ctx.run.to_string()) => Err(StepError::permanent(format!(
+            "{REFUSAL}a cluster named {name} already exists in the Rancher at {} and was not made by this run: choose another --cluster-name (rmm never adopts or deletes a cluster it did not make)",
+            call.ctx.plan.rancher_url.as_deref().unwrap_or("?")
+        ))),
+        Some(_) => Ok(Some(cluster_ref(&name))),
+        None => Ok(None),
+    }
 }
 
 /// §2.4: looked up by name first, on every try; a 409 `AlreadyExists`
@@ -302,13 +317,16 @@ pub async fn create_cluster(call: &StepCall<'_>) -> StepResult<Outcome> {
     let api = rancher_api(call)?;
     let name = call.ctx.plan.cluster_name.clone();
     let version = chosen_version(call)?;
+    let run = call.ctx.run.to_string();
     let made = authed(call, &api, |a| {
-        let (api, name, version) = (api.clone(), name.clone(), version.clone());
-        async move { api.create_v1_cluster(&a, &name, &version).await }
+        let (api, name, version, run) = (api.clone(), name.clone(), version.clone(), run.clone());
+        async move { api.create_v1_cluster(&a, &name, &version, &run).await }
     })
     .await;
     match made {
         Ok(_) => Ok(cluster_ref(&name)),
+        // Made meanwhile (by a try whose outcome was lost, or, on a
+        // shared server, by someone else: `find_cluster` tells which).
         Err(e) if e.message.contains("409") => Ok(find_cluster(call).await?.unwrap_or_else(|| cluster_ref(&name))),
         Err(e) => Err(e),
     }
@@ -498,6 +516,83 @@ pub async fn wait_cluster_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
         }
     })
     .await
+}
+
+/// `rmm down` on an existing Rancher: deletes the v1 cluster (only the one
+/// the `up` run made: annotated with its id) and waits until both it and
+/// its management cluster are gone; Rancher removes the management
+/// cluster, then lets the v1 object go (its finalizer). The server itself
+/// is never touched. Run again (a resume), it deletes nothing twice: a
+/// cluster already gone is 404, and the wait goes on.
+pub async fn delete_cluster(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let name = ctx.plan.cluster_name.clone();
+    let up_run = ctx.undo.as_ref().map(|u| u.run.to_string()).unwrap_or_default();
+    let found = authed(call, &api, |a| {
+        let (api, name) = (api.clone(), name.clone());
+        async move { api.get_v1_cluster(&a, &name).await }
+    })
+    .await?;
+    let mut management_id = ctx.undo.as_ref().and_then(|u| u.management_id.clone());
+    if let Some(c) = &found {
+        if !made_by(c, &up_run) {
+            return Err(StepError::permanent(format!(
+                "the cluster named {name} in the Rancher at {} was not made by run {up_run} (it carries no {RUN_ANNOTATION} of it): not deleted",
+                ctx.plan.rancher_url.as_deref().unwrap_or("?")
+            )));
+        }
+        management_id = management_id.or_else(|| c.cluster_name.clone());
+        authed(call, &api, |a| {
+            let (api, name) = (api.clone(), name.clone());
+            async move { api.delete_v1_cluster(&a, &name).await }
+        })
+        .await?;
+    }
+    let progress = ProgressLog::new(call);
+    let what = format!(
+        "cluster {FLEET_DEFAULT}/{name}{} to be gone from Rancher",
+        management_id.as_deref().map(|m| format!(" and management cluster {m}")).unwrap_or_default()
+    );
+    poll(ctx, ctx.plan.timeouts.active_s, &what, || async {
+        let v1 = authed(call, &api, |a| {
+            let (api, name) = (api.clone(), name.clone());
+            async move { api.get_v1_cluster(&a, &name).await }
+        })
+        .await?;
+        let mgmt_gone = match &management_id {
+            None => true,
+            Some(id) => {
+                let got = authed(call, &api, |a| {
+                    let (api, id) = (api.clone(), id.clone());
+                    async move {
+                        match api.get_management_cluster(&a, &id).await {
+                            Ok(_) => Ok(false),
+                            Err(e) if e.status() == Some(404) => Ok(true),
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .await?;
+                got
+            }
+        };
+        match (v1, mgmt_gone) {
+            (None, true) => Ok(Some(())),
+            (Some(c), _) => {
+                let now = progress_of(&c);
+                let state = if now.is_empty() { c.state.name.clone() } else { format!("{}: {now}", c.state.name) };
+                progress.saw(&format!("v1 cluster still there ({state})")).await;
+                Err(StepError::transient(format!("the v1 cluster is still there ({state})")))
+            }
+            (None, false) => {
+                progress.saw("v1 cluster gone; management cluster still there").await;
+                Err(StepError::transient("the management cluster is still there"))
+            }
+        }
+    })
+    .await?;
+    Ok(Outcome::ClusterDeleted { management_id: management_id.unwrap_or_default() })
 }
 
 // ------------------------------------------------------------------ nodes
