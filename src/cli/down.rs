@@ -5,6 +5,12 @@
 //! Without a run in the log (never made here, or the log was lost), `down
 //! --cluster NAME` removes what the driver has for that cluster, after a
 //! confirmation (a prompt on a terminal; `--yes` for scripts).
+//!
+//! A run on an existing Rancher (`--rancher-url`) has a `rancher` actor
+//! but no rancher machine: it deletes the cluster in Rancher (with the
+//! credentials and the CA trust the `up` run recorded, see
+//! [`rmm_actors::context::Undo`]) and waits until it is gone; only then
+//! are the node machines removed. The server is never stopped or removed.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};

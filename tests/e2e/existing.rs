@@ -277,6 +277,18 @@ fn an_existing_rancher_takes_the_bootstrap_then_the_admin_password_and_down_leav
     assert!(!line.contains(BOOTSTRAP), "{line}");
     assert!(server.cluster(&token, "stale").0.is_none(), "nothing made in Rancher");
 
+    // --ca-checksum pins instead of trusting on first use: a server with
+    // another CA is refused before any credential is sent.
+    let pinned = TestDir::new();
+    config(&pinned, &server, "pinned");
+    let toml = pinned.tmp.path().join("rmm.toml");
+    let with_sum = std::fs::read_to_string(&toml).unwrap() + &format!("ca_checksum = \"{}\"\n", "0".repeat(64));
+    std::fs::write(&toml, with_sum).unwrap();
+    let out = pinned.rmm(&["up"]).env("RMM_RANCHER_PASSWORD", &admin).code(1);
+    let stderr = text(&out.stderr);
+    assert!(stderr.lines().last().unwrap_or_default().contains("does not match the pinned --ca-checksum"), "{stderr}");
+    assert!(!pinned.events().iter().any(|e| e["data"]["step"] == "login"), "no login was tried");
+
     // (c) down: the cluster goes from Rancher (v1 and management), the
     // node machines go, the server stays and keeps the other cluster.
     let mgmt = a.status()["rancher"]["cluster_id"].as_str().expect("a management id").to_string();
