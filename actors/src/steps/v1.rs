@@ -667,9 +667,13 @@ pub fn agent_service_of(show: &str) -> AgentService {
     }
 }
 
-async fn agent_service(call: &StepCall<'_>) -> StepResult<AgentService> {
-    let out = exec(call.ctx, call.actor, "systemctl show rancher-system-agent -p LoadState -p ActiveState -p NRestarts").await?;
-    Ok(if out.status == 0 { agent_service_of(&out.stdout) } else { AgentService::Unknown })
+/// [`agent_service_of`] the node; a node that cannot be asked right now
+/// (the driver failed to run the command) says nothing.
+async fn agent_service(call: &StepCall<'_>) -> AgentService {
+    match exec(call.ctx, call.actor, "systemctl show rancher-system-agent -p LoadState -p ActiveState -p NRestarts").await {
+        Ok(out) if out.status == 0 => agent_service_of(&out.stdout),
+        _ => AgentService::Unknown,
+    }
 }
 
 /// The agent's service status and log tail on the node, for a failure.
@@ -748,7 +752,7 @@ pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     // machine whose agent never checks in).
     let registered = if out.status == 0 {
         poll(ctx, grace, &what, || async {
-            match agent_service(call).await? {
+            match agent_service(call).await {
                 AgentService::Dead(why) => Err(StepError::permanent(format!("{AGENT_DEAD}{why}"))),
                 AgentService::Restarted(n) => Err(StepError::permanent(format!(
                     "{AGENT_DEAD}the rancher-system-agent service exited and was restarted {n} time(s)"
@@ -844,7 +848,7 @@ pub async fn wait_machine_running(call: &StepCall<'_>) -> StepResult<Outcome> {
             due
         };
         if look {
-            if let AgentService::Dead(why) = agent_service(call).await? {
+            if let AgentService::Dead(why) = agent_service(call).await {
                 let text = format!(
                     "node {}'s agent stopped ({why}) while its machine {} is {phase}; agent on the node: {}",
                     call.actor,
