@@ -209,7 +209,11 @@ fn validate(plan: &Plan, allow_even_masters: bool) -> Result<()> {
     // rke1 on 2.12+ (or rke2/k3s before 2.6) is refused before anything
     // is made when the image's tag names its version; an image whose tag
     // does not (`latest`) is checked at `/rancherversion` once it runs.
-    if let Some(why) = rmm_actors::steps::v1::image_version(&plan.rancher_image)
+    // With `--rancher-url` no image is started: that server's
+    // `/rancherversion` decides.
+    if let Some(why) = Some(&plan.rancher_image)
+        .filter(|_| plan.rancher_url.is_none())
+        .and_then(|image| rmm_actors::steps::v1::image_version(image))
         .and_then(|v| rmm_actors::steps::v1::line_refusal(plan.distribution, v))
     {
         return bad(why);
@@ -394,6 +398,8 @@ mod tests {
         // a tag that names no version is checked at /rancherversion instead
         assert!(parse("distribution = \"rke1\"\nrancher_image = \"rancher/rancher:latest\"").is_ok());
         assert!(parse("distribution = \"rke1\"\nrancher_image = \"rancher/rancher@sha256:0123\"").is_ok());
+        // an existing Rancher starts no image: its tag is not the server's version
+        assert!(parse("distribution = \"rke2\"\nrancher_image = \"rancher/rancher:v2.5.16\"\nrancher_url = \"https://r.example.com\"").is_ok());
     }
 
     #[test]
