@@ -313,6 +313,22 @@ pub struct State {
     /// CAPI machines of the custom clusters (`cluster.x-k8s.io`).
     #[serde(default)]
     pub machines: Vec<super::v1::Machine>,
+    /// The registration ledger: how many registrations each node made
+    /// (`/v3/connect/register` of the RKE1 agent, `/v3/connect/agent` of
+    /// the system-agent installer), keyed `<cluster>/<node>` (the cluster's
+    /// id and requested hostname on RKE1, its name and node name on v1). Rancher
+    /// keeps no such count (a second registration updates the node); the
+    /// emulator keeps it in its data dir so the crash tests can check that
+    /// no node registered twice.
+    #[serde(default)]
+    pub registrations: BTreeMap<String, u32>,
+}
+
+impl State {
+    /// Counts one registration of `node` in `cluster` in the ledger.
+    pub fn count_registration(&mut self, cluster: &str, node: &str) {
+        *self.registrations.entry(format!("{cluster}/{node}")).or_insert(0) += 1;
+    }
 }
 
 /// The registration commands of a token (2.6+: empty until server-url is set).
@@ -886,6 +902,7 @@ impl Model {
         }
         let has = |role: &str| roles.iter().any(|r| r == role);
         let (etcd, control_plane, worker) = (has("etcd"), has("controlplane"), has("worker"));
+        self.state.count_registration(&cluster_id, hostname);
         let existing = self
             .state
             .nodes
@@ -1282,6 +1299,10 @@ mod tests {
             .unwrap();
         assert_eq!(again, master);
         assert_eq!(m.state.nodes.len(), 2);
+        // ... while the registration ledger counts every registration
+        let key = |n: &str| format!("{c}/{n}");
+        assert_eq!(m.state.registrations.get(&key("master01")), Some(&2));
+        assert_eq!(m.state.registrations.get(&key("worker01")), Some(&1));
         assert_eq!(m.cluster_active_since(&c, 9_000), Some(2_500));
         // an all-roles node alone is enough
         let c2 = m

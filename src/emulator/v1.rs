@@ -609,6 +609,7 @@ impl Model {
                 labels.insert(l.into(), "true".into());
             }
         }
+        self.state.count_registration(&pc.name, &node_name);
         if let Some(i) = self.state.machines.iter().position(|m| m.name == name && m.namespace == pc.namespace) {
             let m = &mut self.state.machines[i];
             m.address = h.address.clone();
@@ -1277,6 +1278,10 @@ mod tests {
         // re-registering the same agent id gives the same machine
         m.connect_agent(&mut rng, 2_000, &token, &agent("w1", "w-1", false, false, true)).unwrap();
         assert_eq!(m.state.machines.len(), 6);
+        // ... but the registration ledger counts both registrations
+        assert_eq!(m.state.registrations.get("c1/w-1"), Some(&2));
+        assert_eq!(m.state.registrations.get("c1/cp-1"), Some(&1));
+        assert_eq!(m.state.registrations.len(), 6);
         for i in 3..6 {
             let (tok, sec) = (m.state.machines[i].plan_token.clone(), m.state.machines[i].plan_secret());
             m.check_in(2_000, &tok, &sec);

@@ -99,19 +99,42 @@ fn check_failed_run(what: &str, out: &Output, calls: &[Call], ended_ms: i64, rea
 fn recover(dir: &TestDir, what: &str, out: &Output) {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("then `rmm up --resume`"), "{what}: {stderr}");
-    let resumed = dir.rmm(&["up", "--resume"]).run();
+    let resumed = bounded(dir.rmm(&["up", "--resume"]), what, RESUME_BOUND);
     if resumed.status.code() == Some(3) && text(&resumed.stderr).contains("nothing to resume") {
         // The run's first records never reached the disk: it starts again.
-        dir.up_ok(&[]);
+        let again = bounded(dir.rmm(&["up"]), what, RESUME_BOUND);
+        assert!(again.status.success(), "{what}: the new run: {}", text(&again.stderr));
     } else {
         assert!(resumed.status.success(), "{what}: the resume: {}", text(&resumed.stderr));
     }
     check_completed_once(dir, what, 1);
 }
 
+/// How long a resume after a failed append may take (a whole run takes a
+/// few seconds): past it, the test fails instead of hanging.
+const RESUME_BOUND: Duration = Duration::from_secs(60);
+
+/// Runs `cmd`; killed (and the test failed, with its stderr) if it has not
+/// ended within `bound`.
+fn bounded(cmd: RmmCmd, what: &str, bound: Duration) -> Output {
+    let mut cmd = cmd.cmd;
+    let desc = format!("{cmd:?}");
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > bound {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("{what}: {desc} did not end within {bound:?} (a hang?): {}", text(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Writes to `journal.wal` in a golden run (and checks the shim sees them).
-fn golden_writes() -> u64 {
-    let dir = TestDir::new();
+fn golden_writes(kind: Kind) -> u64 {
+    let dir = TestDir::on(kind);
     let (out, calls, _) = run_with_fault(&dir, &["up"], "none", 0, 28, Duration::from_secs(120));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let writes = calls.iter().filter(|c| c.kind == "write").count() as u64;
@@ -120,18 +143,20 @@ fn golden_writes() -> u64 {
     writes
 }
 
-#[test]
-fn disk_full_at_every_append_ends_the_run_with_one_line_and_the_resume_completes() {
+/// Fails every write of `journal.wal` of a run of `kind` in turn (ENOSPC),
+/// two at a time.
+fn disk_full_sweep(kind: Kind) {
     if shim().is_none() {
         return;
     }
-    let w = golden_writes();
-    eprintln!("disk-full sweep: {w} writes of journal.wal");
+    let started = Instant::now();
+    let w = golden_writes(kind);
+    eprintln!("disk-full sweep on {kind:?}: {w} writes of journal.wal");
     let latencies = std::sync::Mutex::new(Vec::new());
     let missed = std::sync::Mutex::new(Vec::new());
     two_at_a_time((1..=w).collect(), |k| {
-        let dir = TestDir::new();
-        let what = format!("ENOSPC at write {k}");
+        let dir = TestDir::on(kind);
+        let what = format!("{kind:?}: ENOSPC at write {k}");
         let (out, calls, ended) = run_with_fault(&dir, &["up"], "write", k, 28, Duration::from_secs(30));
         match check_failed_run(&what, &out, &calls, ended, "No space left on device (") {
             Some(ms) => {
@@ -154,6 +179,17 @@ fn disk_full_at_every_append_ends_the_run_with_one_line_and_the_resume_completes
     assert!(missed.iter().all(|k| *k + slack > w), "write indices not reached: {missed:?} of {w}");
     // "Within a second" is the aim; 10 s only tells a slow machine from a hang.
     assert!(l[l.len() - 1] < 10_000, "a failed append must end the process promptly: {l:?}");
+    eprintln!("disk-full sweep on {kind:?}: {w} fail/resume pairs in {:.0?}", started.elapsed());
+}
+
+#[test]
+fn disk_full_at_every_append_on_rke2_ends_the_run_with_one_line_and_the_resume_completes() {
+    disk_full_sweep(Kind::Rke2);
+}
+
+#[test]
+fn disk_full_at_every_append_on_rke1_ends_the_run_with_one_line_and_the_resume_completes() {
+    disk_full_sweep(Kind::Rke1);
 }
 
 /// `fdatasync` failing (EIO: the page cache lost the write) at the first,
