@@ -107,12 +107,17 @@ pub fn check_completed_once(dir: &TestDir, what: &str, crashes: u64) {
     } else {
         check_v3_cluster(dir, what, &description);
     }
-    // Each node registered exactly once: a resume that adopted a
-    // registration never ran the agent or installer again.
+    // Each node registered exactly once (one node or machine made for
+    // it, none made and removed since). Its agent or installer ran again
+    // at most once per crash: only when a crash cut it short after its
+    // registration call (then with the node's kept id: the same machine).
     let registrations = registrations(dir);
-    assert_eq!(registrations.len(), 6, "{what}: nodes in the registration ledger: {registrations:?}");
-    for (node, n) in &registrations {
+    assert_eq!(registrations.made.len(), 6, "{what}: nodes in the registration ledger: {:?}", registrations.made);
+    for (node, n) in &registrations.made {
         assert_eq!(*n, 1, "{what}: node {node} registered {n} times");
+    }
+    for (node, n) in &registrations.calls {
+        assert!(*n <= 1 + crashes, "{what}: node {node} made {n} registration calls after {crashes} crash(es)");
     }
     // The world's ledger of completed creates. (A create cut short by the
     // crash leaves a half-made machine, which the resume removes and makes
@@ -319,4 +324,43 @@ fn a_torn_last_record_is_dropped_and_the_resume_completes() {
     assert_eq!(events.len(), 29, "the torn 30th record is gone, the 29 before it verify");
     dir.rmm(&["up", "--resume"]).ok();
     check_completed_once(&dir, "torn tail", 1);
+}
+
+/// rmm killed while the installer runs on a node, after Rancher answered
+/// its registration call and before the agent's unit exists: Rancher lists
+/// the machine, but no service on the node will ever check in. The resume
+/// runs the installer again (with the node's kept id: the same machine)
+/// instead of adopting the registration and then waiting out `active_s`
+/// (30 min) for a machine that never gets to `Running`.
+#[test]
+fn an_installer_cut_short_after_its_registration_runs_again_on_resume_and_the_run_completes() {
+    let dir = TestDir::on(Kind::Rke2);
+    let out = dir.rmm(&["up"]).env("RMM_LOCAL_CRASH_AFTER_REGISTER", "worker02").run();
+    assert_eq!(out.status.signal(), Some(6), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("RMM_LOCAL_CRASH_AFTER_REGISTER=worker02"), "{}", text(&out.stderr));
+    let before = registrations(&dir);
+    assert_eq!(before.made.get("tinysetup/worker02"), Some(&1), "registered before the crash: {:?}", before.made);
+    let resumed = dir.rmm(&["up", "--resume"]).run_within(std::time::Duration::from_secs(60));
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    check_completed_once(&dir, "installer cut short after its registration", 1);
+    let after = registrations(&dir);
+    assert_eq!(after.calls.get("tinysetup/worker02"), Some(&2), "the installer ran again: {:?}", after.calls);
+    assert_eq!(after.made.get("tinysetup/worker02"), Some(&1), "the same machine");
+}
+
+/// rmm killed right after the installer made the agent's unit, before its
+/// service checked in: the registration is complete on both sides, so the
+/// resume adopts it without running the installer again, and the service
+/// (started on the node without rmm, as systemd does) checks in.
+#[test]
+fn an_installer_cut_short_after_its_unit_is_adopted_on_resume_and_the_run_completes() {
+    let dir = TestDir::on(Kind::Rke2);
+    let out = dir.rmm(&["up"]).env("RMM_LOCAL_CRASH_BEFORE_CHECK_IN", "master02").run();
+    assert_eq!(out.status.signal(), Some(6), "{}", text(&out.stderr));
+    let resumed = dir.rmm(&["up", "--resume"]).run_within(std::time::Duration::from_secs(60));
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    check_completed_once(&dir, "installer cut short after its unit", 1);
+    assert_eq!(registrations(&dir).calls.get("tinysetup/master02"), Some(&1), "not run again");
+    let adopted = dir.events().iter().any(|e| e["actor"] == "master02" && e["kind"] == "StepSucceeded" && e["data"]["step"] == "run_agent" && e["data"]["via"] != "done");
+    assert!(adopted, "master02's run_agent was adopted");
 }

@@ -99,10 +99,10 @@ fn check_failed_run(what: &str, out: &Output, calls: &[Call], ended_ms: i64, rea
 fn recover(dir: &TestDir, what: &str, out: &Output) {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("then `rmm up --resume`"), "{what}: {stderr}");
-    let resumed = bounded(dir.rmm(&["up", "--resume"]), what, RESUME_BOUND);
+    let resumed = dir.rmm(&["up", "--resume"]).run_within(RESUME_BOUND);
     if resumed.status.code() == Some(3) && text(&resumed.stderr).contains("nothing to resume") {
         // The run's first records never reached the disk: it starts again.
-        let again = bounded(dir.rmm(&["up"]), what, RESUME_BOUND);
+        let again = dir.rmm(&["up"]).run_within(RESUME_BOUND);
         assert!(again.status.success(), "{what}: the new run: {}", text(&again.stderr));
     } else {
         assert!(resumed.status.success(), "{what}: the resume: {}", text(&resumed.stderr));
@@ -113,24 +113,6 @@ fn recover(dir: &TestDir, what: &str, out: &Output) {
 /// How long a resume after a failed append may take (a whole run takes a
 /// few seconds): past it, the test fails instead of hanging.
 const RESUME_BOUND: Duration = Duration::from_secs(60);
-
-/// Runs `cmd`; killed (and the test failed, with its stderr) if it has not
-/// ended within `bound`.
-fn bounded(cmd: RmmCmd, what: &str, bound: Duration) -> Output {
-    let mut cmd = cmd.cmd;
-    let desc = format!("{cmd:?}");
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > bound {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("{what}: {desc} did not end within {bound:?} (a hang?): {}", text(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
 
 /// Writes to `journal.wal` in a golden run (and checks the shim sees them).
 fn golden_writes(kind: Kind) -> u64 {

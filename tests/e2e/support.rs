@@ -137,6 +137,24 @@ impl RmmCmd {
         self.cmd.output().expect("run rmm")
     }
 
+    /// Runs; killed (and the test failed, with its stderr) if it has not
+    /// ended within `bound`: a hang fails instead of hanging the test.
+    pub fn run_within(self, bound: std::time::Duration) -> Output {
+        let mut cmd = self.cmd;
+        let desc = format!("{cmd:?}");
+        let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("run rmm");
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > bound {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!("{desc} did not end within {bound:?} (a hang?): {}", text(&out.stderr));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs and requires exit 0.
     pub fn ok(self) -> Output {
         let desc = format!("{:?}", self.cmd);
@@ -264,12 +282,19 @@ pub fn ask_rancher_v1(dir: &TestDir) -> V1View {
 }
 
 /// The emulator's registration ledger (in its data dir, on the rancher
-/// machine of the local world): registrations per `<cluster>/<node>`,
-/// every one counted, also those that only updated a node.
-pub fn registrations(dir: &TestDir) -> std::collections::BTreeMap<String, u64> {
+/// machine of the local world), per `<cluster>/<node>`: how many nodes or
+/// machines its registrations made, and how many registration calls it
+/// made in all (also those that only updated its node or machine).
+pub struct Registrations {
+    pub made: std::collections::BTreeMap<String, u64>,
+    pub calls: std::collections::BTreeMap<String, u64>,
+}
+
+pub fn registrations(dir: &TestDir) -> Registrations {
     let path = dir.state().join("world/machines/rancher/rancher/state.json");
     let state = json(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
-    serde_json::from_value(state["registrations"].clone()).unwrap_or_default()
+    let map = |k: &str| serde_json::from_value(state[k].clone()).unwrap_or_else(|e| panic!("{k} in {}: {e}", path.display()));
+    Registrations { made: map("registrations"), calls: map("registrationCalls") }
 }
 
 /// The seeds a seeded test runs: `var=N` replays one; otherwise the pinned
