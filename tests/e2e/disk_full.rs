@@ -146,19 +146,27 @@ fn disk_full_sweep(kind: Kind) {
                 latencies.lock().unwrap().push(ms);
                 recover(&dir, &what, &out);
             }
-            None => missed.lock().unwrap().push(k),
+            None => {
+                // The run ended before its k-th write: it made fewer, and
+                // it completed unharmed.
+                let writes = calls.iter().filter(|c| c.kind == "write").count() as u64;
+                assert!(writes < k, "{what}: not failed, yet the run made {writes} writes");
+                check_completed_once(&dir, &what, 0);
+                missed.lock().unwrap().push(k);
+            }
         }
     });
     let mut l = latencies.into_inner().unwrap();
     l.sort();
     let missed = missed.into_inner().unwrap();
     eprintln!("failed write -> exit: median {} ms, max {} ms; not reached: {missed:?}", l[l.len() / 2], l[l.len() - 1]);
-    // Group commit makes the number of writes vary between runs (actors'
-    // events that arrive together share one write; seen: 74 in the golden
-    // run, 67 in another): only indices in the last eighth may be past a
-    // run's own end, and such a run was checked to complete unharmed.
-    let slack = (w / 8).max(5);
-    assert!(missed.iter().all(|k| *k + slack > w), "write indices not reached: {missed:?} of {w}");
+    // The number of writes varies between runs: actors' events that arrive
+    // together share one write (group commit; seen: 74 in the golden run,
+    // 67 in another), and on the v1 path the planner's progress messages
+    // are recorded as the polls see them (seen: 87 and 75). An index past
+    // a run's own end was checked above: that run made fewer writes and
+    // completed unharmed. Most indices must have been reached.
+    assert!(missed.len() as u64 <= w / 4, "write indices not reached: {missed:?} of {w}");
     // "Within a second" is the aim; 10 s only tells a slow machine from a hang.
     assert!(l[l.len() - 1] < 10_000, "a failed append must end the process promptly: {l:?}");
     eprintln!("disk-full sweep on {kind:?}: {w} fail/resume pairs in {:.0?}", started.elapsed());
