@@ -43,10 +43,27 @@ pub fn distribution_of(events: &[Value]) -> Distribution {
     Distribution::parse(plan["distribution"].as_str().expect("a distribution in the plan")).unwrap()
 }
 
+/// The emulator's controllers on a quicker clock (default: 300 ms to
+/// `clusterName`, 300 ms to `default-token`, 150 ms a planner step), for
+/// the exhaustive sweeps (the crash matrix, the disk-full sweep): every
+/// phase and message still comes, in the same order, and a sweep of ~130
+/// runs does not spend most of its time waiting on them. The seeded crash
+/// chains and the SIGKILL chains keep the default clock.
+pub const QUICK_CONTROLLERS: &[(&str, &str)] =
+    &[("RMM_LOCAL_CLUSTER_NAME_MS", "60"), ("RMM_LOCAL_DEFAULT_TOKEN_MS", "60"), ("RMM_LOCAL_PLANNER_MS", "30")];
+
+/// `cmd` with `env` set.
+pub fn with_env(mut cmd: RmmCmd, env: &[(&str, &str)]) -> RmmCmd {
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
+    }
+    cmd
+}
+
 /// A golden run: N appends, E side effects.
 fn golden(kind: Kind) -> (u64, u64) {
     let dir = TestDir::on(kind);
-    dir.up_ok(&[]);
+    with_env(dir.rmm(&["up"]), QUICK_CONTROLLERS).ok();
     let events = dir.events();
     let effects = effect_intents(&events).values().sum();
     (events.len() as u64, effects)
@@ -67,9 +84,9 @@ fn effect_intents(events: &[Value]) -> BTreeMap<(String, String), u64> {
 
 /// `rmm up` (or `up --resume`) with a crash point; `true` if it aborted
 /// there, `false` if it finished first.
-fn crash_run(dir: &TestDir, resume: bool, var: &str, k: u64) -> bool {
+fn crash_run(dir: &TestDir, resume: bool, var: &str, k: u64, env: &[(&str, &str)]) -> bool {
     let args: &[&str] = if resume { &["up", "--resume"] } else { &["up"] };
-    let out = dir.rmm(args).env(var, &k.to_string()).run();
+    let out = with_env(dir.rmm(args), env).env(var, &k.to_string()).run();
     if out.status.success() {
         return false;
     }
@@ -197,13 +214,13 @@ fn check_v1_cluster(dir: &TestDir, what: &str, description: &str) {
 /// finished before it reached `k` (then it is checked as it is).
 fn crash_then_resume(kind: Kind, var: &str, k: u64) -> bool {
     let dir = TestDir::on(kind);
-    if !crash_run(&dir, false, var, k) {
+    if !crash_run(&dir, false, var, k, QUICK_CONTROLLERS) {
         check_completed_once(&dir, &format!("{kind:?} {var}={k} (not reached)"), 0);
         return false;
     }
     let status = dir.status();
     assert!(["interrupted", "completed"].contains(&status["run"]["state"].as_str().unwrap()), "{kind:?} {var}={k}: {status}");
-    dir.rmm(&["up", "--resume"]).ok();
+    with_env(dir.rmm(&["up", "--resume"]), QUICK_CONTROLLERS).ok();
     check_completed_once(&dir, &format!("{kind:?} {var}={k}"), 1);
     true
 }
@@ -278,7 +295,7 @@ fn chain(kind: Kind, seed: u64) {
         } else {
             ("RMM_CRASH_BEFORE_OUTCOME", rng.gen_range(1..=20))
         };
-        if crash_run(&dir, i > 0, var, k) {
+        if crash_run(&dir, i > 0, var, k, &[]) {
             crashed += 1;
         } else {
             break; // it finished before reaching the point
@@ -310,11 +327,11 @@ fn seeded_crash_chains_on_rke1_crash_the_resumes_too_and_still_complete() {
 #[test]
 fn a_torn_last_record_is_dropped_and_the_resume_completes() {
     let dir = TestDir::new();
-    assert!(crash_run(&dir, false, "RMM_CRASH_AFTER_APPEND", 29));
+    assert!(crash_run(&dir, false, "RMM_CRASH_AFTER_APPEND", 29, &[]));
     // The crash comes *during* the 30th append: its write is torn, and its
     // head anchor (written only once an append is durable) still says 29.
     let anchor = std::fs::read(dir.state().join("events/head")).unwrap();
-    assert!(crash_run(&dir, true, "RMM_CRASH_AFTER_APPEND", 1));
+    assert!(crash_run(&dir, true, "RMM_CRASH_AFTER_APPEND", 1, &[]));
     std::fs::write(dir.state().join("events/head"), anchor).unwrap();
     let wal = dir.state().join("events").join("journal.wal");
     let len = std::fs::metadata(&wal).unwrap().len();

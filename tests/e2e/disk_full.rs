@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::crash::{check_completed_once, two_at_a_time};
+use crate::crash::{check_completed_once, two_at_a_time, with_env, QUICK_CONTROLLERS};
 use crate::shim::shim;
 use crate::support::*;
 
@@ -46,8 +46,7 @@ fn calls(log: &Path) -> Vec<Call> {
 /// killed (and the test failed) if it has not ended within `bound`.
 fn run_with_fault(dir: &TestDir, args: &[&str], kind: &str, k: u64, errno: i32, bound: Duration) -> (Output, Vec<Call>, i64) {
     let log = dir.tmp.path().join(format!("shim-{kind}-{k}.log"));
-    let mut cmd = dir
-        .rmm(args)
+    let mut cmd = with_env(dir.rmm(args), QUICK_CONTROLLERS)
         .env("LD_PRELOAD", shim().unwrap().to_str().unwrap())
         .env("RMM_SHIM_LOG", log.to_str().unwrap())
         .env("RMM_SHIM_FAIL_CALL", kind)
@@ -99,10 +98,10 @@ fn check_failed_run(what: &str, out: &Output, calls: &[Call], ended_ms: i64, rea
 fn recover(dir: &TestDir, what: &str, out: &Output) {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("then `rmm up --resume`"), "{what}: {stderr}");
-    let resumed = dir.rmm(&["up", "--resume"]).run_within(RESUME_BOUND);
+    let resumed = with_env(dir.rmm(&["up", "--resume"]), QUICK_CONTROLLERS).run_within(RESUME_BOUND);
     if resumed.status.code() == Some(3) && text(&resumed.stderr).contains("nothing to resume") {
         // The run's first records never reached the disk: it starts again.
-        let again = dir.rmm(&["up"]).run_within(RESUME_BOUND);
+        let again = with_env(dir.rmm(&["up"]), QUICK_CONTROLLERS).run_within(RESUME_BOUND);
         assert!(again.status.success(), "{what}: the new run: {}", text(&again.stderr));
     } else {
         assert!(resumed.status.success(), "{what}: the resume: {}", text(&resumed.stderr));

@@ -37,29 +37,52 @@ fn kill_after(mut child: Child, after: Duration) -> bool {
     }
 }
 
-fn sigkill_chain(seed: u64) {
-    eprintln!("sigkill chain seed {seed}");
+/// How long a whole run of `kind` takes in the slow world, here and now:
+/// the span the kills are spread over.
+fn slow_run_length(kind: Kind) -> Duration {
+    let dir = TestDir::on(kind);
+    let started = Instant::now();
+    slow(dir.rmm(&["up"])).ok();
+    started.elapsed()
+}
+
+fn sigkill_chain(kind: Kind, span: Duration, seed: u64) {
+    eprintln!("sigkill chain on {kind:?}, seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let dir = TestDir::new();
+    let dir = TestDir::on(kind);
     let mut kills = 0;
+    let span_ms = span.as_millis().max(200) as u64;
     for i in 0..rng.gen_range(2..=3) {
         let args: &[&str] = if i == 0 { &["up"] } else { &["up", "--resume"] };
         let child = spawn(&dir, args);
-        if kill_after(child, Duration::from_millis(rng.gen_range(30..1800))) {
+        if kill_after(child, Duration::from_millis(rng.gen_range(30..span_ms))) {
             kills += 1;
         } else {
             break;
         }
     }
     slow(dir.rmm(&["up", "--resume"])).ok();
-    check_completed_once(&dir, &format!("sigkill seed {seed}"), kills);
+    check_completed_once(&dir, &format!("{kind:?} sigkill seed {seed}"), kills);
+}
+
+/// SIGKILLs at seeded moments spread over a whole run of `kind` (and of
+/// its resumes), two chains at a time.
+fn sigkill_chains(kind: Kind) {
+    let started = Instant::now();
+    let span = slow_run_length(kind);
+    eprintln!("a slow run on {kind:?} takes {span:.1?}: kills fall within it");
+    crate::crash::two_at_a_time(seeds("RMM_KILL_SEED", &[11, 12, 13, 14]), |seed| sigkill_chain(kind, span, seed));
+    eprintln!("sigkill chains on {kind:?} in {:.0?}", started.elapsed());
 }
 
 #[test]
-fn sigkill_at_random_moments_of_runs_and_resumes_then_resume_completes() {
-    for seed in seeds("RMM_KILL_SEED", &[11, 12, 13, 14]) {
-        sigkill_chain(seed);
-    }
+fn sigkill_on_rke2_at_random_moments_of_runs_and_resumes_then_resume_completes() {
+    sigkill_chains(Kind::Rke2);
+}
+
+#[test]
+fn sigkill_on_rke1_at_random_moments_of_runs_and_resumes_then_resume_completes() {
+    sigkill_chains(Kind::Rke1);
 }
 
 #[test]
