@@ -353,7 +353,8 @@ fn fixture() -> Fixture {
     let ctx = RunCtx {
         run: Uuid::now_v7(),
         attempt: 1,
-        plan: Plan::default(),
+        // An RKE1 run on the last line that has it; `v1_fixture` makes it rke2.
+        plan: Plan { distribution: rmm_events::Distribution::Rke1, rancher_image: "rancher/rancher:v2.11.3".into(), ..Plan::default() },
         journal,
         driver: Arc::new(fake.clone()),
         connector: Arc::new(fake.clone()),
@@ -481,6 +482,7 @@ async fn an_agent_that_cannot_reach_rancher_is_rancher_unavailable_and_another_f
 fn v1_fixture() -> Fixture {
     let mut f = fixture();
     f.ctx.plan.distribution = rmm_events::Distribution::Rke2;
+    f.ctx.plan.rancher_image = "rancher/rancher:v2.15.1".into();
     f.ctx.plan.timeouts.node_listed_s = 1;
     f.ctx.plan.timeouts.active_s = 2;
     f.ctx.plan.poll_ms = 5;
