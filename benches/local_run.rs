@@ -8,6 +8,11 @@
 //!               + 3 serial master joins + 1 worker join
 //!               = max(2000 + 3000, 2000) + 3·1000 + 1000 = 9000 ms.
 //!
+//! That is the RKE1 flow (masters join one at a time), so the run is pinned
+//! to rke1 on Rancher 2.11 (`rmm.toml`), whatever the default is; the rke2
+//! path (every node registers at once, the controllers' delays) has a
+//! critical path of its own (issue 8).
+//!
 //! Wall time is the whole `rmm up` process, from spawn to exit. Run with
 //! `cargo bench --bench local_run` (`RMM_BENCH_RUNS=N` for more runs).
 
@@ -28,6 +33,7 @@ fn main() {
     for i in 1..=runs {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = dir.path().join("state");
+        std::fs::write(dir.path().join("rmm.toml"), "distribution = \"rke1\"\nrancher_image = \"rancher/rancher:v2.11.3\"\n").expect("rmm.toml");
         let start = Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_rmm"))
             .current_dir(dir.path())
