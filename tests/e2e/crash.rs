@@ -7,13 +7,13 @@
 //! the v3 API), as separate tests so nextest runs them side by side; the
 //! end state is checked through the API of the run's distribution.
 //!
-//! Cost: a golden run teaches N (appends: ~110 on rke2, ~85 on rke1) and E
+//! Cost: a golden run teaches N (appends: ~95 on rke2, ~85 on rke1) and E
 //! (side effects, 20/21); then N + E crash/resume pairs two at a time, with
 //! no world latency and the emulator's controllers on a quicker clock.
-//! Measured on the shared 2-core machine (load average 7-15 from other
-//! builds, so read them as upper bounds): the rke2 matrix 348 s, the rke1
-//! matrix 330 s (~90 s when the machine was quiet), the seeded chains 26 s
-//! (rke2) and 22 s (rke1).
+//! Measured in a full `cargo nextest run --workspace` on the shared 2-core
+//! machine (load average ~10 from other builds, so read them as upper
+//! bounds): the rke2 matrix 223 s, the rke1 matrix 159 s, the seeded
+//! chains 20 s (rke2) and 16 s (rke1).
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;

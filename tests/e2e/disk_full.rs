@@ -17,9 +17,9 @@
 //! the agent's unit (crash.rs has a test for each cut), and every resume
 //! here is bounded, so a hang fails the test instead.
 //!
-//! Cost: a golden run teaches W (writes of `journal.wal`: ~80 on rke2, ~70
-//! on rke1); then W fail/resume pairs, two at a time (the rke2 sweep took
-//! 167 s on the shared, loaded 2-core machine).
+//! Cost: a golden run teaches W (writes of `journal.wal`: ~65-85 on rke2,
+//! ~70 on rke1); then W fail/resume pairs, two at a time (in a full suite
+//! run on the shared, loaded 2-core machine: 191 s on rke2, 188 s on rke1).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
