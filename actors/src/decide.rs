@@ -254,7 +254,14 @@ mod tests {
     use uuid::Uuid;
 
     fn plan() -> Plan {
-        Plan { workers: 2, retry: Retry { max_tries: 3, backoff_ms: 100 }, ..Plan::default() }
+        // RKE1: its masters join one at a time (the v1 rule is tested apart).
+        Plan {
+            workers: 2,
+            retry: Retry { max_tries: 3, backoff_ms: 100 },
+            distribution: rmm_events::Distribution::Rke1,
+            rancher_image: "rancher/rancher:v2.11.3".into(),
+            ..Plan::default()
+        }
     }
 
     /// A little history builder: `given().attempt(1).started(..)…`.

@@ -223,7 +223,7 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
     if ctx.plan.distribution.is_v1() {
         match call.step {
             Step::CreateCluster => return v1::find_cluster(call).await,
-            Step::RunAgent => return Ok(v1::machine_of_node(call).await?.map(|_| Outcome::AgentStarted)),
+            Step::RunAgent => return v1::agent_ran(call).await,
             _ => {}
         }
     }

@@ -16,6 +16,9 @@ use uuid::Uuid;
 /// with no version (see [`expected`]), whatever today's default is.
 fn plan() -> Plan {
     Plan {
+        // The default image when the fixtures were written (frozen: a
+        // fixture never changes with today's defaults).
+        rancher_image: "rancher/rancher:v2.11.3".into(),
         ca_checksum: Some("ab".repeat(32)),
         distribution: Distribution::Rke2,
         kubernetes_version: Some("v1.35.1+rke2r1".into()),

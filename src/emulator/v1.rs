@@ -651,7 +651,9 @@ impl Model {
                 labels.insert(l.into(), "true".into());
             }
         }
-        if let Some(i) = self.state.machines.iter().position(|m| m.name == name && m.namespace == pc.namespace) {
+        let known = self.state.machines.iter().position(|m| m.name == name && m.namespace == pc.namespace);
+        self.state.count_registration(&pc.name, &node_name, known.is_none());
+        if let Some(i) = known {
             let m = &mut self.state.machines[i];
             m.address = h.address.clone();
             m.internal_address = h.internal_address.clone();
@@ -1354,6 +1356,11 @@ mod tests {
         // re-registering the same agent id gives the same machine
         m.connect_agent(&mut rng, 2_000, &token, &agent("w1", "w-1", false, false, true)).unwrap();
         assert_eq!(m.state.machines.len(), 6);
+        // ... which the registration ledger counts as a call, not a machine made
+        assert_eq!(m.state.registration_calls.get("c1/w-1"), Some(&2));
+        assert_eq!(m.state.registrations.get("c1/w-1"), Some(&1));
+        assert_eq!(m.state.registrations.get("c1/cp-1"), Some(&1));
+        assert_eq!(m.state.registrations.len(), 6);
         for i in 3..6 {
             let (tok, sec) = (m.state.machines[i].plan_token.clone(), m.state.machines[i].plan_secret());
             m.check_in(2_000, &tok, &sec);
@@ -1384,6 +1391,21 @@ mod tests {
         let v = m.view(&pc, 2_050);
         assert!(v.ready && v.error.is_none());
         assert_eq!(v.ready_ms, Some(2_050));
+    }
+
+    #[test]
+    fn the_registration_ledger_counts_a_second_machine_of_a_node() {
+        let (mut m, mut rng) = model(Line::NEWEST, knobs());
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        let token = m.state.registration_tokens[0].token.clone();
+        m.connect_agent(&mut rng, 1_000, &token, &agent("a", "n-1", true, true, true)).unwrap();
+        // the installer run again on the node (its kept id): the same machine
+        m.connect_agent(&mut rng, 1_000, &token, &agent("a", "n-1", true, true, true)).unwrap();
+        assert_eq!((m.state.registrations["c1/n-1"], m.state.registration_calls["c1/n-1"]), (1, 2));
+        // a node that lost its id registers again: a second machine for it
+        m.connect_agent(&mut rng, 1_000, &token, &agent("b", "n-1", true, true, true)).unwrap();
+        assert_eq!(m.state.machines.len(), 2);
+        assert_eq!((m.state.registrations["c1/n-1"], m.state.registration_calls["c1/n-1"]), (2, 3));
     }
 
     #[test]

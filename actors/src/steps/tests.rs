@@ -44,6 +44,8 @@ struct World {
     register_on_exec: bool,
     /// The installer's unit exists on the nodes (it ran before).
     agent_installed: bool,
+    /// Nodes whose installer wrote the agent's unit.
+    installed_on: std::collections::BTreeSet<String>,
     /// `cacerts` is empty (a publicly trusted certificate).
     cacerts_empty: bool,
     /// The trust of every client made, in order.
@@ -296,15 +298,20 @@ impl MachineDriver for Fake {
     async fn list(&self, _: &str) -> Result<Vec<Machine>, DriverError> {
         Ok(Vec::new())
     }
-    async fn exec(&self, _: &str, command: &str) -> Result<ExecOutput, DriverError> {
+    async fn exec(&self, name: &str, command: &str) -> Result<ExecOutput, DriverError> {
         let mut w = self.world();
         w.execs.push(command.to_string());
         if w.register_on_exec && command.contains("--node-name") {
             let words: Vec<&str> = command.split_whitespace().collect();
             let i = words.iter().position(|w| *w == "--node-name").unwrap();
             let node = words[i + 1].to_string();
-            let n = w.machines.len();
-            w.machines.push(machine(&format!("custom-{n:012x}"), &node, "Pending"));
+            // The installer writes the unit after registering; the node's
+            // kept system-agent id registers the same machine again.
+            w.installed_on.insert(name.to_string());
+            if !w.machines.iter().any(|m| m.labels.get("rke.cattle.io/node-name") == Some(&node)) {
+                let n = w.machines.len();
+                w.machines.push(machine(&format!("custom-{n:012x}"), &node, "Pending"));
+            }
         }
         if command.contains("--node-name") && !w.register_on_exec {
             // An installer that echoes its token (a trace, `sh -x`), then fails quietly.
@@ -314,7 +321,7 @@ impl MachineDriver for Fake {
             return Ok(ExecOutput { status: 0, stdout: "running\n".into(), stderr: String::new() });
         }
         if command.starts_with("test -f /etc/systemd/system/rancher-system-agent.service") {
-            let installed = w.agent_installed;
+            let installed = w.agent_installed || w.installed_on.contains(name);
             return Ok(ExecOutput { status: if installed { 0 } else { 1 }, stdout: if installed { "installed\n".into() } else { String::new() }, stderr: String::new() });
         }
         if command.starts_with("systemctl status") {
@@ -367,7 +374,8 @@ fn fixture() -> Fixture {
     let ctx = RunCtx {
         run: Uuid::now_v7(),
         attempt: 1,
-        plan: Plan::default(),
+        // An RKE1 run on the last line that has it; `v1_fixture` makes it rke2.
+        plan: Plan { distribution: rmm_events::Distribution::Rke1, rancher_image: "rancher/rancher:v2.11.3".into(), ..Plan::default() },
         journal,
         driver: Arc::new(fake.clone()),
         connector: Arc::new(fake.clone()),
@@ -496,6 +504,7 @@ async fn an_agent_that_cannot_reach_rancher_is_rancher_unavailable_and_another_f
 fn v1_fixture() -> Fixture {
     let mut f = fixture();
     f.ctx.plan.distribution = rmm_events::Distribution::Rke2;
+    f.ctx.plan.rancher_image = "rancher/rancher:v2.15.1".into();
     f.ctx.plan.timeouts.node_listed_s = 1;
     f.ctx.plan.timeouts.active_s = 2;
     f.ctx.plan.poll_ms = 5;
@@ -810,6 +819,27 @@ async fn an_installer_that_already_ran_is_not_run_again_and_its_registration_is_
     assert_eq!(f.fake.world().execs.iter().filter(|c| c.contains("--node-name")).count(), 0);
 }
 
+#[tokio::test]
+async fn a_listed_machine_whose_installer_was_cut_short_before_its_unit_is_installed_again() {
+    // rmm killed between the installer's registration call and the unit:
+    // Rancher lists the machine, but no service will ever check in.
+    let f = v1_fixture();
+    f.fake.world().default_token = Some(default_token(&ca_checksum("pem")));
+    f.fake.world().register_on_exec = true;
+    f.fake.world().machines.push(machine("custom-000000000003", "master03", "Provisioning"));
+    let st = state(f.ctx.run, &[(Step::CreateMachine, Outcome::MachineCreated { ip: "127.0.0.13".into() })]);
+    let join = v1_join();
+    let c = call(&f.ctx, "master03", Role::Master, Step::RunAgent, &st, Some(&join));
+    assert_eq!(probe(&c).await.unwrap(), None, "not adopted: listed, but no unit on the node");
+    assert_eq!(effect(&c).await.unwrap(), Outcome::AgentStarted);
+    assert_eq!(f.fake.world().execs.iter().filter(|c| c.contains("--node-name master03")).count(), 1, "the installer ran again");
+    assert_eq!(f.fake.world().machines.len(), 1, "the same machine");
+    // Now both hold: adopted, and not run a third time.
+    assert_eq!(probe(&c).await.unwrap(), Some(Outcome::AgentStarted));
+    effect(&c).await.unwrap();
+    assert_eq!(f.fake.world().execs.iter().filter(|c| c.contains("--node-name")).count(), 1);
+}
+
 /// Runs one attempt of a fresh rke2 `up` through the coordinator, the
 /// actors and the steps against `fake`; returns how it ended and every
 /// record the live view got.
@@ -921,6 +951,8 @@ fn a_rke2_run_over_a_world_that_already_holds_its_cluster_and_a_node_makes_nothi
         let mut w = fake.world();
         w.v1_clusters.push(SteveObject { name: "tinysetup".into(), ..Default::default() });
         w.machines.push(machine("custom-00000000000a", "master02", "Pending"));
+        // ... whose installer ran to the end on the node (its unit exists)
+        w.installed_on.insert("master02".into());
     }
     let (end, seen) = run_flow(&fake);
     assert_eq!(end, RunEnd::Completed, "{:?}", seen.iter().map(|e| e.event.summary()).collect::<Vec<_>>());

@@ -622,7 +622,8 @@ pub async fn machine_of_node(call: &StepCall<'_>) -> StepResult<Option<SteveObje
 /// The unit the installer writes (reference/rancher-current.md §2.7).
 const AGENT_UNIT: &str = "/etc/systemd/system/rancher-system-agent.service";
 
-/// Whether the installer already ran on this node.
+/// Whether the installer already ran on this node, as far as writing the
+/// agent's unit (after its registration call, §2.7).
 async fn agent_installed(call: &StepCall<'_>) -> StepResult<bool> {
     let out = exec(call.ctx, call.actor, &format!("test -f {AGENT_UNIT} && echo installed")).await?;
     Ok(out.status == 0 && out.stdout.trim() == "installed")
@@ -691,6 +692,17 @@ async fn agent_evidence(call: &StepCall<'_>) -> String {
 /// How often a wait for a node's machine looks at the agent on the node.
 const AGENT_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// An in-doubt `run_agent` happened when Rancher lists the node's machine
+/// and the installer got as far as the agent's unit on the node. A machine
+/// listed with no unit on the node is a registration whose installer was
+/// cut short: its service was never made, so it would never check in, and
+/// waiting for it to be `Running` would wait out `active_s`. `run_agent`
+/// then runs the installer again.
+pub async fn agent_ran(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
+    let done = machine_of_node(call).await?.is_some() && agent_installed(call).await?;
+    Ok(done.then_some(Outcome::AgentStarted))
+}
+
 /// The word after `flag` in a command.
 fn flag_value<'a>(command: &'a str, flag: &str) -> Option<&'a str> {
     let words: Vec<&str> = command.split_whitespace().collect();
@@ -712,7 +724,8 @@ fn tail(text: &str, n: usize) -> String {
 /// secrets redacted) when it is not there.
 pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
-    if machine_of_node(call).await?.is_some() {
+    let listed = machine_of_node(call).await?.is_some();
+    if listed && agent_installed(call).await? {
         return Ok(Outcome::AgentStarted);
     }
     let api = rancher_api(call)?;
@@ -733,8 +746,12 @@ pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     );
     // Installed by a try whose outcome was lost, not listed yet: not run
     // again (a second registration could make a second machine); its
-    // registration is checked as if it had just run.
-    let out = if agent_installed(call).await? {
+    // registration is checked as if it had just run. Listed but with no
+    // unit on the node: the installer was cut short between its
+    // registration and the service (rmm killed mid-way); it runs again,
+    // with the node's kept system-agent id, so Rancher's machine stays the
+    // same one, and the service that checks in is started this time.
+    let out = if !listed && agent_installed(call).await? {
         crate::ports::ExecOutput {
             status: 0,
             stdout: format!("(not run again: {AGENT_UNIT} exists from an earlier try)"),
