@@ -494,12 +494,12 @@ pub async fn system_agent_main(args: &[String]) -> i32 {
             std::fs::write(unit, "[Unit]\nDescription=Rancher System Agent (rmm emulator)\n[Service]\nExecStart=/usr/local/bin/rancher-system-agent sentinel\n")
         });
         if let Err(e) = written {
-            let _ = writeln!(std::io::stderr(), "[FATAL]  writing {SYSTEMD_UNIT}: {e}");
+            let _ = writeln!(crate::cli::stderr(), "[FATAL]  writing {SYSTEMD_UNIT}: {e}");
             return 1;
         }
     }
-    let _ = std::io::stdout().write_all(out.stdout.as_bytes());
-    let _ = std::io::stderr().write_all(out.stderr.as_bytes());
+    let _ = crate::cli::stdout().write_all(out.stdout.as_bytes());
+    let _ = crate::cli::stderr().write_all(out.stderr.as_bytes());
     out.status
 }
 
