@@ -190,6 +190,9 @@ pub struct DockerDriver {
     /// Serialises network creation (an engine of API 1.41 accepts two
     /// networks of one name when created at once).
     network_lock: tokio::sync::Mutex<()>,
+    /// This process made (or looked for) the network to put machines on:
+    /// it never removes it.
+    made_network: std::sync::atomic::AtomicBool,
     /// Per container: does its image have `sudo`, and does exec run as root.
     sudo: Mutex<HashMap<String, (bool, bool)>>,
     /// Create+start latencies and concurrency (for the benchmark).
@@ -213,6 +216,7 @@ impl DockerDriver {
             cfg,
             rancher_ip: Mutex::new(None),
             network_lock: tokio::sync::Mutex::new(()),
+            made_network: std::sync::atomic::AtomicBool::new(false),
             sudo: Mutex::new(HashMap::new()),
             stats: engine::Stats::default(),
             state_dir: state_dir.to_path_buf(),
@@ -251,6 +255,7 @@ impl DockerDriver {
     /// The network (made if missing) and the server's reserved address.
     async fn ensure_network(&self, e: &Engine) -> Result<String, DriverError> {
         let _one = self.network_lock.lock().await;
+        self.made_network.store(true, std::sync::atomic::Ordering::SeqCst);
         let name = self.network();
         let ip = match e.network_subnet(&name, &self.cluster).await? {
             Some(subnet) => engine::reserved_ip(&subnet)?,
@@ -427,10 +432,16 @@ impl MachineDriver for DockerDriver {
         } else {
             e.remove(&self.container(name), true).await?;
         }
-        // The last machine of the cluster takes the network with it.
-        if e.list_containers(&self.cluster).await?.is_empty() {
+        // The last machine of the cluster takes the network with it, in a
+        // process that only removes (`down`): an `up` removes a broken
+        // machine to make it again, on a network the others use or are
+        // about to. Checked under the lock, after this container is gone,
+        // so of two removals that end together the later one sees both gone.
+        if !self.made_network.load(std::sync::atomic::Ordering::SeqCst) {
             let _one = self.network_lock.lock().await;
-            e.remove_network(&self.network(), &self.cluster).await?;
+            if e.list_containers(&self.cluster).await?.is_empty() {
+                e.remove_network(&self.network(), &self.cluster).await?;
+            }
         }
         Ok(())
     }
