@@ -165,8 +165,20 @@ fn docker_up_makes_rancher_and_six_nodes_as_containers_that_register_from_their_
     assert!(!inspect.contains("CATTLE_BOOTSTRAP_PASSWORD="), "the password reached docker inspect");
     let events = w.t.events();
     let secrets: Value = serde_json::from_str(&std::fs::read_to_string(w.t.state().join("secrets.json")).unwrap()).unwrap();
-    for v in secrets.as_object().unwrap().values().filter_map(Value::as_str).filter(|v| v.len() >= 12) {
-        assert!(!inspect.contains(v), "a secret of the run is in docker inspect of the server");
+    // Every secret of the run, and the registration token inside the node
+    // command, in no container's configuration (`docker inspect`).
+    let mut values: Vec<String> = secrets.as_object().unwrap().values().filter_map(Value::as_str).filter(|v| v.len() >= 12).map(String::from).collect();
+    let tokens: Vec<String> = values
+        .iter()
+        .filter_map(|v| v.split_whitespace().skip_while(|w| *w != "--token").nth(1).map(String::from))
+        .collect();
+    assert!(!tokens.is_empty(), "the node command is among the run's secrets");
+    values.extend(tokens);
+    let mut inspect_all = vec!["inspect"];
+    inspect_all.extend(containers.iter().map(String::as_str));
+    let all = docker(&inspect_all);
+    for v in &values {
+        assert!(!all.contains(v.as_str()), "a secret of the run is in docker inspect of a container");
     }
     assert!(!events.is_empty());
 
