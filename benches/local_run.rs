@@ -13,14 +13,18 @@
 //!               = max(2000 + 3000, 2000) + 3·1000 + 1000 = 9000 ms.
 //!
 //! Critical path, rke2 (the emulator's clock, `src/emulator/v1.rs`):
+//!
+//! ```text
 //!   Rancher machine (2000) + boot (3000)
-//!   + the webhook window, in which `/v1` reads fail and creates are
+//!   + the webhook window, in which /v1 reads fail and creates are
 //!     refused (600; the 300 ms login window lies inside it)
-//!   + `status.clusterName` (300) + `default-token` (300)
+//!   + status.clusterName (300) + default-token (300)
 //!   + the planner: init node plan + probes (2p), then the other etcd /
 //!     control-plane nodes and the workers in parallel (2p), then the
 //!     cluster Ready (p), p = 150
 //!   = 2000 + 3000 + 600 + 300 + 300 + 5·150 = 6950 ms.
+//! ```
+//!
 //! Node machines (2000, in parallel) hide inside the Rancher chain.
 //!
 //! Wall time is the whole `rmm up` process, from spawn to exit. Run with

@@ -36,6 +36,9 @@ pub struct ConfigFile {
     pub timeouts: TimeoutsFile,
     #[serde(default)]
     pub retry: RetryFile,
+    /// `[docker]`: the Docker driver's settings (`drivers::docker`).
+    #[serde(default)]
+    pub docker: crate::drivers::docker::DockerFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,7 +75,7 @@ pub struct Overrides {
     pub rancher_password_file: Option<std::path::PathBuf>,
 }
 
-pub const DRIVERS: &[&str] = &["local"];
+pub const DRIVERS: &[&str] = &["local", "docker"];
 
 impl ConfigFile {
     /// Reads `path`; a missing file is the defaults.

@@ -21,6 +21,10 @@ pub fn driver(plan: &Plan, dir: &StateDir) -> Result<Arc<dyn MachineDriver>> {
             let exe = std::env::current_exe().map_err(|e| Error::Other(format!("cannot find the rmm binary: {e}")))?;
             Ok(Arc::new(crate::drivers::local::LocalDriver::new(dir.world(), exe)))
         }
+        "docker" => {
+            let cfg = crate::drivers::docker::settings(dir.root(), None, false).map_err(Error::Config)?;
+            Ok(Arc::new(crate::drivers::docker::DockerDriver::new(&plan.cluster_name, cfg, dir.root())))
+        }
         other => Err(Error::Config(format!("unknown driver {other:?}"))),
     }
 }

@@ -46,6 +46,9 @@ impl StateDir {
     pub fn secrets(&self) -> PathBuf {
         self.root.join("secrets.json")
     }
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
     pub fn world(&self) -> PathBuf {
         self.root.join("world")
     }

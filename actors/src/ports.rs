@@ -98,6 +98,29 @@ impl DriverError {
     }
 }
 
+/// The Rancher server to start on the rancher machine (the single-node
+/// Docker install, reference/rancher-current.md §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub image: String,
+    /// `CATTLE_BOOTSTRAP_PASSWORD`.
+    pub bootstrap_password: Secret,
+}
+
+/// The container name of the Rancher server on a machine.
+pub const SERVER_CONTAINER: &str = "rancher";
+
+/// `docker run` of the single-node install (§3.2), typed into the machine.
+pub fn docker_run_command(server: &ServerSpec) -> String {
+    use crate::steps::shell_quote;
+    format!(
+        "docker run -d --name {SERVER_CONTAINER} --restart=unless-stopped --privileged -p 80:80 -p 443:443 \
+         -v /opt/rancher:/var/lib/rancher -e {} {}",
+        shell_quote(&format!("CATTLE_BOOTSTRAP_PASSWORD={}", server.bootstrap_password.expose())),
+        shell_quote(&server.image)
+    )
+}
+
 /// Creates and drives machines.
 ///
 /// # Contract
@@ -120,6 +143,37 @@ pub trait MachineDriver: Send + Sync + 'static {
     /// `machine` answers HTTPS. 443 on real machines.
     fn https_port(&self) -> u16 {
         443
+    }
+    /// Starts a stopped machine again and reads it anew (its address may
+    /// have changed). `None`: this driver cannot; the caller removes the
+    /// machine and creates it again.
+    async fn restart(&self, name: &str) -> Result<Option<Machine>, DriverError> {
+        let _ = name;
+        Ok(None)
+    }
+    /// Starts the Rancher server on `machine`. A machine driver types the
+    /// single-node install's `docker run` into the machine (this default);
+    /// a driver whose machines are containers creates the server's
+    /// container itself. A non-zero status is a failed start, with docker's
+    /// words on stderr (`… is already in use` when it exists).
+    async fn start_server(&self, machine: &str, server: &ServerSpec) -> Result<ExecOutput, DriverError> {
+        self.exec(machine, &docker_run_command(server)).await
+    }
+    /// The server container's state as `docker ps -a --format '{{.State}}'`
+    /// gives it (`running`, `restarting`, `exited`, `created` …) on stdout,
+    /// empty when there is none; a non-zero status when it cannot be read.
+    async fn server_state(&self, machine: &str) -> Result<ExecOutput, DriverError> {
+        self.exec(machine, &format!("docker ps -a --filter 'name=^{SERVER_CONTAINER}$' --format '{{{{.State}}}}'")).await
+    }
+    /// Removes the server container (not its data): `docker rm -f`.
+    async fn remove_server(&self, machine: &str) -> Result<ExecOutput, DriverError> {
+        self.exec(machine, &format!("docker rm -f {SERVER_CONTAINER}")).await
+    }
+    /// The URL rmm uses to reach the server whose `server-url` is `url`:
+    /// the same URL, unless the driver publishes the server elsewhere (a
+    /// container's port published on the host).
+    fn api_url(&self, url: &str) -> String {
+        url.to_string()
     }
     /// The CA (PEM) of the Rancher server on `machine`, read through the
     /// driver's own authenticated channel (the machine's filesystem in the

@@ -13,7 +13,7 @@ use rmm_events::{ActorState, Outcome, Role, SecretRef, Step};
 
 use crate::context::{generate_password, secret, RunCtx};
 use crate::ports::{
-    ca_checksum, ApiError, CaTrust, DriverError, MachineSpec, MachineState, RancherApi, Secret,
+    ca_checksum, ApiError, CaTrust, DriverError, MachineSpec, MachineState, RancherApi, Secret, ServerSpec,
 };
 
 /// What a node needs to know from the Rancher side to join.
@@ -310,6 +310,12 @@ async fn exec(ctx: &RunCtx, machine: &str, command: &str) -> StepResult<crate::p
     bounded(format!("a command on machine {machine}"), ctx.driver.exec(machine, command)).await
 }
 
+/// Starts the Rancher server on `machine` through the driver.
+async fn start(ctx: &RunCtx, machine: &str) -> StepResult<crate::ports::ExecOutput> {
+    let server = server_spec(ctx)?;
+    bounded(format!("starting the Rancher server on machine {machine}"), ctx.driver.start_server(machine, &server)).await
+}
+
 async fn remove(ctx: &RunCtx, machine: &str) -> StepResult<()> {
     bounded(format!("removing machine {machine}"), ctx.driver.remove(machine)).await
 }
@@ -322,6 +328,15 @@ async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
             MachineState::Running if call.try_no > 1 => {
                 if let Some(ip) = m.ip {
                     return Ok(Outcome::MachineCreated { ip });
+                }
+            }
+            // Ours, stopped (a resume after it was stopped): started again
+            // where the driver can, its address read anew.
+            MachineState::Stopped if call.try_no > 1 || ctx.attempt > 1 => {
+                if let Some(m) = bounded(format!("starting machine {} again", call.actor), ctx.driver.restart(call.actor)).await? {
+                    if let Some(ip) = m.ip.filter(|_| m.state == MachineState::Running) {
+                        return Ok(Outcome::MachineCreated { ip });
+                    }
                 }
             }
             MachineState::Running | MachineState::Stopped if call.try_no == 1 => {
@@ -374,6 +389,12 @@ fn rancher_url(call: &StepCall<'_>) -> StepResult<String> {
     Ok(server_url(ip, call.ctx.driver.https_port()))
 }
 
+/// A client for the server whose `server-url` is `url`, reached where the
+/// driver says rmm reaches it ([`crate::ports::MachineDriver::api_url`]).
+fn connect(ctx: &RunCtx, url: &str, trust: CaTrust) -> Result<Arc<dyn RancherApi>, ApiError> {
+    ctx.connector.connect(&ctx.driver.api_url(url), trust)
+}
+
 fn token_description(ctx: &RunCtx) -> String {
     format!("rmm run {}", ctx.run)
 }
@@ -381,7 +402,7 @@ fn token_description(ctx: &RunCtx) -> String {
 /// A client that trusts only the pinned CA, after checking the stored PEM
 /// against the checksum recorded in the log.
 fn rancher_api(call: &StepCall<'_>) -> StepResult<Arc<dyn RancherApi>> {
-    Ok(call.ctx.connector.connect(&rancher_url(call)?, trust(call)?)?)
+    Ok(connect(call.ctx, &rancher_url(call)?, trust(call)?)?)
 }
 
 /// Whether the log recorded that this server is verified against the
@@ -445,24 +466,21 @@ pub fn shell_quote(word: &str) -> String {
     }
 }
 
-fn start_command(ctx: &RunCtx, bootstrap: &Secret) -> String {
-    format!(
-        "docker run -d --name rancher --restart=unless-stopped --privileged -p 80:80 -p 443:443 \
-         -v /opt/rancher:/var/lib/rancher -e {} {}",
-        shell_quote(&format!("CATTLE_BOOTSTRAP_PASSWORD={}", bootstrap.expose())),
-        shell_quote(&ctx.plan.rancher_image)
-    )
+fn server_spec(ctx: &RunCtx) -> StepResult<ServerSpec> {
+    let bootstrap_password = ctx
+        .secret(secret::BOOTSTRAP_PASSWORD)
+        .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
+    Ok(ServerSpec { image: ctx.plan.rancher_image.clone(), bootstrap_password })
 }
 
 async fn server_running(ctx: &RunCtx) -> StepResult<bool> {
-    let out = exec(ctx, "rancher", "docker ps -q --filter 'name=^rancher$'").await?;
-    Ok(out.status == 0 && !out.stdout.trim().is_empty())
+    Ok(server_state(ctx).await? == "running")
 }
 
 /// The server container's state as `docker ps` gives it (`running`,
 /// `restarting`, `exited` …), or `absent`.
 pub async fn server_state(ctx: &RunCtx) -> StepResult<String> {
-    let out = exec(ctx, "rancher", "docker ps -a --filter 'name=^rancher$' --format '{{.State}}'").await?;
+    let out = bounded("reading the server container's state".into(), ctx.driver.server_state("rancher")).await?;
     if out.status != 0 {
         return Err(StepError::transient(format!("docker ps exited {}: {}", out.status, ctx.redact(out.stderr.trim()))));
     }
@@ -479,7 +497,7 @@ async fn ensure_server_running(call: &StepCall<'_>) -> StepResult<(String, Optio
         "running" | "restarting" => None,
         other => {
             if other != "absent" {
-                let out = exec(ctx, call.actor, "docker rm -f rancher").await?;
+                let out = bounded("removing the server container".into(), ctx.driver.remove_server(call.actor)).await?;
                 if out.status != 0 {
                     return Err(StepError::transient(format!(
                         "docker rm -f rancher exited {}: {}",
@@ -488,10 +506,7 @@ async fn ensure_server_running(call: &StepCall<'_>) -> StepResult<(String, Optio
                     )));
                 }
             }
-            let bootstrap = ctx
-                .secret(secret::BOOTSTRAP_PASSWORD)
-                .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
-            let out = exec(ctx, call.actor, &start_command(ctx, &bootstrap)).await?;
+            let out = start(ctx, call.actor).await?;
             if out.status != 0 {
                 return Err(StepError::transient(format!(
                     "the server container was {other}; docker run exited {}: {}",
@@ -545,7 +560,7 @@ async fn check_server(call: &StepCall<'_>) -> StepResult<Outcome> {
                             None => (CaTrust::Unverified, None),
                         },
                     };
-                    let made = (ctx.connector.connect(&url, trust)?, expected);
+                    let made = (connect(ctx, &url, trust)?, expected);
                     *api.lock().expect("not poisoned") = Some(made.clone());
                     made
                 }
@@ -574,10 +589,7 @@ async fn start_server(call: &StepCall<'_>) -> StepResult<Outcome> {
     if call.try_no > 1 && server_running(ctx).await? {
         return Ok(Outcome::ServerStarted { image });
     }
-    let bootstrap = ctx
-        .secret(secret::BOOTSTRAP_PASSWORD)
-        .ok_or_else(|| StepError::permanent("bootstrap password missing from the state dir"))?;
-    let out = exec(ctx, call.actor, &start_command(ctx, &bootstrap)).await?;
+    let out = start(ctx, call.actor).await?;
     if out.status != 0 {
         if out.stderr.contains("is already in use") && server_running(ctx).await? {
             return Ok(Outcome::ServerStarted { image });
@@ -637,7 +649,7 @@ async fn wait_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
     }
     let url = rancher_url(call)?;
     // /ping carries no credential; the CA is pinned right after.
-    let api = ctx.connector.connect(&url, CaTrust::Unverified)?;
+    let api = connect(ctx, &url, CaTrust::Unverified)?;
     let what = format!("Rancher at {url} to answer /ping");
     // While it does not answer, look at the container about once a second:
     // one that exited (and that no restart policy brings back: its
@@ -693,7 +705,7 @@ async fn wait_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
 async fn pin_ca(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
     let url = rancher_url(call)?;
-    let api = ctx.connector.connect(&url, CaTrust::Unverified)?;
+    let api = connect(ctx, &url, CaTrust::Unverified)?;
     let served = match api.cacerts().await {
         Ok(pem) => pem,
         Err(ApiError::Decode(m)) if m.contains(crate::ports::EMPTY_CACERTS) => String::new(),
@@ -754,7 +766,7 @@ async fn system_roots_trusted(call: &StepCall<'_>, url: &str) -> StepResult<Outc
             "--ca-checksum {expected} pins a CA, but Rancher's cacerts setting is empty (a publicly trusted certificate): leave --ca-checksum out to verify the server against the system's trust roots"
         )));
     }
-    let api = ctx.connector.connect(url, CaTrust::SystemRoots)?;
+    let api = connect(ctx, url, CaTrust::SystemRoots)?;
     match api.ping().await {
         Ok(()) => Ok(Outcome::CaSystemRoots),
         Err(ApiError::Tls(e)) => Err(StepError::permanent(format!(

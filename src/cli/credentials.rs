@@ -53,13 +53,23 @@ pub fn run(args: CredentialsArgs, dir: &StateDir) -> Result<()> {
             Error::Refused("no admin password yet: Rancher has not been started by this run".into())
         }
     })?;
-    let url = run.rancher_url();
+    // `url`: where you (and rmm) reach Rancher; `server_url`: the address
+    // Rancher gives its agents (the same, unless the driver publishes the
+    // server elsewhere: the docker driver's published port).
+    let server_url = run.rancher_url();
+    let url = match server_url {
+        Some(u) => Some(crate::engine::driver(&run.plan, dir)?.api_url(u)),
+        None => None,
+    };
     let mut out = crate::cli::stdout();
     if args.json {
-        let v = json!({"url": url, "username": "admin", "password": password.expose(), "ca_checksum": run.ca_checksum()});
+        let v = json!({"url": url, "server_url": server_url, "username": "admin", "password": password.expose(), "ca_checksum": run.ca_checksum()});
         let _ = writeln!(out, "{v}");
     } else {
-        let _ = writeln!(out, "url:         {}", url.unwrap_or("(not set yet)"));
+        let _ = writeln!(out, "url:         {}", url.as_deref().unwrap_or("(not set yet)"));
+        if server_url != url.as_deref() {
+            let _ = writeln!(out, "server-url:  {} (what the nodes use)", server_url.unwrap_or(""));
+        }
         let _ = writeln!(out, "username:    admin");
         let _ = writeln!(out, "password:    {}", password.expose());
         let _ = writeln!(out, "ca_checksum: {}", run.ca_checksum().unwrap_or("(not pinned yet)"));

@@ -1,6 +1,8 @@
-//! `rmm down`: remove every machine of the cluster — the ones the log knows
-//! and any other the driver lists for the cluster — recorded as a run of
-//! its own, resumable like `up`. A second `down` is a no-op.
+//! `rmm down`: remove every machine of the cluster the log knows, recorded
+//! as a run of its own, resumable like `up`. A second `down` is a no-op.
+//! A machine the driver lists with the cluster's label but the log does
+//! not know (an orphan: someone else labelled it) is named and left alone,
+//! unless `--orphans` is given.
 //!
 //! Without a run in the log (never made here, or the log was lost), `down
 //! --cluster NAME` removes what the driver has for that cluster, after a
@@ -34,6 +36,10 @@ pub struct DownArgs {
     /// Do not ask for confirmation (for scripts).
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Also remove the machines the driver lists with the cluster's label
+    /// that the log does not know (orphans).
+    #[arg(long)]
+    pub orphans: bool,
 }
 
 pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()> {
@@ -72,11 +78,7 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
     drop(rt);
 
     let unfinished_down = latest.kind == RunKind::Down && latest.status != RunStatus::Completed;
-    if latest.kind == RunKind::Down && !unfinished_down && listed.is_empty() {
-        crate::outln!("Nothing to remove: cluster {} has no machines (already down).", plan.cluster_name);
-        return Ok(());
-    }
-    let mut names: BTreeSet<String> = listed.iter().map(|m| m.name.clone()).collect();
+    let mut names: BTreeSet<String> = BTreeSet::new();
     if let Some(up) = history.latest_up() {
         for (name, actor) in &up.actors {
             if actor.step(Step::CreateMachine).is_some() {
@@ -86,6 +88,23 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
     }
     if unfinished_down {
         names.extend(latest.actors.keys().filter(|n| *n != "coordinator").cloned());
+    }
+    let orphans: Vec<String> = listed.iter().map(|m| m.name.clone()).filter(|n| !names.contains(n)).collect();
+    if args.orphans {
+        names.extend(orphans.iter().cloned());
+    } else if !orphans.is_empty() {
+        crate::errln!(
+            "rmm: leaving {} machine{} labelled with cluster {} that the log does not know (orphans): {}; `rmm down --orphans` removes them",
+            orphans.len(),
+            if orphans.len() == 1 { "" } else { "s" },
+            plan.cluster_name,
+            orphans.join(", ")
+        );
+    }
+    let known_listed = listed.iter().any(|m| names.contains(&m.name));
+    if latest.kind == RunKind::Down && !unfinished_down && !known_listed {
+        crate::outln!("Nothing to remove: cluster {} has no machines (already down).", plan.cluster_name);
+        return Ok(());
     }
     // An existing Rancher (`--rancher-url`): the cluster is deleted in
     // Rancher first, when the `up` run made anything there (or an

@@ -53,7 +53,10 @@ pub fn run(args: KubeconfigArgs, dir: &StateDir) -> Result<()> {
             CaTrust::Pinned(pem.expose().to_string())
         }
     };
-    let api = crate::rancher::HttpRancher::new(url, trust).map_err(|e| Error::Other(e.to_string()))?;
+    // Reached where the driver publishes it (the docker driver: the
+    // published port, not the address on the cluster network).
+    let reach = crate::engine::driver(&run.plan, dir)?.api_url(url);
+    let api = crate::rancher::HttpRancher::new(&reach, trust).map_err(|e| Error::Other(e.to_string()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

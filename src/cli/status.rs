@@ -131,7 +131,7 @@ fn refresh(v: &mut Value, run: &rmm_events::RunState, dir: &StateDir) -> Result<
     let started = run.actor("rancher").is_some_and(|a| a.done(rmm_events::Step::StartServer));
     if let Some(m) = rancher.filter(|m| m.state == MachineState::Running && started) {
         let ip = m.ip.clone().unwrap_or_default();
-        let url = rmm_actors::steps::server_url(&ip, driver.https_port());
+        let url = driver.api_url(&rmm_actors::steps::server_url(&ip, driver.https_port()));
         let pinned = v["rancher"]["ca_checksum"].as_str().map(str::to_string);
         v["rancher"]["server"] = rt.block_on(observe_server(driver.as_ref(), &url, pinned.as_deref()));
     }
@@ -150,7 +150,7 @@ fn refresh(v: &mut Value, run: &rmm_events::RunState, dir: &StateDir) -> Result<
 /// and whether the CA it serves is the one pinned in the log. Only reads;
 /// nothing carrying a credential is sent.
 async fn observe_server(driver: &dyn MachineDriver, url: &str, pinned: Option<&str>) -> Value {
-    let container = match driver.exec("rancher", "docker ps -a --filter 'name=^rancher$' --format '{{.State}}'").await {
+    let container = match driver.server_state("rancher").await {
         Ok(out) if out.status == 0 => out.stdout.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("absent").to_string(),
         Ok(out) => format!("unknown: docker ps exited {}", out.status),
         Err(e) => format!("unknown: {e}"),

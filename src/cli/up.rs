@@ -22,7 +22,9 @@ pub struct UpArgs {
     /// Worker nodes.
     #[arg(long)]
     pub workers: Option<u32>,
-    /// Machine driver (`local`: machines under the state dir, Rancher emulated).
+    /// Machine driver (`local`: machines under the state dir, Rancher
+    /// emulated; `docker`: Rancher and the nodes as containers on a Docker
+    /// Engine, `[docker]` in rmm.toml).
     #[arg(long)]
     pub driver: Option<String>,
     /// Rancher cluster name.
@@ -86,8 +88,10 @@ impl UpArgs {
 pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()> {
     // Validate everything the user typed before touching the state dir.
     let file = config.load()?;
+    let docker = file.docker.clone();
     let password_file = args.rancher_password_file.clone().or_else(|| file.rancher_password_file.clone());
     let plan = file.plan(&args.overrides())?;
+    docker.resolve().map_err(Error::Config)?;
     // An existing Rancher's password: read (and refused when missing)
     // before anything is created; stored in the secrets file once the run
     // has an id. Never from a flag (see `config::rancher_password`).
@@ -162,6 +166,15 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         keep_password(dir, id, password.as_ref(), &plan)?;
     }
     check_secrets(dir, &history, run)?;
+    if plan.driver == "docker" {
+        if run.is_none() {
+            // A new run takes rmm.toml's settings, not an earlier run's.
+            let _ = std::fs::remove_file(dir.root().join(crate::drivers::docker::SETTINGS_FILE));
+        }
+        // The settings of the run: recorded by its first `up` (a free
+        // port for `publish_port = 0`), read by every later command.
+        crate::drivers::docker::settings(dir.root(), Some(&docker), true).map_err(Error::Config)?;
+    }
     let driver = engine::driver(&plan, dir)?;
     let state = engine::begin(dir, &mut log, &mut history, run, RunKind::Up, &plan)?;
     if run.is_none() && plan.existing_rancher() {

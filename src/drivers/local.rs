@@ -46,7 +46,7 @@
 //! * `RMM_LOCAL_RANCHER_BOOT_MS`, `RMM_LOCAL_NODE_READY_MS`: passed on to
 //!   the emulator.
 
-mod agent;
+pub mod agent;
 mod docker;
 pub mod supervisor;
 
@@ -69,7 +69,7 @@ use serde::{Deserialize, Serialize};
 pub const HTTPS_PORT: u16 = 8443;
 
 /// Environment variables of the caller that the emulator gets.
-const EMULATOR_PASSTHROUGH: &[&str] = &[
+pub const EMULATOR_PASSTHROUGH: &[&str] = &[
     "RMM_LOCAL_RANCHER_BOOT_MS",
     "RMM_LOCAL_NODE_READY_MS",
     "RUST_LOG",

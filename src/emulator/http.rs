@@ -37,13 +37,25 @@ pub fn router(app: Arc<App>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(app)
 }
 
+/// The header that carries the connection's peer address to the routes
+/// (set here, never taken from the client).
+pub const PEER_HEADER: &str = "x-rmm-emulator-peer";
+
 async fn handle(
     State(app): State<Arc<App>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    headers.remove(PEER_HEADER);
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert(PEER_HEADER, v);
+    }
+    if uri.path() == AGENT_BINARY_PATH {
+        return agent_binary().await;
+    }
     let resp = dispatch(&app, &method, &uri, &headers, &body);
     log_line!(
         "{} [INFO] {} {} {}",
@@ -53,6 +65,30 @@ async fn handle(
         resp.status().as_u16()
     );
     resp
+}
+
+/// Where the served install script downloads the agent binary from (the
+/// real one: `rancher-system-agent-<arch>` under
+/// `CATTLE_AGENT_BINARY_BASE_URL`, `<server>/assets`; rancher-current.md
+/// §2.7).
+pub const AGENT_BINARY_PATH: &str = "/assets/rancher-system-agent-amd64";
+
+/// The agent binary: this executable, whose `emulator system-agent` mode
+/// does what the real installer and agent do on the wire
+/// (`drivers/local/agent.rs`).
+async fn agent_binary() -> Response {
+    let bytes = match std::env::current_exe() {
+        Ok(exe) => tokio::fs::read(exe).await,
+        Err(e) => Err(e),
+    };
+    match bytes {
+        Ok(b) => {
+            let mut r = (StatusCode::OK, b).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            r
+        }
+        Err(_) => empty(StatusCode::NOT_FOUND),
+    }
 }
 
 // ---- schemas ---------------------------------------------------------------
@@ -683,6 +719,7 @@ fn connect_agent(req: &Req) -> Response {
         node_name: header_str(req.headers, "x-cattle-node-name").trim().to_string(),
         address: header_str(req.headers, "x-cattle-address").trim().to_string(),
         internal_address: header_str(req.headers, "x-cattle-internal-address").trim().to_string(),
+        peer: header_str(req.headers, PEER_HEADER).to_string(),
         labels: header_str(req.headers, "x-cattle-labels")
             .split(',')
             .map(str::trim)

@@ -101,6 +101,20 @@ pub enum EmulatorCommand {
         #[arg(last = true)]
         serve: Vec<String>,
     },
+    /// The system-agent installer's work on a node (register through
+    /// `/v3/connect/agent`, first check-in): what the served install
+    /// script runs as the downloaded agent binary.
+    #[command(hide = true)]
+    SystemAgent(SystemAgentArgs),
+}
+
+/// What the emulator's served install script runs on a node as the
+/// downloaded agent binary (`drivers/local/agent.rs` `system_agent_main`).
+#[derive(Debug, clap::Args)]
+pub struct SystemAgentArgs {
+    /// The installer's arguments (`--server … --token … --etcd …`).
+    #[arg(last = true)]
+    pub args: Vec<String>,
 }
 
 fn parse_line(s: &str) -> Result<Line, String> {
@@ -275,7 +289,7 @@ impl Emulator {
         let server = axum_server::Server::from_tcp(listener).acceptor(tls).handle(handle.clone());
         self.app.inner.lock().unwrap_or_else(|p| p.into_inner()).model.started_ms = now_ms();
         let router = http::router(self.app.clone());
-        let task = tokio::spawn(async move { server.serve(router.into_make_service()).await });
+        let task = tokio::spawn(async move { server.serve(router.into_make_service_with_connect_info::<SocketAddr>()).await });
         log_line!(
             "{} [INFO] Rancher {} API emulator listening on https://{addr}",
             log_time(now_ms()),
@@ -337,6 +351,11 @@ pub fn run(args: EmulatorArgs) -> anyhow::Result<()> {
         EmulatorCommand::Supervise { container, restart, serve } => {
             let policy = crate::drivers::local::supervisor::RestartPolicy::parse(&restart).map_err(anyhow::Error::msg)?;
             return crate::drivers::local::supervisor::run(container, policy, serve);
+        }
+        EmulatorCommand::SystemAgent(a) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
+            let status = runtime.block_on(crate::drivers::local::agent::system_agent_main(&a.args));
+            std::process::exit(status);
         }
     };
     crate::drivers::local::supervisor::die_with_supervisor()?;

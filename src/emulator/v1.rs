@@ -293,6 +293,12 @@ pub struct Machine {
     pub node_name: String,
     pub address: String,
     pub internal_address: String,
+    /// The TCP peer address the registration came from (what the server
+    /// saw, not what the agent claims): shown as the annotation
+    /// [`PEER_ANNOTATION`], so tests can tell each node registered from
+    /// its own address.
+    #[serde(default)]
+    pub peer: String,
     pub etcd: bool,
     pub control_plane: bool,
     pub worker: bool,
@@ -322,7 +328,13 @@ pub struct AgentHeaders {
     pub address: String,
     pub internal_address: String,
     pub labels: Vec<String>,
+    /// The connection's peer address (see [`Machine::peer`]).
+    pub peer: String,
 }
+
+/// The emulator's own annotation on a CAPI machine: the address its
+/// registration came from (not something real Rancher shows).
+pub const PEER_ANNOTATION: &str = "emulator.rmm.io/registered-from";
 
 // ---- messages -------------------------------------------------------------------
 
@@ -657,6 +669,7 @@ impl Model {
             let m = &mut self.state.machines[i];
             m.address = h.address.clone();
             m.internal_address = h.internal_address.clone();
+            m.peer = h.peer.clone();
             return Ok(i);
         }
         self.state.machines.push(Machine {
@@ -667,6 +680,7 @@ impl Model {
             node_name,
             address: h.address.clone(),
             internal_address: h.internal_address.clone(),
+            peer: h.peer.clone(),
             etcd: h.etcd,
             control_plane: h.control_plane,
             worker: h.worker,
@@ -1050,7 +1064,7 @@ impl V1<'_> {
                 "name": m.name, "namespace": m.namespace, "uid": m.uid, "generation": 1,
                 "creationTimestamp": rfc3339(m.registered_ms),
                 "labels": m.labels,
-                "annotations": {"rke.cattle.io/node-name": m.node_name},
+                "annotations": {"rke.cattle.io/node-name": m.node_name, PEER_ANNOTATION: m.peer},
                 "state": state(&view.phase.to_lowercase(), &view.message, view.phase == "Failed", !running && view.phase != "Failed"),
                 "relationships": [], "fields": [m.name, m.cluster, m.node_name, view.phase],
             },
@@ -1134,16 +1148,58 @@ pub fn channels(line: Line, distro: Distro, base: &str) -> Value {
 }
 
 /// What `/system-agent-install.sh` serves: the header Rancher prepends
-/// (§2.7: `STRICT_VERIFY`, `CATTLE_SERVER`, `CATTLE_CA_CHECKSUM`). The body
-/// of the real script is not reproduced: the local world's nodes run
-/// rmm's own installer (`drivers/local/agent.rs`).
+/// (§2.7: `STRICT_VERIFY`, `CATTLE_SERVER`, `CATTLE_CA_CHECKSUM`), then a
+/// body in the real installer's order, as far as a node without systemd
+/// allows: it reads `--server` and `--ca-checksum` from its arguments,
+/// downloads `<server>/cacerts` and checks its sha256 (aborting under
+/// strict verification with no checksum), then downloads the agent binary
+/// from `CATTLE_AGENT_BINARY_BASE_URL` trusting only that CA, and hands
+/// every argument to it. The binary is this emulator's own executable,
+/// whose `emulator system-agent` mode does the registration on the wire
+/// (`GET /v3/connect/agent` with the `X-Cattle-*` headers) and the
+/// agent's first check-in (`drivers/local/agent.rs`). The local world does
+/// not run this body: its machines run the same registration in-process.
 pub fn install_script(model: &Model) -> String {
     let server = super::model::root_url(&model.setting("server-url").map(|s| s.0).unwrap_or_default());
     let sum = if model.cacerts.is_empty() { String::new() } else { rmm_actors::ports::ca_checksum(&model.cacerts) };
     format!(
-        "#!/usr/bin/env sh\nSTRICT_VERIFY=\"true\"\nCATTLE_AGENT_BINARY_BASE_URL=\"{server}/assets\"\nCATTLE_SERVER=\"{server}\"\nCATTLE_CA_CHECKSUM=\"{sum}\"\n# rancher-system-agent installer (rmm emulator)\n"
+        "#!/usr/bin/env sh\nSTRICT_VERIFY=\"true\"\nCATTLE_AGENT_BINARY_BASE_URL=\"{server}/assets\"\nCATTLE_SERVER=\"{server}\"\nCATTLE_CA_CHECKSUM=\"{sum}\"\n# rancher-system-agent installer (rmm emulator)\n{INSTALL_BODY}"
     )
 }
+
+/// The body of the served installer (see [`install_script`]).
+const INSTALL_BODY: &str = r#"set -e
+info() { echo "[INFO]  $*"; }
+fatal() { echo "[FATAL]  $*" >&2; exit 1; }
+for arg in "$@"; do
+  case "$prev" in
+    --server|-s) CATTLE_SERVER="$arg" ;;
+    --ca-checksum|-c) CATTLE_CA_CHECKSUM="$arg" ;;
+  esac
+  prev="$arg"
+done
+[ -n "$CATTLE_SERVER" ] || fatal "Rancher server URL is required"
+CATTLE_AGENT_VAR_DIR="${CATTLE_AGENT_VAR_DIR:-/var/lib/rancher/agent}"
+CATTLE_AGENT_BIN_PREFIX="${CATTLE_AGENT_BIN_PREFIX:-/usr/local}"
+mkdir -p "$CATTLE_AGENT_VAR_DIR" "$CATTLE_AGENT_BIN_PREFIX/bin"
+ca="$CATTLE_AGENT_VAR_DIR/rancher-ca.pem"
+curl --insecure -sfL -o "$ca" "$CATTLE_SERVER/cacerts" || fatal "000 received while downloading the CA certificate"
+info "Successfully downloaded CA certificate"
+if [ -n "$CATTLE_CA_CHECKSUM" ]; then
+  actual="$(sha256sum "$ca")"
+  actual="${actual%% *}"
+  [ "$actual" = "$CATTLE_CA_CHECKSUM" ] || fatal "Configured cacerts checksum ($actual) does not match given --ca-checksum ($CATTLE_CA_CHECKSUM)"
+elif [ "$STRICT_VERIFY" = "true" ]; then
+  fatal "Aborting system-agent installation due to requested strict CA verification with no CA checksum provided"
+fi
+bin="$CATTLE_AGENT_BIN_PREFIX/bin/rancher-system-agent"
+curl --cacert "$ca" -sfL -o "$bin.new" "$CATTLE_AGENT_BINARY_BASE_URL/rancher-system-agent-amd64" || fatal "downloading the rancher-system-agent binary failed"
+chmod 0755 "$bin.new"
+mv -f "$bin.new" "$bin"
+info "Successfully downloaded the rancher-system-agent binary"
+export STRICT_VERIFY CATTLE_SERVER CATTLE_CA_CHECKSUM
+exec "$bin" emulator system-agent -- "$@"
+"#;
 
 /// The connection info `/v3/connect/agent` answers with: the agent's
 /// kubeconfig and where its plan secret is. The sheet does not give it;

@@ -5,6 +5,7 @@ mod support;
 mod bad_input;
 mod crash;
 mod disk_full;
+mod docker;
 mod down;
 mod emulator;
 mod existing;

@@ -390,7 +390,13 @@ pub async fn install(host: &Host, command: &str) -> rmm_actors::ports::ExecOutpu
     let header = |name: &str| {
         script.lines().find_map(|l| l.strip_prefix(&format!("{name}=")).map(|v| v.trim_matches('"').to_string()))
     };
-    let flags = parse(&args);
+    register(host, &parse(&args), header).await
+}
+
+/// Steps 2–4 of [`install`]: what the installer does once it runs, with
+/// the served script's header values from `header` (`CATTLE_SERVER`,
+/// `CATTLE_CA_CHECKSUM`, `STRICT_VERIFY`).
+pub async fn register(host: &Host, flags: &AgentFlags, header: impl Fn(&str) -> Option<String>) -> rmm_actors::ports::ExecOutput {
     let mut stdout = String::new();
     let mut say = |l: &str| {
         stdout.push_str(l);
@@ -508,6 +514,60 @@ fn crash_point(var: &str, node: &str) {
     if std::env::var(var).is_ok_and(|n| n == node) {
         crate::errln!("rmm: crash point {var}={node} reached; aborting");
         std::process::abort();
+    }
+}
+
+/// `rancher-system-agent emulator system-agent -- ARGS`: what the served
+/// install script runs on a node that is a real (container) host, after it
+/// downloaded this binary as the agent (`emulator::v1::install_script`).
+/// It registers as [`register`] does, with the header values from the
+/// environment the script exported, keeps its files under
+/// `/var/lib/rancher/agent`, and writes the unit file the real installer
+/// writes (rmm looks for it before running the installer again). The node
+/// has no systemd: the service's first check-in runs here, before it
+/// returns. Prints the installer's lines; returns its exit status.
+pub async fn system_agent_main(args: &[String]) -> i32 {
+    use std::io::Write;
+    let flags = parse(args);
+    let server = flags.server.clone().or_else(|| std::env::var("CATTLE_SERVER").ok()).unwrap_or_default();
+    let name = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "node".into());
+    let ip = flags
+        .address
+        .as_deref()
+        .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .or_else(|| own_address(&server))
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+    let var = std::env::var("CATTLE_AGENT_VAR_DIR").unwrap_or_else(|_| "/var/lib/rancher/agent".into());
+    let host = Host { name, ip, dir: var.into(), rmm_exe: std::env::current_exe().unwrap_or_default(), emulator_env: vec![] };
+    let out = register(&host, &flags, |name| std::env::var(name).ok()).await;
+    if out.status == 0 {
+        let unit = std::path::Path::new(SYSTEMD_UNIT);
+        let written = unit.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())).and_then(|()| {
+            std::fs::write(unit, "[Unit]\nDescription=Rancher System Agent (rmm emulator)\n[Service]\nExecStart=/usr/local/bin/rancher-system-agent sentinel\n")
+        });
+        if let Err(e) = written {
+            let _ = writeln!(crate::cli::stderr(), "[FATAL]  writing {SYSTEMD_UNIT}: {e}");
+            return 1;
+        }
+    }
+    let _ = crate::cli::stdout().write_all(out.stdout.as_bytes());
+    let _ = crate::cli::stderr().write_all(out.stderr.as_bytes());
+    out.status
+}
+
+/// The unit file the real installer writes (§2.7).
+const SYSTEMD_UNIT: &str = "/etc/systemd/system/rancher-system-agent.service";
+
+/// This host's address on the route to `server` (`https://IP[:port]/…`):
+/// what `--address` defaults to.
+fn own_address(server: &str) -> Option<std::net::Ipv4Addr> {
+    let hostport = server.split("://").nth(1)?.split('/').next()?;
+    let target = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:443") };
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect(target).ok()?;
+    match sock.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(_) => None,
     }
 }
 

@@ -1,0 +1,96 @@
+//! `rmm up --driver docker` (1 + 3 + 3 containers, rke2 on the emulated
+//! 2.15) with the test images of `tests/e2e/docker` and the emulator's
+//! default controller delays: the wall time against the run's critical
+//! path (as `rmm log --timeline` computes it from the log), and the
+//! engine's own cost measured in the same run: container create+start
+//! latency (p50, max) and the peak number of creates at once (the docker
+//! driver logs each at `-v`). Prints SKIPPED when no engine answers.
+//! `RMM_BENCH_RUNS=N` (default 3).
+
+#[path = "../tests/e2e/docker/images.rs"]
+mod images;
+
+use std::process::Command;
+use std::time::Instant;
+
+/// Image tags unique within this process (`images` asks for it).
+pub fn unique() -> u32 {
+    0
+}
+
+fn rmm(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rmm"))
+        .current_dir(dir)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(args)
+        .env("RMM_PLAIN", "1")
+        .output()
+        .expect("run rmm")
+}
+
+/// The `key=N` numbers of the driver's log lines.
+fn numbers(text: &str, key: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}="))))
+        .filter_map(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .collect()
+}
+
+/// `1.23s` / `456ms` → ms.
+fn ms(word: &str) -> Option<f64> {
+    if let Some(v) = word.strip_suffix("ms") {
+        v.parse().ok()
+    } else {
+        word.strip_suffix('s').and_then(|v| v.parse::<f64>().ok()).map(|s| s * 1000.0)
+    }
+}
+
+fn main() {
+    if !Command::new("docker").args(["version"]).output().is_ok_and(|o| o.status.success()) {
+        println!("SKIPPED: docker_run needs a Docker Engine that answers (`docker version`)");
+        return;
+    }
+    let runs: usize = std::env::var("RMM_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let t = Instant::now();
+    let imgs = images::build("2.15");
+    println!("test images built in {} ms", t.elapsed().as_millis());
+    let mut ratios = Vec::new();
+    for i in 0..runs {
+        let dir = tempfile::Builder::new().prefix("rmm-bench-docker-").tempdir().unwrap();
+        let cluster = format!("bench{}-{i}", std::process::id());
+        let config = format!(
+            "driver = \"docker\"\ndistribution = \"rke2\"\nrancher_image = \"{}\"\ncluster_name = \"{cluster}\"\npoll_ms = 50\n\n[docker]\nnode_image = \"{}\"\nprivileged = false\n",
+            imgs.rancher, imgs.node
+        );
+        std::fs::write(dir.path().join("rmm.toml"), config).unwrap();
+        let start = Instant::now();
+        let up = rmm(dir.path(), &["-v", "up"]);
+        let wall = start.elapsed().as_millis() as f64;
+        let err = String::from_utf8_lossy(&up.stderr).to_string();
+        if !up.status.success() {
+            let _ = rmm(dir.path(), &["down"]);
+            panic!("up failed: {err}");
+        }
+        let timeline = String::from_utf8_lossy(&rmm(dir.path(), &["log", "--timeline"]).stdout).to_string();
+        let critical_line = timeline.lines().find(|l| l.to_lowercase().contains("critical path") && l.contains("between")).unwrap_or("").to_string();
+        let critical = critical_line.split_whitespace().find_map(ms).unwrap_or(f64::NAN);
+        let mut lat = numbers(&err, "create_start_ms");
+        lat.sort_unstable();
+        let peak = numbers(&err, "creating").into_iter().max().unwrap_or(0);
+        let p50 = lat.get(lat.len() / 2).copied().unwrap_or(0);
+        let max = lat.last().copied().unwrap_or(0);
+        let ratio = wall / critical;
+        let target = (critical + max as f64) * 1.10;
+        println!(
+            "run {i}: wall {wall:.0} ms, critical path {critical:.0} ms ({critical_line}), ratio {ratio:.3}; container create+start over {} containers: p50 {p50} ms, max {max} ms; peak concurrent creates {peak}; target wall <= 1.10 x (critical + one start) = {target:.0} ms: {}",
+            lat.len(),
+            if wall <= target { "met" } else { "missed" }
+        );
+        ratios.push(ratio);
+        let down = rmm(dir.path(), &["down"]);
+        assert!(down.status.success(), "down failed: {}", String::from_utf8_lossy(&down.stderr));
+    }
+    ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!("median ratio wall/critical path: {:.3}", ratios[ratios.len() / 2]);
+}

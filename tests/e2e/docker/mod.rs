@@ -1,0 +1,393 @@
+//! `--driver docker` on the real Docker Engine of this machine, with test
+//! images built here ([`images`]): no image can be pulled, and the runtime
+//! refuses `--privileged`, so the tests set `privileged = false` (the real
+//! images need it: README). Skipped with SKIPPED and the reason when no
+//! engine answers, except under CI=true, where they fail.
+//!
+//! Every test has its own cluster name; [`Cleanup`] removes whatever
+//! carries that cluster's label (containers, volumes, networks) and the
+//! test's images when the test ends, failed or not.
+
+mod images;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+use crate::support::{text, TestDir};
+
+/// A number unique within this test process.
+pub fn unique() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Whether an engine answers (`docker version`); else SKIPPED (or a
+/// failure under CI=true).
+fn engine_answers(test: &str) -> bool {
+    let out = Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output();
+    let why = match out {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => format!("no Docker Engine answers: {}", text(&o.stderr).trim()),
+        Err(e) => format!("the docker CLI cannot run: {e}"),
+    };
+    let what = format!("{test} needs a Docker Engine: {why} — install and start it: `apt-get install -y docker.io && (systemctl start docker || dockerd &)`");
+    if crate::support::under_ci() {
+        panic!("{what} (CI=true: .ci/run starts the engine)");
+    }
+    println!("SKIPPED: {what}");
+    false
+}
+
+/// `docker ARGS` → stdout (must succeed).
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    assert!(out.status.success(), "docker {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The ids of the cluster's objects of one kind (`container`, `volume`,
+/// `network`), found by label through the engine.
+fn labelled(kind: &str, cluster: &str) -> Vec<String> {
+    let filter = format!("label=io.rmm.cluster={cluster}");
+    let args: Vec<&str> = match kind {
+        "container" => vec!["ps", "-aq", "--filter", &filter],
+        "volume" => vec!["volume", "ls", "-q", "--filter", &filter],
+        _ => vec!["network", "ls", "-q", "--filter", &filter],
+    };
+    docker(&args).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+}
+
+/// Removes every object labelled with the cluster when dropped.
+struct Cleanup {
+    cluster: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("docker").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        };
+        for kind in ["container", "volume", "network"] {
+            let ids = std::panic::catch_unwind(|| labelled(kind, &self.cluster)).unwrap_or_default();
+            for id in ids {
+                match kind {
+                    "container" => quiet(&["rm", "-fv", &id]),
+                    "volume" => quiet(&["volume", "rm", "-f", &id]),
+                    _ => quiet(&["network", "rm", &id]),
+                }
+            }
+        }
+    }
+}
+
+/// A test's world: its dir, cluster, images and cleanup (dropped in
+/// reverse: the cluster's objects, then the images).
+struct World {
+    t: TestDir,
+    cluster: String,
+    _cleanup: Cleanup,
+    _images: images::TestImages,
+    node_image: String,
+}
+
+impl World {
+    fn new(test: &str) -> Option<World> {
+        if !engine_answers(test) {
+            return None;
+        }
+        let images = images::build("2.15");
+        let cluster = format!("dk{}-{}", std::process::id(), unique());
+        let t = TestDir::new();
+        let config = format!(
+            "driver = \"docker\"\ndistribution = \"rke2\"\nrancher_image = \"{}\"\ncluster_name = \"{cluster}\"\npoll_ms = 100\n\n[timeouts]\nrancher_ready_s = 60\nnode_command_s = 60\nnode_listed_s = 60\nactive_s = 120\nmachine_create_s = 60\n\n[docker]\nnode_image = \"{}\"\nprivileged = false\n",
+            images.rancher, images.node
+        );
+        std::fs::write(t.tmp.path().join("rmm.toml"), config).unwrap();
+        Some(World { t, node_image: images.node.clone(), _cleanup: Cleanup { cluster: cluster.clone() }, cluster, _images: images })
+    }
+
+    /// The container's address on the cluster network.
+    fn ip_of(&self, container: &str) -> String {
+        docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container]).trim().to_string()
+    }
+
+    /// GET `path` from the emulator through the published port, as admin.
+    fn ask(&self, paths: &[&str]) -> Vec<Value> {
+        let creds = self.t.credentials();
+        let url = creds["url"].as_str().expect("url").to_string();
+        let password = creds["password"].as_str().unwrap().to_string();
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let c = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+            let login: Value = c
+                .post(format!("{url}/v3-public/localProviders/local?action=login"))
+                .json(&serde_json::json!({"username": "admin", "password": password}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let token = login["token"].as_str().expect("admin login with the password `rmm credentials` gives").to_string();
+            let mut out = Vec::new();
+            for p in paths {
+                out.push(c.get(format!("{url}{p}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap());
+            }
+            out
+        })
+    }
+}
+
+#[test]
+fn docker_up_makes_rancher_and_six_nodes_as_containers_that_register_from_their_own_addresses_and_down_leaves_nothing() {
+    let Some(w) = World::new("the docker driver's full up") else { return };
+    let up = w.t.up_ok(&[]);
+    let out = text(&up.stdout);
+    assert!(out.contains("rmm kubeconfig"), "{out}");
+
+    // 1 + 3 + 3 containers, labelled, on one network.
+    let containers = labelled("container", &w.cluster);
+    assert_eq!(containers.len(), 7, "{containers:?}");
+    let server = format!("rmm-{}-rancher", w.cluster);
+    let rancher_ip = w.ip_of(&server);
+    let creds = w.t.credentials();
+    let url = creds["url"].as_str().unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "rmm reaches Rancher through the published port: {url}");
+    let status = w.t.status();
+    assert_eq!(status["rancher"]["url"], format!("https://{rancher_ip}"), "the server-url is the container's address on the cluster network");
+
+    // The bootstrap password is nowhere in the server's configuration.
+    let inspect = docker(&["inspect", &server]);
+    assert!(!inspect.contains("CATTLE_BOOTSTRAP_PASSWORD="), "the password reached docker inspect");
+    let events = w.t.events();
+    let secrets: Value = serde_json::from_str(&std::fs::read_to_string(w.t.state().join("secrets.json")).unwrap()).unwrap();
+    // Every secret of the run, and the registration token inside the node
+    // command, in no container's configuration (`docker inspect`).
+    let mut values: Vec<String> = secrets.as_object().unwrap().values().filter_map(Value::as_str).filter(|v| v.len() >= 12).map(String::from).collect();
+    let tokens: Vec<String> = values
+        .iter()
+        .filter_map(|v| v.split_whitespace().skip_while(|w| *w != "--token").nth(1).map(String::from))
+        .collect();
+    assert!(!tokens.is_empty(), "the node command is among the run's secrets");
+    values.extend(tokens);
+    let mut inspect_all = vec!["inspect"];
+    inspect_all.extend(containers.iter().map(String::as_str));
+    let all = docker(&inspect_all);
+    for v in &values {
+        assert!(!all.contains(v.as_str()), "a secret of the run is in docker inspect of a container");
+    }
+    assert!(!events.is_empty());
+
+    // The emulator, asked through its /v1 API: the cluster ready, six
+    // machines Running, each registered from its own container address.
+    let answers = w.ask(&["/v1/provisioning.cattle.io.clusters", "/v1/cluster.x-k8s.io.machines/fleet-default"]);
+    let clusters = answers[0]["data"].as_array().unwrap();
+    let cluster = clusters.iter().find(|c| c["metadata"]["name"] == w.cluster.as_str()).expect("the cluster");
+    assert_eq!(cluster["status"]["ready"], true, "{cluster}");
+    let machines = answers[1]["data"].as_array().unwrap();
+    assert_eq!(machines.len(), 6, "{machines:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    for m in machines {
+        assert_eq!(m["status"]["phase"], "Running", "{m}");
+        let node = m["metadata"]["labels"]["rke.cattle.io/node-name"].as_str().unwrap().to_string();
+        let ip = w.ip_of(&format!("rmm-{}-{node}", w.cluster));
+        let from = m["metadata"]["annotations"]["emulator.rmm.io/registered-from"].as_str().unwrap_or("");
+        assert_eq!(from, ip, "{node} registered from its own container's address");
+        assert!(!ip.starts_with("127."), "{node}: {ip}");
+        assert_ne!(ip, rancher_ip);
+        let addresses = m["status"]["addresses"].to_string();
+        assert!(addresses.contains(&ip), "{node}: --address is the container's: {addresses}");
+        seen.insert(ip);
+    }
+    assert_eq!(seen.len(), 6, "six distinct addresses: {seen:?}");
+    for role in ["master01", "worker03"] {
+        let c = format!("rmm-{}-{role}", w.cluster);
+        assert_eq!(docker(&["inspect", "-f", "{{.Config.Hostname}} {{.Config.Image}} {{.HostConfig.Privileged}}", &c]).trim(), format!("{role} {} false", w.node_image));
+    }
+
+    // down: nothing with our labels is left, as the engine sees it.
+    w.t.rmm(&["down"]).ok();
+    for kind in ["container", "volume", "network"] {
+        assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "{kind}s left behind by down");
+    }
+}
+
+/// SIGKILLs `child` after `after` unless it ends first; `true` if killed.
+fn kill_after(mut child: std::process::Child, after: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + after;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if std::time::Instant::now() >= deadline {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+impl World {
+    /// Six machines in Rancher, one per node name; the cluster ready; one
+    /// container per machine.
+    fn check_made_once(&self, what: &str) {
+        let answers = self.ask(&["/v1/provisioning.cattle.io.clusters", "/v1/cluster.x-k8s.io.machines/fleet-default"]);
+        let clusters = answers[0]["data"].as_array().unwrap();
+        assert_eq!(clusters.len(), 1, "{what}: one v1 cluster");
+        assert_eq!(clusters[0]["status"]["ready"], true, "{what}");
+        let mut nodes: Vec<String> = answers[1]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["metadata"]["labels"]["rke.cattle.io/node-name"].as_str().unwrap().to_string())
+            .collect();
+        nodes.sort();
+        assert_eq!(nodes, ["master01", "master02", "master03", "worker01", "worker02", "worker03"], "{what}: each node registered once");
+        assert_eq!(labelled("container", &self.cluster).len(), 7, "{what}: one container per machine");
+        assert_eq!(labelled("network", &self.cluster).len(), 1, "{what}: one network");
+    }
+}
+
+#[test]
+fn docker_sigkill_at_a_seeded_moment_and_the_rancher_container_removed_then_resume_recovers_from_the_volume() {
+    for seed in crate::support::seeds("RMM_DOCKER_KILL_SEED", &[21]) {
+        use rand::{Rng, SeedableRng};
+        eprintln!("docker sigkill seed {seed}");
+        let Some(w) = World::new("the docker driver's resume") else { return };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut cmd = w.t.rmm(&["up"]).cmd;
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let killed = kill_after(cmd.spawn().unwrap(), std::time::Duration::from_millis(rng.gen_range(2000..9000)));
+        // The Rancher server's container removed behind rmm's back (its
+        // volume stays): the resume makes it again, and Rancher comes back
+        // with its state (admin password, cluster, machines) from the volume.
+        let server = format!("rmm-{}-rancher", w.cluster);
+        let existed = Command::new("docker").args(["rm", "-f", &server]).output().unwrap().status.success();
+        let resumed = w.t.rmm(&["up", "--resume"]).run();
+        assert!(resumed.status.success(), "seed {seed} (killed: {killed}): {}", text(&resumed.stderr));
+        // Made once, and the admin password set by the first process still
+        // logs in (`ask`): Rancher's state came back from the volume.
+        w.check_made_once(&format!("seed {seed} (killed: {killed}, server removed: {existed})"));
+        let server_state = docker(&["inspect", "-f", "{{.State.Status}}", &server]);
+        assert_eq!(server_state.trim(), "running", "seed {seed}: the server container was made again");
+        w.t.rmm(&["down"]).ok();
+        for kind in ["container", "volume", "network"] {
+            assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "seed {seed}: {kind}s left behind");
+        }
+    }
+}
+
+#[test]
+fn docker_a_container_labelled_with_the_cluster_but_unknown_to_the_log_is_an_orphan_down_leaves_it_unless_orphans() {
+    let Some(w) = World::new("the docker driver's orphans") else { return };
+    w.t.rmm(&["up", "--masters", "1", "--workers", "1"]).ok();
+    let stray = format!("rmm-{}-stray", w.cluster);
+    docker(&[
+        "run", "-d", "--name", &stray, "--label", &format!("io.rmm.cluster={}", w.cluster), "--label", "io.rmm.machine=stray", &w.node_image,
+    ]);
+    let status = w.t.status_refresh();
+    let orphans: Vec<&str> = status["orphans"].as_array().unwrap().iter().filter_map(|o| o["name"].as_str()).collect();
+    assert_eq!(orphans, ["stray"], "{status}");
+    assert_eq!(status["rancher"]["server"]["container"], "running", "{}", status["rancher"]);
+    assert_eq!(status["rancher"]["server"]["answering"], true, "{}", status["rancher"]);
+
+    let down = w.t.rmm(&["down"]).ok();
+    assert!(text(&down.stderr).contains("orphans): stray"), "{}", text(&down.stderr));
+    let left = labelled("container", &w.cluster);
+    assert_eq!(left.len(), 1, "only the orphan is left: {left:?}");
+    assert_eq!(docker(&["inspect", "-f", "{{.Name}}", &left[0]]).trim(), format!("/{stray}"));
+    assert_eq!(labelled("volume", &w.cluster), Vec::<String>::new());
+
+    w.t.rmm(&["down", "--orphans"]).ok();
+    for kind in ["container", "volume", "network"] {
+        assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "{kind}s left behind by down --orphans");
+    }
+}
+
+#[test]
+fn docker_a_node_killed_before_its_agent_ran_is_started_again_by_the_resume_at_its_address_and_registers_once() {
+    let Some(w) = World::new("the docker driver's killed node") else { return };
+    // The node command appears 5 s after the cluster: every node container
+    // is up well before any agent runs.
+    let slow_token = |cmd: crate::support::RmmCmd| cmd.env("RMM_LOCAL_DEFAULT_TOKEN_MS", "5000");
+    let mut cmd = slow_token(w.t.rmm(&["up"])).cmd;
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let filter = format!("label=io.rmm.cluster={}", w.cluster);
+    loop {
+        let running = docker(&["ps", "-q", "--filter", &filter, "--filter", "label=io.rmm.role=worker", "--filter", "status=running"]);
+        if running.lines().count() == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker containers did not all run within 60 s");
+        assert!(child.try_wait().unwrap().is_none(), "up ended before its nodes ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let worker = format!("rmm-{}-worker01", w.cluster);
+    let ip = w.ip_of(&worker);
+    docker(&["kill", &worker]);
+    child.kill().unwrap(); // SIGKILL rmm too: the resume finds the node stopped
+    child.wait().unwrap();
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Status}}", &worker]).trim(), "exited");
+
+    let resumed = slow_token(w.t.rmm(&["up", "--resume"])).run();
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    w.check_made_once("a killed node");
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Status}}", &worker]).trim(), "running", "started again");
+    assert_eq!(w.ip_of(&worker), ip, "at the address it had");
+    let machines = w.ask(&["/v1/cluster.x-k8s.io.machines/fleet-default"]);
+    let m = machines[0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metadata"]["labels"]["rke.cattle.io/node-name"] == "worker01")
+        .cloned()
+        .unwrap();
+    assert_eq!(m["metadata"]["annotations"]["emulator.rmm.io/registered-from"], ip.as_str(), "{m}");
+    w.t.rmm(&["down"]).ok();
+}
+
+#[test]
+fn docker_a_half_made_node_container_is_removed_and_made_again_and_a_stopped_one_not_of_this_run_is_refused() {
+    let Some(w) = World::new("the docker driver's half-made container") else { return };
+    // What a create cut by a crash leaves: created with the cluster's
+    // labels, never started (no command of ours ran in it).
+    let worker = format!("rmm-{}-worker01", w.cluster);
+    let labels = [format!("io.rmm.cluster={}", w.cluster), "io.rmm.machine=worker01".into(), "io.rmm.role=worker".into()];
+    let mut args = vec!["create".to_string(), "--name".into(), worker.clone()];
+    for l in &labels {
+        args.extend(["--label".into(), l.clone()]);
+    }
+    args.push(w.node_image.clone());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let half_made = docker(&args).trim().to_string();
+    w.t.rmm(&["up", "--masters", "1", "--workers", "1"]).ok();
+    let now = docker(&["inspect", "-f", "{{.Id}} {{.State.Status}}", &worker]);
+    let (id, state) = now.trim().split_once(' ').unwrap();
+    assert_ne!(id, half_made, "the half-made container was removed and a new one made");
+    assert_eq!(state, "running");
+    let machines = w.ask(&["/v1/cluster.x-k8s.io.machines/fleet-default"]);
+    assert_eq!(machines[0]["data"].as_array().unwrap().len(), 2, "registered once each");
+    w.t.rmm(&["down"]).ok();
+
+    // A stopped container of that name that this run did not make: the
+    // fresh run refuses to take it over, naming it.
+    let other = TestDir::new();
+    std::fs::copy(w.t.tmp.path().join("rmm.toml"), other.tmp.path().join("rmm.toml")).unwrap();
+    let mut run = vec!["run", "-d"];
+    run.extend_from_slice(&args[1..]);
+    let stopped = docker(&run).trim().to_string();
+    docker(&["kill", &stopped]);
+    let refused = other.rmm(&["up", "--masters", "1", "--workers", "1"]).run();
+    assert!(!refused.status.success());
+    let err = text(&refused.stderr);
+    assert!(err.contains("worker01") && err.contains("already exists"), "{err}");
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &worker]).trim(), stopped, "left alone");
+    other.rmm(&["down", "--orphans"]).ok();
+}
