@@ -77,8 +77,10 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     // Validate everything the user typed before touching the state dir.
     let file = config.load()?;
     let docker = file.docker.clone();
+    let docker_machine = file.docker_machine.clone();
     let plan = file.plan(&args.overrides())?;
     docker.resolve().map_err(Error::Config)?;
+    docker_machine.resolve().map_err(Error::Config)?;
     // A log deleted beside a live world is not a fresh start: a new log
     // would fail on every machine and bury the evidence.
     dir.check_log_not_lost(&format!(
@@ -147,6 +149,12 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         // The settings of the run: recorded by its first `up` (a free
         // port for `publish_port = 0`), read by every later command.
         crate::drivers::docker::settings(dir.root(), Some(&docker), true).map_err(Error::Config)?;
+    }
+    if plan.driver == "docker-machine" {
+        if run.is_none() {
+            let _ = std::fs::remove_file(dir.root().join(crate::drivers::docker_machine::SETTINGS_FILE));
+        }
+        crate::drivers::docker_machine::settings(dir.root(), Some(&docker_machine), true).map_err(Error::Config)?;
     }
     let driver = engine::driver(&plan, dir)?;
     let state = engine::begin(dir, &mut log, &mut history, run, RunKind::Up, &plan)?;
