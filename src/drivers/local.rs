@@ -581,6 +581,12 @@ pub async fn exec_as_machine(name: &str, ip: Ipv4Addr, dir: PathBuf, command: &s
     Ok(docker::exec(&host, command).await)
 }
 
+/// Stops every process of the machine whose files are in `dir`
+/// (`rmm emulator machine-stop`).
+pub async fn power_off(dir: &Path) {
+    docker::stop_all(dir).await;
+}
+
 // ---------------------------------------------------------------- records
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -120,6 +120,14 @@ pub enum EmulatorCommand {
         #[arg(long)]
         dir: std::path::PathBuf,
     },
+    /// Stops every process of the local-world machine whose files are in
+    /// DIR, as they die with a VM powered off or deleted (the
+    /// docker-machine test double's `stop`, `kill` and `rm`).
+    #[command(hide = true)]
+    MachineStop {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// What the emulator's served install script runs on a node as the
@@ -375,6 +383,11 @@ pub fn run(args: EmulatorArgs) -> anyhow::Result<()> {
             let _ = std::io::stdout().write_all(out.stdout.as_bytes());
             let _ = std::io::stderr().write_all(out.stderr.as_bytes());
             std::process::exit(out.status);
+        }
+        EmulatorCommand::MachineStop { dir } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
+            runtime.block_on(crate::drivers::local::power_off(&dir));
+            return Ok(());
         }
         EmulatorCommand::SystemAgent(a) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;

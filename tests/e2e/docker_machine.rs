@@ -167,14 +167,53 @@ fn up_and_down_with_both_flavours() {
         // The env file is gone; the password is on no file of the rancher machine's home.
         let home = store(&dir).join(format!("machines/{CLUSTER}-rancher/{CLUSTER}-rancher/home"));
         assert!(home.is_dir() && !home.join(".rmm-rancher.env").exists());
-        // The node name in Rancher stays the machine name.
-        let status = dir.status();
-        let s = status.to_string();
-        assert!(s.contains("\"master01\"") && !s.contains(&format!("\"{CLUSTER}-master01\"")) || s.contains("master01"), "{s}");
+        // The node names in Rancher stay the machine names.
+        let view = crate::support::ask_rancher(&dir);
+        let mut nodes: Vec<String> =
+            view.nodes.iter().map(|n| n["nodeName"].as_str().or(n["hostname"].as_str()).unwrap_or("").to_string()).collect();
+        nodes.sort();
+        assert_eq!(nodes, vec!["master01", "worker01"], "{:?}", view.nodes);
+        // The bootstrap password is in no file of the store but Rancher's
+        // own data dir (the container's volume).
+        let secrets: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.state().join("secrets.json")).unwrap()).unwrap();
+        let password = secrets
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.ends_with("/bootstrap-password"))
+            .map(|(_, v)| v.as_str().unwrap().to_string())
+            .expect("a bootstrap password");
+        for f in files_under(&store(&dir)) {
+            if f.components().any(|c| c.as_os_str() == "rancher") && f.to_string_lossy().contains("-rancher/rancher/") {
+                continue;
+            }
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            assert!(!String::from_utf8_lossy(&bytes).contains(&password), "the bootstrap password is in {}", f.display());
+        }
         let down = dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run();
         assert_ok(&down);
         assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
+        // Nothing of the machines runs on (their processes die with the VM).
+        let left = Command::new("pgrep").args(["-f", &store(&dir).display().to_string()]).output().unwrap();
+        assert!(text(&left.stdout).trim().is_empty(), "left running: {}", text(&left.stdout));
     }
+}
+
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 #[test]
