@@ -564,4 +564,121 @@ mod tests {
         assert!(is_absent("Host does not exist: \"x\""));
         assert!(!is_absent("error getting state for host x: machine does not exist"));
     }
+
+    // The driver against the test double (tests/docker-machine-double),
+    // whose machines are local. The knobs are set per call through the
+    // double's files, not the environment (tests run in parallel).
+
+    fn driver(store: &Path, flavour: &str, call_timeout_s: u64) -> DockerMachineDriver {
+        // These tests run no local-world command (docker, the agent) on
+        // the machines; the e2e tests do, with the real binary.
+        std::env::set_var("DM_DOUBLE_RMM", "/bin/false");
+        let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/docker-machine-double").join(flavour);
+        let file = DockerMachineFile {
+            binary: Some(binary.display().to_string()),
+            storage_path: Some(store.to_path_buf()),
+            call_timeout_s: Some(call_timeout_s),
+            ..Default::default()
+        };
+        DockerMachineDriver::new("c", file.resolve().unwrap())
+    }
+
+    fn spec(name: &str) -> MachineSpec {
+        MachineSpec { name: name.into(), cluster: "c".into(), role: Role::Worker }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    fn double(store: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut c = std::process::Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/docker-machine-double/docker-machine"));
+        c.arg("-s").arg(store).args(args).stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    #[test]
+    fn already_exists_adopts_a_running_machine_and_remakes_a_half_made_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = driver(tmp.path(), "docker-machine", 30);
+        rt().block_on(async {
+            // running, made outside this call (a try whose outcome was lost)
+            assert!(double(tmp.path(), &["create", "c-w1"], &[]).status.success());
+            let m = d.create(&spec("w1")).await.unwrap();
+            assert_eq!(m.state, MachineState::Running);
+            assert!(tmp.path().join("machines/c-w1").join(RECORD_FILE).exists());
+            // half-made: registered, VM never made
+            let half = double(tmp.path(), &["create", "c-w2"], &[("DM_DOUBLE_FAIL_CREATE", "c-w2")]);
+            assert_eq!(half.status.code(), Some(1));
+            assert!(matches!(d.inspect("w2").await.unwrap().unwrap().state, MachineState::Error(_)));
+            let m = d.create(&spec("w2")).await.unwrap();
+            assert_eq!(m.state, MachineState::Running);
+            assert!(m.ip.is_some());
+            // list: from the prefix, both ours; another cluster's is not.
+            assert!(double(tmp.path(), &["create", "c-x-w1"], &[]).status.success());
+            let names: Vec<String> = d.list("c").await.unwrap().into_iter().map(|m| m.name).collect();
+            assert_eq!(names, vec!["w1", "w2"]);
+            d.remove("w1").await.unwrap();
+            d.remove("w1").await.unwrap();
+            assert!(d.inspect("w1").await.unwrap().is_none());
+        });
+    }
+
+    #[test]
+    fn rancher_machine_status_4_is_absent_and_its_rm_of_a_missing_host_succeeds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = driver(tmp.path(), "rancher-machine", 30);
+        rt().block_on(async {
+            assert!(d.inspect("nope").await.unwrap().is_none());
+            d.remove("nope").await.unwrap();
+        });
+    }
+
+    #[test]
+    fn exec_reads_the_status_back_refuses_a_stopped_machine_and_is_killed_at_its_deadline() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = driver(tmp.path(), "docker-machine", 2);
+        rt().block_on(async {
+            d.create(&spec("w1")).await.unwrap();
+            let out = d.exec("w1", "echo hi; exit 3").await.unwrap();
+            assert_eq!((out.status, out.stdout.trim()), (3, "hi"));
+            let started = Instant::now();
+            let err = d.exec("w1", "sleep 30").await.unwrap_err();
+            assert!(err.is_retryable() && err.to_string().contains("was killed"), "{err}");
+            assert!(started.elapsed() < Duration::from_secs(10));
+            assert!(double(tmp.path(), &["stop", "c-w1"], &[]).status.success());
+            assert_eq!(d.inspect("w1").await.unwrap().unwrap().state, MachineState::Stopped);
+            let err = d.exec("w1", "true").await.unwrap_err();
+            assert!(err.to_string().contains("is not running"), "{err}");
+            let m = d.restart("w1").await.unwrap().unwrap();
+            assert_eq!(m.state, MachineState::Running);
+            d.remove("w1").await.unwrap();
+        });
+    }
+
+    #[test]
+    fn a_failed_pre_create_check_is_permanent_and_makes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path()).unwrap();
+        // The knob for this store only: a wrapper that sets it.
+        let wrapper = tmp.path().join("dm");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nDM_DOUBLE_PRECREATE_FAIL='VBoxManage not found' exec {} \"$@\"\n",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/docker-machine-double/docker-machine").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut d = driver(&tmp.path().join("store"), "docker-machine", 30);
+        d.cfg.binary = wrapper.display().to_string();
+        let err = rt().block_on(d.create(&spec("w1"))).unwrap_err();
+        assert!(!err.is_retryable() && err.to_string().contains("pre-create check"), "{err}");
+        assert!(!tmp.path().join("store/machines/c-w1").exists());
+    }
 }

@@ -250,3 +250,41 @@ fn a_failed_pre_create_check_fails_the_run_with_one_line_and_makes_nothing() {
     assert!(line[0].contains("pre-create check"), "{err}");
     assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
 }
+
+#[test]
+fn stopped_machines_are_started_again_on_resume_and_their_new_addresses_read() {
+    let dir = TestDir::new();
+    write_config(&dir, "rancher-machine", "");
+    // Killed after the creates happened, before their outcomes were logged.
+    let crashed = up(&dir, &[("RMM_CRASH_BEFORE_OUTCOME", "1")]);
+    assert!(!crashed.status.success());
+    let mut before = Vec::new();
+    for m in ["rancher", "master01", "worker01"] {
+        let full = format!("{CLUSTER}-{m}");
+        // the creates that were in flight end on their own (not killed with rmm)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let ip = loop {
+            let ip = dm(&dir, "rancher-machine", &["ip", &full]);
+            if ip.status.success() {
+                break text(&ip.stdout).trim().to_string();
+            }
+            assert!(std::time::Instant::now() < deadline, "{full} never came up: {}", text(&ip.stderr));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        before.push((m, ip));
+        assert_ok(&dm(&dir, "rancher-machine", &["stop", &full]));
+    }
+    // The resume starts them again (booting a while: `ip` errors meanwhile).
+    let out = dir.rmm(&["up", "--resume"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).env("DM_DOUBLE_BOOT_POLLS", "2").run();
+    assert_ok(&out);
+    let status = dir.status();
+    for (m, old) in before {
+        let actor = status["actors"].as_array().unwrap().iter().find(|a| a["name"] == m).unwrap();
+        let now = dm(&dir, "rancher-machine", &["ip", &format!("{CLUSTER}-{m}")]);
+        let now = text(&now.stdout).trim().to_string();
+        assert_eq!(actor["ip"].as_str(), Some(now.as_str()), "{m}: the log has the address read after the start");
+        assert_ne!(now, old, "{m}: a started machine has a new address in the double");
+    }
+    assert_ok(&dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
+    assert!(machines(&dir).is_empty());
+}
