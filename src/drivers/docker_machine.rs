@@ -105,7 +105,10 @@ pub struct DockerMachineFile {
     /// Deadline of every call but `create`, seconds (default 300: `start`
     /// waits up to 60 × 3 s for an address, ref §3).
     pub call_timeout_s: Option<u64>,
-    /// Deadline of `create`, seconds (default 1200).
+    /// Deadline of one `create` call, seconds (default 400: a create's
+    /// waits are 60 × 3 s each, ref §3). A failed create is removed and
+    /// made once more, so keep `[timeouts] machine_create_s` (900) above
+    /// twice this.
     pub create_timeout_s: Option<u64>,
     pub rancher: Option<RoleFile>,
     pub master: Option<RoleFile>,
@@ -157,7 +160,7 @@ impl DockerMachineFile {
             storage_path,
             https_port: self.https_port.unwrap_or(443),
             call_timeout: Duration::from_secs(self.call_timeout_s.unwrap_or(300).max(1)),
-            create_timeout: Duration::from_secs(self.create_timeout_s.unwrap_or(1200).max(1)),
+            create_timeout: Duration::from_secs(self.create_timeout_s.unwrap_or(400).max(1)),
             roles,
         })
     }
@@ -208,6 +211,17 @@ impl Call {
     }
 }
 
+/// SIGKILL to a call's process group when dropped, unless it ended.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pg) = self.0 {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pg), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 /// ref §2: the machine is not in the store (≥0.13 and ≤0.12 texts).
 fn is_absent(text: &str) -> bool {
     text.contains("does not exist. Use") || text.contains("Host does not exist:")
@@ -249,7 +263,9 @@ impl DockerMachineDriver {
         let mut child = cmd.spawn().map_err(|e| {
             DriverError::Permanent(format!("cannot run {} ({e}); set [docker_machine] binary in rmm.toml", self.cfg.binary))
         })?;
-        let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+        // Killed with its whole group when this call is dropped (the
+        // step's own deadline, `[timeouts] machine_create_s`) or times out.
+        let mut group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
         if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
             let bytes = bytes.to_vec();
             tokio::spawn(async move {
@@ -258,20 +274,18 @@ impl DockerMachineDriver {
             });
         }
         match tokio::time::timeout(deadline, child.wait_with_output()).await {
-            Ok(Ok(out)) => Ok(Call {
+            Ok(Ok(out)) => {
+                group.0 = None;
+                Ok(Call {
                 code: out.status.code(),
                 stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            }),
-            Ok(Err(e)) => Err(DriverError::Transient(format!("{} {}: {e}", self.cfg.binary, args[0]))),
-            Err(_) => {
-                // The child is dropped (killed); its group goes too (a
-                // driver plugin, ssh, a shell's sleep).
-                if let Some(pg) = pgid {
-                    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pg), nix::sys::signal::Signal::SIGKILL);
-                }
-                Ok(Call { code: None, stdout: String::new(), stderr: String::new() })
+                })
             }
+            Ok(Err(e)) => Err(DriverError::Transient(format!("{} {}: {e}", self.cfg.binary, args[0]))),
+            // The child is dropped (killed); its group goes too (a driver
+            // plugin, ssh, a shell's sleep), by the guard.
+            Err(_) => Ok(Call { code: None, stdout: String::new(), stderr: String::new() }),
         }
     }
 
