@@ -573,6 +573,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_has_the_docker_machine_keys_and_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rmm.toml.example");
+        let file = crate::config::ConfigFile::load(&path, true).unwrap();
+        let c = file.docker_machine.resolve().unwrap();
+        assert_eq!((c.binary.as_str(), c.https_port, c.roles[1].0.as_str()), ("docker-machine", 443, "virtualbox"));
+        assert_eq!(c.create_timeout, Duration::from_secs(400));
+    }
+
+    #[test]
     fn absent_is_told_by_the_store_texts_not_by_the_vm_text() {
         assert!(is_absent("Docker machine \"x\" does not exist. Use \"docker-machine ls\" to list machines."));
         assert!(is_absent("Host does not exist: \"x\""));
