@@ -155,7 +155,8 @@ fn up_and_down_with_both_flavours() {
     for flavour in ["docker-machine", "rancher-machine"] {
         let dir = TestDir::new();
         write_config(&dir, flavour, "");
-        let out = up(&dir, &[]);
+        let argv_log = dir.tmp.path().join("argv.log");
+        let out = up(&dir, &[("DM_DOUBLE_ARGV_LOG", argv_log.to_str().unwrap())]);
         assert_ok(&out);
         let want: Vec<String> =
             ["master01", "rancher", "worker01"].iter().map(|m| format!("{CLUSTER}-{m}")).collect();
@@ -184,6 +185,19 @@ fn up_and_down_with_both_flavours() {
             .find(|(k, _)| k.ends_with("/bootstrap-password"))
             .map(|(_, v)| v.as_str().unwrap().to_string())
             .expect("a bootstrap password");
+        // No secret on any command line of the CLI (what `ps` shows).
+        let argv = std::fs::read_to_string(&argv_log).unwrap();
+        assert!(argv.contains(&format!("ssh {CLUSTER}-master01 sh -s")), "{argv}");
+        for (k, v) in secrets.as_object().unwrap() {
+            if k.ends_with("/bootstrap-password") || k.ends_with("/node-command") || k.ends_with("/api-token") {
+                let v = v.as_str().unwrap();
+                // the node command's secret is its token
+                let words: Vec<&str> = v.split_whitespace().collect();
+                let probe = words.iter().position(|w| *w == "--token").map(|i| words[i + 1]).unwrap_or(v);
+                assert!(probe.len() >= 16, "{k}: a probe long enough to mean something");
+                assert!(!argv.contains(probe), "{k} is on a command line of the CLI:\n{argv}");
+            }
+        }
         for f in files_under(&store(&dir)) {
             if f.components().any(|c| c.as_os_str() == "rancher") && f.to_string_lossy().contains("-rancher/rancher/") {
                 continue;
@@ -285,6 +299,13 @@ fn stopped_machines_are_started_again_on_resume_and_their_new_addresses_read() {
         assert_eq!(actor["ip"].as_str(), Some(now.as_str()), "{m}: the log has the address read after the start");
         assert_ne!(now, old, "{m}: a started machine has a new address in the double");
     }
+    // An orphan: a machine with the cluster's prefix unknown to the log.
+    assert_ok(&dm(&dir, "rancher-machine", &["create", &format!("{CLUSTER}-worker09")]));
+    let refreshed = dir.status_refresh();
+    let orphans: Vec<&str> = refreshed["orphans"].as_array().unwrap().iter().filter_map(|o| o["name"].as_str()).collect();
+    assert_eq!(orphans, ["worker09"], "{refreshed}");
     assert_ok(&dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
-    assert!(machines(&dir).is_empty());
+    assert_eq!(machines(&dir), vec![format!("{CLUSTER}-worker09")], "down leaves the orphan");
+    assert_ok(&dir.rmm(&["down", "--orphans"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
+    assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
 }
