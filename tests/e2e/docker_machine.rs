@@ -309,3 +309,25 @@ fn stopped_machines_are_started_again_on_resume_and_their_new_addresses_read() {
     assert_ok(&dir.rmm(&["down", "--orphans"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
     assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
 }
+
+#[test]
+fn rke1_on_an_emulated_2_11_with_the_docker_machine_flavour() {
+    let dir = TestDir::new();
+    let toml = format!(
+        "driver = \"docker-machine\"\ncluster_name = \"{CLUSTER}\"\nmasters = 1\nworkers = 1\n\
+         rancher_image = \"rancher/rancher:v2.11.3\"\ndistribution = \"rke1\"\n\n\
+         [docker_machine]\nbinary = \"{}\"\nstorage_path = \"{}\"\nhttps_port = 8443\n",
+        double("docker-machine").display(),
+        store(&dir).display()
+    );
+    std::fs::write(dir.tmp.path().join("rmm.toml"), toml).unwrap();
+    assert_ok(&up(&dir, &[]));
+    // The machines' hostnames are `dmc-master01` …; the nodes are named by --node-name.
+    let view = crate::support::ask_rancher(&dir);
+    let mut nodes: Vec<String> =
+        view.nodes.iter().map(|n| n["nodeName"].as_str().or(n["hostname"].as_str()).unwrap_or("").to_string()).collect();
+    nodes.sort();
+    assert_eq!(nodes, vec!["master01", "worker01"], "{:?}", view.nodes);
+    assert_ok(&dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
+    assert!(machines(&dir).is_empty());
+}
