@@ -39,6 +39,9 @@ pub struct ConfigFile {
     /// `[docker]`: the Docker driver's settings (`drivers::docker`).
     #[serde(default)]
     pub docker: crate::drivers::docker::DockerFile,
+    /// `[docker_machine]`: the docker-machine driver's settings (`drivers::docker_machine`).
+    #[serde(default)]
+    pub docker_machine: crate::drivers::docker_machine::DockerMachineFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,7 +78,7 @@ pub struct Overrides {
     pub rancher_password_file: Option<std::path::PathBuf>,
 }
 
-pub const DRIVERS: &[&str] = &["local", "docker"];
+pub const DRIVERS: &[&str] = &["local", "docker", "docker-machine"];
 
 impl ConfigFile {
     /// Reads `path`; a missing file is the defaults.

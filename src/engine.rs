@@ -25,6 +25,10 @@ pub fn driver(plan: &Plan, dir: &StateDir) -> Result<Arc<dyn MachineDriver>> {
             let cfg = crate::drivers::docker::settings(dir.root(), None, false).map_err(Error::Config)?;
             Ok(Arc::new(crate::drivers::docker::DockerDriver::new(&plan.cluster_name, cfg, dir.root())))
         }
+        "docker-machine" => {
+            let cfg = crate::drivers::docker_machine::settings(dir.root(), None, false).map_err(Error::Config)?;
+            Ok(Arc::new(crate::drivers::docker_machine::DockerMachineDriver::new(&plan.cluster_name, cfg)))
+        }
         other => Err(Error::Config(format!("unknown driver {other:?}"))),
     }
 }

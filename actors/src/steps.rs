@@ -1102,7 +1102,14 @@ async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ip = call.state.ip().ok_or_else(|| StepError::permanent("the machine has no address"))?;
     let ip = shell_quote(ip);
     // The node command is Rancher's own shell command; what rmm adds is quoted.
-    let mut full = format!("{} --address {ip} --internal-address {ip}", command.expose().trim());
+    // `--node-name`: the node is the machine name in Rancher on every
+    // driver, also where the machine's hostname differs (docker-machine's
+    // `<cluster>-<machine>`), as the v1 flow does.
+    let mut full = format!(
+        "{} --address {ip} --internal-address {ip} --node-name {}",
+        command.expose().trim(),
+        shell_quote(call.actor)
+    );
     for r in roles(call.role) {
         full.push_str(" --");
         full.push_str(r);

@@ -89,9 +89,11 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     // Validate everything the user typed before touching the state dir.
     let file = config.load()?;
     let docker = file.docker.clone();
+    let docker_machine = file.docker_machine.clone();
     let password_file = args.rancher_password_file.clone().or_else(|| file.rancher_password_file.clone());
     let plan = file.plan(&args.overrides())?;
     docker.resolve().map_err(Error::Config)?;
+    docker_machine.resolve().map_err(Error::Config)?;
     // An existing Rancher's password: read (and refused when missing)
     // before anything is created; stored in the secrets file once the run
     // has an id. Never from a flag (see `config::rancher_password`).
@@ -174,6 +176,12 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         // The settings of the run: recorded by its first `up` (a free
         // port for `publish_port = 0`), read by every later command.
         crate::drivers::docker::settings(dir.root(), Some(&docker), true).map_err(Error::Config)?;
+    }
+    if plan.driver == "docker-machine" {
+        if run.is_none() {
+            let _ = std::fs::remove_file(dir.root().join(crate::drivers::docker_machine::SETTINGS_FILE));
+        }
+        crate::drivers::docker_machine::settings(dir.root(), Some(&docker_machine), true).map_err(Error::Config)?;
     }
     let driver = engine::driver(&plan, dir)?;
     let state = engine::begin(dir, &mut log, &mut history, run, RunKind::Up, &plan)?;

@@ -6,6 +6,7 @@ mod bad_input;
 mod crash;
 mod disk_full;
 mod docker;
+mod docker_machine;
 mod down;
 mod emulator;
 mod existing;

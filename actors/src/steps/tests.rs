@@ -301,7 +301,9 @@ impl MachineDriver for Fake {
     async fn exec(&self, name: &str, command: &str) -> Result<ExecOutput, DriverError> {
         let mut w = self.world();
         w.execs.push(command.to_string());
-        if w.register_on_exec && command.contains("--node-name") {
+        // The v1 installer (rke1's agent run has --node-name too).
+        let v1_installer = command.contains("--node-name") && !command.contains("rancher/rancher-agent");
+        if w.register_on_exec && v1_installer {
             let words: Vec<&str> = command.split_whitespace().collect();
             let i = words.iter().position(|w| *w == "--node-name").unwrap();
             let node = words[i + 1].to_string();
@@ -313,7 +315,7 @@ impl MachineDriver for Fake {
                 w.machines.push(machine(&format!("custom-{n:012x}"), &node, "Pending"));
             }
         }
-        if command.contains("--node-name") && !w.register_on_exec {
+        if v1_installer && !w.register_on_exec {
             // An installer that echoes its token (a trace, `sh -x`), then fails quietly.
             return Ok(ExecOutput { status: 0, stdout: String::new(), stderr: "+ CATTLE_TOKEN=t0ps3cr3t\n[ERROR] curl: (60) SSL certificate problem".into() });
         }
