@@ -33,6 +33,8 @@ Examples:
   rmm up                          build Rancher + 3 masters + 3 workers on the local world
   rmm up --masters 1 --workers 1  a small cluster
   rmm up --resume                 continue a run that crashed or was interrupted
+  RMM_RANCHER_PASSWORD=… rmm up --rancher-url https://rancher.example.com --distribution rke2
+                                  the nodes into an existing Rancher (no rancher machine)
   rmm status --json               the state folded from the log, for scripts
   rmm status --refresh            also ask the driver what really exists (orphans)
   rmm log                         the latest run's events: seq, time, attempt, actor, event, summary
@@ -84,6 +86,8 @@ pub enum Command {
     #[command(after_help = "Examples:\n  rmm replay\n  rmm replay --to 42")]
     Replay(replay::ReplayArgs),
     /// Remove every machine of the cluster (resumable; a second run is a no-op).
+    /// On an existing Rancher (`--rancher-url`): delete the cluster there
+    /// first, and leave the server itself alone.
     Down(down::DownArgs),
     /// Print the Rancher URL, user, password and CA checksum (on request only).
     Credentials(credentials::CredentialsArgs),

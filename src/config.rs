@@ -28,6 +28,10 @@ pub struct ConfigFile {
     pub distribution: Option<String>,
     /// `v1.35.1+rke2r1`; absent: the server's default for the distribution.
     pub kubernetes_version: Option<String>,
+    /// An existing Rancher (`https://host[:port]`): no rancher machine.
+    pub rancher_url: Option<String>,
+    /// A file holding the existing Rancher's password (bootstrap or admin).
+    pub rancher_password_file: Option<std::path::PathBuf>,
     #[serde(default)]
     pub timeouts: TimeoutsFile,
     #[serde(default)]
@@ -35,6 +39,9 @@ pub struct ConfigFile {
     /// `[docker]`: the Docker driver's settings (`drivers::docker`).
     #[serde(default)]
     pub docker: crate::drivers::docker::DockerFile,
+    /// `[docker_machine]`: the docker-machine driver's settings (`drivers::docker_machine`).
+    #[serde(default)]
+    pub docker_machine: crate::drivers::docker_machine::DockerMachineFile,
     /// `[ssh]` and `[[ssh.hosts]]`: the ssh driver's hosts (`drivers::ssh`).
     #[serde(default)]
     pub ssh: crate::drivers::ssh::SshFile,
@@ -70,9 +77,11 @@ pub struct Overrides {
     pub allow_even_masters: bool,
     pub distribution: Option<String>,
     pub kubernetes_version: Option<String>,
+    pub rancher_url: Option<String>,
+    pub rancher_password_file: Option<std::path::PathBuf>,
 }
 
-pub const DRIVERS: &[&str] = &["local", "docker", "ssh"];
+pub const DRIVERS: &[&str] = &["local", "docker", "docker-machine", "ssh"];
 
 impl ConfigFile {
     /// Reads `path`; a missing file is the defaults.
@@ -109,7 +118,9 @@ impl ConfigFile {
         };
         let kubernetes_version =
             flags.kubernetes_version.clone().or(self.kubernetes_version).map(|v| v.trim().to_string());
+        let rancher_url = flags.rancher_url.clone().or(self.rancher_url).map(|u| u.trim().trim_end_matches('/').to_string());
         let plan = Plan {
+            rancher_url,
             distribution,
             kubernetes_version,
             cluster_name: flags.cluster_name.clone().or(self.cluster_name).unwrap_or(base.cluster_name.clone()),
@@ -204,6 +215,27 @@ fn validate(plan: &Plan, allow_even_masters: bool) -> Result<()> {
             Some(_) => {}
         }
     }
+    // rke1 on 2.12+ (or rke2/k3s before 2.6) is refused before anything
+    // is made when the image's tag names its version; an image whose tag
+    // does not (`latest`) is checked at `/rancherversion` once it runs.
+    // With `--rancher-url` no image is started: that server's
+    // `/rancherversion` decides.
+    if let Some(why) = Some(&plan.rancher_image)
+        .filter(|_| plan.rancher_url.is_none())
+        .and_then(|image| rmm_actors::steps::v1::image_version(image))
+        .and_then(|v| rmm_actors::steps::v1::line_refusal(plan.distribution, v))
+    {
+        return bad(why);
+    }
+    if let Some(url) = &plan.rancher_url {
+        check_rancher_url(url)?;
+        if !plan.distribution.is_v1() {
+            return bad(format!(
+                "--rancher-url provisions rke2 or k3s clusters (an existing Rancher is 2.12 or later, which has no RKE1): add --distribution rke2 (or k3s), not {}",
+                plan.distribution.as_str()
+            ));
+        }
+    }
     if plan.retry.max_tries == 0 {
         return bad("retry.max_tries must be at least 1".into());
     }
@@ -224,6 +256,79 @@ fn validate(plan: &Plan, allow_even_masters: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `https://host[:port]`: a server root, no path, no query, and never a
+/// user or password (a URL is on the command line and in the log).
+fn check_rancher_url(url: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::Config(format!("rancher_url {url:?} {why}")));
+    let Some(rest) = url.strip_prefix("https://") else {
+        if url.contains('@') {
+            return Err(Error::Config("rancher_url must start with https:// and must not hold a user or password".into()));
+        }
+        return bad("must start with https:// (Rancher serves its API over TLS)");
+    };
+    if rest.contains('@') {
+        // Not echoed: what precedes the `@` may be a password.
+        return Err(Error::Config(
+            "rancher_url must not hold a user or password: give the password in RMM_RANCHER_PASSWORD or --rancher-password-file".into(),
+        ));
+    }
+    if rest.is_empty() {
+        return bad("has no host");
+    }
+    if rest.contains(['/', '?', '#']) || rest.contains(char::is_whitespace) {
+        return bad("must be the server's root, https://host[:port], with no path");
+    }
+    // `host`, `host:port`, `[v6]`, `[v6]:port`
+    let port = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((_, "")) => None,
+            Some((_, p)) => Some(p.strip_prefix(':').unwrap_or(p)),
+            None => return bad("has an unclosed [ in its host"),
+        },
+        None => rest.split_once(':').map(|(_, p)| p),
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return bad("has a port that is not a number");
+    }
+    Ok(())
+}
+
+/// The password of an existing Rancher, from `RMM_RANCHER_PASSWORD` or a
+/// file (`--rancher-password-file`, else `rancher_password_file` in
+/// rmm.toml) — never from a flag's value, which `ps` and the log would
+/// show. Both given is refused (which one wins would be a guess). `None`:
+/// neither is given. A file's trailing newline is not part of it.
+pub fn rancher_password(file: Option<&Path>) -> Result<Option<rmm_actors::ports::Secret>> {
+    use rmm_actors::context::secret::PASSWORD_ENV;
+    let env = std::env::var_os(PASSWORD_ENV);
+    let value = match (file, env) {
+        (Some(path), Some(_)) => {
+            return Err(Error::Config(format!(
+                "both {PASSWORD_ENV} and a password file ({}) are given: use one",
+                path.display()
+            )))
+        }
+        (Some(path), None) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("cannot read the Rancher password file {}: {e}", path.display())))?;
+            let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text).to_string();
+            if text.is_empty() {
+                return Err(Error::Config(format!("the Rancher password file {} is empty", path.display())));
+            }
+            text
+        }
+        (None, Some(v)) => {
+            let v = v.into_string().map_err(|_| Error::Config(format!("{PASSWORD_ENV} is not valid UTF-8")))?;
+            if v.is_empty() {
+                return Err(Error::Config(format!("{PASSWORD_ENV} is set but empty")));
+            }
+            v
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(rmm_actors::ports::Secret::new(value)))
 }
 
 #[cfg(test)]
@@ -288,6 +393,40 @@ mod tests {
         ] {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains(why) && !err.contains('\n'), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_rancher_image_whose_tag_cannot_make_the_distribution_is_refused() {
+        let err = parse("distribution = \"rke1\"\nrancher_image = \"rancher/rancher:v2.15.1\"").unwrap_err().to_string();
+        assert!(err.contains("Rancher v2.15.1 cannot make an rke1 cluster") && err.contains("--distribution rke2") && !err.contains('\n'), "{err}");
+        let err = parse("distribution = \"k3s\"\nrancher_image = \"reg:5000/rancher/rancher:v2.5.16\"").unwrap_err().to_string();
+        assert!(err.contains("need Rancher 2.6 or later"), "{err}");
+        assert!(parse("distribution = \"rke1\"\nrancher_image = \"rancher/rancher:v2.11.3\"").is_ok());
+        assert!(parse("distribution = \"rke2\"\nrancher_image = \"rancher/rancher:v2.15.1\"").is_ok());
+        // a tag that names no version is checked at /rancherversion instead
+        assert!(parse("distribution = \"rke1\"\nrancher_image = \"rancher/rancher:latest\"").is_ok());
+        assert!(parse("distribution = \"rke1\"\nrancher_image = \"rancher/rancher@sha256:0123\"").is_ok());
+        // an existing Rancher starts no image: its tag is not the server's version
+        assert!(parse("distribution = \"rke2\"\nrancher_image = \"rancher/rancher:v2.5.16\"\nrancher_url = \"https://r.example.com\"").is_ok());
+    }
+
+    #[test]
+    fn a_rancher_url_is_a_server_root_for_rke2_or_k3s() {
+        let plan = parse("distribution = \"rke2\"\nrancher_url = \"https://rancher.example.com:8443/\"").unwrap();
+        assert_eq!(plan.rancher_url.as_deref(), Some("https://rancher.example.com:8443"), "the trailing slash goes");
+        assert!(plan.existing_rancher());
+        assert_eq!(parse("").unwrap().rancher_url, None);
+        for (bad, why) in [
+            ("distribution = \"rke2\"\nrancher_url = \"http://r.example.com\"", "must start with https://"),
+            ("distribution = \"rke2\"\nrancher_url = \"https://admin:pw@r.example.com\"", "must not hold a user or password"),
+            ("distribution = \"rke2\"\nrancher_url = \"https://r.example.com/dashboard\"", "no path"),
+            ("distribution = \"rke2\"\nrancher_url = \"https://r.example.com:https\"", "port that is not a number"),
+            ("distribution = \"rke1\"\nrancher_url = \"https://r.example.com\"", "add --distribution rke2"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(why) && !err.contains('\n'), "{bad}: {err}");
+            assert!(!err.contains("pw@"), "the URL's password is not repeated: {err}");
         }
     }
 

@@ -25,6 +25,10 @@ pub fn driver(plan: &Plan, dir: &StateDir) -> Result<Arc<dyn MachineDriver>> {
             let cfg = crate::drivers::docker::settings(dir.root(), None, false).map_err(Error::Config)?;
             Ok(Arc::new(crate::drivers::docker::DockerDriver::new(&plan.cluster_name, cfg, dir.root())))
         }
+        "docker-machine" => {
+            let cfg = crate::drivers::docker_machine::settings(dir.root(), None, false).map_err(Error::Config)?;
+            Ok(Arc::new(crate::drivers::docker_machine::DockerMachineDriver::new(&plan.cluster_name, cfg)))
+        }
         "ssh" => {
             let cfg = crate::drivers::ssh::settings(dir.root(), None, false).map_err(Error::Config)?;
             Ok(Arc::new(crate::drivers::ssh::SshDriver::new(cfg, plan.distribution, dir.root())))
@@ -109,6 +113,7 @@ pub fn run_attempt(
     state: RunState,
     machines: Vec<(String, Role)>,
     driver: Arc<dyn MachineDriver>,
+    undo: Option<rmm_actors::context::Undo>,
 ) -> Result<RunEnd> {
     let secrets = FileSecrets::open(dir.secrets())
         .map_err(|e| Error::StateDir(format!("cannot read secrets file: {e}")))?;
@@ -126,6 +131,7 @@ pub fn run_attempt(
         secrets: Arc::new(secrets),
         create_slots: Arc::new(Semaphore::new(state.plan.parallel as usize)),
         stop: stop_rx,
+        undo,
     });
     let down = state.kind == RunKind::Down;
     let names: Vec<String> = machines.iter().map(|(n, _)| n.clone()).collect();

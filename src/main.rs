@@ -14,10 +14,14 @@ fn main() -> ExitCode {
     rmm::cli::finish(rmm::run(cli))
 }
 
-/// Diagnostics go to stderr; `RUST_LOG` wins over `-v`.
+/// Diagnostics go to stderr; `RUST_LOG` wins over `-v`. Without `-v`,
+/// the store engine's own log lines are left out: a damaged store is
+/// reported once, as the `rmm:` line naming its file (sled also logs an
+/// `ERROR sled::pagecache::snapshot: unexpected corruption …` line for
+/// some damaged bytes, which made two lines of one failure).
 fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,sled=off",
         1 => "info",
         _ => "debug",
     };

@@ -119,6 +119,9 @@ pub fn lost_secrets(run: &RunState, store: &dyn SecretStore) -> Vec<&'static str
     }
     let admin_ok = match rancher.outcome(Step::ChangePassword) {
         Some(Outcome::PasswordChanged { password }) => matches(password),
+        // An existing Rancher's admin password was given, not made: a
+        // resume takes it from RMM_RANCHER_PASSWORD / the file again.
+        Some(Outcome::PasswordKept) => true,
         _ => !started(Step::ChangePassword) || present(secret::ADMIN_PASSWORD),
     };
     if !admin_ok {

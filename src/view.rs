@@ -1,6 +1,6 @@
 //! The shapes `status`, `replay` and `log` print (README documents each).
 
-use rmm_actors::decide::steps_for;
+use rmm_actors::decide::plan_steps;
 use rmm_events::{ActorState, Envelope, History, Role, RunKind, RunState, RunStatus, Step, StepState};
 use serde_json::{json, Value};
 
@@ -29,7 +29,7 @@ pub(crate) fn role_of(name: &str) -> Role {
 pub fn actor_state(run: &RunState, actor: Option<&ActorState>, role: Role, writer_alive: bool) -> (&'static str, Option<Step>) {
     let down = run.kind == RunKind::Down;
     let Some(a) = actor else { return ("pending", None) };
-    let steps = steps_for(role, down, run.plan.distribution);
+    let steps = plan_steps(role, down, &run.plan);
     if steps.iter().all(|s| a.done(*s)) {
         return (if down { "removed" } else { "done" }, None);
     }
@@ -343,7 +343,9 @@ fn write_outcome(out: &mut Vec<u8>, outcome: &rmm_events::Outcome) {
         | O::ClusterNamed { .. }
         | O::MachineRunning { .. }
         | O::ClusterReady
-        | O::CaSystemRoots => {
+        | O::CaSystemRoots
+        | O::PasswordKept
+        | O::ClusterDeleted { .. } => {
             // Through a Value: its keys come out sorted, as serde_json's own event JSON has them.
             let v = serde_json::to_value(outcome).expect("an Outcome is JSON");
             serde_json::to_writer(&mut *out, &v).expect("writing JSON into a Vec never fails")

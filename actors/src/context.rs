@@ -23,6 +23,23 @@ pub struct RunCtx {
     pub create_slots: Arc<Semaphore>,
     /// Becomes `true` when the run must stop starting new work.
     pub stop: watch::Receiver<bool>,
+    /// A `down` of a run on an existing Rancher: what that `up` run
+    /// recorded, which the cluster's deletion needs. `None` otherwise.
+    pub undo: Option<Undo>,
+}
+
+/// What the `up` run a `down` undoes established with an existing Rancher:
+/// its secrets (the admin password, the API token, the pinned CA) are read
+/// under its id, and its server is trusted as it recorded, never afresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undo {
+    /// The `up` run's id.
+    pub run: Uuid,
+    /// Its recorded trust: the pinned CA's checksum, `""` for the system's
+    /// roots (empty `cacerts`); `None` when it never got that far.
+    pub ca_trust: Option<String>,
+    /// Its management cluster (`c-m-…`), when it was named.
+    pub management_id: Option<String>,
 }
 
 /// Names of the secrets of a run (kept in the `SecretStore`, never in the log).
@@ -35,6 +52,11 @@ pub mod secret {
     /// Not a secret, but kept beside them: the pinned CA (PEM).
     pub const RANCHER_CA: &str = "rancher-ca";
     pub const ALL: &[&str] = &[BOOTSTRAP_PASSWORD, ADMIN_PASSWORD, LOGIN_TOKEN, API_TOKEN, NODE_COMMAND];
+    /// Where the password of an existing Rancher comes from (the bootstrap
+    /// or the admin password); it is stored as [`BOOTSTRAP_PASSWORD`], the
+    /// password rmm logs in with first. Never a flag: a flag's value is on
+    /// the command line, which `ps` shows and the log records.
+    pub const PASSWORD_ENV: &str = "RMM_RANCHER_PASSWORD";
 }
 
 impl RunCtx {
@@ -56,8 +78,13 @@ impl RunCtx {
         format!("{}/{name}", self.run)
     }
 
+    /// A secret of this run; in a `down` that undoes an `up`, that run's
+    /// when this one has none of its own (a new session token is this
+    /// run's; the passwords and the API token are the `up` run's).
     pub fn secret(&self, name: &str) -> Option<Secret> {
-        self.secrets.get(&self.secret_key(name))
+        self.secrets
+            .get(&self.secret_key(name))
+            .or_else(|| self.undo.as_ref().and_then(|u| self.secrets.get(&format!("{}/{name}", u.run))))
     }
 
     pub fn put_secret(&self, name: &str, value: &Secret) -> Result<(), String> {

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::context::RunCtx;
-use crate::decide::{grants, steps_for};
+use crate::decide::{down_waits_for_rancher, grants, plan_steps};
 use crate::steps::JoinInfo;
 use crate::worker::{Drive, Ending, Join, Stop, StepActor};
 
@@ -82,6 +82,10 @@ impl Coordinator {
     }
 
     fn join_info(&self) -> Option<JoinInfo> {
+        if self.down {
+            // Removing a machine needs nothing from Rancher.
+            return Some(JoinInfo { url: String::new(), cluster_id: String::new(), ca_checksum: String::new() });
+        }
         Some(JoinInfo {
             url: self.state.rancher_url()?.to_string(),
             cluster_id: self.state.cluster_id()?.to_string(),
@@ -95,11 +99,37 @@ impl Coordinator {
 
     /// Lets in the nodes that may join now (and records it first).
     fn grant(&mut self, cause: Option<Uuid>, ctx: &mut Context<Self>) {
-        if self.down || self.failure.is_some() || self.interrupted {
+        if self.failure.is_some() || self.interrupted {
             return;
         }
-        let new: Vec<String> = grants(&self.state).into_iter().filter(|n| !self.granting.contains(n)).collect();
+        let allowed = if self.down {
+            // On an existing Rancher, node machines go once the cluster is
+            // gone from Rancher (or at once when the run has nothing there).
+            let has_rancher = self.machines.iter().any(|(n, _)| n == "rancher");
+            if !self.ctx.plan.existing_rancher() || down_waits_for_rancher(&self.state, has_rancher) {
+                return;
+            }
+            self.machines
+                .iter()
+                .filter(|(n, r)| *r != Role::Rancher && !self.state.granted.contains(n))
+                .map(|(n, _)| n.clone())
+                .collect()
+        } else {
+            grants(&self.state)
+        };
+        let new: Vec<String> = allowed.into_iter().filter(|n| !self.granting.contains(n)).collect();
         if new.is_empty() {
+            return;
+        }
+        if self.down {
+            // Nothing to record: the gate is the rancher actor's recorded
+            // `DeleteCluster`, which a resume folds and decides on again.
+            self.granting.extend(new.iter().cloned());
+            for node in &new {
+                if let Some(id) = cause.or(self.last_id()) {
+                    self.send_join(node, id);
+                }
+            }
             return;
         }
         let events: Vec<_> = new
@@ -193,7 +223,7 @@ impl Actor for Coordinator {
             let actor = StepActor::new(
                 name.clone(),
                 role,
-                steps_for(role, self.down, self.ctx.plan.distribution),
+                plan_steps(role, self.down, &self.ctx.plan),
                 state,
                 self.ctx.clone(),
                 me.clone(),

@@ -51,6 +51,48 @@ pub const V1_RANCHER_STEPS: &[Step] = &[
 /// the machine listed, then `Running` with a `nodeRef` (§2.8).
 pub const V1_NODE_STEPS: &[Step] = &[Step::CreateMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitMachineRunning];
 
+/// The rancher actor on an existing Rancher (`--rancher-url`): the v1
+/// steps without the machine and the server container. `/ping`, the CA,
+/// the version check, then the API steps as on a server rmm started.
+pub const EXISTING_V1_RANCHER_STEPS: &[Step] = &[
+    Step::WaitReady,
+    Step::PinCa,
+    Step::CheckRancherVersion,
+    Step::Login,
+    Step::ChooseKubernetesVersion,
+    Step::ChangePassword,
+    Step::CreateApiToken,
+    Step::WaitApiReady,
+    Step::SetServerUrl,
+    Step::CreateCluster,
+    Step::WaitClusterName,
+    Step::WaitNodeCommand,
+    Step::WaitClusterReady,
+];
+
+/// `rmm down` of a run on an existing Rancher: the rancher actor deletes
+/// the cluster in Rancher (and waits until it is gone); the server itself
+/// is never touched. The nodes' machines are removed only after that.
+pub const EXISTING_DOWN_RANCHER_STEPS: &[Step] = &[Step::DeleteCluster];
+
+/// The steps an actor of `role` runs in a run of this plan: [`steps_for`],
+/// except on an existing Rancher (`plan.rancher_url`).
+pub fn plan_steps(role: Role, down: bool, plan: &Plan) -> &'static [Step] {
+    match (plan.existing_rancher(), down, role) {
+        (true, true, Role::Rancher) => EXISTING_DOWN_RANCHER_STEPS,
+        // Validation refuses rke1 with --rancher-url (2.12+ has no RKE1).
+        (true, false, Role::Rancher) => EXISTING_V1_RANCHER_STEPS,
+        _ => steps_for(role, down, plan.distribution),
+    }
+}
+
+/// Whether a node of a `down` on an existing Rancher must wait for the
+/// cluster's deletion in Rancher before its machine is removed (a node
+/// removed first would leave Rancher with a cluster of dead machines).
+pub fn down_waits_for_rancher(state: &RunState, has_rancher_actor: bool) -> bool {
+    state.plan.existing_rancher() && has_rancher_actor && !state.actor("rancher").is_some_and(|a| a.done(Step::DeleteCluster))
+}
+
 /// The steps an actor of `role` runs in a run of this kind.
 pub fn steps_for(role: Role, down: bool, distribution: Distribution) -> &'static [Step] {
     match (down, role, distribution.is_v1()) {
@@ -201,7 +243,7 @@ fn all_done(plan: &Plan, state: &RunState, down: bool) -> bool {
     plan.machine_names().iter().all(|(name, role)| {
         state
             .actor(name)
-            .is_some_and(|a| steps_for(*role, down, plan.distribution).iter().all(|s| a.done(*s)))
+            .is_some_and(|a| plan_steps(*role, down, plan).iter().all(|s| a.done(*s)))
     })
 }
 
@@ -212,7 +254,14 @@ mod tests {
     use uuid::Uuid;
 
     fn plan() -> Plan {
-        Plan { workers: 2, retry: Retry { max_tries: 3, backoff_ms: 100 }, ..Plan::default() }
+        // RKE1: its masters join one at a time (the v1 rule is tested apart).
+        Plan {
+            workers: 2,
+            retry: Retry { max_tries: 3, backoff_ms: 100 },
+            distribution: rmm_events::Distribution::Rke1,
+            rancher_image: "rancher/rancher:v2.11.3".into(),
+            ..Plan::default()
+        }
     }
 
     /// A little history builder: `given().attempt(1).started(..)…`.

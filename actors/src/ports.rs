@@ -391,9 +391,17 @@ pub trait RancherApi: Send + Sync {
     /// versions this server offers (§2.4).
     async fn offered_versions(&self, auth: &Secret, distro: &str) -> Result<Vec<String>, ApiError>;
     /// `POST /v1/provisioning.cattle.io.clusters` (201) in `fleet-default`
-    /// with `spec.rkeConfig` and `spec.kubernetesVersion` (§2.4). A name
-    /// that exists is 409 `AlreadyExists`.
-    async fn create_v1_cluster(&self, auth: &Secret, name: &str, kubernetes_version: &str) -> Result<SteveObject, ApiError>;
+    /// with `spec.rkeConfig` and `spec.kubernetesVersion` (§2.4), annotated
+    /// [`RUN_ANNOTATION`]` = run` (so a cluster is known as this run's on a
+    /// shared server). A name that exists is 409 `AlreadyExists`.
+    async fn create_v1_cluster(&self, auth: &Secret, name: &str, kubernetes_version: &str, run: &str) -> Result<SteveObject, ApiError>;
+    /// `DELETE /v1/provisioning.cattle.io.clusters/fleet-default/<name>`;
+    /// idempotent: 404 counts as deleted. Rancher then removes the
+    /// management cluster and the machines (asynchronously).
+    async fn delete_v1_cluster(&self, auth: &Secret, name: &str) -> Result<(), ApiError>;
+    /// `GET /v3/settings/<name>` → `.value` with no credential: only the
+    /// public settings answer (`first-login`, `cacerts`; §2.1).
+    async fn public_setting(&self, name: &str) -> Result<String, ApiError>;
     /// `GET /v1/provisioning.cattle.io.clusters/fleet-default/<name>`; 404 → `None`.
     async fn get_v1_cluster(&self, auth: &Secret, name: &str) -> Result<Option<SteveObject>, ApiError>;
     /// `GET /v1/management.cattle.io.clusters/<id>` (§2.9 item 3).
@@ -402,6 +410,9 @@ pub trait RancherApi: Send + Sync {
     /// §8) on the label `cluster.x-k8s.io/cluster-name=<cluster>` (§2.8).
     async fn list_machines(&self, auth: &Secret, cluster: &str) -> Result<Vec<SteveObject>, ApiError>;
 }
+
+/// The annotation that names the rmm run which made a v1 cluster.
+pub const RUN_ANNOTATION: &str = "rmm/run";
 
 /// Which certificates a Rancher client trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -99,10 +99,32 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
             let pw = ensure(secret::BOOTSTRAP_PASSWORD, 24)?;
             format!("{} with bootstrap password {}", ctx.plan.rancher_image, pw.fingerprint())
         }
+        Step::ChangePassword if ctx.plan.existing_rancher() => {
+            let pw = ensure(secret::ADMIN_PASSWORD, 24)?;
+            format!(
+                "if the server's first login is still to be done (the given password is the bootstrap one): admin password {} (stored before the call); else the given password is the admin password and is kept",
+                pw.fingerprint()
+            )
+        }
         Step::ChangePassword => {
             let pw = ensure(secret::ADMIN_PASSWORD, 24)?;
             format!("admin password {} (stored before the call)", pw.fingerprint())
         }
+        Step::PinCa if ctx.plan.existing_rancher() => match &ctx.plan.ca_checksum {
+            Some(sum) => format!("the CA served at {} must have the --ca-checksum {sum}", rancher_url(call)?),
+            None => format!(
+                "existing Rancher: no driver channel to its machine, so its CA is trusted on first use (the CA served now at {} is pinned and recorded; pass --ca-checksum to pin it up front)",
+                rancher_url(call)?
+            ),
+        },
+        Step::SetServerUrl if ctx.plan.existing_rancher() => format!("kept if the server has one; else {}", rancher_url(call)?),
+        Step::DeleteCluster => format!(
+            "v1 cluster {}/{} in Rancher at {}, until it and its management cluster are gone (timeout {}s); the server is left as it is",
+            v1::FLEET_DEFAULT,
+            ctx.plan.cluster_name,
+            rancher_url(call)?,
+            ctx.plan.timeouts.active_s
+        ),
         Step::CreateApiToken => format!("description {:?}", token_description(ctx)),
         Step::CreateCluster if ctx.plan.distribution.is_v1() => format!(
             "v1 cluster {}/{} ({})",
@@ -113,6 +135,9 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
         Step::CreateCluster => format!("cluster {}", ctx.plan.cluster_name),
         Step::RunAgent if ctx.plan.distribution.is_v1() => format!("system-agent installer, {}", v1::role_flags(call.role).join(" ")),
         Step::RunAgent => format!("roles {}", roles(call.role).join(",")),
+        Step::WaitReady if ctx.plan.existing_rancher() => {
+            format!("GET {}/ping (timeout {}s)", rancher_url(call)?, ctx.plan.timeouts.rancher_ready_s)
+        }
         Step::WaitReady => format!("GET /ping (timeout {}s)", ctx.plan.timeouts.rancher_ready_s),
         Step::CheckServer => {
             format!("server container running and answering? (started again if not; timeout {}s)", ctx.plan.timeouts.rancher_ready_s)
@@ -138,6 +163,7 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
 /// revoked: a resume months later) logs in again, makes a new token, and
 /// runs once more (reference/rancher-current.md §2.2, §7 item 10).
 pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let used = call.ctx.secret(secret::API_TOKEN);
     match effect_once(call).await {
         Err(e)
             if e.message.contains("answered 401")
@@ -145,7 +171,7 @@ pub async fn effect(call: &StepCall<'_>) -> StepResult<Outcome> {
                 && call.ctx.secret(secret::API_TOKEN).is_some() =>
         {
             tracing::warn!(step = call.step.as_str(), "Rancher refused the API token: making a new one");
-            v1::renew(call, &rancher_api(call)?).await?;
+            v1::renew_after(call, &rancher_api(call)?, used.as_ref()).await?;
             effect_once(call).await
         }
         other => other,
@@ -163,6 +189,7 @@ async fn effect_once(call: &StepCall<'_>) -> StepResult<Outcome> {
         }
     }
     match call.step {
+        Step::DeleteCluster => v1::delete_cluster(call).await,
         Step::CreateMachine => create_machine(call).await,
         Step::StartServer => start_server(call).await,
         Step::WaitReady => wait_ready(call).await,
@@ -196,7 +223,7 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
     if ctx.plan.distribution.is_v1() {
         match call.step {
             Step::CreateCluster => return v1::find_cluster(call).await,
-            Step::RunAgent => return Ok(v1::machine_of_node(call).await?.map(|_| Outcome::AgentStarted)),
+            Step::RunAgent => return v1::agent_ran(call).await,
             _ => {}
         }
     }
@@ -260,7 +287,9 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
         | Step::ChooseKubernetesVersion
         | Step::WaitClusterName
         | Step::WaitMachineRunning
-        | Step::WaitClusterReady => Ok(None),
+        | Step::WaitClusterReady
+        // Deleting again is harmless (404 counts as deleted), then it waits.
+        | Step::DeleteCluster => Ok(None),
     }
 }
 
@@ -350,6 +379,9 @@ pub fn server_url(ip: &str, port: u16) -> String {
 }
 
 fn rancher_url(call: &StepCall<'_>) -> StepResult<String> {
+    if let Some(url) = &call.ctx.plan.rancher_url {
+        return Ok(url.clone());
+    }
     if let Some(join) = call.join {
         return Ok(join.url.clone());
     }
@@ -376,9 +408,12 @@ fn rancher_api(call: &StepCall<'_>) -> StepResult<Arc<dyn RancherApi>> {
 /// Whether the log recorded that this server is verified against the
 /// system's trust roots (its `cacerts` is empty).
 fn system_roots(call: &StepCall<'_>) -> bool {
-    match call.join {
-        Some(join) => join.ca_checksum.is_empty(),
-        None => matches!(call.state.outcome(Step::PinCa), Some(Outcome::CaSystemRoots)),
+    match (call.join, call.state.outcome(Step::PinCa), &call.ctx.undo) {
+        (Some(join), _, _) => join.ca_checksum.is_empty(),
+        (None, Some(outcome), _) => matches!(outcome, Outcome::CaSystemRoots),
+        // A `down`: as the `up` run it undoes recorded.
+        (None, None, Some(undo)) => undo.ca_trust.as_deref() == Some(""),
+        (None, None, None) => false,
     }
 }
 
@@ -394,9 +429,12 @@ fn trust(call: &StepCall<'_>) -> StepResult<CaTrust> {
 /// the log.
 fn pinned_pem(call: &StepCall<'_>) -> StepResult<String> {
     let ctx = call.ctx;
-    let logged = match (call.join, call.state.outcome(Step::PinCa)) {
-        (Some(join), _) => join.ca_checksum.clone(),
-        (None, Some(Outcome::CaPinned { checksum })) => checksum.clone(),
+    let undone = call.ctx.undo.as_ref().and_then(|u| u.ca_trust.clone()).filter(|c| !c.is_empty());
+    let logged = match (call.join, call.state.outcome(Step::PinCa), undone) {
+        (Some(join), _, _) => join.ca_checksum.clone(),
+        (None, Some(Outcome::CaPinned { checksum }), _) => checksum.clone(),
+        // A `down`: the CA the `up` run it undoes pinned.
+        (None, None, Some(checksum)) => checksum,
         _ => return Err(StepError::permanent("no CA pinned yet")),
     };
     let pem = ctx
@@ -604,7 +642,9 @@ async fn wait_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
     // before it ever answered (killed, a full disk at start): polling it for
     // `rancher_ready_s` would be in vain. Start it again first; `check_server`
     // right after records the state it is then in.
-    if call.try_no > 1 || call.ctx.attempt > 1 {
+    // An existing Rancher is not ours to start (or to look at).
+    let ours = !ctx.plan.existing_rancher();
+    if ours && (call.try_no > 1 || call.ctx.attempt > 1) {
         ensure_server_running(call).await?;
     }
     let url = rancher_url(call)?;
@@ -633,7 +673,7 @@ async fn wait_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
                         }
                         due
                     };
-                    if due {
+                    if due && ours {
                         let state = server_state(ctx).await?;
                         if !matches!(state.as_str(), "running" | "restarting") {
                             // Not retryable within `poll` (it would go on
@@ -674,7 +714,17 @@ async fn pin_ca(call: &StepCall<'_>) -> StepResult<Outcome> {
     if served.trim().is_empty() {
         return system_roots_trusted(call, &url).await;
     }
-    let pem = match ctx.driver.read_server_ca(call.actor).await? {
+    // An existing Rancher (`--rancher-url`) has no machine of ours, so no
+    // driver channel to read its CA from: the CA it serves now is trusted
+    // on first use (recorded: the checksum in `CaPinned`, the reason in
+    // this step's intent), unless `--ca-checksum` pinned it up front
+    // (checked below). Every later call, a resume and `down` included,
+    // trusts only that CA: a server that changes certificates later is
+    // refused, not trusted again. Refusing instead (asking for
+    // --ca-checksum every time) would only move the same first look to
+    // the user's `curl -k …/cacerts | sha256sum`; see README, "TLS".
+    let on_machine = if ctx.plan.existing_rancher() { None } else { ctx.driver.read_server_ca(call.actor).await? };
+    let pem = match on_machine {
         Some(on_machine) => {
             let (machine_sum, served_sum) = (ca_checksum(on_machine.trim()), ca_checksum(served.trim()));
             if machine_sum != served_sum {
@@ -686,6 +736,7 @@ async fn pin_ca(call: &StepCall<'_>) -> StepResult<Outcome> {
             }
             served
         }
+        None if ctx.plan.existing_rancher() => served,
         None => {
             tracing::warn!(driver = %ctx.plan.driver, "the driver cannot read the server's CA from the machine: trusting the CA the server serves");
             served
@@ -748,12 +799,30 @@ async fn login(call: &StepCall<'_>) -> StepResult<Outcome> {
                     Err(e) => return Err(e.into()),
                 }
             }
+            // An existing Rancher whose first login was done long ago
+            // will not start accepting this password: say so now rather
+            // than after `login_s`. (Its bootstrap password stopped working
+            // when the admin password was changed: Rancher answers a
+            // plain 401, reference/rancher-api.md §2.2, §3.3.)
+            if api_existing_setup(ctx, &api).await {
+                return Err(StepError::permanent(format!(
+                    "Rancher at {} refused the password given for admin (401 authentication failed): its first login was done already, so the password must be the admin password in force (if an earlier rmm run changed it, `rmm credentials` in that run's state dir prints it); give that one in {} or --rancher-password-file",
+                    ctx.plan.rancher_url.as_deref().unwrap_or("?"),
+                    secret::PASSWORD_ENV
+                )));
+            }
             Err(StepError::transient("401 authentication failed"))
         }
     })
     .await?;
     ctx.put_secret(secret::LOGIN_TOKEN, &token).map_err(StepError::permanent)?;
     Ok(Outcome::LoggedIn { token: secret_ref(secret::LOGIN_TOKEN, &token) })
+}
+
+/// Whether the run is on an existing Rancher whose first login is done
+/// (its public `first-login` setting is `false`). Any doubt is `false`.
+async fn api_existing_setup(ctx: &RunCtx, api: &Arc<dyn RancherApi>) -> bool {
+    ctx.plan.existing_rancher() && api.public_setting("first-login").await.is_ok_and(|v| v.trim() == "false")
 }
 
 /// A session token for the calls made before the API token exists. Rancher
@@ -794,6 +863,26 @@ async fn change_password(call: &StepCall<'_>) -> StepResult<Outcome> {
         .secret(secret::ADMIN_PASSWORD)
         .ok_or_else(|| StepError::permanent("new admin password missing from the state dir"))?;
     let done = Outcome::PasswordChanged { password: secret_ref(secret::ADMIN_PASSWORD, &new) };
+    // An existing Rancher: the password given is the bootstrap one only
+    // while the server's first login is still to be done (`first-login`
+    // is `true` until any user action, reference/rancher-api.md §2.3).
+    // Otherwise it is the admin password (the login just worked with it):
+    // kept, nothing changed — unless the admin password rmm stored works,
+    // in which case an earlier try of this run changed it.
+    if ctx.plan.existing_rancher() {
+        let first_login = v1::authed(call, &api, |a| {
+            let api = api.clone();
+            async move { api.get_setting(&a, "first-login").await }
+        })
+        .await?;
+        if first_login.trim() != "true" {
+            return match api.login("admin", &new).await {
+                Ok(_) => Ok(done),
+                Err(e) if e.status() == Some(401) => Ok(Outcome::PasswordKept),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
     match api.change_password(&login, &bootstrap, &new).await {
         Ok(()) => Ok(done),
         // Changed by an earlier try whose outcome was lost: the new one works.
@@ -846,6 +935,18 @@ async fn create_api_token(call: &StepCall<'_>) -> StepResult<Outcome> {
 async fn set_server_url(call: &StepCall<'_>) -> StepResult<Outcome> {
     let api = rancher_api(call)?;
     let url = rancher_url(call)?;
+    // An existing Rancher's `server-url` is what its other clusters'
+    // agents connect to: changing it would cut them off. Kept when set.
+    if call.ctx.plan.existing_rancher() {
+        let current = v1::authed(call, &api, |a| {
+            let api = api.clone();
+            async move { api.get_setting(&a, "server-url").await }
+        })
+        .await?;
+        if !current.trim().is_empty() {
+            return Ok(Outcome::ServerUrlSet { url: current.trim().to_string() });
+        }
+    }
     // A token that expired (a resume months later) is made again.
     v1::authed(call, &api, |a| {
         let (api, url) = (api.clone(), url.clone());
@@ -1001,7 +1102,14 @@ async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ip = call.state.ip().ok_or_else(|| StepError::permanent("the machine has no address"))?;
     let ip = shell_quote(ip);
     // The node command is Rancher's own shell command; what rmm adds is quoted.
-    let mut full = format!("{} --address {ip} --internal-address {ip}", command.expose().trim());
+    // `--node-name`: the node is the machine name in Rancher on every
+    // driver, also where the machine's hostname differs (docker-machine's
+    // `<cluster>-<machine>`), as the v1 flow does.
+    let mut full = format!(
+        "{} --address {ip} --internal-address {ip} --node-name {}",
+        command.expose().trim(),
+        shell_quote(call.actor)
+    );
     for r in roles(call.role) {
         full.push_str(" --");
         full.push_str(r);
@@ -1038,7 +1146,7 @@ async fn wait_node_active(call: &StepCall<'_>) -> StepResult<Outcome> {
     .await
 }
 
-mod v1;
+pub mod v1;
 pub use v1::REFUSAL;
 
 #[cfg(test)]

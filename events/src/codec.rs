@@ -15,16 +15,18 @@
 //! | 1 | first format |
 //! | 2 | `AttemptStarted` gained `user` and `host` |
 //! | 3 | `Plan` gained `distribution` and `kubernetes_version` (older logs are rke1) |
+//! | 4 | `Plan` gained `rancher_url` (older logs started their own Rancher) |
 //!
 //! bincode is pinned to 2.0.1 (3.0.0 only contains a compile error).
 
 mod v1;
 mod v2;
+mod v3;
 
 use crate::{Envelope, Error};
 
 /// The version written today.
-pub const FORMAT_VERSION: u8 = 3;
+pub const FORMAT_VERSION: u8 = 4;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -50,7 +52,8 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, Error> {
     match version {
         1 => Ok(decode_as::<v1::Envelope>(body)?.into()),
         2 => Ok(decode_as::<v2::Envelope>(body)?.into()),
-        3 => decode_as::<Envelope>(body),
+        3 => Ok(decode_as::<v3::Envelope>(body)?.into()),
+        4 => decode_as::<Envelope>(body),
         found => Err(Error::UnknownVersion { found }),
     }
 }

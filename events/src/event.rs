@@ -102,6 +102,10 @@ pub enum Step {
     /// Poll the v1 cluster (and its management cluster) until ready as
     /// Rancher's own tests define it (§2.9).
     WaitClusterReady,
+    /// `rmm down` of a run on an existing Rancher: delete the cluster in
+    /// Rancher and wait until both the v1 (provisioning) cluster and its
+    /// management cluster are gone. Never touches the server itself.
+    DeleteCluster,
 }
 
 impl Step {
@@ -155,6 +159,7 @@ impl Step {
             Step::WaitClusterName => "wait_cluster_name",
             Step::WaitMachineRunning => "wait_machine_running",
             Step::WaitClusterReady => "wait_cluster_ready",
+            Step::DeleteCluster => "delete_cluster",
         }
     }
 }
@@ -202,6 +207,12 @@ pub enum Outcome {
     /// `PinCa`: the server's `cacerts` is empty (a publicly trusted
     /// certificate): it is verified against the system's trust roots.
     CaSystemRoots,
+    /// `ChangePassword` on an existing Rancher whose first login was done
+    /// already: the password given is the admin password; nothing changed.
+    PasswordKept,
+    /// `DeleteCluster`: the v1 cluster and its management cluster
+    /// (`management_id`, empty when it was never named) are gone.
+    ClusterDeleted { management_id: String },
 }
 
 /// How a step's outcome was established.
@@ -338,6 +349,9 @@ fn outcome_summary(outcome: &Outcome) -> String {
         Outcome::ClusterNamed { management_id } => format!(": {management_id}"),
         Outcome::MachineRunning { machine, node } => format!(": machine {machine} running as node {node}"),
         Outcome::CaSystemRoots => ": cacerts empty; verified against the system's trust roots".into(),
+        Outcome::PasswordKept => ": the given password is the admin password (first login done before); kept".into(),
+        Outcome::ClusterDeleted { management_id } if management_id.is_empty() => ": gone".into(),
+        Outcome::ClusterDeleted { management_id } => format!(": gone, and management cluster {management_id}"),
         Outcome::Ready
         | Outcome::ClusterActive
         | Outcome::AgentStarted

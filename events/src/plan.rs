@@ -15,7 +15,7 @@ pub struct Plan {
     pub driver: String,
     /// At most this many machine creations at once.
     pub parallel: u32,
-    /// The Rancher server image, e.g. `rancher/rancher:v2.11.3`.
+    /// The Rancher server image, e.g. `rancher/rancher:v2.15.1`.
     pub rancher_image: String,
     /// `hex(sha256(cacerts + "\n"))` pinned up front by the user, if any.
     pub ca_checksum: Option<String>,
@@ -30,6 +30,11 @@ pub struct Plan {
     /// server's own `rke2-default-version` / `k3s-default-version`
     /// (reference/rancher-current.md §2.4). Unused for RKE1.
     pub kubernetes_version: Option<String>,
+    /// An existing Rancher to provision the nodes into (`--rancher-url`,
+    /// since format version 4): no rancher machine is made, the server is
+    /// never started, stopped or removed. `None`: rmm starts its own.
+    #[serde(default)]
+    pub rancher_url: Option<String>,
 }
 
 /// The Kubernetes distribution of the downstream cluster.
@@ -113,15 +118,14 @@ pub struct Retry {
     pub backoff_ms: u64,
 }
 
-/// The Rancher image rmm starts by default: the last line with RKE1 custom
-/// clusters (2.12 removed RKE1).
-/// The lead flips this and [`DEFAULT_DISTRIBUTION`] together to
-/// `rancher/rancher:v2.15.1` / `Rke2` once the emulator speaks v1.
-pub const DEFAULT_RANCHER_IMAGE: &str = "rancher/rancher:v2.11.3";
+/// The Rancher image rmm starts by default: a current verified tag
+/// (issue 8; reference/rancher-current.md §1.1). RKE1 needs a 2.11 or
+/// older image (`rancher/rancher:v2.11.3`): 2.12 removed it.
+pub const DEFAULT_RANCHER_IMAGE: &str = "rancher/rancher:v2.15.1";
 
 /// The distribution of a plan that does not name one (see
 /// [`DEFAULT_RANCHER_IMAGE`]: the two go together).
-pub const DEFAULT_DISTRIBUTION: Distribution = Distribution::Rke1;
+pub const DEFAULT_DISTRIBUTION: Distribution = Distribution::Rke2;
 
 /// The defaults `rmm.toml` documents: cluster `tinysetup`, 3 masters, 3
 /// workers, the local driver, 8 creations at once.
@@ -140,6 +144,7 @@ impl Default for Plan {
             poll_ms: 50,
             distribution: DEFAULT_DISTRIBUTION,
             kubernetes_version: None,
+            rancher_url: None,
         }
     }
 }
@@ -152,7 +157,14 @@ impl Plan {
         masters.chain(workers).collect()
     }
 
-    /// Every machine of the run: `rancher` first, then the nodes.
+    /// Whether the run provisions into an existing Rancher (`--rancher-url`).
+    pub fn existing_rancher(&self) -> bool {
+        self.rancher_url.is_some()
+    }
+
+    /// Every actor of the run: `rancher` first (it owns the Rancher side:
+    /// with `--rancher-url` it has no machine, only the API steps), then
+    /// the nodes.
     pub fn machine_names(&self) -> Vec<(String, crate::Role)> {
         let mut all = vec![("rancher".to_string(), crate::Role::Rancher)];
         all.extend(self.node_names());

@@ -253,8 +253,13 @@ impl RunState {
         self.plan.machine_names()
     }
 
-    /// `https://…` of the Rancher server, once `server-url` is set.
+    /// `https://…` of the Rancher server, once `server-url` is set; on an
+    /// existing Rancher, the `--rancher-url` rmm talks to (its
+    /// `server-url`, which nodes use, may name it otherwise).
     pub fn rancher_url(&self) -> Option<&str> {
+        if let Some(url) = &self.plan.rancher_url {
+            return Some(url);
+        }
         match self.actor("rancher")?.outcome(Step::SetServerUrl) {
             Some(Outcome::ServerUrlSet { url }) => Some(url),
             _ => None,

@@ -16,9 +16,13 @@ use uuid::Uuid;
 /// with no version (see [`expected`]), whatever today's default is.
 fn plan() -> Plan {
     Plan {
+        // The default image when the fixtures were written (frozen: a
+        // fixture never changes with today's defaults).
+        rancher_image: "rancher/rancher:v2.11.3".into(),
         ca_checksum: Some("ab".repeat(32)),
         distribution: Distribution::Rke2,
         kubernetes_version: Some("v1.35.1+rke2r1".into()),
+        rancher_url: Some("https://rancher.example.com".into()),
         ..Plan::default()
     }
 }
@@ -73,6 +77,9 @@ fn added_later() -> Vec<(u8, &'static str, Event)> {
         (3, "cluster_ready", ok(Step::WaitClusterReady, Outcome::ClusterReady)),
         (3, "ca_system_roots", ok(Step::PinCa, Outcome::CaSystemRoots)),
         (3, "progress", Event::Progress { step: Step::WaitClusterReady, message: "waiting for probes: etcd, kube-apiserver".into() }),
+        (4, "password_kept", ok(Step::ChangePassword, Outcome::PasswordKept)),
+        (4, "delete_cluster_started", Event::StepStarted { step: Step::DeleteCluster, try_no: 1, detail: "v1 cluster fleet-default/tinysetup".into() }),
+        (4, "cluster_deleted", ok(Step::DeleteCluster, Outcome::ClusterDeleted { management_id: "c-m-7kx2qz4b".into() })),
     ]
 }
 
@@ -135,8 +142,10 @@ fn expected(version: u8, event: Event) -> Envelope {
         // Versions 1 and 2 made only RKE1 clusters and recorded no version.
         (1 | 2, Event::RunStarted { kind, plan }) => envelope(Event::RunStarted {
             kind,
-            plan: Plan { distribution: Distribution::Rke1, kubernetes_version: None, ..plan },
+            plan: Plan { distribution: Distribution::Rke1, kubernetes_version: None, rancher_url: None, ..plan },
         }),
+        // Versions 1 to 3 always started their own Rancher.
+        (3, Event::RunStarted { kind, plan }) => envelope(Event::RunStarted { kind, plan: Plan { rancher_url: None, ..plan } }),
         (_, event) => envelope(event),
     }
 }
@@ -199,6 +208,17 @@ fn a_run_of_an_old_log_decodes_as_rke1() {
                 assert_eq!(plan.distribution, Distribution::Rke1, "v{version}");
                 assert_eq!(plan.kubernetes_version, None, "v{version}");
             }
+            other => panic!("v{version}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_run_of_a_log_before_version_4_started_its_own_rancher() {
+    for version in 1..=3u8 {
+        let bytes = std::fs::read(fixtures(version).join("run_started.bin")).unwrap();
+        match codec::decode(&bytes).unwrap().event {
+            Event::RunStarted { plan, .. } => assert_eq!(plan.rancher_url, None, "v{version}"),
             other => panic!("v{version}: {other:?}"),
         }
     }

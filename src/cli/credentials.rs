@@ -28,10 +28,13 @@ pub fn run(args: CredentialsArgs, dir: &StateDir) -> Result<()> {
     dir.check_private()?;
     let secrets = FileSecrets::open(dir.secrets()).map_err(|e| Error::StateDir(format!("cannot read secrets: {e}")))?;
     let rancher = run.actor("rancher");
-    let changed = rancher.is_some_and(|a| a.done(Step::ChangePassword));
+    // On an existing Rancher whose password was the admin one already, it
+    // was kept: that given password is the admin password.
+    let kept = matches!(rancher.and_then(|a| a.outcome(Step::ChangePassword)), Some(rmm_events::Outcome::PasswordKept));
+    let changed = !kept && rancher.is_some_and(|a| a.done(Step::ChangePassword));
     // The new password is stored before the call that sets it: if that call
     // was in flight when the run stopped, the new one is most likely in force.
-    let in_doubt = !changed && rancher.is_some_and(|a| a.step(Step::ChangePassword).is_some());
+    let in_doubt = !kept && !changed && rancher.is_some_and(|a| a.step(Step::ChangePassword).is_some());
     let name = if changed || in_doubt { secret::ADMIN_PASSWORD } else { secret::BOOTSTRAP_PASSWORD };
     if in_doubt {
         crate::errln!("note: the password change was in flight when the run stopped; `rmm up --resume` confirms it");

@@ -7,6 +7,12 @@
 //! Without a run in the log (never made here, or the log was lost), `down
 //! --cluster NAME` removes what the driver has for that cluster, after a
 //! confirmation (a prompt on a terminal; `--yes` for scripts).
+//!
+//! A run on an existing Rancher (`--rancher-url`) has a `rancher` actor
+//! but no rancher machine: it deletes the cluster in Rancher (with the
+//! credentials and the CA trust the `up` run recorded, see
+//! [`rmm_actors::context::Undo`]) and waits until it is gone; only then
+//! are the node machines removed. The server is never stopped or removed.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
@@ -100,22 +106,60 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
         crate::outln!("Nothing to remove: cluster {} has no machines (already down).", plan.cluster_name);
         return Ok(());
     }
-    let machines: Vec<(String, Role)> = names.into_iter().map(|n| {
+    // An existing Rancher (`--rancher-url`): the cluster is deleted in
+    // Rancher first, when the `up` run made anything there (or an
+    // unfinished `down` began to); the server itself is never touched.
+    let undo = history.latest_up().filter(|_| plan.existing_rancher()).map(|up| {
+        let rancher = up.actor("rancher");
+        let management_id = match rancher.and_then(|a| a.outcome(Step::WaitClusterName)) {
+            Some(rmm_events::Outcome::ClusterNamed { management_id }) => Some(management_id.clone()),
+            _ => None,
+        };
+        let made = rancher.is_some_and(|a| a.step(Step::CreateCluster).is_some());
+        (rmm_actors::context::Undo { run: up.id, ca_trust: up.ca_trust().map(str::to_string), management_id }, made)
+    });
+    let in_rancher = match &undo {
+        Some((_, made)) => *made || (unfinished_down && latest.actor("rancher").is_some()),
+        None => false,
+    };
+    if plan.existing_rancher() {
+        // Not a machine of ours: the actor of that name deletes the cluster.
+        names.remove("rancher");
+    }
+    let mut machines: Vec<(String, Role)> = names.into_iter().map(|n| {
         let role = crate::view::role_of(&n);
         (n, role)
     }).collect();
+    let count = machines.len();
+    if in_rancher {
+        machines.insert(0, ("rancher".to_string(), Role::Rancher));
+    }
     let resume = unfinished_down.then_some(latest.id);
     let state = engine::begin(dir, &mut log, &mut history, resume, RunKind::Down, &plan)?;
-    crate::errln!(
-        "removing {} machine{} of cluster {} (run {}, attempt {})",
-        machines.len(),
-        if machines.len() == 1 { "" } else { "s" },
-        plan.cluster_name,
-        state.id,
-        state.attempts
-    );
-    let count = machines.len();
-    let end = engine::run_attempt(dir, log, state, machines, driver)?;
+    let url = plan.rancher_url.clone().unwrap_or_default();
+    if in_rancher {
+        crate::errln!(
+            "deleting cluster {} in Rancher at {url} (the server is left as it is), then removing {} machine{} (run {}, attempt {})",
+            plan.cluster_name,
+            count,
+            if count == 1 { "" } else { "s" },
+            state.id,
+            state.attempts
+        );
+    } else {
+        crate::errln!(
+            "removing {} machine{} of cluster {} (run {}, attempt {})",
+            count,
+            if count == 1 { "" } else { "s" },
+            plan.cluster_name,
+            state.id,
+            state.attempts
+        );
+    }
+    let end = engine::run_attempt(dir, log, state, machines, driver, undo.map(|(u, _)| u))?;
+    if in_rancher && end == RunEnd::Completed {
+        crate::outln!("Deleted cluster {} in Rancher at {url}.", plan.cluster_name);
+    }
     finish(end, count, &plan.cluster_name)
 }
 
@@ -207,7 +251,7 @@ fn without_log(
     let state = engine::begin(dir, &mut log, &mut history, None, RunKind::Down, &plan)?;
     crate::errln!("removing {what} (run {}; the log had no run of it)", state.id);
     let count = machines.len();
-    let end = engine::run_attempt(dir, log, state, machines, driver)?;
+    let end = engine::run_attempt(dir, log, state, machines, driver, None)?;
     drop(lock);
     finish(end, count, cluster)
 }

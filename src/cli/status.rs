@@ -122,6 +122,10 @@ fn refresh(v: &mut Value, run: &rmm_events::RunState, dir: &StateDir) -> Result<
     let rancher = names.iter().zip(&observed).find(|(n, _)| *n == "rancher").and_then(|(_, o)| o.as_ref().ok().cloned().flatten());
     for (a, o) in v["actors"].as_array_mut().into_iter().flatten().zip(&observed) {
         a["observed"] = json!(observed_word(o));
+        // An existing Rancher (`--rancher-url`) has no machine of ours.
+        if run.plan.existing_rancher() && a["name"] == "rancher" {
+            a["observed"] = json!("not a machine (existing Rancher)");
+        }
     }
     // The server itself, when its machine runs and the run started it.
     let started = run.actor("rancher").is_some_and(|a| a.done(rmm_events::Step::StartServer));

@@ -131,7 +131,15 @@ impl Gen {
     }
 
     fn plan(&self) -> Plan {
-        Plan { masters: self.masters, workers: self.workers, poll_ms: 2000, ..Plan::default() }
+        // The RKE1 flow (v3 steps), which the synthesized steps follow.
+        Plan {
+            masters: self.masters,
+            workers: self.workers,
+            poll_ms: 2000,
+            distribution: rmm_events::Distribution::Rke1,
+            rancher_image: "rancher/rancher:v2.11.3".into(),
+            ..Plan::default()
+        }
     }
 
     /// Appends one event of `actor`, caused by `cause` (default: the
@@ -245,6 +253,7 @@ impl Gen {
             Step::WaitMachineRunning => Outcome::MachineRunning { machine: "custom-1".into(), node: actor.into() },
             Step::WaitClusterReady => Outcome::ClusterReady,
             Step::CheckServer => Outcome::ServerRunning,
+            Step::DeleteCluster => Outcome::ClusterDeleted { management_id: "c-m-1".into() },
         }
     }
 

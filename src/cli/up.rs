@@ -45,6 +45,15 @@ pub struct UpArgs {
     /// Kubernetes version (e.g. v1.35.1+rke2r1); default: the server's own default.
     #[arg(long)]
     pub kubernetes_version: Option<String>,
+    /// An existing Rancher (https://host[:port]) to provision the nodes
+    /// into: no rancher machine is made, and the server is never touched.
+    /// Its password (bootstrap or admin) comes from RMM_RANCHER_PASSWORD or
+    /// --rancher-password-file, never from a flag.
+    #[arg(long, value_name = "URL")]
+    pub rancher_url: Option<String>,
+    /// A file holding the existing Rancher's password (see --rancher-url).
+    #[arg(long, value_name = "FILE")]
+    pub rancher_password_file: Option<std::path::PathBuf>,
 }
 
 impl UpArgs {
@@ -59,6 +68,8 @@ impl UpArgs {
             allow_even_masters: self.allow_even_masters,
             distribution: self.distribution.clone(),
             kubernetes_version: self.kubernetes_version.clone(),
+            rancher_url: self.rancher_url.clone(),
+            rancher_password_file: self.rancher_password_file.clone(),
         }
     }
     fn changes_plan(&self) -> bool {
@@ -70,6 +81,7 @@ impl UpArgs {
             || self.ca_checksum.is_some()
             || self.distribution.is_some()
             || self.kubernetes_version.is_some()
+            || self.rancher_url.is_some()
     }
 }
 
@@ -78,8 +90,22 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     let file = config.load()?;
     let docker = file.docker.clone();
     let ssh = file.ssh.clone();
+    let docker_machine = file.docker_machine.clone();
+    let password_file = args.rancher_password_file.clone().or_else(|| file.rancher_password_file.clone());
     let plan = file.plan(&args.overrides())?;
     docker.resolve().map_err(Error::Config)?;
+    docker_machine.resolve().map_err(Error::Config)?;
+    // An existing Rancher's password: read (and refused when missing)
+    // before anything is created; stored in the secrets file once the run
+    // has an id. Never from a flag (see `config::rancher_password`).
+    let password = crate::config::rancher_password(password_file.as_deref())?;
+    // Read once; no process rmm starts (drivers, agents, `docker`) inherits
+    // it. (Still single-threaded here: nothing reads the environment
+    // concurrently.)
+    std::env::remove_var(rmm_actors::context::secret::PASSWORD_ENV);
+    if plan.existing_rancher() && password.is_none() && !args.resume {
+        return Err(Error::Config(missing_password(&plan)));
+    }
     if plan.driver == "ssh" {
         let names: Vec<String> = plan.machine_names().into_iter().map(|(n, _)| n).collect();
         crate::drivers::ssh::check_hosts(&ssh.resolve().map_err(Error::Config)?, &names).map_err(Error::Config)?;
@@ -143,6 +169,9 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         Some(id) => history.runs.iter().find(|r| r.id == id).expect("run in history").plan.clone(),
         None => plan,
     };
+    if let (Some(id), true) = (run, plan.existing_rancher()) {
+        keep_password(dir, id, password.as_ref(), &plan)?;
+    }
     check_secrets(dir, &history, run)?;
     if plan.driver == "docker" {
         if run.is_none() {
@@ -153,12 +182,21 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         // port for `publish_port = 0`), read by every later command.
         crate::drivers::docker::settings(dir.root(), Some(&docker), true).map_err(Error::Config)?;
     }
+    if plan.driver == "docker-machine" {
+        if run.is_none() {
+            let _ = std::fs::remove_file(dir.root().join(crate::drivers::docker_machine::SETTINGS_FILE));
+        }
+        crate::drivers::docker_machine::settings(dir.root(), Some(&docker_machine), true).map_err(Error::Config)?;
+    }
     if plan.driver == "ssh" && run.is_none() {
         // A new run takes rmm.toml's hosts; a resume keeps its run's.
         crate::drivers::ssh::settings(dir.root(), Some(&ssh), true).map_err(Error::Config)?;
     }
     let driver = engine::driver(&plan, dir)?;
     let state = engine::begin(dir, &mut log, &mut history, run, RunKind::Up, &plan)?;
+    if run.is_none() && plan.existing_rancher() {
+        keep_password(dir, state.id, password.as_ref(), &plan)?;
+    }
     let machines = plan.machine_names();
     let run_id = state.id;
     let attempt = state.attempts;
@@ -170,7 +208,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         plural(plan.workers, "worker"),
         plan.driver
     );
-    let end = engine::run_attempt(dir, log, state, machines, driver)?;
+    let end = engine::run_attempt(dir, log, state, machines, driver, None)?;
     // Re-read the outcome from the log: what we print is what is recorded.
     match end {
         RunEnd::Completed => {
@@ -253,6 +291,33 @@ fn check_secrets(dir: &StateDir, history: &rmm_events::History, run: Option<uuid
          `rmm down` removes its machines (it needs no secret), then `rmm up` starts a new run",
         join_words(&lost)
     )))
+}
+
+/// The one line for an existing Rancher without its password.
+fn missing_password(plan: &rmm_events::Plan) -> String {
+    format!(
+        "--rancher-url {} needs the server's password (its bootstrap password, or the admin password once its first login is done): set {} or pass --rancher-password-file FILE (never a flag: a flag's value is on the command line)",
+        plan.rancher_url.as_deref().unwrap_or("?"),
+        rmm_actors::context::secret::PASSWORD_ENV
+    )
+}
+
+/// Stores the existing Rancher's password for run `id` (as the password
+/// rmm logs in with first), replacing an older one: a resume may bring the
+/// right one after a refused login. A resume without one keeps the stored
+/// one; with none stored either, it is refused (exit 2).
+fn keep_password(dir: &StateDir, id: uuid::Uuid, given: Option<&rmm_actors::ports::Secret>, plan: &rmm_events::Plan) -> Result<()> {
+    use rmm_actors::ports::SecretStore;
+    let secrets = FileSecrets::open(dir.secrets()).map_err(|e| Error::StateDir(format!("cannot read secrets file: {e}")))?;
+    let key = format!("{id}/{}", rmm_actors::context::secret::BOOTSTRAP_PASSWORD);
+    match given {
+        Some(p) if secrets.get(&key).as_ref().map(|s| s.expose()) != Some(p.expose()) => {
+            secrets.put(&key, p).map_err(Error::StateDir)
+        }
+        Some(_) => Ok(()),
+        None if secrets.get(&key).is_some() => Ok(()),
+        None => Err(Error::Config(missing_password(plan))),
+    }
 }
 
 /// "a", "a and b", "a, b and c".

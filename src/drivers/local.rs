@@ -566,6 +566,27 @@ impl MachineDriver for LocalDriver {
     }
 }
 
+/// Runs `command` as the local world's machine `name` at `ip` whose files
+/// are in `dir` would (`rmm emulator machine-exec`, for the docker-machine
+/// test double's `ssh`): the emulator knobs come from the environment.
+pub async fn exec_as_machine(name: &str, ip: Ipv4Addr, dir: PathBuf, command: &str) -> anyhow::Result<ExecOutput> {
+    let rmm_exe = std::env::current_exe()?;
+    let host = docker::Host {
+        name: name.to_string(),
+        ip,
+        dir,
+        rmm_exe,
+        emulator_env: LocalConfig::from_env().emulator_env,
+    };
+    Ok(docker::exec(&host, command).await)
+}
+
+/// Stops every process of the machine whose files are in `dir`
+/// (`rmm emulator machine-stop`).
+pub async fn power_off(dir: &Path) {
+    docker::stop_all(dir).await;
+}
+
 /// `rmm emulator host-docker -- ARGS`: `docker ARGS` of the local world on
 /// the host described by `RMM_HOST_DIR` (its machine directory),
 /// `RMM_HOST_IP` and `RMM_HOST_NAME`; prints docker's output and returns

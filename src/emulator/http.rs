@@ -467,6 +467,17 @@ fn dispatch(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[
         req.method = Method::DELETE;
         req.query.retain(|(k, _)| k != "action");
     }
+    // Deletions that finished by now (the controllers' clock): gone for
+    // every route below.
+    {
+        let mut inner = app.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.model.deletion_due(req.now) {
+            let now = req.now;
+            if let Err(e) = mutate(app, &mut inner, |m, _| Ok(m.purge_deleted(now))) {
+                return err_resp(&e, &req.base);
+            }
+        }
+    }
     let has_rke1 = app.inner.lock().unwrap_or_else(|p| p.into_inner()).model.line.has_rke1();
     let result = match root.as_str() {
         // 2.12 removed the RKE1 node agent path (§1.1 #50518)
@@ -839,27 +850,28 @@ fn v1_api(req: &Req) -> Result<Response, ApiError> {
                 let pc = inner.model.prov(ns, name).ok_or_else(|| not_found("clusters.provisioning.cattle.io", name))?;
                 Ok(json_resp(200, &view(&inner, req, now).prov_cluster(pc), &req.base))
             }
+            // Kubernetes deletes with finalizers: the object gets its
+            // deletionTimestamp and stays (state `removing`) while Rancher's
+            // remove handler deletes the management cluster; only then does
+            // it go (`purge_deleted`). A second DELETE changes nothing.
             (&Method::DELETE, [ns, name]) => {
                 let (ns, name) = (ns.to_string(), name.to_string());
-                let body = {
-                    let pc = inner.model.prov(&ns, &name).ok_or_else(|| not_found("clusters.provisioning.cattle.io", &name))?;
-                    view(&inner, req, now).prov_cluster(pc)
-                };
+                inner.model.prov(&ns, &name).ok_or_else(|| not_found("clusters.provisioning.cattle.io", &name))?;
                 mutate(req.app, &mut inner, |m, _| {
-                    let mgmt = m.prov(&ns, &name).map(|c| c.mgmt_id.clone()).unwrap_or_default();
-                    m.state.prov_clusters.retain(|c| !(c.namespace == ns && c.name == name));
-                    m.state.machines.retain(|x| !(x.namespace == ns && x.cluster == name));
-                    m.state.registration_tokens.retain(|t| t.cluster_id != mgmt);
+                    if let Some(c) = m.state.prov_clusters.iter_mut().find(|c| c.namespace == ns && c.name == name) {
+                        c.deleting_ms.get_or_insert(now);
+                    }
                     Ok(())
                 })?;
-                Ok(json_resp(200, &body, &req.base))
+                let pc = inner.model.prov(&ns, &name).expect("still there");
+                Ok(json_resp(200, &view(&inner, req, now).prov_cluster(pc), &req.base))
             }
             (m, _) => Err(method_not_allowed(m)),
         },
         "management.cattle.io.cluster" => {
             read_only(req)?;
             let v = view(&inner, req, now);
-            let named = inner.model.state.prov_clusters.iter().filter(|c| inner.model.view(c, now).named);
+            let named = inner.model.state.prov_clusters.iter().filter(|c| inner.model.view(c, now).named && !inner.model.mgmt_gone(c, now));
             match rest {
                 [] => {
                     let data = named.map(|c| v.mgmt_cluster(c)).collect();
@@ -1203,7 +1215,7 @@ fn clusters(
             let v = V1 { model: &inner.model, base: req.base.clone(), now };
             items.extend(
                 inner.model.state.prov_clusters.iter()
-                    .filter(|pc| inner.model.view(pc, now).named)
+                    .filter(|pc| inner.model.view(pc, now).named && !inner.model.mgmt_gone(pc, now))
                     .map(|pc| (pc.mgmt_id.clone(), v.v3_mgmt_cluster(pc))),
             );
             list_or_get(req, schema_by_id("cluster"), id, items, None)

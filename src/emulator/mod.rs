@@ -106,6 +106,28 @@ pub enum EmulatorCommand {
     /// script runs as the downloaded agent binary.
     #[command(hide = true)]
     SystemAgent(SystemAgentArgs),
+    /// Runs the command line on standard input as the local world's
+    /// machine NAME (its directory DIR, its address IP) would: the
+    /// local world's `docker` and system-agent. The docker-machine test
+    /// double's `ssh` uses it; the command (it may carry a token) is never
+    /// an argument.
+    #[command(hide = true)]
+    MachineExec {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        ip: std::net::Ipv4Addr,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
+    /// Stops every process of the local-world machine whose files are in
+    /// DIR, as they die with a VM powered off or deleted (the
+    /// docker-machine test double's `stop`, `kill` and `rm`).
+    #[command(hide = true)]
+    MachineStop {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// The local world's `docker` (run, ps, stop, rm of the Rancher and
     /// agent images) as a command on a host of its own: the machine's
     /// directory in `RMM_HOST_DIR`, its address in `RMM_HOST_IP`. The ssh
@@ -357,6 +379,21 @@ pub fn run(args: EmulatorArgs) -> anyhow::Result<()> {
         EmulatorCommand::Supervise { container, restart, serve } => {
             let policy = crate::drivers::local::supervisor::RestartPolicy::parse(&restart).map_err(anyhow::Error::msg)?;
             return crate::drivers::local::supervisor::run(container, policy, serve);
+        }
+        EmulatorCommand::MachineExec { name, ip, dir } => {
+            use std::io::{Read, Write};
+            let mut command = String::new();
+            std::io::stdin().read_to_string(&mut command).context("reading the command from standard input")?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
+            let out = runtime.block_on(crate::drivers::local::exec_as_machine(&name, ip, dir, command.trim()))?;
+            let _ = std::io::stdout().write_all(out.stdout.as_bytes());
+            let _ = std::io::stderr().write_all(out.stderr.as_bytes());
+            std::process::exit(out.status);
+        }
+        EmulatorCommand::MachineStop { dir } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
+            runtime.block_on(crate::drivers::local::power_off(&dir));
+            return Ok(());
         }
         EmulatorCommand::HostDocker(a) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;

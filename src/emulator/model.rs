@@ -313,6 +313,32 @@ pub struct State {
     /// CAPI machines of the custom clusters (`cluster.x-k8s.io`).
     #[serde(default)]
     pub machines: Vec<super::v1::Machine>,
+    /// The registration ledger, keyed `<cluster>/<node>` (the cluster's id
+    /// and requested hostname on RKE1, its name and node name on v1): how
+    /// many nodes (RKE1, `/v3/connect/register`) or CAPI machines (v1,
+    /// `/v3/connect/agent`) each node's registrations made. Rancher keeps
+    /// no such count; the emulator keeps it in its data dir so the crash
+    /// tests can check that no node was registered twice, even if the
+    /// second one was removed since.
+    #[serde(default)]
+    pub registrations: BTreeMap<String, u32>,
+    /// Every registration call, also those that only updated the node's
+    /// existing node or machine (an installer run again with the node's
+    /// kept system-agent id), by the same key.
+    #[serde(default)]
+    pub registration_calls: BTreeMap<String, u32>,
+}
+
+impl State {
+    /// Counts one registration call of `node` in `cluster` in the ledger,
+    /// and whether it made the node (or machine) rather than updating it.
+    pub fn count_registration(&mut self, cluster: &str, node: &str, made: bool) {
+        let key = format!("{cluster}/{node}");
+        *self.registration_calls.entry(key.clone()).or_insert(0) += 1;
+        if made {
+            *self.registrations.entry(key).or_insert(0) += 1;
+        }
+    }
 }
 
 /// The registration commands of a token (2.6+: empty until server-url is set).
@@ -886,6 +912,8 @@ impl Model {
         }
         let has = |role: &str| roles.iter().any(|r| r == role);
         let (etcd, control_plane, worker) = (has("etcd"), has("controlplane"), has("worker"));
+        let made = !self.state.nodes.iter().any(|n| n.cluster_id == cluster_id && n.name == name);
+        self.state.count_registration(&cluster_id, hostname, made);
         let existing = self
             .state
             .nodes
@@ -1282,6 +1310,11 @@ mod tests {
             .unwrap();
         assert_eq!(again, master);
         assert_eq!(m.state.nodes.len(), 2);
+        // ... which the registration ledger counts as a call, not a node made
+        let key = |n: &str| format!("{c}/{n}");
+        assert_eq!(m.state.registration_calls.get(&key("master01")), Some(&2));
+        assert_eq!(m.state.registrations.get(&key("master01")), Some(&1));
+        assert_eq!(m.state.registrations.get(&key("worker01")), Some(&1));
         assert_eq!(m.cluster_active_since(&c, 9_000), Some(2_500));
         // an all-roles node alone is enough
         let c2 = m

@@ -175,6 +175,9 @@ pub struct Knobs {
     /// `RMM_LOCAL_MACHINE_ERROR=NODE:MESSAGE`: once the planner starts,
     /// that node's machine goes to `Failed` with this message.
     pub machine_error: Option<(String, String)>,
+    /// `RMM_LOCAL_DELETE_MS`: a DELETE of a v1 cluster → its management
+    /// cluster gone (half of it) → the v1 cluster gone (all of it).
+    pub delete_ms: u64,
 }
 
 pub const DEFAULT_CLUSTER_NAME_MS: u64 = 300;
@@ -182,6 +185,7 @@ pub const DEFAULT_DEFAULT_TOKEN_MS: u64 = 300;
 pub const DEFAULT_PLANNER_MS: u64 = 150;
 pub const DEFAULT_LOGIN_WINDOW_MS: u64 = 300;
 pub const DEFAULT_WEBHOOK_WINDOW_MS: u64 = 600;
+pub const DEFAULT_DELETE_MS: u64 = 400;
 
 impl Knobs {
     /// Small delays, so a default `rmm up` on the local world takes seconds.
@@ -199,6 +203,7 @@ impl Knobs {
             token_ttl_ms: None,
             crt_ttl_ms: None,
             machine_error: None,
+            delete_ms: DEFAULT_DELETE_MS,
         }
     }
 
@@ -228,6 +233,7 @@ impl Knobs {
         k.login_window_ms = ms("RMM_LOCAL_LOGIN_WINDOW_MS")?.unwrap_or(k.login_window_ms);
         k.webhook_window_ms = ms("RMM_LOCAL_WEBHOOK_WINDOW_MS")?.unwrap_or(k.webhook_window_ms);
         k.token_ttl_ms = ms("RMM_LOCAL_TOKEN_TTL_MS")?;
+        k.delete_ms = ms("RMM_LOCAL_DELETE_MS")?.unwrap_or(k.delete_ms) + slow;
         k.crt_ttl_ms = ms("RMM_LOCAL_CRT_TTL_MS")?.filter(|t| *t > 0);
         k.cluster_error = get("RMM_LOCAL_CLUSTER_ERROR").filter(|v| !v.trim().is_empty());
         k.machine_error = get("RMM_LOCAL_MACHINE_ERROR")
@@ -254,6 +260,11 @@ pub struct ProvCluster {
     pub spec: Value,
     pub labels: Map<String, Value>,
     pub annotations: Map<String, Value>,
+    /// When a DELETE asked for its removal (`metadata.deletionTimestamp`).
+    /// Rancher's remove handler then deletes the management cluster and
+    /// lets the object go only once that is gone: neither is gone at once.
+    #[serde(default)]
+    pub deleting_ms: Option<u64>,
 }
 
 impl ProvCluster {
@@ -412,6 +423,36 @@ fn probes(m: &Machine, distro: Distro) -> String {
 }
 
 impl Model {
+    /// Whether `pc`'s management cluster is gone by `now` (it was deleted).
+    pub fn mgmt_gone(&self, pc: &ProvCluster, now: u64) -> bool {
+        pc.deleting_ms.is_some_and(|at| now >= at + self.knobs.delete_ms / 2)
+    }
+
+    /// Removes the v1 clusters whose deletion has finished by `now`, with
+    /// their machines and registration tokens. `true` when any went.
+    pub fn purge_deleted(&mut self, now: u64) -> bool {
+        let delay = self.knobs.delete_ms;
+        let gone: Vec<(String, String, String)> = self
+            .state
+            .prov_clusters
+            .iter()
+            .filter(|c| c.deleting_ms.is_some_and(|at| now >= at + delay))
+            .map(|c| (c.namespace.clone(), c.name.clone(), c.mgmt_id.clone()))
+            .collect();
+        for (ns, name, mgmt) in &gone {
+            self.state.prov_clusters.retain(|c| !(c.namespace == *ns && c.name == *name));
+            self.state.machines.retain(|x| !(x.namespace == *ns && x.cluster == *name));
+            self.state.registration_tokens.retain(|t| t.cluster_id != *mgmt);
+        }
+        !gone.is_empty()
+    }
+
+    /// Any deletion whose end is due by `now`.
+    pub fn deletion_due(&self, now: u64) -> bool {
+        let delay = self.knobs.delete_ms;
+        self.state.prov_clusters.iter().any(|c| c.deleting_ms.is_some_and(|at| now >= at + delay))
+    }
+
     pub fn prov(&self, ns: &str, name: &str) -> Option<&ProvCluster> {
         self.state.prov_clusters.iter().find(|c| c.namespace == ns && c.name == name)
     }
@@ -521,6 +562,7 @@ impl Model {
             spec,
             labels: meta.get("labels").and_then(Value::as_object).cloned().unwrap_or_default(),
             annotations,
+            deleting_ms: None,
         };
         let token_at = self.token_at(&pc);
         let id = pc.id();
@@ -621,7 +663,9 @@ impl Model {
                 labels.insert(l.into(), "true".into());
             }
         }
-        if let Some(i) = self.state.machines.iter().position(|m| m.name == name && m.namespace == pc.namespace) {
+        let known = self.state.machines.iter().position(|m| m.name == name && m.namespace == pc.namespace);
+        self.state.count_registration(&pc.name, &node_name, known.is_none());
+        if let Some(i) = known {
             let m = &mut self.state.machines[i];
             m.address = h.address.clone();
             m.internal_address = h.internal_address.clone();
@@ -848,6 +892,17 @@ pub struct V1<'a> {
     pub now: u64,
 }
 
+/// What a v1 cluster being deleted waits for (the remove handler's
+/// message; the wording is rmm's, the order Rancher's).
+fn removing_message(model: &Model, pc: &ProvCluster, now: u64) -> Option<String> {
+    pc.deleting_ms?;
+    Some(if model.mgmt_gone(pc, now) {
+        "removing finalizers".to_string()
+    } else {
+        format!("waiting for cluster [{}] to be removed", pc.mgmt_id)
+    })
+}
+
 impl V1<'_> {
     fn links(&self, ty: &str, id: &str) -> Value {
         let this = format!("{}/v1/{ty}s/{id}", self.base);
@@ -858,6 +913,7 @@ impl V1<'_> {
         let v = self.model.view(pc, self.now);
         let at = pc.created_ms;
         let (sname, err, trans) = match (&v.error, v.ready) {
+            _ if pc.deleting_ms.is_some() => ("removing", false, true),
             (Some(_), _) => ("error", true, false),
             (None, true) => ("active", false, false),
             (None, false) if !v.named => ("provisioning", false, true),
@@ -901,8 +957,10 @@ impl V1<'_> {
                 "generation": pc.generation, "resourceVersion": pc.created_ms.to_string(),
                 "creationTimestamp": rfc3339(pc.created_ms),
                 "labels": pc.labels, "annotations": pc.annotations,
-                "state": state(sname, &v.message, err, trans),
+                "state": state(sname, &removing_message(self.model, pc, self.now).unwrap_or_else(|| v.message.clone()), err, trans),
                 "relationships": [], "fields": [pc.name, v.ready, pc.k8s_version()],
+                "deletionTimestamp": pc.deleting_ms.map(rfc3339),
+                "finalizers": if pc.deleting_ms.is_some() { json!(["wrangler.cattle.io/provisioning-cluster-remove"]) } else { json!([]) },
             },
             "spec": pc.spec,
             "status": status,
@@ -1262,6 +1320,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((k.cluster_name_ms, k.default_token_ms, k.planner_ms), (5300, 5300, 5010));
+        assert_eq!(k.delete_ms, 5400, "deletion is a controller's work too");
         assert_eq!((k.cluster_error.as_deref(), k.token_ttl_ms, k.webhook_window_ms), (Some("boom"), Some(2000), 0));
         let e = Knobs::from_lookup(Line::NEWEST, env(&[("RMM_LOCAL_PLANNER_MS", "soon")])).unwrap_err();
         assert_eq!(e.to_string(), "RMM_LOCAL_PLANNER_MS=\"soon\" is not a number of milliseconds");
@@ -1291,6 +1350,26 @@ mod tests {
         let pc = m.prov("fleet-default", "rmm-demo").unwrap();
         assert!(is_mgmt_id(&pc.mgmt_id), "{}", pc.mgmt_id);
         assert_eq!(pc.annotations["field.cattle.io/creatorId"], "user-x");
+    }
+
+    #[test]
+    fn a_deleted_cluster_goes_through_its_finalizer_management_cluster_first() {
+        let (mut m, mut rng) = model(Line::NEWEST, Knobs { delete_ms: 400, ..knobs() });
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        m.state.prov_clusters[0].deleting_ms = Some(1_000);
+        let pc = m.prov("fleet-default", "c1").unwrap().clone();
+        // still there, management cluster too, until half the delay
+        assert!(!m.mgmt_gone(&pc, 1_199) && m.mgmt_gone(&pc, 1_200));
+        assert!(!m.deletion_due(1_399) && !m.purge_deleted(1_399));
+        assert!(m.prov("fleet-default", "c1").is_some(), "the v1 object waits for its finalizer");
+        let v = V1 { model: &m, base: "https://x".into(), now: 1_100 }.prov_cluster(&pc);
+        assert_eq!(v["metadata"]["state"]["name"], "removing");
+        assert!(v["metadata"]["deletionTimestamp"].is_string(), "{v}");
+        assert!(v["metadata"]["state"]["message"].as_str().unwrap().contains(&pc.mgmt_id));
+        // then it goes, with its registration token
+        assert!(m.deletion_due(1_400) && m.purge_deleted(1_400));
+        assert!(m.prov("fleet-default", "c1").is_none());
+        assert!(!m.state.registration_tokens.iter().any(|t| t.cluster_id == pc.mgmt_id));
     }
 
     #[test]
@@ -1344,6 +1423,11 @@ mod tests {
         // re-registering the same agent id gives the same machine
         m.connect_agent(&mut rng, 2_000, &token, &agent("w1", "w-1", false, false, true)).unwrap();
         assert_eq!(m.state.machines.len(), 6);
+        // ... which the registration ledger counts as a call, not a machine made
+        assert_eq!(m.state.registration_calls.get("c1/w-1"), Some(&2));
+        assert_eq!(m.state.registrations.get("c1/w-1"), Some(&1));
+        assert_eq!(m.state.registrations.get("c1/cp-1"), Some(&1));
+        assert_eq!(m.state.registrations.len(), 6);
         for i in 3..6 {
             let (tok, sec) = (m.state.machines[i].plan_token.clone(), m.state.machines[i].plan_secret());
             m.check_in(2_000, &tok, &sec);
@@ -1374,6 +1458,21 @@ mod tests {
         let v = m.view(&pc, 2_050);
         assert!(v.ready && v.error.is_none());
         assert_eq!(v.ready_ms, Some(2_050));
+    }
+
+    #[test]
+    fn the_registration_ledger_counts_a_second_machine_of_a_node() {
+        let (mut m, mut rng) = model(Line::NEWEST, knobs());
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        let token = m.state.registration_tokens[0].token.clone();
+        m.connect_agent(&mut rng, 1_000, &token, &agent("a", "n-1", true, true, true)).unwrap();
+        // the installer run again on the node (its kept id): the same machine
+        m.connect_agent(&mut rng, 1_000, &token, &agent("a", "n-1", true, true, true)).unwrap();
+        assert_eq!((m.state.registrations["c1/n-1"], m.state.registration_calls["c1/n-1"]), (1, 2));
+        // a node that lost its id registers again: a second machine for it
+        m.connect_agent(&mut rng, 1_000, &token, &agent("b", "n-1", true, true, true)).unwrap();
+        assert_eq!(m.state.machines.len(), 2);
+        assert_eq!((m.state.registrations["c1/n-1"], m.state.registration_calls["c1/n-1"]), (2, 3));
     }
 
     #[test]

@@ -371,8 +371,8 @@ impl RancherApi for HttpRancher {
         model::decode_releases(&self.get(Some(auth), &[route.as_str(), "releases"], &[]).await?)
     }
 
-    async fn create_v1_cluster(&self, auth: &Secret, name: &str, kubernetes_version: &str) -> Result<SteveObject, ApiError> {
-        let body = model::create_v1_cluster_body(name, kubernetes_version);
+    async fn create_v1_cluster(&self, auth: &Secret, name: &str, kubernetes_version: &str, run: &str) -> Result<SteveObject, ApiError> {
+        let body = model::create_v1_cluster_body(name, kubernetes_version, run);
         let answer = self.post(Some(auth), &["v1", "provisioning.cattle.io.clusters"], &[], &body).await?;
         model::decode_steve("v1 cluster", &answer)
     }
@@ -383,6 +383,19 @@ impl RancherApi for HttpRancher {
             Err(e) if e.status() == Some(404) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    async fn delete_v1_cluster(&self, auth: &Secret, name: &str) -> Result<(), ApiError> {
+        let url = self.url(&["v1", "provisioning.cattle.io.clusters", model::FLEET_DEFAULT, name], &[]);
+        match self.send(Method::DELETE, url, Some(auth), &[], None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn public_setting(&self, name: &str) -> Result<String, ApiError> {
+        model::decode_setting_value(&self.get(None, &["v3", "settings", name], &[]).await?)
     }
 
     async fn get_management_cluster(&self, auth: &Secret, id: &str) -> Result<SteveObject, ApiError> {

@@ -299,12 +299,12 @@ pub fn login_public_body(username: &str, password: &Secret) -> Value {
 /// `POST /v1/provisioning.cattle.io.clusters` (§2.4): the shape Rancher's
 /// own custom-cluster tests create, an `rkeConfig` with no machine pools
 /// plus the version (whose `+rke2`/`+k3s` suffix selects the distribution).
-pub fn create_v1_cluster_body(name: &str, kubernetes_version: &str) -> Value {
+pub fn create_v1_cluster_body(name: &str, kubernetes_version: &str, run: &str) -> Value {
     json!({
         "type": "provisioning.cattle.io.cluster",
         "apiVersion": "provisioning.cattle.io/v1",
         "kind": "Cluster",
-        "metadata": { "name": name, "namespace": FLEET_DEFAULT },
+        "metadata": { "name": name, "namespace": FLEET_DEFAULT, "annotations": { rmm_actors::ports::RUN_ANNOTATION: run } },
         "spec": {
             "kubernetesVersion": kubernetes_version,
             "rkeConfig": {}

@@ -133,9 +133,9 @@ async fn the_v1_flow_speaks_the_reference_wire_shapes() {
     assert_eq!(api.get_setting(&token, "rke2-default-version").await.unwrap(), "v1.35.1+rke2r1");
     assert_eq!(api.offered_versions(&token, "rke2").await.unwrap(), vec!["v1.34.4+rke2r1", "v1.35.1+rke2r1"]);
 
-    let made = api.create_v1_cluster(&token, "tinysetup", "v1.35.1+rke2r1").await.unwrap();
+    let made = api.create_v1_cluster(&token, "tinysetup", "v1.35.1+rke2r1", "run-1").await.unwrap();
     assert_eq!((made.name.as_str(), made.cluster_name.as_deref()), ("tinysetup", None), "status null reads as empty");
-    let e = api.create_v1_cluster(&token, "tinysetup", "v1.35.1+rke2r1").await.unwrap_err();
+    let e = api.create_v1_cluster(&token, "tinysetup", "v1.35.1+rke2r1", "run-1").await.unwrap_err();
     assert_eq!((e.status(), e.code()), (Some(409), Some("AlreadyExists")));
 
     let c = api.get_v1_cluster(&token, "tinysetup").await.unwrap().unwrap();
@@ -165,7 +165,7 @@ async fn the_v1_flow_speaks_the_reference_wire_shapes() {
             "type": "provisioning.cattle.io.cluster",
             "apiVersion": "provisioning.cattle.io/v1",
             "kind": "Cluster",
-            "metadata": {"name": "tinysetup", "namespace": "fleet-default"},
+            "metadata": {"name": "tinysetup", "namespace": "fleet-default", "annotations": {"rmm/run": "run-1"}},
             "spec": {"kubernetesVersion": "v1.35.1+rke2r1", "rkeConfig": {}}
         })
     );
@@ -216,7 +216,7 @@ async fn unverified_clients_refuse_the_v1_calls_that_carry_a_credential() {
         api.v1_reads(&s).await.unwrap_err(),
         api.get_setting(&s, "rke2-default-version").await.unwrap_err(),
         api.offered_versions(&s, "rke2").await.unwrap_err(),
-        api.create_v1_cluster(&s, "c", "v1").await.unwrap_err(),
+        api.create_v1_cluster(&s, "c", "v1", "run-1").await.unwrap_err(),
         api.get_v1_cluster(&s, "c").await.unwrap_err(),
         api.get_management_cluster(&s, "c-m-1").await.unwrap_err(),
         api.list_machines(&s, "c").await.unwrap_err(),

@@ -104,6 +104,7 @@ pub fn short_step(step: Step) -> &'static str {
         Step::WaitClusterName => "mgmtid",
         Step::WaitMachineRunning => "running",
         Step::WaitClusterReady => "ready",
+        Step::DeleteCluster => "delete",
     }
 }
 
@@ -588,6 +589,9 @@ fn predecessor(run: &Run, bars: &[usize], b: usize) -> Option<usize> {
                 }
             }
             Step::CreateMachine if other.step == Step::CreateMachine && before_start(i) && slots_full(run, bars, i) => consider(i),
+            // A `down` on an existing Rancher removes node machines once
+            // the cluster is gone from Rancher.
+            Step::RemoveMachine if other_name == "rancher" && other.step == Step::DeleteCluster && ok(i) && before_start(i) => consider(i),
             Step::WaitClusterActive if me == "rancher" => {
                 let node_step = matches!(other.step, Step::RunAgent | Step::WaitNodeListed);
                 if node_step && ok(i) && other.end_seq > bar.start_seq && other.end_seq < bar.end_seq {

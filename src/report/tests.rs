@@ -145,6 +145,7 @@ fn outcome(step: Step) -> Outcome {
         Step::WaitMachineRunning => Outcome::MachineRunning { machine: "custom-1".into(), node: "master01".into() },
         Step::WaitClusterReady => Outcome::ClusterReady,
         Step::CheckServer => Outcome::ServerRunning,
+        Step::DeleteCluster => Outcome::ClusterDeleted { management_id: "c-m-1".into() },
     }
 }
 
@@ -601,4 +602,17 @@ fn many_attempts_still_fit() {
     }
     let html = html_report(&h.events);
     assert!(html.contains("attempt 60"));
+}
+
+#[test]
+fn a_down_on_an_existing_rancher_has_the_cluster_s_deletion_on_its_critical_path() {
+    let h = H::new(1, 1)
+        .down(10_000)
+        .step(10_010, 12_000, "rancher", Step::DeleteCluster)
+        .step(12_010, 12_050, "master01", Step::RemoveMachine)
+        .step(12_010, 12_300, "worker01", Step::RemoveMachine)
+        .completed(12_310);
+    let path = critical(&h.timeline());
+    let names: Vec<String> = path.iter().map(|(a, s, _)| format!("{a}/{}", s.as_str())).collect();
+    assert_eq!(names, ["rancher/delete_cluster", "worker01/remove_machine"]);
 }

@@ -9,15 +9,24 @@
 //! line naming the file and the free space, and the way on it names must
 //! complete the run, with every machine made once.
 //!
-//! Cost: a golden run teaches W (writes of `journal.wal`, ~60); then W
-//! fail/resume pairs, two at a time (~1 s a pair in a debug build).
+//! The sweep runs on rke2 and on rke1, as separate tests. On rke2 it once
+//! hung: a failed append ended rmm while installers ran, one cut short
+//! after its registration call, and the resume adopted the listed machine
+//! whose agent would never check in, then waited `active_s` (30 min) for it
+//! to be `Running`. `run_agent` now adopts only a machine whose node has
+//! the agent's unit (crash.rs has a test for each cut), and every resume
+//! here is bounded, so a hang fails the test instead.
+//!
+//! Cost: a golden run teaches W (writes of `journal.wal`: ~65-85 on rke2,
+//! ~70 on rke1); then W fail/resume pairs, two at a time (in a full suite
+//! run on the shared, loaded 2-core machine: 191 s on rke2, 188 s on rke1).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::crash::{check_completed_once, two_at_a_time};
+use crate::crash::{check_completed_once, two_at_a_time, with_env, QUICK_CONTROLLERS};
 use crate::shim::shim;
 use crate::support::*;
 
@@ -46,8 +55,7 @@ fn calls(log: &Path) -> Vec<Call> {
 /// killed (and the test failed) if it has not ended within `bound`.
 fn run_with_fault(dir: &TestDir, args: &[&str], kind: &str, k: u64, errno: i32, bound: Duration) -> (Output, Vec<Call>, i64) {
     let log = dir.tmp.path().join(format!("shim-{kind}-{k}.log"));
-    let mut cmd = dir
-        .rmm(args)
+    let mut cmd = with_env(dir.rmm(args), QUICK_CONTROLLERS)
         .env("LD_PRELOAD", shim().unwrap().to_str().unwrap())
         .env("RMM_SHIM_LOG", log.to_str().unwrap())
         .env("RMM_SHIM_FAIL_CALL", kind)
@@ -99,19 +107,24 @@ fn check_failed_run(what: &str, out: &Output, calls: &[Call], ended_ms: i64, rea
 fn recover(dir: &TestDir, what: &str, out: &Output) {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("then `rmm up --resume`"), "{what}: {stderr}");
-    let resumed = dir.rmm(&["up", "--resume"]).run();
+    let resumed = with_env(dir.rmm(&["up", "--resume"]), QUICK_CONTROLLERS).run_within(RESUME_BOUND);
     if resumed.status.code() == Some(3) && text(&resumed.stderr).contains("nothing to resume") {
         // The run's first records never reached the disk: it starts again.
-        dir.up_ok(&[]);
+        let again = with_env(dir.rmm(&["up"]), QUICK_CONTROLLERS).run_within(RESUME_BOUND);
+        assert!(again.status.success(), "{what}: the new run: {}", text(&again.stderr));
     } else {
         assert!(resumed.status.success(), "{what}: the resume: {}", text(&resumed.stderr));
     }
     check_completed_once(dir, what, 1);
 }
 
+/// How long a resume after a failed append may take (a whole run takes a
+/// few seconds): past it, the test fails instead of hanging.
+const RESUME_BOUND: Duration = Duration::from_secs(60);
+
 /// Writes to `journal.wal` in a golden run (and checks the shim sees them).
-fn golden_writes() -> u64 {
-    let dir = TestDir::new();
+fn golden_writes(kind: Kind) -> u64 {
+    let dir = TestDir::on(kind);
     let (out, calls, _) = run_with_fault(&dir, &["up"], "none", 0, 28, Duration::from_secs(120));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let writes = calls.iter().filter(|c| c.kind == "write").count() as u64;
@@ -120,18 +133,20 @@ fn golden_writes() -> u64 {
     writes
 }
 
-#[test]
-fn disk_full_at_every_append_ends_the_run_with_one_line_and_the_resume_completes() {
+/// Fails every write of `journal.wal` of a run of `kind` in turn (ENOSPC),
+/// two at a time.
+fn disk_full_sweep(kind: Kind) {
     if shim().is_none() {
         return;
     }
-    let w = golden_writes();
-    eprintln!("disk-full sweep: {w} writes of journal.wal");
+    let started = Instant::now();
+    let w = golden_writes(kind);
+    eprintln!("disk-full sweep on {kind:?}: {w} writes of journal.wal");
     let latencies = std::sync::Mutex::new(Vec::new());
     let missed = std::sync::Mutex::new(Vec::new());
     two_at_a_time((1..=w).collect(), |k| {
-        let dir = TestDir::new();
-        let what = format!("ENOSPC at write {k}");
+        let dir = TestDir::on(kind);
+        let what = format!("{kind:?}: ENOSPC at write {k}");
         let (out, calls, ended) = run_with_fault(&dir, &["up"], "write", k, 28, Duration::from_secs(30));
         match check_failed_run(&what, &out, &calls, ended, "No space left on device (") {
             Some(ms) => {
@@ -139,21 +154,40 @@ fn disk_full_at_every_append_ends_the_run_with_one_line_and_the_resume_completes
                 latencies.lock().unwrap().push(ms);
                 recover(&dir, &what, &out);
             }
-            None => missed.lock().unwrap().push(k),
+            None => {
+                // The run ended before its k-th write: it made fewer, and
+                // it completed unharmed.
+                let writes = calls.iter().filter(|c| c.kind == "write").count() as u64;
+                assert!(writes < k, "{what}: not failed, yet the run made {writes} writes");
+                check_completed_once(&dir, &what, 0);
+                missed.lock().unwrap().push(k);
+            }
         }
     });
     let mut l = latencies.into_inner().unwrap();
     l.sort();
     let missed = missed.into_inner().unwrap();
     eprintln!("failed write -> exit: median {} ms, max {} ms; not reached: {missed:?}", l[l.len() / 2], l[l.len() - 1]);
-    // Group commit makes the number of writes vary between runs (actors'
-    // events that arrive together share one write; seen: 74 in the golden
-    // run, 67 in another): only indices in the last eighth may be past a
-    // run's own end, and such a run was checked to complete unharmed.
-    let slack = (w / 8).max(5);
-    assert!(missed.iter().all(|k| *k + slack > w), "write indices not reached: {missed:?} of {w}");
+    // The number of writes varies between runs: actors' events that arrive
+    // together share one write (group commit; seen: 74 in the golden run,
+    // 67 in another), and on the v1 path the planner's progress messages
+    // are recorded as the polls see them (seen: 87 and 75). An index past
+    // a run's own end was checked above: that run made fewer writes and
+    // completed unharmed. Most indices must have been reached.
+    assert!(missed.len() as u64 <= w / 4, "write indices not reached: {missed:?} of {w}");
     // "Within a second" is the aim; 10 s only tells a slow machine from a hang.
     assert!(l[l.len() - 1] < 10_000, "a failed append must end the process promptly: {l:?}");
+    eprintln!("disk-full sweep on {kind:?}: {w} fail/resume pairs in {:.0?}", started.elapsed());
+}
+
+#[test]
+fn disk_full_at_every_append_on_rke2_ends_the_run_with_one_line_and_the_resume_completes() {
+    disk_full_sweep(Kind::Rke2);
+}
+
+#[test]
+fn disk_full_at_every_append_on_rke1_ends_the_run_with_one_line_and_the_resume_completes() {
+    disk_full_sweep(Kind::Rke1);
 }
 
 /// `fdatasync` failing (EIO: the page cache lost the write) at the first,

@@ -196,14 +196,17 @@ fn rancher_down_for_longer_than_four_tries_during_a_call_step_is_waited_for_and_
 
 /// A node's join while Rancher is away: its look-up (does Rancher list the
 /// node already?) finds Rancher unavailable, and is waited for like a call.
-#[test]
-fn rancher_down_while_a_node_runs_its_agent_is_waited_for_and_the_run_completes() {
+fn rancher_down_while_a_node_runs_its_agent_is_waited_for_and_the_run_completes_on(kind: Kind) {
     if shim().is_none() {
         return;
     }
-    let dir = TestDir::new();
-    // master01's run_agent intent: "roles etcd,controlplane".
-    let (child, pause) = up_paused_at(&dir, "roles etcd,controlplane");
+    let dir = TestDir::on(kind);
+    // master01's run_agent intent.
+    let intent = match kind {
+        Kind::Rke2 => "system-agent installer, --etcd --controlplane",
+        Kind::Rke1 => "roles etcd,controlplane",
+    };
+    let (child, pause) = up_paused_at(&dir, intent);
     let emulator = outage_begins(&dir);
     go_on(&pause);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -216,8 +219,20 @@ fn rancher_down_while_a_node_runs_its_agent_is_waited_for_and_the_run_completes(
     assert!(out.status.success(), "the run waits for Rancher to come back: {}", text(&out.stderr));
     let failures = step_failures(&dir.events(), "run_agent");
     assert!(failures.iter().all(|f| f["data"]["retryable"] == true), "{failures:?}");
-    let rancher = ask_rancher(&dir);
-    assert_eq!(rancher.nodes.len(), 2);
+    match kind {
+        Kind::Rke2 => assert_eq!(ask_rancher_v1(&dir).machines.len(), 2),
+        Kind::Rke1 => assert_eq!(ask_rancher(&dir).nodes.len(), 2),
+    }
+}
+
+#[test]
+fn rancher_down_while_a_node_runs_its_agent_is_waited_for_and_the_run_completes() {
+    rancher_down_while_a_node_runs_its_agent_is_waited_for_and_the_run_completes_on(Kind::Rke2);
+}
+
+#[test]
+fn on_rke1_rancher_down_while_a_node_runs_its_agent_is_waited_for_and_the_run_completes() {
+    rancher_down_while_a_node_runs_its_agent_is_waited_for_and_the_run_completes_on(Kind::Rke1);
 }
 
 #[test]

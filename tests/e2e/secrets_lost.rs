@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// A run SIGKILLed once its API token exists (nodes never show up in
-/// Rancher, so the run waits there): the admin password, the CA, the API
-/// token and the node command are all in `secrets.json` by then.
+/// Rancher on rke1, never get to `Running` on rke2, so the run waits
+/// there): the admin password, the CA, the API token and the node command
+/// are all in `secrets.json` by then.
 fn run_killed_after_the_api_token(dir: &TestDir) {
     let mut child = dir
         .rmm(&["up", "--masters", "1", "--workers", "1"])
         .env("RMM_LOCAL_NODE_READY_MS", "600000")
+        .env("RMM_LOCAL_PLANNER_MS", "600000")
         .cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -34,9 +36,11 @@ fn run_killed_after_the_api_token(dir: &TestDir) {
     child.wait().unwrap();
 }
 
-#[test]
-fn a_resume_without_secrets_json_names_what_is_lost_changes_nothing_and_down_still_works() {
-    let dir = TestDir::new();
+/// What a resume of `kind` cannot do without: on rke1 the API token and
+/// the node command as well (rke2 makes a new token after a new login and
+/// reads the command fresh from Rancher before each node).
+fn a_resume_without_secrets_json_names_what_is_lost_changes_nothing_and_down_still_works(kind: Kind) {
+    let dir = TestDir::on(kind);
     run_killed_after_the_api_token(&dir);
     let run = dir.status()["run"]["id"].as_str().unwrap().to_string();
     let secrets = dir.state().join("secrets.json");
@@ -48,9 +52,13 @@ fn a_resume_without_secrets_json_names_what_is_lost_changes_nothing_and_down_sti
     assert_eq!(
         line,
         format!(
-            "rmm: the admin password, the pinned CA, the API token and the node command of run {run} are lost \
+            "rmm: {} of run {run} are lost \
              ({} is missing): Rancher cannot give them back, so this run cannot continue; \
              `rmm down` removes its machines (it needs no secret), then `rmm up` starts a new run",
+            match kind {
+                Kind::Rke1 => "the admin password, the pinned CA, the API token and the node command",
+                Kind::Rke2 => "the admin password and the pinned CA",
+            },
             secrets.display()
         )
     );
@@ -71,8 +79,20 @@ fn a_resume_without_secrets_json_names_what_is_lost_changes_nothing_and_down_sti
 }
 
 #[test]
-fn a_resume_with_secrets_json_holding_other_values_is_refused_too() {
-    let dir = TestDir::new();
+fn a_resume_on_rke2_without_secrets_json_names_what_is_lost_changes_nothing_and_down_still_works() {
+    a_resume_without_secrets_json_names_what_is_lost_changes_nothing_and_down_still_works(Kind::Rke2);
+}
+
+#[test]
+fn a_resume_on_rke1_without_secrets_json_names_what_is_lost_changes_nothing_and_down_still_works() {
+    a_resume_without_secrets_json_names_what_is_lost_changes_nothing_and_down_still_works(Kind::Rke1);
+}
+
+/// RKE1: there the API token is needed from the store, so a stale one is
+/// named (rke2 makes a new one).
+#[test]
+fn a_resume_on_rke1_with_secrets_json_holding_other_values_is_refused_too() {
+    let dir = TestDir::on(Kind::Rke1);
     run_killed_after_the_api_token(&dir);
     let run = dir.status()["run"]["id"].as_str().unwrap().to_string();
     let secrets = dir.state().join("secrets.json");

@@ -18,6 +18,14 @@ impl TestDir {
         TestDir { tmp: tempfile::Builder::new().prefix("rmm-e2e-").tempdir().expect("temp dir") }
     }
 
+    /// A fresh dir whose `rmm.toml` builds `kind` (its distribution and a
+    /// Rancher image of a line that makes it).
+    pub fn on(kind: Kind) -> TestDir {
+        let dir = TestDir::new();
+        std::fs::write(dir.tmp.path().join("rmm.toml"), kind.config()).unwrap();
+        dir
+    }
+
     pub fn state(&self) -> PathBuf {
         self.tmp.path().join("state")
     }
@@ -97,6 +105,24 @@ impl Drop for TestDir {
     }
 }
 
+/// The two kinds of run the crash proof covers: RKE2 on the current line
+/// (Rancher 2.15, the v1 API) and RKE1 on the last line that has it
+/// (Rancher 2.11, the v3 API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Rke2,
+    Rke1,
+}
+
+impl Kind {
+    pub fn config(self) -> &'static str {
+        match self {
+            Kind::Rke2 => "distribution = \"rke2\"\nrancher_image = \"rancher/rancher:v2.15.1\"\n",
+            Kind::Rke1 => "distribution = \"rke1\"\nrancher_image = \"rancher/rancher:v2.11.3\"\n",
+        }
+    }
+}
+
 pub struct RmmCmd {
     pub cmd: Command,
 }
@@ -109,6 +135,24 @@ impl RmmCmd {
 
     pub fn run(mut self) -> Output {
         self.cmd.output().expect("run rmm")
+    }
+
+    /// Runs; killed (and the test failed, with its stderr) if it has not
+    /// ended within `bound`: a hang fails instead of hanging the test.
+    pub fn run_within(self, bound: std::time::Duration) -> Output {
+        let mut cmd = self.cmd;
+        let desc = format!("{cmd:?}");
+        let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().expect("run rmm");
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > bound {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!("{desc} did not end within {bound:?} (a hang?): {}", text(&out.stderr));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait_with_output().unwrap()
     }
 
     /// Runs and requires exit 0.
@@ -144,51 +188,114 @@ pub struct RancherView {
     pub registration_tokens: Vec<Value>,
 }
 
-pub fn ask_rancher(dir: &TestDir) -> RancherView {
-    let creds = dir.credentials();
-    let url = creds["url"].as_str().expect("url").to_string();
-    let password = creds["password"].as_str().expect("password").to_string();
-    let checksum = creds["ca_checksum"].as_str().expect("ca checksum").to_string();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async move {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let insecure = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
-        let ca: Value = insecure.get(format!("{url}/v3/settings/cacerts")).send().await.unwrap().json().await.unwrap();
-        let pem = ca["value"].as_str().unwrap().to_string();
-        assert_eq!(rmm_actors::ports::ca_checksum(&pem), checksum, "the CA served is the one pinned in the log");
-        let client = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
-            .build()
-            .unwrap();
-        let login: Value = client
-            .post(format!("{url}/v3-public/localProviders/local?action=login"))
-            .json(&serde_json::json!({"username": "admin", "password": password}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = login["token"].as_str().expect("login with the password `rmm credentials` prints").to_string();
-        let get = |path: String| {
-            let (client, token, url) = (client.clone(), token.clone(), url.clone());
-            async move {
-                let v: Value = client.get(format!("{url}{path}")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
-                v["data"].as_array().cloned().unwrap_or_else(|| panic!("a collection: {v}"))
-            }
-        };
-        let clusters = get("/v3/clusters".into()).await;
-        let cid = clusters.first().map(|c| c["id"].as_str().unwrap().to_string()).unwrap_or_default();
-        RancherView {
-            nodes: get(format!("/v3/nodes?clusterId={cid}")).await,
-            registration_tokens: get(format!("/v3/clusterregistrationtokens?clusterId={cid}")).await,
-            tokens: get("/v3/tokens".into()).await,
-            clusters,
-        }
-    })
+/// An admin session with the run's Rancher: its URL, the password `rmm
+/// credentials` prints, and the CA pinned in the log (checked against the
+/// one served).
+pub struct Admin {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    url: String,
+    token: String,
 }
 
+impl Admin {
+    pub fn login(dir: &TestDir) -> Admin {
+        let creds = dir.credentials();
+        let url = creds["url"].as_str().expect("url").to_string();
+        let password = creds["password"].as_str().expect("password").to_string();
+        let checksum = creds["ca_checksum"].as_str().expect("ca checksum").to_string();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (client, token) = rt.block_on(async {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let insecure = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+            let ca: Value = insecure.get(format!("{url}/v3/settings/cacerts")).send().await.unwrap().json().await.unwrap();
+            let pem = ca["value"].as_str().unwrap().to_string();
+            assert_eq!(rmm_actors::ports::ca_checksum(&pem), checksum, "the CA served is the one pinned in the log");
+            let client = reqwest::Client::builder()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+                .build()
+                .unwrap();
+            let login: Value = client
+                .post(format!("{url}/v3-public/localProviders/local?action=login"))
+                .json(&serde_json::json!({"username": "admin", "password": password}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let token = login["token"].as_str().expect("login with the password `rmm credentials` prints").to_string();
+            (client, token)
+        });
+        Admin { rt, client, url, token }
+    }
+
+    /// `GET path` as the admin: the JSON it answers.
+    pub fn get(&self, path: &str) -> Value {
+        self.rt.block_on(async {
+            let resp = self.client.get(format!("{}{path}", self.url)).bearer_auth(&self.token).send().await.unwrap();
+            resp.json().await.unwrap()
+        })
+    }
+
+    /// The `data` of the collection at `path`.
+    pub fn list(&self, path: &str) -> Vec<Value> {
+        let v = self.get(path);
+        v["data"].as_array().cloned().unwrap_or_else(|| panic!("{path}: a collection: {v}"))
+    }
+}
+
+pub fn ask_rancher(dir: &TestDir) -> RancherView {
+    let admin = Admin::login(dir);
+    let clusters = admin.list("/v3/clusters");
+    let cid = clusters.first().map(|c| c["id"].as_str().unwrap().to_string()).unwrap_or_default();
+    RancherView {
+        nodes: admin.list(&format!("/v3/nodes?clusterId={cid}")),
+        registration_tokens: admin.list(&format!("/v3/clusterregistrationtokens?clusterId={cid}")),
+        tokens: admin.list("/v3/tokens"),
+        clusters,
+    }
+}
+
+/// What the emulator says about an rke2/k3s run, asked through its `/v1`
+/// (Steve) API as an admin (reference/rancher-current.md §2).
+pub struct V1View {
+    /// `provisioning.cattle.io` clusters.
+    pub clusters: Vec<Value>,
+    /// `management.cattle.io` clusters.
+    pub management: Vec<Value>,
+    /// CAPI machines (`cluster.x-k8s.io`).
+    pub machines: Vec<Value>,
+    /// API tokens (`/v3/tokens`: Rancher 2.15 still serves them there).
+    pub tokens: Vec<Value>,
+}
+
+pub fn ask_rancher_v1(dir: &TestDir) -> V1View {
+    let admin = Admin::login(dir);
+    V1View {
+        clusters: admin.list("/v1/provisioning.cattle.io.clusters"),
+        management: admin.list("/v1/management.cattle.io.clusters"),
+        machines: admin.list("/v1/cluster.x-k8s.io.machines"),
+        tokens: admin.list("/v3/tokens"),
+    }
+}
+
+/// The emulator's registration ledger (in its data dir, on the rancher
+/// machine of the local world), per `<cluster>/<node>`: how many nodes or
+/// machines its registrations made, and how many registration calls it
+/// made in all (also those that only updated its node or machine).
+pub struct Registrations {
+    pub made: std::collections::BTreeMap<String, u64>,
+    pub calls: std::collections::BTreeMap<String, u64>,
+}
+
+pub fn registrations(dir: &TestDir) -> Registrations {
+    let path = dir.state().join("world/machines/rancher/rancher/state.json");
+    let state = json(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
+    let map = |k: &str| serde_json::from_value(state[k].clone()).unwrap_or_else(|e| panic!("{k} in {}: {e}", path.display()));
+    Registrations { made: map("registrations"), calls: map("registrationCalls") }
+}
 
 /// The seeds a seeded test runs: `var=N` replays one; otherwise the pinned
 /// ones plus one new (printed by the test, so a failure can be replayed and

@@ -30,9 +30,11 @@ fn fresh_up_builds_an_active_cluster_of_three_masters_and_three_workers() {
     assert!(text(&again.stdout).contains("completed"));
 }
 
+/// RKE1's rule (README): one master at a time, workers after them. On
+/// rke2/k3s every node registers as soon as the command is ready.
 #[test]
-fn masters_join_one_at_a_time_and_workers_after_them() {
-    let dir = TestDir::new();
+fn on_rke1_masters_join_one_at_a_time_and_workers_after_them() {
+    let dir = TestDir::on(Kind::Rke1);
     dir.up_ok(&[]);
     let events = dir.events();
     let seq_of = |actor: &str, kind: &str, step: &str| {

@@ -44,6 +44,8 @@ struct World {
     register_on_exec: bool,
     /// The installer's unit exists on the nodes (it ran before).
     agent_installed: bool,
+    /// Nodes whose installer wrote the agent's unit.
+    installed_on: std::collections::BTreeSet<String>,
     /// `cacerts` is empty (a publicly trusted certificate).
     cacerts_empty: bool,
     /// The trust of every client made, in order.
@@ -53,6 +55,8 @@ struct World {
     controllers: Option<usize>,
     /// Machines created through the driver, by name: (ip, times created).
     made: BTreeMap<String, u32>,
+    /// The passwords login accepts (`None`: any).
+    passwords: Option<Vec<String>>,
 }
 
 fn unauthorized() -> ApiError {
@@ -109,8 +113,13 @@ impl RancherApi for Fake {
         }
         Ok("pem".into())
     }
-    async fn login(&self, _: &str, _: &Secret) -> Result<Secret, ApiError> {
-        Ok(Secret::new("token-login:s"))
+    async fn login(&self, _: &str, password: &Secret) -> Result<Secret, ApiError> {
+        match &self.world().passwords {
+            Some(ok) if !ok.iter().any(|p| p == password.expose()) => {
+                Err(ApiError::Status { status: 401, code: Some("Unauthorized".into()), message: "authentication failed".into() })
+            }
+            _ => Ok(Secret::new("token-login:s")),
+        }
     }
     async fn change_password(&self, _: &Secret, _: &Secret, _: &Secret) -> Result<(), ApiError> {
         Ok(())
@@ -197,13 +206,14 @@ impl RancherApi for Fake {
         w.check(auth)?;
         Ok(w.offered.clone())
     }
-    async fn create_v1_cluster(&self, auth: &Secret, name: &str, version: &str) -> Result<SteveObject, ApiError> {
+    async fn create_v1_cluster(&self, auth: &Secret, name: &str, version: &str, run: &str) -> Result<SteveObject, ApiError> {
         let mut w = self.world();
         w.check(auth)?;
         if w.v1_clusters.iter().any(|c| c.name == name) {
             return Err(ApiError::Status { status: 409, code: Some("AlreadyExists".into()), message: "exists".into() });
         }
-        let c = SteveObject { name: name.into(), ..Default::default() };
+        let mut c = SteveObject { name: name.into(), ..Default::default() };
+        c.annotations.insert(crate::ports::RUN_ANNOTATION.into(), run.into());
         w.v1_clusters.push(c.clone());
         w.writes.push(format!("create v1 cluster {name} {version}"));
         Ok(c)
@@ -226,9 +236,22 @@ impl RancherApi for Fake {
         }
         Ok(w.v1_clusters.iter().find(|c| c.name == name).cloned())
     }
+    async fn delete_v1_cluster(&self, auth: &Secret, name: &str) -> Result<(), ApiError> {
+        let mut w = self.world();
+        w.check(auth)?;
+        w.v1_clusters.retain(|c| c.name != name);
+        w.writes.push(format!("delete v1 cluster {name}"));
+        Ok(())
+    }
+    async fn public_setting(&self, name: &str) -> Result<String, ApiError> {
+        Ok(self.world().settings.get(name).cloned().unwrap_or_default())
+    }
     async fn get_management_cluster(&self, auth: &Secret, id: &str) -> Result<SteveObject, ApiError> {
         let w = self.world();
         w.check(auth)?;
+        if !w.v1_clusters.iter().any(|c| c.cluster_name.as_deref() == Some(id)) && w.writes.iter().any(|x| x.starts_with("delete v1 cluster")) {
+            return Err(ApiError::Status { status: 404, code: Some("NotFound".into()), message: format!("clusters.management.cattle.io \"{id}\" not found") });
+        }
         Ok(SteveObject { name: id.into(), conditions: vec![condition("Ready", "True", "")], ..Default::default() })
     }
     async fn list_machines(&self, auth: &Secret, cluster: &str) -> Result<Vec<SteveObject>, ApiError> {
@@ -275,17 +298,24 @@ impl MachineDriver for Fake {
     async fn list(&self, _: &str) -> Result<Vec<Machine>, DriverError> {
         Ok(Vec::new())
     }
-    async fn exec(&self, _: &str, command: &str) -> Result<ExecOutput, DriverError> {
+    async fn exec(&self, name: &str, command: &str) -> Result<ExecOutput, DriverError> {
         let mut w = self.world();
         w.execs.push(command.to_string());
-        if w.register_on_exec && command.contains("--node-name") {
+        // The v1 installer (rke1's agent run has --node-name too).
+        let v1_installer = command.contains("--node-name") && !command.contains("rancher/rancher-agent");
+        if w.register_on_exec && v1_installer {
             let words: Vec<&str> = command.split_whitespace().collect();
             let i = words.iter().position(|w| *w == "--node-name").unwrap();
             let node = words[i + 1].to_string();
-            let n = w.machines.len();
-            w.machines.push(machine(&format!("custom-{n:012x}"), &node, "Pending"));
+            // The installer writes the unit after registering; the node's
+            // kept system-agent id registers the same machine again.
+            w.installed_on.insert(name.to_string());
+            if !w.machines.iter().any(|m| m.labels.get("rke.cattle.io/node-name") == Some(&node)) {
+                let n = w.machines.len();
+                w.machines.push(machine(&format!("custom-{n:012x}"), &node, "Pending"));
+            }
         }
-        if command.contains("--node-name") && !w.register_on_exec {
+        if v1_installer && !w.register_on_exec {
             // An installer that echoes its token (a trace, `sh -x`), then fails quietly.
             return Ok(ExecOutput { status: 0, stdout: String::new(), stderr: "+ CATTLE_TOKEN=t0ps3cr3t\n[ERROR] curl: (60) SSL certificate problem".into() });
         }
@@ -293,7 +323,7 @@ impl MachineDriver for Fake {
             return Ok(ExecOutput { status: 0, stdout: "running\n".into(), stderr: String::new() });
         }
         if command.starts_with("test -f /etc/systemd/system/rancher-system-agent.service") {
-            let installed = w.agent_installed;
+            let installed = w.agent_installed || w.installed_on.contains(name);
             return Ok(ExecOutput { status: if installed { 0 } else { 1 }, stdout: if installed { "installed\n".into() } else { String::new() }, stderr: String::new() });
         }
         if command.starts_with("systemctl status") {
@@ -346,13 +376,15 @@ fn fixture() -> Fixture {
     let ctx = RunCtx {
         run: Uuid::now_v7(),
         attempt: 1,
-        plan: Plan::default(),
+        // An RKE1 run on the last line that has it; `v1_fixture` makes it rke2.
+        plan: Plan { distribution: rmm_events::Distribution::Rke1, rancher_image: "rancher/rancher:v2.11.3".into(), ..Plan::default() },
         journal,
         driver: Arc::new(fake.clone()),
         connector: Arc::new(fake.clone()),
         secrets: Arc::new(Secrets::default()),
         create_slots: Arc::new(Semaphore::new(1)),
         stop,
+        undo: None,
     };
     ctx.put_secret(secret::RANCHER_CA, &Secret::new("pem")).unwrap();
     ctx.put_secret(secret::LOGIN_TOKEN, &Secret::new("token-login:s")).unwrap();
@@ -474,6 +506,7 @@ async fn an_agent_that_cannot_reach_rancher_is_rancher_unavailable_and_another_f
 fn v1_fixture() -> Fixture {
     let mut f = fixture();
     f.ctx.plan.distribution = rmm_events::Distribution::Rke2;
+    f.ctx.plan.rancher_image = "rancher/rancher:v2.15.1".into();
     f.ctx.plan.timeouts.node_listed_s = 1;
     f.ctx.plan.timeouts.active_s = 2;
     f.ctx.plan.poll_ms = 5;
@@ -788,6 +821,27 @@ async fn an_installer_that_already_ran_is_not_run_again_and_its_registration_is_
     assert_eq!(f.fake.world().execs.iter().filter(|c| c.contains("--node-name")).count(), 0);
 }
 
+#[tokio::test]
+async fn a_listed_machine_whose_installer_was_cut_short_before_its_unit_is_installed_again() {
+    // rmm killed between the installer's registration call and the unit:
+    // Rancher lists the machine, but no service will ever check in.
+    let f = v1_fixture();
+    f.fake.world().default_token = Some(default_token(&ca_checksum("pem")));
+    f.fake.world().register_on_exec = true;
+    f.fake.world().machines.push(machine("custom-000000000003", "master03", "Provisioning"));
+    let st = state(f.ctx.run, &[(Step::CreateMachine, Outcome::MachineCreated { ip: "127.0.0.13".into() })]);
+    let join = v1_join();
+    let c = call(&f.ctx, "master03", Role::Master, Step::RunAgent, &st, Some(&join));
+    assert_eq!(probe(&c).await.unwrap(), None, "not adopted: listed, but no unit on the node");
+    assert_eq!(effect(&c).await.unwrap(), Outcome::AgentStarted);
+    assert_eq!(f.fake.world().execs.iter().filter(|c| c.contains("--node-name master03")).count(), 1, "the installer ran again");
+    assert_eq!(f.fake.world().machines.len(), 1, "the same machine");
+    // Now both hold: adopted, and not run a third time.
+    assert_eq!(probe(&c).await.unwrap(), Some(Outcome::AgentStarted));
+    effect(&c).await.unwrap();
+    assert_eq!(f.fake.world().execs.iter().filter(|c| c.contains("--node-name")).count(), 1);
+}
+
 /// Runs one attempt of a fresh rke2 `up` through the coordinator, the
 /// actors and the steps against `fake`; returns how it ended and every
 /// record the live view got.
@@ -843,6 +897,7 @@ fn run_flow(fake: &Fake) -> (crate::coordinator::RunEnd, Vec<Envelope>) {
         secrets: Arc::new(Secrets::default()),
         create_slots: Arc::new(Semaphore::new(8)),
         stop,
+        undo: None,
     });
     let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let system = actix::System::new();
@@ -898,6 +953,8 @@ fn a_rke2_run_over_a_world_that_already_holds_its_cluster_and_a_node_makes_nothi
         let mut w = fake.world();
         w.v1_clusters.push(SteveObject { name: "tinysetup".into(), ..Default::default() });
         w.machines.push(machine("custom-00000000000a", "master02", "Pending"));
+        // ... whose installer ran to the end on the node (its unit exists)
+        w.installed_on.insert("master02".into());
     }
     let (end, seen) = run_flow(&fake);
     assert_eq!(end, RunEnd::Completed, "{:?}", seen.iter().map(|e| e.event.summary()).collect::<Vec<_>>());
@@ -928,4 +985,120 @@ async fn an_rke1_wait_renews_an_expired_api_token_and_goes_on() {
     let ok = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::WaitClusterActive, &st, None)).await.unwrap();
     assert_eq!(ok, Outcome::ClusterActive);
     assert_ne!(f.ctx.secret(secret::API_TOKEN).unwrap().expose(), "token-api:s");
+}
+
+#[test]
+fn the_agent_service_on_the_node_says_whether_it_can_register() {
+    use v1::AgentService::*;
+    let show = |load: &str, active: &str, n: u32| v1::agent_service_of(&format!("NRestarts={n}\nLoadState={load}\nActiveState={active}\n"));
+    assert_eq!(show("loaded", "active", 0), Healthy);
+    assert_eq!(show("loaded", "activating", 0), Starting);
+    assert!(matches!(show("loaded", "failed", 0), Dead(w) if w.contains("failed")));
+    // a unit that restarts on failure: a crashing agent is `activating (auto-restart)` between tries
+    assert_eq!(show("loaded", "activating", 3), Restarted(3));
+    assert_eq!(show("loaded", "active", 1), Restarted(1));
+    assert!(matches!(show("not-found", "inactive", 0), Dead(w) if w.contains("no rancher-system-agent service")));
+    // a node without systemctl says nothing: Rancher's list decides
+    assert_eq!(v1::agent_service_of("bash: systemctl: command not found\n"), Unknown);
+}
+
+// ------------------------------------------------------------------ an existing Rancher
+
+fn existing_fixture() -> Fixture {
+    let mut f = v1_fixture();
+    f.ctx.plan.rancher_url = Some("https://rancher.example.com".into());
+    f.ctx.put_secret(secret::BOOTSTRAP_PASSWORD, &Secret::new("given-password")).unwrap();
+    f
+}
+
+#[tokio::test]
+async fn on_an_existing_rancher_the_password_changes_only_while_its_first_login_is_to_be_done() {
+    let f = existing_fixture();
+    let st = v1_rancher_state(f.ctx.run);
+    f.fake.world().settings.insert("first-login".into(), "true".into());
+    let changed = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::ChangePassword, &st, None)).await.unwrap();
+    assert!(matches!(changed, Outcome::PasswordChanged { .. }), "{changed:?}");
+    // First login done, and the admin password rmm stored works: an
+    // earlier try of this run changed it (its outcome was lost).
+    f.fake.world().settings.insert("first-login".into(), "false".into());
+    f.fake.world().passwords = Some(vec!["admin-password-123".into()]);
+    let again = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::ChangePassword, &st, None)).await.unwrap();
+    assert!(matches!(again, Outcome::PasswordChanged { .. }), "{again:?}");
+    // First login done by someone else: the given password is the admin
+    // one, and is kept; nothing is changed.
+    f.fake.world().passwords = Some(vec!["given-password".into()]);
+    let kept = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::ChangePassword, &st, None)).await.unwrap();
+    assert_eq!(kept, Outcome::PasswordKept);
+}
+
+#[tokio::test]
+async fn on_an_existing_rancher_a_cluster_of_that_name_not_made_by_this_run_is_refused_never_adopted() {
+    let f = existing_fixture();
+    let st = v1_rancher_state(f.ctx.run);
+    f.fake.world().v1_clusters.push(SteveObject { name: "tinysetup".into(), ..Default::default() });
+    let e = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::CreateCluster, &st, None)).await.unwrap_err();
+    assert!(!e.retryable && e.message.contains("already exists") && e.message.contains("--cluster-name"), "{e:?}");
+    assert!(f.fake.world().writes.is_empty());
+    // One of this run's (a try whose outcome was lost) is adopted.
+    f.fake.world().v1_clusters[0].annotations.insert(crate::ports::RUN_ANNOTATION.into(), f.ctx.run.to_string());
+    let adopted = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::CreateCluster, &st, None)).await.unwrap();
+    assert_eq!(adopted, Outcome::ClusterCreated { cluster_id: "fleet-default/tinysetup".into() });
+    assert!(f.fake.world().writes.is_empty());
+}
+
+#[tokio::test]
+async fn on_an_existing_rancher_its_server_url_is_kept_and_set_only_when_empty() {
+    let f = existing_fixture();
+    let st = v1_rancher_state(f.ctx.run);
+    f.fake.world().settings.insert("server-url".into(), "https://rancher.corp".into());
+    let kept = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::SetServerUrl, &st, None)).await.unwrap();
+    assert_eq!(kept, Outcome::ServerUrlSet { url: "https://rancher.corp".into() });
+    f.fake.world().settings.insert("server-url".into(), String::new());
+    let set = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::SetServerUrl, &st, None)).await.unwrap();
+    assert_eq!(set, Outcome::ServerUrlSet { url: "https://rancher.example.com".into() });
+}
+
+#[tokio::test]
+async fn a_down_deletes_only_the_cluster_its_up_run_made_with_that_run_s_secrets_and_trust() {
+    let mut f = existing_fixture();
+    let up = Uuid::now_v7();
+    // The up run's secrets, not this run's: read through `undo`.
+    f.ctx.secrets.put(&format!("{up}/{}", secret::RANCHER_CA), &Secret::new("pem")).unwrap();
+    f.ctx.secrets.put(&format!("{up}/{}", secret::API_TOKEN), &Secret::new("token-up:s")).unwrap();
+    f.ctx.undo = Some(crate::context::Undo { run: up, ca_trust: Some(ca_checksum("pem")), management_id: Some("c-m-abcd1234".into()) });
+    let fresh = ActorState::default();
+    let mut theirs = SteveObject { name: "tinysetup".into(), cluster_name: Some("c-m-abcd1234".into()), ..Default::default() };
+    f.fake.world().v1_clusters.push(theirs.clone());
+    let e = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::DeleteCluster, &fresh, None)).await.unwrap_err();
+    assert!(e.message.contains("was not made by run") && !e.retryable, "{e:?}");
+    assert!(f.fake.world().writes.is_empty(), "someone else's cluster is never deleted");
+    theirs.annotations.insert(crate::ports::RUN_ANNOTATION.into(), up.to_string());
+    f.fake.world().v1_clusters = vec![theirs];
+    let done = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::DeleteCluster, &fresh, None)).await.unwrap();
+    assert_eq!(done, Outcome::ClusterDeleted { management_id: "c-m-abcd1234".into() });
+    assert_eq!(f.fake.world().writes, vec!["delete v1 cluster tinysetup"]);
+    assert!(
+        f.fake.world().trusts.iter().all(|t| *t == CaTrust::Pinned("pem".into())),
+        "only the CA the up run pinned: {:?}",
+        f.fake.world().trusts
+    );
+    // Again (a resume): nothing left to delete, nothing deleted twice.
+    let again = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::DeleteCluster, &fresh, None)).await.unwrap();
+    assert_eq!(again, done);
+    assert_eq!(f.fake.world().writes.len(), 1);
+}
+
+#[test]
+fn an_existing_rancher_has_no_machine_or_server_steps_and_its_down_deletes_the_cluster_first() {
+    use crate::decide::{plan_steps, EXISTING_DOWN_RANCHER_STEPS};
+    let plan = Plan { distribution: rmm_events::Distribution::Rke2, rancher_url: Some("https://r".into()), ..Plan::default() };
+    let up = plan_steps(Role::Rancher, false, &plan);
+    for s in [Step::CreateMachine, Step::StartServer, Step::CheckServer] {
+        assert!(!up.contains(&s), "{s:?}");
+    }
+    let own = plan_steps(Role::Rancher, false, &Plan { rancher_url: None, ..plan.clone() });
+    assert_eq!(up, own.iter().copied().filter(|s| !matches!(s, Step::CreateMachine | Step::StartServer | Step::CheckServer)).collect::<Vec<_>>());
+    assert_eq!(plan_steps(Role::Rancher, true, &plan), EXISTING_DOWN_RANCHER_STEPS);
+    assert_eq!(plan_steps(Role::Worker, true, &plan), crate::decide::REMOVE_STEPS);
+    assert_eq!(plan_steps(Role::Master, false, &plan), crate::decide::V1_NODE_STEPS);
 }

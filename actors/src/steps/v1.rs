@@ -19,7 +19,7 @@ use super::{
     StepResult,
 };
 use crate::context::secret;
-use crate::ports::{ApiError, RancherApi, Secret, SteveObject};
+use crate::ports::{ApiError, RancherApi, Secret, SteveObject, RUN_ANNOTATION};
 
 /// The namespace of v1 custom clusters and their machines (§1.3, §2.4).
 pub const FLEET_DEFAULT: &str = "fleet-default";
@@ -59,20 +59,37 @@ where
     F: Fn(Secret) -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
-    match f(auth(call.ctx)?).await {
+    let used = auth(call.ctx)?;
+    match f(used.clone()).await {
         Err(e) if e.status() == Some(401) => {
-            let token = renew(call, api).await?;
+            let token = renew_after(call, api, Some(&used)).await?;
             Ok(f(token).await?)
         }
         other => Ok(other?),
     }
 }
 
+/// One renewal at a time: every actor's wait meets the same expired token
+/// at about the same moment, and each making its own would leave a live
+/// token per actor (one process runs one run).
+static RENEWAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A new credential after a 401: a fresh session with the stored
 /// passwords, and, when the run already had an API token, a new one of the
-/// same description (the old one is cleared by `CreateApiToken`'s look-up).
-pub async fn renew(call: &StepCall<'_>, api: &Arc<dyn RancherApi>) -> StepResult<Secret> {
+/// same description (a resume's `CreateApiToken` look-up clears older
+/// ones). Recorded as a `Progress` event of the step that met the 401, so
+/// `rmm log` shows when and why the token changed (never the token).
+///
+/// Unless another actor already renewed since `refused` was read: then
+/// its token is used.
+pub async fn renew_after(call: &StepCall<'_>, api: &Arc<dyn RancherApi>, refused: Option<&Secret>) -> StepResult<Secret> {
     let ctx = call.ctx;
+    let _one = RENEWAL.lock().await;
+    if let (Some(refused), Ok(now)) = (refused, auth(ctx)) {
+        if now.expose() != refused.expose() {
+            return Ok(now);
+        }
+    }
     let login = session(call, api).await?;
     if ctx.secret(secret::API_TOKEN).is_none() {
         return Ok(login);
@@ -80,7 +97,23 @@ pub async fn renew(call: &StepCall<'_>, api: &Arc<dyn RancherApi>) -> StepResult
     let (id, token) = api.create_token(&login, &token_description(ctx)).await?;
     ctx.put_secret(secret::API_TOKEN, &token).map_err(StepError::permanent)?;
     tracing::warn!(token_id = %id, "Rancher refused the API token (expired or revoked): logged in again and made a new one");
+    record_progress(call, format!("Rancher refused the run's API token (expired or revoked): logged in again and made API token {id}")).await;
     Ok(token)
+}
+
+/// Appends a `Progress` event of this step (best effort: a message that
+/// cannot be recorded is only traced).
+async fn record_progress(call: &StepCall<'_>, message: String) {
+    let ctx = call.ctx;
+    let env = ctx.envelope(call.actor, call.state.last_event, Event::Progress { step: call.step, message });
+    match ctx.journal.append(vec![env]).await {
+        Ok(records) => {
+            if let Some(coordinator) = call.observer {
+                coordinator.do_send(crate::coordinator::Appended(records));
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not record a progress message"),
+    }
 }
 
 /// Records each change of Rancher's progress message as an event, so
@@ -107,16 +140,7 @@ impl<'a> ProgressLog<'a> {
             }
             *last = Some(message.clone());
         }
-        let ctx = self.call.ctx;
-        let env = ctx.envelope(self.call.actor, self.call.state.last_event, Event::Progress { step: self.call.step, message });
-        match ctx.journal.append(vec![env]).await {
-            Ok(records) => {
-                if let Some(coordinator) = self.call.observer {
-                    coordinator.do_send(crate::coordinator::Appended(records));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not record a progress message"),
-        }
+        record_progress(self.call, message).await;
     }
 }
 
@@ -134,21 +158,37 @@ pub async fn check_rancher_version(call: &StepCall<'_>) -> StepResult<Outcome> {
         Err(e) if e.status() == Some(404) => "unknown".to_string(),
         Err(e) => return Err(e.into()),
     };
-    let d = ctx.plan.distribution;
-    if let Some(line) = minor_version(&version) {
-        if !d.is_v1() && line >= (2, 12) {
-            return Err(StepError::permanent(format!(
-                "{REFUSAL}Rancher {version} cannot make an rke1 cluster (Rancher 2.12 removed RKE1): use --distribution rke2 (or k3s), or a Rancher image of 2.11 or older for rke1"
-            )));
-        }
-        if d.is_v1() && line < (2, 6) {
-            return Err(StepError::permanent(format!(
-                "{REFUSAL}Rancher {version} cannot make {} custom clusters (they need Rancher 2.6 or later): use a newer rancher_image",
-                d.as_str()
-            )));
-        }
+    if let Some(why) = line_refusal(ctx.plan.distribution, &version) {
+        return Err(StepError::permanent(format!("{REFUSAL}{why}")));
     }
     Ok(Outcome::RancherVersion { version })
+}
+
+/// Why a Rancher of `version` cannot make a cluster of `d`, if it cannot
+/// (§1.1: 2.12 removed RKE1; v1 custom clusters exist from 2.6).
+pub fn line_refusal(d: rmm_events::Distribution, version: &str) -> Option<String> {
+    let line = minor_version(version)?;
+    if !d.is_v1() && line >= (2, 12) {
+        return Some(format!(
+            "Rancher {version} cannot make an rke1 cluster (Rancher 2.12 removed RKE1): use --distribution rke2 (or k3s), or a Rancher image of 2.11 or older for rke1"
+        ));
+    }
+    if d.is_v1() && line < (2, 6) {
+        return Some(format!(
+            "Rancher {version} cannot make {} custom clusters (they need Rancher 2.6 or later): use a newer rancher_image",
+            d.as_str()
+        ));
+    }
+    None
+}
+
+/// The Rancher version an image's tag names (`rancher/rancher:v2.15.1`
+/// → `v2.15.1`), if its tag is a version (not `latest`, `head`, a digest).
+pub fn image_version(image: &str) -> Option<&str> {
+    let image = image.split('@').next().unwrap_or(image);
+    let name_end = image.rfind('/').map_or(0, |i| i + 1);
+    let tag = image[name_end..].split_once(':')?.1;
+    minor_version(tag).map(|_| tag)
 }
 
 /// §2.1: `/ping` is not enough; two rounds in a row of authenticated
@@ -241,7 +281,15 @@ fn cluster_ref(name: &str) -> Outcome {
     Outcome::ClusterCreated { cluster_id: format!("{FLEET_DEFAULT}/{name}") }
 }
 
-/// The probe of `CreateCluster`: the v1 cluster of the plan's name.
+/// Whether `c` was made by run `run` (it carries [`RUN_ANNOTATION`]).
+pub fn made_by(c: &SteveObject, run: &str) -> bool {
+    c.annotations.get(RUN_ANNOTATION).is_some_and(|r| r == run)
+}
+
+/// The probe of `CreateCluster`: the v1 cluster of the plan's name. On a
+/// Rancher this run started, a cluster of that name is this run's. On an
+/// existing Rancher only one annotated with this run's id is: any other is
+/// someone else's, and is refused, never adopted (nor later deleted).
 pub async fn find_cluster(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
     let api = rancher_api(call)?;
     let name = call.ctx.plan.cluster_name.clone();
@@ -250,7 +298,14 @@ pub async fn find_cluster(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
         async move { api.get_v1_cluster(&a, &name).await }
     })
     .await?;
-    Ok(found.map(|_| cluster_ref(&name)))
+    match found {
+        Some(c) if call.ctx.plan.existing_rancher() && !made_by(&c, &call.ctx.run.to_string()) => Err(StepError::permanent(format!(
+            "{REFUSAL}a cluster named {name} already exists in the Rancher at {} and was not made by this run: choose another --cluster-name (rmm never adopts or deletes a cluster it did not make)",
+            call.ctx.plan.rancher_url.as_deref().unwrap_or("?")
+        ))),
+        Some(_) => Ok(Some(cluster_ref(&name))),
+        None => Ok(None),
+    }
 }
 
 /// §2.4: looked up by name first, on every try; a 409 `AlreadyExists`
@@ -262,13 +317,16 @@ pub async fn create_cluster(call: &StepCall<'_>) -> StepResult<Outcome> {
     let api = rancher_api(call)?;
     let name = call.ctx.plan.cluster_name.clone();
     let version = chosen_version(call)?;
+    let run = call.ctx.run.to_string();
     let made = authed(call, &api, |a| {
-        let (api, name, version) = (api.clone(), name.clone(), version.clone());
-        async move { api.create_v1_cluster(&a, &name, &version).await }
+        let (api, name, version, run) = (api.clone(), name.clone(), version.clone(), run.clone());
+        async move { api.create_v1_cluster(&a, &name, &version, &run).await }
     })
     .await;
     match made {
         Ok(_) => Ok(cluster_ref(&name)),
+        // Made meanwhile (by a try whose outcome was lost, or, on a
+        // shared server, by someone else: `find_cluster` tells which).
         Err(e) if e.message.contains("409") => Ok(find_cluster(call).await?.unwrap_or_else(|| cluster_ref(&name))),
         Err(e) => Err(e),
     }
@@ -460,6 +518,83 @@ pub async fn wait_cluster_ready(call: &StepCall<'_>) -> StepResult<Outcome> {
     .await
 }
 
+/// `rmm down` on an existing Rancher: deletes the v1 cluster (only the one
+/// the `up` run made: annotated with its id) and waits until both it and
+/// its management cluster are gone; Rancher removes the management
+/// cluster, then lets the v1 object go (its finalizer). The server itself
+/// is never touched. Run again (a resume), it deletes nothing twice: a
+/// cluster already gone is 404, and the wait goes on.
+pub async fn delete_cluster(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let name = ctx.plan.cluster_name.clone();
+    let up_run = ctx.undo.as_ref().map(|u| u.run.to_string()).unwrap_or_default();
+    let found = authed(call, &api, |a| {
+        let (api, name) = (api.clone(), name.clone());
+        async move { api.get_v1_cluster(&a, &name).await }
+    })
+    .await?;
+    let mut management_id = ctx.undo.as_ref().and_then(|u| u.management_id.clone());
+    if let Some(c) = &found {
+        if !made_by(c, &up_run) {
+            return Err(StepError::permanent(format!(
+                "the cluster named {name} in the Rancher at {} was not made by run {up_run} (it carries no {RUN_ANNOTATION} of it): not deleted",
+                ctx.plan.rancher_url.as_deref().unwrap_or("?")
+            )));
+        }
+        management_id = management_id.or_else(|| c.cluster_name.clone());
+        authed(call, &api, |a| {
+            let (api, name) = (api.clone(), name.clone());
+            async move { api.delete_v1_cluster(&a, &name).await }
+        })
+        .await?;
+    }
+    let progress = ProgressLog::new(call);
+    let what = format!(
+        "cluster {FLEET_DEFAULT}/{name}{} to be gone from Rancher",
+        management_id.as_deref().map(|m| format!(" and management cluster {m}")).unwrap_or_default()
+    );
+    poll(ctx, ctx.plan.timeouts.active_s, &what, || async {
+        let v1 = authed(call, &api, |a| {
+            let (api, name) = (api.clone(), name.clone());
+            async move { api.get_v1_cluster(&a, &name).await }
+        })
+        .await?;
+        let mgmt_gone = match &management_id {
+            None => true,
+            Some(id) => {
+                let got = authed(call, &api, |a| {
+                    let (api, id) = (api.clone(), id.clone());
+                    async move {
+                        match api.get_management_cluster(&a, &id).await {
+                            Ok(_) => Ok(false),
+                            Err(e) if e.status() == Some(404) => Ok(true),
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .await?;
+                got
+            }
+        };
+        match (v1, mgmt_gone) {
+            (None, true) => Ok(Some(())),
+            (Some(c), _) => {
+                let now = progress_of(&c);
+                let state = if now.is_empty() { c.state.name.clone() } else { format!("{}: {now}", c.state.name) };
+                progress.saw(&format!("v1 cluster still there ({state})")).await;
+                Err(StepError::transient(format!("the v1 cluster is still there ({state})")))
+            }
+            (None, false) => {
+                progress.saw("v1 cluster gone; management cluster still there").await;
+                Err(StepError::transient("the management cluster is still there"))
+            }
+        }
+    })
+    .await?;
+    Ok(Outcome::ClusterDeleted { management_id: management_id.unwrap_or_default() })
+}
+
 // ------------------------------------------------------------------ nodes
 
 /// Whether a CAPI machine is this node's: its `nodeRef` names it, or a
@@ -487,10 +622,85 @@ pub async fn machine_of_node(call: &StepCall<'_>) -> StepResult<Option<SteveObje
 /// The unit the installer writes (reference/rancher-current.md §2.7).
 const AGENT_UNIT: &str = "/etc/systemd/system/rancher-system-agent.service";
 
-/// Whether the installer already ran on this node.
+/// Whether the installer already ran on this node, as far as writing the
+/// agent's unit (after its registration call, §2.7).
 async fn agent_installed(call: &StepCall<'_>) -> StepResult<bool> {
     let out = exec(call.ctx, call.actor, &format!("test -f {AGENT_UNIT} && echo installed")).await?;
     Ok(out.status == 0 && out.stdout.trim() == "installed")
+}
+
+/// How a failed registration check starts its message (see [`run_agent`]).
+const AGENT_DEAD: &str = "agent service dead: ";
+
+/// What systemd says of the agent's service on the node.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AgentService {
+    /// `active`, never restarted.
+    Healthy,
+    /// Loaded, not active yet (`activating`).
+    Starting,
+    /// It will not register: why.
+    Dead(String),
+    /// Running or starting, but systemd has restarted it this many times:
+    /// it exited. Right after the installer, that is an agent that fails.
+    Restarted(u64),
+    /// The node did not say (no `systemctl`): Rancher's list decides.
+    Unknown,
+}
+
+/// Reads `systemctl show -p LoadState -p ActiveState -p NRestarts` output
+/// (one `Key=value` a line, in systemd's own order). The installer writes
+/// and starts `rancher-system-agent.service` (§2.7); a unit that is not
+/// there after the installer exited was never installed (the pipeline
+/// exits 0 when curl fails, §2.7); a unit that is `failed`, or that
+/// systemd has already restarted, exited: an agent that works keeps
+/// running (it watches its plan secret).
+pub fn agent_service_of(show: &str) -> AgentService {
+    let get = |key: &str| show.lines().find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=')).map(str::trim);
+    let Some(active) = get("ActiveState") else { return AgentService::Unknown };
+    let restarts = get("NRestarts").and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    match (get("LoadState"), active) {
+        (Some("not-found"), _) => AgentService::Dead("the installer left no rancher-system-agent service on the node".into()),
+        (_, "failed") => AgentService::Dead("the rancher-system-agent service failed".into()),
+        _ if restarts > 0 => AgentService::Restarted(restarts),
+        (_, "active") => AgentService::Healthy,
+        _ => AgentService::Starting,
+    }
+}
+
+/// [`agent_service_of`] the node; a node that cannot be asked right now
+/// (the driver failed to run the command) says nothing.
+async fn agent_service(call: &StepCall<'_>) -> AgentService {
+    match exec(call.ctx, call.actor, "systemctl show rancher-system-agent -p LoadState -p ActiveState -p NRestarts").await {
+        Ok(out) if out.status == 0 => agent_service_of(&out.stdout),
+        _ => AgentService::Unknown,
+    }
+}
+
+/// The agent's service status and log tail on the node, for a failure.
+async fn agent_evidence(call: &StepCall<'_>) -> String {
+    exec(
+        call.ctx,
+        call.actor,
+        "systemctl status rancher-system-agent --no-pager 2>&1 | tail -n 5; journalctl -u rancher-system-agent -n 20 --no-pager 2>&1 | tail -n 20",
+    )
+    .await
+    .map(|o| tail(&format!("{}\n{}", o.stdout, o.stderr), 12))
+    .unwrap_or_else(|e| format!("could not read it: {}", e.message))
+}
+
+/// How often a wait for a node's machine looks at the agent on the node.
+const AGENT_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An in-doubt `run_agent` happened when Rancher lists the node's machine
+/// and the installer got as far as the agent's unit on the node. A machine
+/// listed with no unit on the node is a registration whose installer was
+/// cut short: its service was never made, so it would never check in, and
+/// waiting for it to be `Running` would wait out `active_s`. `run_agent`
+/// then runs the installer again.
+pub async fn agent_ran(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
+    let done = machine_of_node(call).await?.is_some() && agent_installed(call).await?;
+    Ok(done.then_some(Outcome::AgentStarted))
 }
 
 /// The word after `flag` in a command.
@@ -514,7 +724,8 @@ fn tail(text: &str, n: usize) -> String {
 /// secrets redacted) when it is not there.
 pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
-    if machine_of_node(call).await?.is_some() {
+    let listed = machine_of_node(call).await?.is_some();
+    if listed && agent_installed(call).await? {
         return Ok(Outcome::AgentStarted);
     }
     let api = rancher_api(call)?;
@@ -535,8 +746,12 @@ pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     );
     // Installed by a try whose outcome was lost, not listed yet: not run
     // again (a second registration could make a second machine); its
-    // registration is checked as if it had just run.
-    let out = if agent_installed(call).await? {
+    // registration is checked as if it had just run. Listed but with no
+    // unit on the node: the installer was cut short between its
+    // registration and the service (rmm killed mid-way); it runs again,
+    // with the node's kept system-agent id, so Rancher's machine stays the
+    // same one, and the service that checks in is started this time.
+    let out = if !listed && agent_installed(call).await? {
         crate::ports::ExecOutput {
             status: 0,
             stdout: format!("(not run again: {AGENT_UNIT} exists from an earlier try)"),
@@ -547,28 +762,44 @@ pub async fn run_agent(call: &StepCall<'_>) -> StepResult<Outcome> {
     };
     let grace = REGISTRATION_GRACE_S.min(ctx.plan.timeouts.node_listed_s);
     let what = format!("Rancher to list a machine for node {} after its installer ran", call.actor);
+    // Registered means both: Rancher lists the machine (the installer's
+    // `/v3/connect/agent` made it) and the agent's service runs on the
+    // node. A service that died is seen at once, not after the minute
+    // (nor after the half hour `wait_machine_running` would wait for a
+    // machine whose agent never checks in).
     let registered = if out.status == 0 {
-        poll(ctx, grace, &what, || async { Ok(machine_of_node(call).await?.map(|_| ())) }).await
+        poll(ctx, grace, &what, || async {
+            match agent_service(call).await {
+                AgentService::Dead(why) => Err(StepError::permanent(format!("{AGENT_DEAD}{why}"))),
+                AgentService::Restarted(n) => Err(StepError::permanent(format!(
+                    "{AGENT_DEAD}the rancher-system-agent service exited and was restarted {n} time(s)"
+                ))),
+                AgentService::Starting => Ok(None),
+                AgentService::Healthy | AgentService::Unknown => Ok(machine_of_node(call).await?.map(|_| ())),
+            }
+        })
+        .await
     } else {
         machine_of_node(call).await?.map(|_| ()).ok_or_else(|| StepError::permanent("installer failed"))
     };
     match registered {
         Ok(()) => Ok(Outcome::AgentStarted),
-        Err(e) if e.message.starts_with("timed out") || e.message == "installer failed" => {
-            let evidence = exec(
-                ctx,
-                call.actor,
-                "systemctl status rancher-system-agent --no-pager 2>&1 | tail -n 5; journalctl -u rancher-system-agent -n 20 --no-pager 2>&1 | tail -n 20",
-            )
-            .await
-            .map(|o| tail(&format!("{}\n{}", o.stdout, o.stderr), 12))
-            .unwrap_or_else(|e| format!("could not read it: {}", e.message));
+        Err(e) if e.message.starts_with("timed out") || e.message == "installer failed" || e.message.starts_with(AGENT_DEAD) => {
+            let why = match e.message.strip_prefix(AGENT_DEAD) {
+                Some(why) => format!(" ({why})"),
+                None => String::new(),
+            };
+            let evidence = agent_evidence(call).await;
             let installer = tail(&format!("{}\n{}", out.stdout, out.stderr), 8);
             let text = format!(
-                "node {} did not register: the installer exited {} and Rancher lists no machine for it{}; installer output: {}; agent on the node: {}",
+                "node {} did not register{why}: the installer exited {}{}; installer output: {}; agent on the node: {}",
                 call.actor,
                 out.status,
-                if out.status == 0 { format!(" after {grace}s") } else { String::new() },
+                match (out.status, why.is_empty()) {
+                    (0, true) => format!(" and Rancher lists no machine for it after {grace}s"),
+                    (0, false) => String::new(),
+                    _ => " and Rancher lists no machine for it".to_string(),
+                },
                 if installer.is_empty() { "(none)".to_string() } else { installer },
                 if evidence.is_empty() { "(nothing)".to_string() } else { evidence },
             );
@@ -609,6 +840,7 @@ pub async fn wait_machine_running(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
     let progress = ProgressLog::new(call);
     let what = format!("the machine of node {} to be Running", call.actor);
+    let looked = Mutex::new(std::time::Instant::now());
     poll(ctx, ctx.plan.timeouts.active_s, &what, || async {
         let Some(m) = machine_of_node(call).await? else {
             return Err(StepError::transient("no machine listed for this node"));
@@ -619,6 +851,29 @@ pub async fn wait_machine_running(call: &StepCall<'_>) -> StepResult<Outcome> {
         let phase = m.phase.clone().unwrap_or_else(|| "no phase".into());
         if let (Some(node), "Running") = (&m.node_ref, phase.as_str()) {
             return Ok(Some(Outcome::MachineRunning { machine: m.name.clone(), node: node.clone() }));
+        }
+        // An agent that died after it registered leaves the machine
+        // waiting for it for good: seen on the node every few seconds.
+        // Only `failed` or gone counts here (an agent that has run a
+        // while may have been restarted for good reasons).
+        let look = {
+            let mut at = looked.lock().expect("not poisoned");
+            let due = at.elapsed() >= AGENT_LOOK_EVERY;
+            if due {
+                *at = std::time::Instant::now();
+            }
+            due
+        };
+        if look {
+            if let AgentService::Dead(why) = agent_service(call).await {
+                let text = format!(
+                    "node {}'s agent stopped ({why}) while its machine {} is {phase}; agent on the node: {}",
+                    call.actor,
+                    m.name,
+                    agent_evidence(call).await
+                );
+                return Err(StepError::permanent(call.ctx.redact(&text)));
+            }
         }
         let now = progress_of(&m);
         let message = if now.is_empty() { phase } else { format!("{phase}: {now}") };

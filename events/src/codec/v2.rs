@@ -64,6 +64,7 @@ impl From<Plan> for crate::Plan {
             poll_ms: p.poll_ms,
             distribution: Distribution::Rke1,
             kubernetes_version: None,
+            rancher_url: None,
         }
     }
 }

@@ -190,6 +190,9 @@ pub struct DockerDriver {
     /// Serialises network creation (an engine of API 1.41 accepts two
     /// networks of one name when created at once).
     network_lock: tokio::sync::Mutex<()>,
+    /// This process made (or looked for) the network to put machines on:
+    /// it never removes it.
+    made_network: std::sync::atomic::AtomicBool,
     /// Per container: does its image have `sudo`, and does exec run as root.
     sudo: Mutex<HashMap<String, (bool, bool)>>,
     /// Create+start latencies and concurrency (for the benchmark).
@@ -213,6 +216,7 @@ impl DockerDriver {
             cfg,
             rancher_ip: Mutex::new(None),
             network_lock: tokio::sync::Mutex::new(()),
+            made_network: std::sync::atomic::AtomicBool::new(false),
             sudo: Mutex::new(HashMap::new()),
             stats: engine::Stats::default(),
             state_dir: state_dir.to_path_buf(),
@@ -251,6 +255,7 @@ impl DockerDriver {
     /// The network (made if missing) and the server's reserved address.
     async fn ensure_network(&self, e: &Engine) -> Result<String, DriverError> {
         let _one = self.network_lock.lock().await;
+        self.made_network.store(true, std::sync::atomic::Ordering::SeqCst);
         let name = self.network();
         let ip = match e.network_subnet(&name, &self.cluster).await? {
             Some(subnet) => engine::reserved_ip(&subnet)?,
@@ -291,10 +296,13 @@ impl DockerDriver {
             let after = &rest[i + 4..];
             let after_ok = after.starts_with([' ', '\t']);
             out.push_str(&rest[..i]);
-            if !(before_ok && after_ok) {
+            if before_ok && after_ok {
+                // the word and the blank after it
+                rest = &after[1..];
+            } else {
                 out.push_str("sudo");
+                rest = after;
             }
-            rest = after;
         }
         out.push_str(rest);
         out
@@ -424,10 +432,16 @@ impl MachineDriver for DockerDriver {
         } else {
             e.remove(&self.container(name), true).await?;
         }
-        // The last machine of the cluster takes the network with it.
-        if e.list_containers(&self.cluster).await?.is_empty() {
+        // The last machine of the cluster takes the network with it, in a
+        // process that only removes (`down`): an `up` removes a broken
+        // machine to make it again, on a network the others use or are
+        // about to. Checked under the lock, after this container is gone,
+        // so of two removals that end together the later one sees both gone.
+        if !self.made_network.load(std::sync::atomic::Ordering::SeqCst) {
             let _one = self.network_lock.lock().await;
-            e.remove_network(&self.network(), &self.cluster).await?;
+            if e.list_containers(&self.cluster).await?.is_empty() {
+                e.remove_network(&self.network(), &self.cluster).await?;
+            }
         }
         Ok(())
     }
@@ -507,9 +521,20 @@ impl MachineDriver for DockerDriver {
     fn api_url(&self, url: &str) -> String {
         let host = url.split("://").nth(1).unwrap_or(url).split(['/', ':']).next().unwrap_or("");
         let ours = self.rancher_ip.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        match ours {
-            Some(ip) if ip != host => url.to_string(),
-            _ => {
+        // Ours: the address this process saw, or (before it looked) one of
+        // the shape only this driver gives a server (`10.200-254.x.2`); any
+        // other server (an existing Rancher) is reached where it is.
+        let shaped = |h: &str| {
+            let o: Vec<u8> = h.split('.').filter_map(|p| p.parse().ok()).collect();
+            o.len() == 4 && o[0] == 10 && o[1] >= 200 && o[3] == 2
+        };
+        let is_ours = match ours {
+            Some(ip) => ip == host,
+            None => shaped(host),
+        };
+        match is_ours {
+            false => url.to_string(),
+            true => {
                 let addr = match self.cfg.publish_address.parse::<std::net::IpAddr>() {
                     Ok(std::net::IpAddr::V6(a)) => format!("[{a}]"),
                     Ok(a) if a.is_unspecified() => "127.0.0.1".to_string(),
@@ -541,6 +566,16 @@ mod tests {
         );
         assert_eq!(DockerDriver::without_sudo("sudo systemctl status a"), "systemctl status a");
         assert_eq!(DockerDriver::without_sudo("echo pseudo sudoers"), "echo pseudo sudoers");
+    }
+
+    #[test]
+    fn only_our_server_is_reached_through_the_published_port() {
+        let d = DockerDriver::new("c", DockerConfig { publish_port: 4443, ..DockerConfig::default() }, Path::new("/nonexistent"));
+        assert_eq!(d.api_url("https://10.231.4.2"), "https://127.0.0.1:4443", "before it looked: by shape");
+        assert_eq!(d.api_url("https://rancher.example.com"), "https://rancher.example.com");
+        d.remember_rancher_ip("10.231.4.2");
+        assert_eq!(d.api_url("https://10.231.4.2"), "https://127.0.0.1:4443");
+        assert_eq!(d.api_url("https://10.231.9.2"), "https://10.231.9.2");
     }
 
     #[test]

@@ -177,16 +177,28 @@ fn exec_out(status: i32, stdout: impl Into<String>, stderr: impl Into<String>) -
 /// at the agent's service?
 pub fn is_system_agent_command(command: &str) -> bool {
     let first = command.split_whitespace().find(|w| *w != "sudo").unwrap_or("");
-    command.contains("system-agent-install.sh") || first == "systemctl" || first == "journalctl"
+    command.contains("system-agent-install.sh")
+        || first == "systemctl"
+        || first == "journalctl"
+        || (first == "test" && command.contains(AGENT_UNIT))
 }
 
+/// The unit file the installer writes (rancher-current.md §2.7). On the
+/// local machine it exists once the installer got as far as creating it:
+/// when the service has a state.
+const AGENT_UNIT: &str = "/etc/systemd/system/rancher-system-agent.service";
+
 /// `curl … /system-agent-install.sh | sudo sh -s - …`, `systemctl status
-/// rancher-system-agent`, `journalctl -u rancher-system-agent`.
+/// rancher-system-agent`, `journalctl -u rancher-system-agent`, `test -f
+/// /etc/systemd/system/rancher-system-agent.service [&& echo WORD]`.
 pub async fn shell(host: &Host, command: &str) -> rmm_actors::ports::ExecOutput {
     if command.contains("system-agent-install.sh") {
         return install(host, command).await;
     }
     start_service(host).await;
+    if command.split_whitespace().find(|w| *w != "sudo") == Some("test") {
+        return test_unit(host, command);
+    }
     let words = match shell_words::split(command) {
         Ok(w) => w,
         Err(_) => return exec_out(2, "", "bash: syntax error: unterminated quoted string\n"),
@@ -196,9 +208,18 @@ pub async fn shell(host: &Host, command: &str) -> rmm_actors::ports::ExecOutput 
     let state = std::fs::read_to_string(agent_dir(host).join("state")).ok();
     let log = std::fs::read_to_string(agent_dir(host).join("journal")).unwrap_or_default();
     match words.first().copied() {
+        // systemd shows a unit it does not know as not-found, and exits 0
+        Some("systemctl") if unit_named && state.is_none() && words.contains(&"show") => {
+            exec_out(0, "NRestarts=0\nLoadState=not-found\nActiveState=inactive\n", "")
+        }
         Some("systemctl") if unit_named => match state.as_deref().map(str::trim) {
             None => exec_out(4, "", "Unit rancher-system-agent.service could not be found.\n"),
             Some(s) if words.contains(&"is-active") => exec_out(if s == "active" { 0 } else { 3 }, format!("{s}\n"), ""),
+            // `systemctl show -p LoadState -p ActiveState -p NRestarts`: a
+            // service here never restarts (a failed one stays `failed`)
+            Some(s) if words.contains(&"show") => {
+                exec_out(0, format!("NRestarts=0\nLoadState=loaded\nActiveState={s}\n"), "")
+            }
             Some(s) => {
                 let active = if s == "active" { "active (running)" } else { "failed (Result: exit-code)" };
                 let tail: String = log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().map(|l| format!("{l}\n")).collect();
@@ -226,6 +247,23 @@ pub async fn shell(host: &Host, command: &str) -> rmm_actors::ports::ExecOutput 
         Some(other) => exec_out(127, "", format!("bash: {other}: command not found in the local world\n")),
         None => exec_out(0, "", ""),
     }
+}
+
+/// `test -f <unit> [&& echo WORD]`: whether the installer wrote the unit.
+fn test_unit(host: &Host, command: &str) -> rmm_actors::ports::ExecOutput {
+    let Ok(words) = shell_words::split(command) else {
+        return exec_out(2, "", "bash: syntax error: unterminated quoted string\n");
+    };
+    let words: Vec<&str> = words.iter().map(String::as_str).filter(|w| *w != "sudo").collect();
+    let echo = match words.as_slice() {
+        ["test", "-f", AGENT_UNIT] => None,
+        ["test", "-f", AGENT_UNIT, "&&", "echo", word] => Some(*word),
+        _ => return exec_out(127, "", "bash: only `test -f <the agent's unit> [&& echo WORD]` is known in the local world\n"),
+    };
+    if !agent_dir(host).join("state").exists() {
+        return exec_out(1, "", "");
+    }
+    exec_out(0, echo.map(|w| format!("{w}\n")).unwrap_or_default(), "")
 }
 
 fn journal(host: &Host, line: &str) {
@@ -446,6 +484,7 @@ pub async fn register(host: &Host, flags: &AgentFlags, header: impl Fn(&str) -> 
         }
         Err(e) => return exec_out(1, stdout, format!("[FATAL]  000 received while downloading Rancher connection information ({e})\n")),
     };
+    crash_point("RMM_LOCAL_CRASH_AFTER_REGISTER", &node);
     say("[INFO]  Successfully downloaded Rancher connection information");
     say("[INFO]  systemd: Creating service file");
     say("[INFO]  Creating environment file /etc/systemd/system/rancher-system-agent.env");
@@ -459,10 +498,23 @@ pub async fn register(host: &Host, flags: &AgentFlags, header: impl Fn(&str) -> 
         return exec_out(1, stdout, format!("[FATAL]  writing the connection information: {e}\n"));
     }
     set_state(host, "activating");
+    crash_point("RMM_LOCAL_CRASH_BEFORE_CHECK_IN", &node);
     // 4. systemd starts the service, which checks in
     start_service(host).await;
     tracing::info!(machine = %host.name, node = %node, roles = ?flags.roles(), "system-agent registered");
     exec_out(0, stdout, "")
+}
+
+/// Crash drills of the local world (rmm killed while the installer runs
+/// on node NAME): `RMM_LOCAL_CRASH_AFTER_REGISTER=NAME` aborts right after
+/// Rancher answered the registration call, before the unit exists;
+/// `RMM_LOCAL_CRASH_BEFORE_CHECK_IN=NAME` right after the unit exists,
+/// before its service checked in.
+fn crash_point(var: &str, node: &str) {
+    if std::env::var(var).is_ok_and(|n| n == node) {
+        crate::errln!("rmm: crash point {var}={node} reached; aborting");
+        std::process::abort();
+    }
 }
 
 /// `rancher-system-agent emulator system-agent -- ARGS`: what the served
@@ -499,12 +551,12 @@ pub async fn system_agent_main(args: &[String]) -> i32 {
             std::fs::write(unit, "[Unit]\nDescription=Rancher System Agent (rmm emulator)\n[Service]\nExecStart=/usr/local/bin/rancher-system-agent sentinel\n")
         });
         if let Err(e) = written {
-            let _ = writeln!(std::io::stderr(), "[FATAL]  writing {SYSTEMD_UNIT}: {e}");
+            let _ = writeln!(crate::cli::stderr(), "[FATAL]  writing {SYSTEMD_UNIT}: {e}");
             return 1;
         }
     }
-    let _ = std::io::stdout().write_all(out.stdout.as_bytes());
-    let _ = std::io::stderr().write_all(out.stderr.as_bytes());
+    let _ = crate::cli::stdout().write_all(out.stdout.as_bytes());
+    let _ = crate::cli::stderr().write_all(out.stderr.as_bytes());
     out.status
 }
 

@@ -267,13 +267,17 @@ pub fn parse_run(args: &[String]) -> Result<RunSpec, String> {
                         }
                     }
                 },
-                // docker's env file: `NAME=VALUE` lines (`#` comments and
-                // blank lines skipped; `NAME` alone takes the caller's
-                // value), read when the container is created.
+                // docker reads the file client-side, relative to its own
+                // working directory: `KEY=VALUE` lines, `KEY` alone takes
+                // the caller's value, `#` comments and blank lines skipped
+                // (docs.docker.com, `docker run --env-file`).
                 "--env-file" => {
                     let text = fs::read_to_string(&value)
-                        .map_err(|e| format!("open {}: {}", showable(&value), e.kind()))?;
-                    for line in text.lines().map(str::trim_start).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                        .map_err(|e| format!("open {}: {}", showable(&value), io_text(&e)))?;
+                    for line in text.lines().map(str::trim_start) {
+                        if line.is_empty() || line.starts_with('#') {
+                            continue;
+                        }
                         match line.split_once('=') {
                             Some((k, v)) => spec.env.push((k.to_string(), v.to_string())),
                             None => {
@@ -1019,4 +1023,13 @@ fn proc_stat(pid: i32) -> Option<(char, u64)> {
 pub fn random_hex(bytes: usize) -> String {
     let mut rng = rand::thread_rng();
     (0..bytes).map(|_| format!("{:02x}", rng.gen::<u8>())).collect()
+}
+
+/// `no such file or directory`, as Go prints it.
+fn io_text(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such file or directory".into(),
+        io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
 }

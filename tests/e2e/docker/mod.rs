@@ -165,8 +165,20 @@ fn docker_up_makes_rancher_and_six_nodes_as_containers_that_register_from_their_
     assert!(!inspect.contains("CATTLE_BOOTSTRAP_PASSWORD="), "the password reached docker inspect");
     let events = w.t.events();
     let secrets: Value = serde_json::from_str(&std::fs::read_to_string(w.t.state().join("secrets.json")).unwrap()).unwrap();
-    for v in secrets.as_object().unwrap().values().filter_map(Value::as_str).filter(|v| v.len() >= 12) {
-        assert!(!inspect.contains(v), "a secret of the run is in docker inspect of the server");
+    // Every secret of the run, and the registration token inside the node
+    // command, in no container's configuration (`docker inspect`).
+    let mut values: Vec<String> = secrets.as_object().unwrap().values().filter_map(Value::as_str).filter(|v| v.len() >= 12).map(String::from).collect();
+    let tokens: Vec<String> = values
+        .iter()
+        .filter_map(|v| v.split_whitespace().skip_while(|w| *w != "--token").nth(1).map(String::from))
+        .collect();
+    assert!(!tokens.is_empty(), "the node command is among the run's secrets");
+    values.extend(tokens);
+    let mut inspect_all = vec!["inspect"];
+    inspect_all.extend(containers.iter().map(String::as_str));
+    let all = docker(&inspect_all);
+    for v in &values {
+        assert!(!all.contains(v.as_str()), "a secret of the run is in docker inspect of a container");
     }
     assert!(!events.is_empty());
 
@@ -339,4 +351,43 @@ fn docker_a_node_killed_before_its_agent_ran_is_started_again_by_the_resume_at_i
         .unwrap();
     assert_eq!(m["metadata"]["annotations"]["emulator.rmm.io/registered-from"], ip.as_str(), "{m}");
     w.t.rmm(&["down"]).ok();
+}
+
+#[test]
+fn docker_a_half_made_node_container_is_removed_and_made_again_and_a_stopped_one_not_of_this_run_is_refused() {
+    let Some(w) = World::new("the docker driver's half-made container") else { return };
+    // What a create cut by a crash leaves: created with the cluster's
+    // labels, never started (no command of ours ran in it).
+    let worker = format!("rmm-{}-worker01", w.cluster);
+    let labels = [format!("io.rmm.cluster={}", w.cluster), "io.rmm.machine=worker01".into(), "io.rmm.role=worker".into()];
+    let mut args = vec!["create".to_string(), "--name".into(), worker.clone()];
+    for l in &labels {
+        args.extend(["--label".into(), l.clone()]);
+    }
+    args.push(w.node_image.clone());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let half_made = docker(&args).trim().to_string();
+    w.t.rmm(&["up", "--masters", "1", "--workers", "1"]).ok();
+    let now = docker(&["inspect", "-f", "{{.Id}} {{.State.Status}}", &worker]);
+    let (id, state) = now.trim().split_once(' ').unwrap();
+    assert_ne!(id, half_made, "the half-made container was removed and a new one made");
+    assert_eq!(state, "running");
+    let machines = w.ask(&["/v1/cluster.x-k8s.io.machines/fleet-default"]);
+    assert_eq!(machines[0]["data"].as_array().unwrap().len(), 2, "registered once each");
+    w.t.rmm(&["down"]).ok();
+
+    // A stopped container of that name that this run did not make: the
+    // fresh run refuses to take it over, naming it.
+    let other = TestDir::new();
+    std::fs::copy(w.t.tmp.path().join("rmm.toml"), other.tmp.path().join("rmm.toml")).unwrap();
+    let mut run = vec!["run", "-d"];
+    run.extend_from_slice(&args[1..]);
+    let stopped = docker(&run).trim().to_string();
+    docker(&["kill", &stopped]);
+    let refused = other.rmm(&["up", "--masters", "1", "--workers", "1"]).run();
+    assert!(!refused.status.success());
+    let err = text(&refused.stderr);
+    assert!(err.contains("worker01") && err.contains("already exists"), "{err}");
+    assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &worker]).trim(), stopped, "left alone");
+    other.rmm(&["down", "--orphans"]).ok();
 }
