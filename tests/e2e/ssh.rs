@@ -329,30 +329,9 @@ fn secrets(t: &TestDir) -> Vec<String> {
 
 /// GET `paths` from the emulator as admin.
 fn ask(t: &TestDir, paths: &[&str]) -> Vec<Value> {
-    let creds = t.credentials();
-    let url = creds["url"].as_str().expect("url").to_string();
-    let password = creds["password"].as_str().unwrap().to_string();
-    let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async move {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let c = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
-        let login: Value = c
-            .post(format!("{url}/v3-public/localProviders/local?action=login"))
-            .json(&serde_json::json!({"username": "admin", "password": password}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = login["token"].as_str().expect("admin login").to_string();
-        let mut out = Vec::new();
-        for p in paths {
-            out.push(c.get(format!("{url}{p}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap());
-        }
-        out
-    })
+    // the admin session of support.rs, over the CA pinned in the log
+    let admin = crate::support::Admin::login(t);
+    paths.iter().map(|p| admin.get(p)).collect()
 }
 
 fn machines_by_node(t: &TestDir) -> Vec<String> {
