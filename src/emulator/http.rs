@@ -384,6 +384,17 @@ struct Caller {
     is_derived: bool,
 }
 
+/// The authentication filter: who the request's credentials name, if any.
+fn caller_of(model: &crate::emulator::model::Model, req: &Req) -> Option<Caller> {
+    credentials(req.headers).and_then(|c| {
+        model.authenticate(req.now, &c).map(|t| Caller {
+            token: t.name.clone(),
+            user_id: t.user_id.clone(),
+            is_derived: t.is_derived,
+        })
+    })
+}
+
 /// Bearer, Basic (name:secret) or the `R_SESS` cookie (§1.2).
 fn credentials(headers: &HeaderMap) -> Option<String> {
     let auth = header_str(headers, "authorization").trim();
@@ -798,13 +809,7 @@ fn steve_collection(req: &Req, ty: &str, mut data: Vec<Value>, creatable: bool) 
 
 fn v1_api(req: &Req) -> Result<Response, ApiError> {
     let mut inner = req.app.inner.lock().unwrap_or_else(|p| p.into_inner());
-    let caller = credentials(req.headers).and_then(|c| {
-        inner.model.authenticate(req.now, &c).map(|t| Caller {
-            token: t.name.clone(),
-            user_id: t.user_id.clone(),
-            is_derived: t.is_derived,
-        })
-    });
+    let caller = caller_of(&inner.model, req);
     let Some(caller) = caller else {
         return Ok(json_resp(401, &render::filter_401(), &req.base));
     };
@@ -954,13 +959,7 @@ fn v3(req: &Req) -> Result<Response, ApiError> {
         return Ok(json_resp(200, &v, &req.base));
     }
     // the authentication filter
-    let caller = credentials(req.headers).and_then(|c| {
-        inner.model.authenticate(req.now, &c).map(|t| Caller {
-            token: t.name.clone(),
-            user_id: t.user_id.clone(),
-            is_derived: t.is_derived,
-        })
-    });
+    let caller = caller_of(&inner.model, req);
     let Some(caller) = caller else {
         return Ok(json_resp(401, &render::filter_401(), &req.base));
     };

@@ -848,18 +848,7 @@ impl Model {
         };
         let env_vars = self
             .cluster(&rt.cluster_id)
-            .and_then(|c| c.spec.get("agentEnvVars"))
-            .and_then(Value::as_array)
-            .map(|vars| {
-                vars.iter()
-                    .filter_map(|v| {
-                        let name = v.get("name")?.as_str()?;
-                        let value = v.get("value").and_then(Value::as_str).unwrap_or("");
-                        Some(format!("-e {name}={value}"))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
+            .map(|c| agent_env_vars(c.spec.get("agentEnvVars")).iter().map(|(n, v)| format!("-e {n}={v}")).collect::<Vec<_>>().join(" "))
             .unwrap_or_default();
         let image = self.setting_value("agent-image");
         let node_command = format!(
@@ -980,6 +969,21 @@ impl Model {
         let worker = first(|n| n.worker)?;
         Some(etcd.max(cp).max(worker))
     }
+}
+
+/// A cluster spec's `agentEnvVars` (`[{name, value}]`, in order) as pairs,
+/// for the node commands the v3 and v1 tokens show.
+pub fn agent_env_vars(vars: Option<&Value>) -> Vec<(String, String)> {
+    vars.and_then(Value::as_array)
+        .map(|vars| {
+            vars.iter()
+                .filter_map(|v| {
+                    let name = v.get("name")?.as_str()?;
+                    Some((name.to_string(), v.get("value").and_then(Value::as_str).unwrap_or("").to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -1335,3 +1339,4 @@ mod tests {
         assert_eq!(m.cluster_active_since(&c2, 500), Some(500));
     }
 }
+

@@ -584,17 +584,8 @@ impl Model {
     pub fn system_agent_commands(&self, rt: &RegistrationToken, server: &str) -> Commands {
         let env = self
             .prov_by_mgmt(&rt.cluster_id)
-            .and_then(|pc| pc.spec.get("agentEnvVars"))
-            .and_then(Value::as_array)
-            .map(|vars| {
-                vars.iter()
-                    .filter_map(|v| {
-                        let name = v.get("name")?.as_str()?;
-                        let value = v.get("value").and_then(Value::as_str).unwrap_or("");
-                        Some(format!("{name}=\"{value}\""))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
+            .map(|pc| {
+                super::model::agent_env_vars(pc.spec.get("agentEnvVars")).iter().map(|(n, v)| format!("{n}=\"{v}\"")).collect::<Vec<_>>().join(" ")
             })
             .unwrap_or_default();
         let checksum = if self.cacerts.is_empty() {
