@@ -22,7 +22,11 @@ pub const RANCHER_STEPS: &[Step] = &[
     Step::WaitNodeCommand,
     Step::WaitClusterActive,
 ];
-pub const NODE_STEPS: &[Step] = &[Step::CreateMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitNodeActive];
+/// A node: its machine, checked once per attempt (`CheckMachine`: a
+/// machine stopped after its agent ran is started again and waited for),
+/// the agent, then Rancher's view of the node.
+pub const NODE_STEPS: &[Step] =
+    &[Step::CreateMachine, Step::CheckMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitNodeActive];
 pub const REMOVE_STEPS: &[Step] = &[Step::RemoveMachine];
 
 /// The rancher actor's steps for rke2/k3s (reference/rancher-current.md §2,
@@ -49,7 +53,8 @@ pub const V1_RANCHER_STEPS: &[Step] = &[
 ];
 /// A node on rke2/k3s: the installer (which checks its registration),
 /// the machine listed, then `Running` with a `nodeRef` (§2.8).
-pub const V1_NODE_STEPS: &[Step] = &[Step::CreateMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitMachineRunning];
+pub const V1_NODE_STEPS: &[Step] =
+    &[Step::CreateMachine, Step::CheckMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitMachineRunning];
 
 /// The rancher actor on an existing Rancher (`--rancher-url`): the v1
 /// steps without the machine and the server container. `/ping`, the CA,
@@ -344,6 +349,8 @@ mod tests {
     fn a_node_with_a_machine_waits_for_permission_to_join() {
         let g = given().done("master01", Step::CreateMachine, machine());
         assert_eq!(g.next("master01", NODE_STEPS, false), Next::Wait);
+        assert_eq!(g.next("master01", NODE_STEPS, true), Next::Run { step: Step::CheckMachine, try_no: 1, delay_ms: 0 });
+        let g = g.done("master01", Step::CheckMachine, Outcome::MachineUp { ip: "127.0.0.2".into() });
         assert_eq!(g.next("master01", NODE_STEPS, true), Next::Run { step: Step::RunAgent, try_no: 1, delay_ms: 0 });
     }
 
@@ -351,6 +358,22 @@ mod tests {
     fn an_intent_without_outcome_from_an_earlier_attempt_is_reconciled_not_redone() {
         let g = given().started("rancher", Step::CreateMachine, 1).attempt(2);
         assert_eq!(g.next("rancher", RANCHER_STEPS, true), Next::Reconcile { step: Step::CreateMachine, try_no: 1 });
+    }
+
+    #[test]
+    fn a_resume_checks_each_nodes_machine_again_even_when_every_step_succeeded() {
+        let mut g = given();
+        for s in NODE_STEPS {
+            g = g.done("worker01", *s, machine());
+        }
+        assert_eq!(g.next("worker01", NODE_STEPS, true), Next::Done);
+        let g = g.attempt(2);
+        assert_eq!(g.next("worker01", NODE_STEPS, true), Next::Run { step: Step::CheckMachine, try_no: 1, delay_ms: 0 });
+        // A machine started again at another address: that address holds
+        // from then on, in later attempts too.
+        let g = g.ok("worker01", Step::CheckMachine, Outcome::MachineStartedAgain { state: "stopped".into(), ip: "10.0.0.9".into() }).attempt(3);
+        assert_eq!(g.state().actor("worker01").unwrap().ip(), Some("10.0.0.9"));
+        assert_eq!(g.next("worker01", NODE_STEPS, true), Next::Run { step: Step::CheckMachine, try_no: 1, delay_ms: 0 });
     }
 
     #[test]
@@ -450,7 +473,7 @@ mod tests {
         assert!(pos(Step::WaitClusterName) < pos(Step::WaitNodeCommand));
         assert_eq!(V1_RANCHER_STEPS.last(), Some(&Step::WaitClusterReady));
         assert!(!V1_RANCHER_STEPS.contains(&Step::CreateRegistrationToken), "default-token is Rancher's own");
-        assert_eq!(V1_NODE_STEPS, &[Step::CreateMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitMachineRunning]);
+        assert_eq!(V1_NODE_STEPS, &[Step::CreateMachine, Step::CheckMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitMachineRunning]);
         // rke1 keeps its order, with the version check before the login.
         assert_eq!(steps_for(Role::Rancher, false, rmm_events::Distribution::Rke1), RANCHER_STEPS);
         assert_eq!(steps_for(Role::Worker, false, rmm_events::Distribution::K3s), V1_NODE_STEPS);

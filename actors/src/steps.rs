@@ -154,6 +154,10 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
         Step::WaitClusterName => format!("status.clusterName set (timeout {}s)", ctx.plan.timeouts.node_command_s),
         Step::WaitMachineRunning => format!("machine of node {} Running with a nodeRef (timeout {}s)", call.actor, ctx.plan.timeouts.active_s),
         Step::WaitClusterReady => format!("ready, Ready=True, Provisioned=True (timeout {}s)", ctx.plan.timeouts.active_s),
+        Step::CheckMachine => format!(
+            "machine {} running? (started again if stopped, then waited for until Rancher shows the node back; timeout {}s)",
+            call.actor, ctx.plan.timeouts.active_s
+        ),
         _ => String::new(),
     })
 }
@@ -213,6 +217,7 @@ async fn effect_once(call: &StepCall<'_>) -> StepResult<Outcome> {
         Step::WaitClusterName => v1::wait_cluster_name(call).await,
         Step::WaitMachineRunning => v1::wait_machine_running(call).await,
         Step::WaitClusterReady => v1::wait_cluster_ready(call).await,
+        Step::CheckMachine => check_machine(call).await,
     }
 }
 
@@ -272,8 +277,10 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
         Step::CreateRegistrationToken => find_registration_token(call).await,
         Step::RunAgent => Ok(agent_ran(call).await?.then_some(Outcome::AgentStarted)),
         Step::RemoveMachine => Ok(ctx.driver.inspect(call.actor).await?.is_none().then_some(Outcome::MachineRemoved)),
-        // Re-run: it only looks, and starts the server only when it is down.
+        // Re-run: it only looks, and starts the server (or the machine)
+        // only when it is down.
         Step::CheckServer
+        | Step::CheckMachine
         | Step::WaitReady
         | Step::PinCa
         | Step::Login
@@ -360,6 +367,110 @@ async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
         Some(ip) => Ok(Outcome::MachineCreated { ip }),
         None => Err(StepError::transient(format!("machine {} has no address", call.actor))),
     }
+}
+
+/// Once per attempt, for a node (see `Step::CheckMachine`), through the
+/// driver port only:
+/// * running: adopted, its address as the driver gives it now;
+/// * stopped (`docker kill`, a reboot): started again through
+///   [`crate::ports::MachineDriver::restart`], its address read anew and
+///   recorded (later steps, `status` and `credentials` use it). If its
+///   agent had run, the step then waits until Rancher shows the node back
+///   (v1: its machine `Running` with a `nodeRef` and `Ready` not `False`;
+///   rke1: the node `active`), failing at once, with Rancher's reason,
+///   when Rancher says the machine failed. On real nodes the system-agent
+///   is an enabled systemd unit and comes back with the machine
+///   (reference/rancher-current.md §2.7: the installer enables
+///   `rancher-system-agent.service`);
+/// * gone: made again while its agent never ran (nothing in Rancher names
+///   it yet); once the agent ran, one clear line and the run fails: a new
+///   machine would register the node a second time (its system-agent id is
+///   new), which Rancher counts as another machine of the same node.
+async fn check_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let agent_ran = call.state.step(Step::RunAgent).is_some();
+    let found = bounded(format!("looking at machine {}", call.actor), ctx.driver.inspect(call.actor)).await?;
+    let recorded = call.state.ip().map(str::to_string);
+    match found {
+        Some(m) if m.state == MachineState::Running => match m.ip.or(recorded) {
+            Some(ip) => Ok(Outcome::MachineUp { ip }),
+            None => Err(StepError::transient(format!("machine {} runs but has no address yet", call.actor))),
+        },
+        Some(m) if m.state == MachineState::Stopped => {
+            let Some(m) = bounded(format!("starting machine {} again", call.actor), ctx.driver.restart(call.actor)).await? else {
+                return Err(StepError::permanent(format!(
+                    "machine {} is stopped and the {} driver cannot start it again: start it yourself, then rmm up --resume",
+                    call.actor, ctx.plan.driver
+                )));
+            };
+            let Some(ip) = m.ip.filter(|_| m.state == MachineState::Running) else {
+                return Err(StepError::transient(format!("machine {} was started again but does not run with an address yet", call.actor)));
+            };
+            tracing::warn!(machine = call.actor, %ip, "the node's machine was stopped: started it again");
+            if agent_ran {
+                node_back(call).await?;
+            }
+            Ok(Outcome::MachineStartedAgain { state: "stopped".into(), ip })
+        }
+        Some(m) => Err(StepError::transient(format!(
+            "machine {} is {}: not running",
+            call.actor,
+            match &m.state {
+                MachineState::Creating => "still being created".to_string(),
+                MachineState::Error(why) => format!("broken ({why})"),
+                _ => "in an unknown state".to_string(),
+            }
+        ))),
+        None if agent_ran => Err(StepError::permanent(format!(
+            "machine {} is gone (the {} driver finds no such machine) after its agent registered it with Rancher; rmm does not make it again (it would register the node a second time): run rmm down, then rmm up",
+            call.actor, ctx.plan.driver
+        ))),
+        None => {
+            let spec = MachineSpec { name: call.actor.to_string(), cluster: ctx.plan.cluster_name.clone(), role: call.role };
+            let timeout = Duration::from_secs(ctx.plan.timeouts.machine_create_s);
+            let machine = tokio::time::timeout(timeout, ctx.driver.create(&spec))
+                .await
+                .map_err(|_| StepError::transient(format!("machine {} not created within {}s", call.actor, timeout.as_secs())))??;
+            match machine.ip {
+                Some(ip) => Ok(Outcome::MachineMadeAgain { ip }),
+                None => Err(StepError::transient(format!("machine {} has no address", call.actor))),
+            }
+        }
+    }
+}
+
+/// After a node's machine was started again: Rancher shows the node back
+/// (see [`check_machine`]).
+async fn node_back(call: &StepCall<'_>) -> StepResult<()> {
+    let ctx = call.ctx;
+    let what = format!("Rancher to show node {} back after its machine was started again", call.actor);
+    if ctx.plan.distribution.is_v1() {
+        return poll(ctx, ctx.plan.timeouts.active_s, &what, || async {
+            let Some(m) = v1::machine_of_node(call).await? else {
+                return Err(StepError::transient("no machine listed for this node"));
+            };
+            if let Some(e) = v1::error_of(&format!("machine {}", m.name), &m) {
+                return Err(StepError::permanent(e));
+            }
+            let phase = m.phase.clone().unwrap_or_else(|| "no phase".into());
+            let ready = m.condition("Ready").is_none_or(|c| c.status == "True");
+            if phase == "Running" && m.node_ref.is_some() && ready {
+                return Ok(Some(()));
+            }
+            let why = m.condition("Ready").filter(|c| c.status != "True").map(|c| format!(", Ready {}: {}", c.status, c.message)).unwrap_or_default();
+            Err(StepError::transient(format!("{phase}{why}")))
+        })
+        .await;
+    }
+    poll(ctx, ctx.plan.timeouts.active_s, &what, || async {
+        match listed_node(call).await? {
+            Some(n) if n.state == "active" => Ok(Some(())),
+            Some(n) if n.state == "error" => Err(StepError::permanent(format!("node {} is in state error in Rancher", call.actor))),
+            Some(n) => Err(StepError::transient(format!("node is {}", n.state))),
+            None => Err(StepError::transient("node not listed")),
+        }
+    })
+    .await
 }
 
 async fn remove_machine(call: &StepCall<'_>) -> StepResult<Outcome> {

@@ -106,6 +106,13 @@ pub enum Step {
     /// Rancher and wait until both the v1 (provisioning) cluster and its
     /// management cluster are gone. Never touches the server itself.
     DeleteCluster,
+    /// Once per attempt, for a node: is its machine there and running?
+    /// Running: adopted. Stopped (`docker kill`, a reboot): started again
+    /// through the driver, its address read anew and recorded, and — when
+    /// its agent had run — waited for until Rancher shows the node back.
+    /// Gone: made again only while its agent never ran; else the run
+    /// fails with one line (a second registration of the node).
+    CheckMachine,
 }
 
 impl Step {
@@ -131,7 +138,7 @@ impl Step {
     /// Steps that hold for one attempt only: a new attempt runs them again
     /// (the fold forgets their success at `AttemptStarted`).
     pub fn once_per_attempt(self) -> bool {
-        matches!(self, Step::CheckServer)
+        matches!(self, Step::CheckServer | Step::CheckMachine)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -160,6 +167,7 @@ impl Step {
             Step::WaitMachineRunning => "wait_machine_running",
             Step::WaitClusterReady => "wait_cluster_ready",
             Step::DeleteCluster => "delete_cluster",
+            Step::CheckMachine => "check_machine",
         }
     }
 }
@@ -213,6 +221,15 @@ pub enum Outcome {
     /// `DeleteCluster`: the v1 cluster and its management cluster
     /// (`management_id`, empty when it was never named) are gone.
     ClusterDeleted { management_id: String },
+    /// `CheckMachine`: the node's machine was running (adopted), at `ip`.
+    MachineUp { ip: String },
+    /// `CheckMachine`: the node's machine was `state` (`stopped`) and was
+    /// started again; `ip` is its address now (it may have changed). When
+    /// its agent had run, Rancher showed the node back before this.
+    MachineStartedAgain { state: String, ip: String },
+    /// `CheckMachine`: the node's machine was gone before its agent ever
+    /// ran, and was made again, at `ip`.
+    MachineMadeAgain { ip: String },
 }
 
 /// How a step's outcome was established.
@@ -352,6 +369,9 @@ fn outcome_summary(outcome: &Outcome) -> String {
         Outcome::PasswordKept => ": the given password is the admin password (first login done before); kept".into(),
         Outcome::ClusterDeleted { management_id } if management_id.is_empty() => ": gone".into(),
         Outcome::ClusterDeleted { management_id } => format!(": gone, and management cluster {management_id}"),
+        Outcome::MachineUp { ip } => format!(": running, ip {ip}"),
+        Outcome::MachineStartedAgain { state, ip } => format!(": was {state}, started again, ip {ip}"),
+        Outcome::MachineMadeAgain { ip } => format!(": was gone before its agent ran, made again, ip {ip}"),
         Outcome::Ready
         | Outcome::ClusterActive
         | Outcome::AgentStarted

@@ -33,6 +33,10 @@ pub struct ActorState {
     /// planner's `waiting for probes: …`), from `Event::Progress`; cleared
     /// when a step starts or ends.
     pub progress: Option<String>,
+    /// The machine's address as last recorded: its create, or a
+    /// `CheckMachine` that found it (started again, its address may have
+    /// changed). Kept across attempts, unlike `CheckMachine`'s success.
+    pub address: Option<String>,
 }
 
 impl ActorState {
@@ -58,6 +62,13 @@ impl ActorState {
                 );
             }
             Event::StepSucceeded { step, outcome, .. } => {
+                match outcome {
+                    Outcome::MachineCreated { ip }
+                    | Outcome::MachineUp { ip }
+                    | Outcome::MachineStartedAgain { ip, .. }
+                    | Outcome::MachineMadeAgain { ip } => self.address = Some(ip.clone()),
+                    _ => {}
+                }
                 let (started_ms, tries) = match self.steps.get(step) {
                     Some(StepState::InFlight { started_ms, try_no, .. }) => (*started_ms, *try_no),
                     _ => (env.at_ms, 1),
@@ -127,12 +138,10 @@ impl ActorState {
         self.outcome(step).is_some()
     }
 
-    /// The machine's address, once created.
+    /// The machine's address, once created: as last recorded (a machine
+    /// started again may have another than at its create).
     pub fn ip(&self) -> Option<&str> {
-        match self.outcome(Step::CreateMachine) {
-            Some(Outcome::MachineCreated { ip }) => Some(ip),
-            _ => None,
-        }
+        self.address.as_deref()
     }
 
     /// The step in flight, if any.

@@ -254,6 +254,7 @@ impl Gen {
             Step::WaitClusterReady => Outcome::ClusterReady,
             Step::CheckServer => Outcome::ServerRunning,
             Step::DeleteCluster => Outcome::ClusterDeleted { management_id: "c-m-1".into() },
+            Step::CheckMachine => Outcome::MachineUp { ip: ip.into() },
         }
     }
 
@@ -305,7 +306,7 @@ impl Gen {
         // Rancher's chain up to the node command, with the node machines
         // created meanwhile.
         let mut queues: Vec<(String, VecDeque<Step>)> = vec![("rancher".into(), RANCHER_STEPS.iter().copied().take_while(|s| *s != Step::WaitClusterActive).collect())];
-        queues.extend(nodes.iter().map(|(n, _)| (n.clone(), VecDeque::from([Step::CreateMachine]))));
+        queues.extend(nodes.iter().map(|(n, _)| (n.clone(), VecDeque::from([Step::CreateMachine, Step::CheckMachine]))));
         self.interleave(&mut r, queues, &ips, Some(false));
         // A permanent failure (one run in twenty): the run fails, and a
         // resume starts over from the failed step.
@@ -336,7 +337,7 @@ impl Gen {
             if *role == Role::Worker {
                 let grant = self.emit(&mut r, "coordinator", listed, Event::JoinGranted { node: name.clone() });
                 r.last.insert(name.clone(), grant);
-                queues.push((name.clone(), NODE_STEPS[1..].iter().copied().collect()));
+                queues.push((name.clone(), NODE_STEPS[2..].iter().copied().collect()));
             } else {
                 queues.push((name.clone(), VecDeque::from([Step::WaitNodeActive])));
             }

@@ -105,6 +105,7 @@ pub fn short_step(step: Step) -> &'static str {
         Step::WaitMachineRunning => "running",
         Step::WaitClusterReady => "ready",
         Step::DeleteCluster => "delete",
+        Step::CheckMachine => "machine",
     }
 }
 

@@ -344,7 +344,7 @@ async fn v1_cluster(call: &StepCall<'_>, api: &Arc<dyn RancherApi>) -> StepResul
 
 /// An error transition or an error condition ends a wait with Rancher's
 /// own message (issue 8: "failures seen in seconds").
-fn error_of(what: &str, o: &SteveObject) -> Option<String> {
+pub(crate) fn error_of(what: &str, o: &SteveObject) -> Option<String> {
     if o.state.error {
         let m = if o.state.message.is_empty() { o.state.name.clone() } else { o.state.message.clone() };
         return Some(format!("{what} is in error: {m}"));
