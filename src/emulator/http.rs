@@ -766,6 +766,17 @@ fn plan_secret(req: &Req) -> Response {
     let bearer = header_str(req.headers, "authorization").trim().strip_prefix("Bearer ").unwrap_or("").trim().to_string();
     let mut inner = req.app.inner.lock().unwrap_or_else(|p| p.into_inner());
     let now = req.now;
+    // The agent's service, while it runs (`?watch=true`, every second):
+    // seen now; its first also checks in.
+    if req.query.iter().any(|(k, v)| k == "watch" && v == "true") && inner.model.agent_seen(now, &bearer, name) {
+        let first = inner.model.state.machines.iter().any(|m| m.plan_token == bearer && m.checked_in_ms.is_none());
+        if first {
+            if let Err(e) = mutate(req.app, &mut inner, |m, _| Ok(m.check_in(now, &bearer, name))) {
+                return err_resp(&e, &req.base);
+            }
+        }
+        return json_resp(200, &json!({"type": "BOOKMARK", "object": {"kind": "Secret", "metadata": {"name": name, "namespace": ns}}}), &req.base);
+    }
     match mutate(req.app, &mut inner, |m, _| Ok(m.check_in(now, &bearer, name))) {
         Ok(true) => json_resp(
             200,

@@ -106,6 +106,10 @@ pub enum EmulatorCommand {
     /// script runs as the downloaded agent binary.
     #[command(hide = true)]
     SystemAgent(SystemAgentArgs),
+    /// The system-agent's service, as the unit the installer writes runs
+    /// it: holds a watch of its plan secret open (reconnecting) for good.
+    #[command(hide = true)]
+    SystemAgentService,
     /// Runs the command line on standard input as the local world's
     /// machine NAME (its directory DIR, its address IP) would: the
     /// local world's `docker` and system-agent. The docker-machine test
@@ -398,6 +402,11 @@ pub fn run(args: EmulatorArgs) -> anyhow::Result<()> {
         EmulatorCommand::HostDocker(a) => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
             let status = runtime.block_on(crate::drivers::local::host_docker(&a.args))?;
+            std::process::exit(status);
+        }
+        EmulatorCommand::SystemAgentService => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
+            let status = runtime.block_on(crate::drivers::local::agent::system_agent_service());
             std::process::exit(status);
         }
         EmulatorCommand::SystemAgent(a) => {

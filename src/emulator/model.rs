@@ -380,6 +380,10 @@ pub struct Model {
     pub knobs: super::v1::Knobs,
     /// When this process started serving (the start-up windows count from it).
     pub started_ms: u64,
+    /// Per machine (`custom-…`): when its system-agent's service last
+    /// checked in (`?watch=true` on its plan secret, every second while
+    /// it runs). In memory only: a restarted server waits for the next.
+    pub agents_seen: std::collections::BTreeMap<String, u64>,
 }
 
 fn new_id<F: Fn(&str) -> bool>(rng: &mut impl Rng, prefix: &str, taken: F) -> String {
@@ -457,6 +461,7 @@ impl Model {
                 line: super::v1::Line::RKE1_LAST,
                 knobs: super::v1::Knobs::default(),
                 started_ms: now,
+                agents_seen: std::collections::BTreeMap::new(),
             },
             generated,
         )

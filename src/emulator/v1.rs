@@ -317,6 +317,11 @@ impl Machine {
     }
 }
 
+/// How long a system-agent's service may go without checking in before
+/// its machine is not Ready (the real node-monitor grace period is 40 s:
+/// this is stricter).
+pub const AGENT_GRACE_MS: u64 = 3_000;
+
 /// What the installer sends to `/v3/connect/agent` (§2.7).
 #[derive(Debug, Clone, Default)]
 pub struct AgentHeaders {
@@ -696,6 +701,20 @@ impl Model {
         }
     }
 
+    /// The system-agent's service checked in (`?watch=true`, every second
+    /// while it runs): it is there. False if the credential is unknown.
+    pub fn agent_seen(&mut self, now: u64, bearer: &str, secret: &str) -> bool {
+        let Some(m) = self.state.machines.iter().find(|m| m.plan_token == bearer && m.plan_secret() == secret) else { return false };
+        self.agents_seen.insert(m.name.clone(), now);
+        true
+    }
+
+    /// Since when machine `m`'s system-agent is away: its service checked
+    /// in before (so it runs one) and has not for [`AGENT_GRACE_MS`].
+    pub fn agent_lost(&self, m: &Machine, now: u64) -> Option<u64> {
+        self.agents_seen.get(&m.name).map(|seen| seen + AGENT_GRACE_MS).filter(|lost| *lost <= now)
+    }
+
     /// What the controllers and the planner have done for `pc` by `now`.
     pub fn view(&self, pc: &ProvCluster, now: u64) -> ClusterView {
         let named = now >= self.named_at(pc);
@@ -1025,6 +1044,14 @@ impl V1<'_> {
         let id = format!("{}/{}", m.namespace, m.name);
         let running = view.running_ms.is_some();
         let at = view.running_ms.unwrap_or(m.registered_ms);
+        // Its agent away (the node stopped): the machine stays `Running`
+        // with its `nodeRef`, as a CAPI machine does, and is not Ready, as
+        // when its node goes NotReady; immediately, not after the real
+        // node-monitor grace period (40 s): at least as strict.
+        let lost = match (running, self.model.agent_lost(m, self.now)) {
+            (true, Some(since)) => Some((since, format!("Node condition Ready is Unknown: the system-agent of node {} is not connected", m.node_name))),
+            _ => None,
+        };
         let mut status = json!({
             "phase": view.phase,
             "bootstrapReady": view.phase != "Pending",
@@ -1033,7 +1060,14 @@ impl V1<'_> {
                 cond("InfrastructureReady", "True", "", "", m.registered_ms),
                 cond("PlanApplied", if running { "True" } else { "Unknown" }, "", if running { "" } else { &view.message }, at),
                 cond("Reconciled", if running { "True" } else { "Unknown" }, "", if running { "" } else { &view.message }, at),
-                cond("Ready", if running { "True" } else { "False" }, if view.phase == "Failed" { "Error" } else { "" }, if running { "" } else { &view.message }, at),
+                match &lost {
+                    Some((since, why)) => cond("Ready", "False", "NodeConditionsFailed", why, *since),
+                    None => cond("Ready", if running { "True" } else { "False" }, if view.phase == "Failed" { "Error" } else { "" }, if running { "" } else { &view.message }, at),
+                },
+                match &lost {
+                    Some((since, why)) => cond("NodeHealthy", "False", "NodeConditionsFailed", why, *since),
+                    None => cond("NodeHealthy", if running { "True" } else { "Unknown" }, "", "", at),
+                },
             ],
         });
         let addrs: Vec<Value> = [("ExternalIP", &m.address), ("InternalIP", &m.internal_address)]
@@ -1072,6 +1106,7 @@ impl V1<'_> {
     /// namespace `<c-m-id>`, annotated `cluster.x-k8s.io/machine`).
     pub fn v3_node(&self, pc: &ProvCluster, m: &Machine, view: &MachineView) -> Option<(String, Value)> {
         let at = view.running_ms?;
+        let lost = self.model.agent_lost(m, self.now).is_some();
         let name = {
             use sha2::{Digest, Sha256};
             format!("m-{}", &hex::encode(Sha256::digest(m.name.as_bytes()))[..12])
@@ -1087,8 +1122,10 @@ impl V1<'_> {
             "etcd": m.etcd, "controlPlane": m.control_plane, "worker": m.worker,
             "requestedHostname": m.node_name, "hostname": m.node_name, "nodeName": m.node_name,
             "ipAddress": internal, "externalIpAddress": m.address, "imported": false,
-            "state": "active", "transitioning": "no", "transitioningMessage": "",
-            "conditions": [cond("Ready", "True", "", "", at)],
+            "state": if lost { "unavailable" } else { "active" },
+            "transitioning": if lost { "error" } else { "no" },
+            "transitioningMessage": if lost { "Kubelet stopped posting node status." } else { "" },
+            "conditions": [if lost { cond("Ready", "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.", at) } else { cond("Ready", "True", "", "", at) }],
         })))
     }
 

@@ -146,6 +146,7 @@ fn outcome(step: Step) -> Outcome {
         Step::WaitClusterReady => Outcome::ClusterReady,
         Step::CheckServer => Outcome::ServerRunning,
         Step::DeleteCluster => Outcome::ClusterDeleted { management_id: "c-m-1".into() },
+        Step::CheckMachine => Outcome::MachineUp { ip: "127.0.0.2".into() },
     }
 }
 

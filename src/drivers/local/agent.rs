@@ -548,7 +548,7 @@ pub async fn system_agent_main(args: &[String]) -> i32 {
     if out.status == 0 {
         let unit = std::path::Path::new(SYSTEMD_UNIT);
         let written = unit.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())).and_then(|()| {
-            std::fs::write(unit, "[Unit]\nDescription=Rancher System Agent (rmm emulator)\n[Service]\nExecStart=/usr/local/bin/rancher-system-agent sentinel\n")
+            std::fs::write(unit, format!("[Unit]\nDescription=Rancher System Agent (rmm emulator)\n[Service]\nEnvironment=CATTLE_AGENT_VAR_DIR={}\nExecStart=/usr/local/bin/rancher-system-agent emulator system-agent-service\nRestart=always\nRestartSec=1\n[Install]\nWantedBy=multi-user.target\n", host.dir.display()))
         });
         if let Err(e) = written {
             let _ = writeln!(crate::cli::stderr(), "[FATAL]  writing {SYSTEMD_UNIT}: {e}");
@@ -558,6 +558,61 @@ pub async fn system_agent_main(args: &[String]) -> i32 {
     let _ = crate::cli::stdout().write_all(out.stdout.as_bytes());
     let _ = crate::cli::stderr().write_all(out.stderr.as_bytes());
     out.status
+}
+
+/// `rancher-system-agent emulator system-agent-service`: the unit's
+/// service, as an init (systemd on a real node; the test node image's init
+/// here) runs it: with the connection information the installer saved, it
+/// checks in every second for as long as it runs (the real agent holds a
+/// watch of its plan secret, reference/rancher-current.md §2.7), so
+/// Rancher's side (the emulator) sees it go when the node stops. Tries
+/// again every second while the server does not answer; never returns.
+pub async fn system_agent_service() -> i32 {
+    let var = std::env::var("CATTLE_AGENT_VAR_DIR").unwrap_or_else(|_| "/var/lib/rancher/agent".into());
+    let saved_at = std::path::Path::new(&var).join("rancher-system-agent").join("connection-info.json");
+    loop {
+        if let Err(e) = watch_once(&saved_at).await {
+            eprintln!("[ERROR] watching the plan secret: {e}");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn watch_once(saved_at: &std::path::Path) -> Result<(), String> {
+    let saved = std::fs::read_to_string(saved_at).map_err(|e| format!("{}: {e}", saved_at.display()))?;
+    let saved: serde_json::Value = serde_json::from_str(&saved).map_err(|e| e.to_string())?;
+    let info = &saved["connectionInfo"];
+    let kubeconfig = info["kubeConfig"].as_str().unwrap_or("");
+    let token = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("token: ")).unwrap_or("").trim().to_string();
+    let api = kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap_or("").trim().to_string();
+    let (ns, secret) = (info["namespace"].as_str().unwrap_or(""), info["secretName"].as_str().unwrap_or(""));
+    let ca = saved["ca"].as_str().unwrap_or("");
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).map_err(|e| e.to_string())?)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    // A check-in every second, for as long as the service runs (the real
+    // agent holds a watch of its plan secret; a poll stands for it here,
+    // so that the server notices an agent that went away without relying
+    // on a dead peer's connection being closed).
+    let mut said = false;
+    loop {
+        client
+            .get(format!("{api}/api/v1/namespaces/{ns}/secrets/{secret}?watch=true"))
+            .bearer_auth(&token)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| e.to_string())?;
+        if !said {
+            println!("Starting remote watch of plans (secret {ns}/{secret})");
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// The unit file the real installer writes (§2.7).

@@ -9,8 +9,13 @@
 //!   from `CATTLE_BOOTSTRAP_PASSWORD`, as Rancher's. It has `sh`, which the
 //!   driver's entrypoint wrapper uses to read the password from a file.
 //! * **Node**: `sh`, `curl`, `sha256sum` and the few coreutils the served
-//!   installer uses. Its command keeps the container up, as
-//!   `rancher/systemd-node`'s systemd does. The node command downloads the
+//!   installer uses. Its command ([`NODE_INIT`]) keeps the container up and
+//!   plays systemd's part for the one unit that matters: once the
+//!   installer has written `rancher-system-agent.service` (enabled, as the
+//!   real installer leaves it: reference/rancher-current.md §2.7), it runs
+//!   the unit's `ExecStart` and starts it again when it dies — also after
+//!   the container was stopped and started again, as systemd starts an
+//!   enabled unit at boot on `rancher/systemd-node`. The node command downloads the
 //!   emulator's install script, which downloads the agent binary (rmm) from
 //!   `<server>/assets/` and registers through `/v3/connect/agent`.
 //!
@@ -24,6 +29,27 @@ use std::process::{Command, Stdio};
 /// coreutils).
 const NODE_TOOLS: &[&str] =
     &["/bin/sh", "/usr/bin/curl", "/usr/bin/sha256sum", "/usr/bin/tail", "/usr/bin/mkdir", "/usr/bin/chmod", "/usr/bin/mv", "/usr/bin/cat", "/usr/bin/sleep", "/usr/bin/rm", "/usr/bin/ls"];
+
+/// The node image's init (see the module doc): a shell loop, with `kill -0`
+/// to see whether the service still runs (dash reaps it in `wait`).
+const NODE_INIT: &str = r#"trap 'exit 0' TERM
+unit=/etc/systemd/system/rancher-system-agent.service
+pid=
+while :; do
+  if [ -f "$unit" ] && { [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; }; then
+    cmd=
+    while IFS= read -r l; do
+      case "$l" in
+        Environment=*) export "${l#Environment=}" ;;
+        ExecStart=*) cmd="${l#ExecStart=}" ;;
+      esac
+    done < "$unit"
+    $cmd >>/tmp/rancher-system-agent.log 2>&1 &
+    pid=$!
+  fi
+  /usr/bin/sleep 1 & wait $!
+done
+"#;
 
 /// The images of one test; removed (with `docker rmi -f`) on drop.
 pub struct TestImages {
@@ -127,11 +153,13 @@ pub fn build(rancher_version: &str) -> TestImages {
         put(&root, &lib, &lib);
     }
     std::os::unix::fs::symlink("/usr/bin/sleep", root.join("bin/sleep")).ok();
+    std::fs::create_dir_all(root.join("sbin")).unwrap();
+    std::fs::write(root.join("sbin/rmm-init"), NODE_INIT).unwrap();
     import(
         &root,
         &images.node,
         &[
-            r#"CMD ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do /usr/bin/sleep 3600 & wait $!; done"]"#.into(),
+            r#"CMD ["/bin/sh", "/sbin/rmm-init"]"#.into(),
             "ENV PATH=/usr/local/bin:/usr/bin:/bin HOME=/root".into(),
         ],
     );

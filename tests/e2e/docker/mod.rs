@@ -332,6 +332,87 @@ fn docker_a_node_killed_before_its_agent_ran_is_started_again_by_the_resume_at_i
     w.t.rmm(&["down"]).ok();
 }
 
+/// worker01's CAPI machine in the emulator, asked through its API.
+fn machine_of(w: &World, node: &str) -> Value {
+    let machines = w.ask(&["/v1/cluster.x-k8s.io.machines/fleet-default"]);
+    machines[0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metadata"]["labels"]["rke.cattle.io/node-name"] == node)
+        .cloned()
+        .unwrap_or_else(|| panic!("no machine of {node}: {}", machines[0]))
+}
+
+fn ready_of(m: &Value) -> String {
+    m["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").map(|c| c["status"].as_str().unwrap().to_string()).unwrap_or_default()
+}
+
+#[test]
+fn docker_a_node_killed_after_its_agent_ran_is_started_again_by_the_resume_which_waits_until_rancher_shows_it_back() {
+    let Some(w) = World::new("the docker driver's node killed after its agent ran") else { return };
+    let mut cmd = w.t.rmm(&["up"]).cmd;
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    // worker01's run_agent succeeded, as the log says.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let agent_ran = |e: &Value| e["actor"] == "worker01" && e["kind"] == "StepSucceeded" && e["data"]["step"] == "run_agent";
+    while !w.t.events_while_running().iter().any(agent_ran) {
+        assert!(std::time::Instant::now() < deadline, "worker01's agent did not run within 120 s");
+        assert!(child.try_wait().unwrap().is_none(), "up ended before worker01's agent ran");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let worker = format!("rmm-{}-worker01", w.cluster);
+    docker(&["kill", &worker]);
+    // SIGKILL rmm too (left running, its next command on the node would
+    // start the container behind the core's back).
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Status}}", &worker]).trim(), "exited");
+    // Rancher (the emulator) notices the agent went away: its machine is
+    // not Ready (polled, within the emulator's 3 s grace, on its own clock).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let m = machine_of(&w, "worker01");
+        if ready_of(&m) == "False" {
+            assert!(m["status"]["conditions"].to_string().contains("system-agent of node worker01 is not connected"), "{m}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the emulator never noticed worker01's agent went away: {m}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    let resumed = w.t.rmm(&["up", "--resume"]).run();
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    w.check_made_once("a node killed after its agent ran");
+    assert_eq!(docker(&["inspect", "-f", "{{.State.Status}}", &worker]).trim(), "running", "started again");
+    let ip = w.ip_of(&worker);
+    // Back in Rancher: the node's agent came back with the container (its
+    // init starts the installed unit, as systemd does), registered once,
+    // from its (possibly new) address; the resume waited for that.
+    let m = machine_of(&w, "worker01");
+    assert_eq!(ready_of(&m), "True", "{m}");
+    assert_eq!(m["metadata"]["annotations"]["emulator.rmm.io/registered-from"], ip.as_str(), "{m}");
+    // The log records the restart, with the address now; status shows it.
+    let events = w.t.events();
+    let restarted: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["actor"] == "worker01" && e["kind"] == "StepSucceeded" && e["data"]["step"] == "check_machine" && e["attempt"] == 2)
+        .collect();
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert_eq!(restarted[0]["data"]["outcome"]["machine_started_again"]["ip"], ip.as_str(), "{}", restarted[0]);
+    // Every other node was found running and adopted.
+    for node in ["master01", "master02", "master03", "worker02", "worker03"] {
+        assert!(
+            events.iter().any(|e| e["actor"] == node && e["attempt"] == 2 && e["data"]["step"] == "check_machine" && e["data"]["outcome"]["machine_up"].is_object()),
+            "{node} adopted"
+        );
+    }
+    let status = w.t.status();
+    assert!(status.to_string().contains(&ip), "status shows worker01's address: {status}");
+    w.t.rmm(&["down"]).ok();
+}
+
 #[test]
 fn docker_a_half_made_node_container_is_removed_and_made_again_and_a_stopped_one_not_of_this_run_is_refused() {
     let Some(w) = World::new("the docker driver's half-made container") else { return };
