@@ -1044,14 +1044,15 @@ impl V1<'_> {
         let id = format!("{}/{}", m.namespace, m.name);
         let running = view.running_ms.is_some();
         let at = view.running_ms.unwrap_or(m.registered_ms);
-        // Its agent away (the node stopped): the machine stays `Running`
-        // with its `nodeRef`, as a CAPI machine does, and is not Ready, as
+        // Its agent away (the node stopped): a running machine stays
+        // `Running` with its `nodeRef`, as a CAPI machine does, and is not Ready, as
         // when its node goes NotReady; immediately, not after the real
         // node-monitor grace period (40 s): at least as strict.
-        let lost = match (running, self.model.agent_lost(m, self.now)) {
-            (true, Some(since)) => Some((since, format!("Node condition Ready is Unknown: the system-agent of node {} is not connected", m.node_name))),
-            _ => None,
-        };
+        // (Also before it runs: its plan cannot be applied without it.)
+        let lost = self
+            .model
+            .agent_lost(m, self.now)
+            .map(|since| (since, format!("Node condition Ready is Unknown: the system-agent of node {} is not connected", m.node_name)));
         let mut status = json!({
             "phase": view.phase,
             "bootstrapReady": view.phase != "Pending",
