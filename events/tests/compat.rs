@@ -80,6 +80,10 @@ fn added_later() -> Vec<(u8, &'static str, Event)> {
         (4, "password_kept", ok(Step::ChangePassword, Outcome::PasswordKept)),
         (4, "delete_cluster_started", Event::StepStarted { step: Step::DeleteCluster, try_no: 1, detail: "v1 cluster fleet-default/tinysetup".into() }),
         (4, "cluster_deleted", ok(Step::DeleteCluster, Outcome::ClusterDeleted { management_id: "c-m-7kx2qz4b".into() })),
+        (4, "check_machine_started", Event::StepStarted { step: Step::CheckMachine, try_no: 1, detail: "machine worker01 running?".into() }),
+        (4, "machine_up", ok(Step::CheckMachine, Outcome::MachineUp { ip: "10.231.4.111".into() })),
+        (4, "machine_started_again", ok(Step::CheckMachine, Outcome::MachineStartedAgain { state: "stopped".into(), ip: "10.231.4.112".into() })),
+        (4, "machine_made_again", ok(Step::CheckMachine, Outcome::MachineMadeAgain { ip: "10.231.4.113".into() })),
     ]
 }
 

@@ -57,6 +57,10 @@ struct World {
     made: BTreeMap<String, u32>,
     /// The passwords login accepts (`None`: any).
     passwords: Option<Vec<String>>,
+    /// What the driver's `inspect` finds, by name (none: nothing).
+    found: BTreeMap<String, Machine>,
+    /// Machines started again through the driver, in order.
+    restarted: Vec<String>,
 }
 
 fn unauthorized() -> ApiError {
@@ -292,8 +296,18 @@ impl MachineDriver for Fake {
         *w.made.entry(spec.name.clone()).or_insert(0) += 1;
         Ok(Machine { name: spec.name.clone(), cluster: Some(spec.cluster.clone()), state: MachineState::Running, ip: Some(format!("127.0.9.{}", n + 1)) })
     }
-    async fn inspect(&self, _: &str) -> Result<Option<Machine>, DriverError> {
-        Ok(None)
+    async fn inspect(&self, name: &str) -> Result<Option<Machine>, DriverError> {
+        Ok(self.world().found.get(name).cloned())
+    }
+    /// A stopped machine runs again, at another address.
+    async fn restart(&self, name: &str) -> Result<Option<Machine>, DriverError> {
+        let mut w = self.world();
+        w.restarted.push(name.to_string());
+        Ok(w.found.get_mut(name).filter(|m| m.state == MachineState::Stopped).map(|m| {
+            m.state = MachineState::Running;
+            m.ip = Some("10.0.0.99".into());
+            m.clone()
+        }))
     }
     async fn list(&self, _: &str) -> Result<Vec<Machine>, DriverError> {
         Ok(Vec::new())
@@ -1101,4 +1115,91 @@ fn an_existing_rancher_has_no_machine_or_server_steps_and_its_down_deletes_the_c
     assert_eq!(plan_steps(Role::Rancher, true, &plan), EXISTING_DOWN_RANCHER_STEPS);
     assert_eq!(plan_steps(Role::Worker, true, &plan), crate::decide::REMOVE_STEPS);
     assert_eq!(plan_steps(Role::Master, false, &plan), crate::decide::V1_NODE_STEPS);
+}
+
+
+// ---------------------------------------------------------------- CheckMachine
+
+fn found(name: &str, state: MachineState) -> Machine {
+    Machine { name: name.into(), cluster: Some("tinysetup".into()), state, ip: Some("10.0.0.7".into()) }
+}
+
+fn node_state(run: Uuid, agent_ran: bool) -> ActorState {
+    let mut done = vec![(Step::CreateMachine, Outcome::MachineCreated { ip: "10.0.0.7".into() })];
+    if agent_ran {
+        done.push((Step::RunAgent, Outcome::AgentStarted));
+    }
+    state(run, &done)
+}
+
+#[tokio::test]
+async fn check_machine_adopts_a_running_machine_at_the_address_the_driver_gives() {
+    let f = v1_fixture();
+    f.fake.world().found.insert("worker01".into(), found("worker01", MachineState::Running));
+    let st = node_state(f.ctx.run, true);
+    let ok = effect(&call(&f.ctx, "worker01", Role::Worker, Step::CheckMachine, &st, Some(&v1_join()))).await.unwrap();
+    assert_eq!(ok, Outcome::MachineUp { ip: "10.0.0.7".into() });
+    assert!(f.fake.world().restarted.is_empty());
+}
+
+#[tokio::test]
+async fn check_machine_starts_a_stopped_machine_again_and_records_its_new_address() {
+    let f = v1_fixture();
+    f.fake.world().found.insert("worker01".into(), found("worker01", MachineState::Stopped));
+    // Its agent never ran: nothing to wait for in Rancher.
+    let st = node_state(f.ctx.run, false);
+    let ok = effect(&call(&f.ctx, "worker01", Role::Worker, Step::CheckMachine, &st, Some(&v1_join()))).await.unwrap();
+    assert_eq!(ok, Outcome::MachineStartedAgain { state: "stopped".into(), ip: "10.0.0.99".into() });
+    assert_eq!(f.fake.world().restarted, ["worker01"]);
+}
+
+#[tokio::test]
+async fn after_a_restart_check_machine_waits_until_rancher_shows_the_node_back_and_fails_at_once_on_a_failed_machine() {
+    // Running with a nodeRef and Ready: back.
+    let f = v1_fixture();
+    let mut m = machine("custom-000000000001", "worker01", "Running");
+    m.node_ref = Some("worker01".into());
+    m.conditions = vec![condition("Ready", "True", "")];
+    f.fake.world().machines.push(m.clone());
+    f.fake.world().found.insert("worker01".into(), found("worker01", MachineState::Stopped));
+    let st = node_state(f.ctx.run, true);
+    let ok = effect(&call(&f.ctx, "worker01", Role::Worker, Step::CheckMachine, &st, Some(&v1_join()))).await.unwrap();
+    assert!(matches!(ok, Outcome::MachineStartedAgain { .. }), "{ok:?}");
+
+    // Not Ready (its agent did not come back): the wait ends at its timeout, naming why.
+    let f = v1_fixture();
+    let mut lost = m.clone();
+    lost.conditions = vec![condition("Ready", "False", "Node condition Ready is Unknown: the system-agent of node worker01 is not connected")];
+    f.fake.world().machines.push(lost);
+    f.fake.world().found.insert("worker01".into(), found("worker01", MachineState::Stopped));
+    let e = effect(&call(&f.ctx, "worker01", Role::Worker, Step::CheckMachine, &st, Some(&v1_join()))).await.unwrap_err();
+    assert!(!e.retryable && e.message.contains("timed out") && e.message.contains("system-agent of node worker01 is not connected"), "{e:?}");
+
+    // Failed in Rancher: at once, with Rancher's reason (not at the timeout).
+    let f = v1_fixture();
+    let mut failed = machine("custom-000000000001", "worker01", "Failed");
+    failed.failure = Some("the node's disk is full".into());
+    f.fake.world().machines.push(failed);
+    f.fake.world().found.insert("worker01".into(), found("worker01", MachineState::Stopped));
+    let e = effect(&call(&f.ctx, "worker01", Role::Worker, Step::CheckMachine, &st, Some(&v1_join()))).await.unwrap_err();
+    assert!(!e.retryable && !e.message.contains("timed out") && e.message.contains("the node's disk is full"), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_machine_gone_after_its_agent_ran_fails_with_one_line_and_one_gone_before_is_made_again() {
+    let f = v1_fixture();
+    let e = effect(&call(&f.ctx, "worker01", Role::Worker, Step::CheckMachine, &node_state(f.ctx.run, true), Some(&v1_join())))
+        .await
+        .unwrap_err();
+    assert!(!e.retryable, "{e:?}");
+    assert!(e.message.contains("machine worker01 is gone") && e.message.contains("rmm down") && !e.message.contains('\n'), "{e:?}");
+    assert!(f.fake.world().made.is_empty(), "not made again");
+
+    let f = v1_fixture();
+    f.fake.world().controllers = Some(6);
+    let ok = effect(&call(&f.ctx, "worker01", Role::Worker, Step::CheckMachine, &node_state(f.ctx.run, false), Some(&v1_join())))
+        .await
+        .unwrap();
+    assert!(matches!(ok, Outcome::MachineMadeAgain { .. }), "{ok:?}");
+    assert_eq!(f.fake.world().made.get("worker01"), Some(&1));
 }
