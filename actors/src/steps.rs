@@ -118,6 +118,16 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
             ),
         },
         Step::SetServerUrl if ctx.plan.existing_rancher() => format!("kept if the server has one; else {}", rancher_url(call)?),
+        // Both addresses on record: the `server-url` (what nodes and pods
+        // dial) and, when the driver publishes the server elsewhere, where
+        // rmm reaches it (`rmm credentials` gives that one).
+        Step::SetServerUrl => {
+            let url = rancher_url(call)?;
+            match ctx.driver.api_url(&url) {
+                reach if reach != url => format!("{url} (published at {reach}, where rmm reaches it)"),
+                _ => url,
+            }
+        }
         Step::DeleteCluster => format!(
             "v1 cluster {}/{} in Rancher at {}, until it and its management cluster are gone (timeout {}s); the server is left as it is",
             v1::FLEET_DEFAULT,

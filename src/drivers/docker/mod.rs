@@ -156,6 +156,11 @@ impl DockerFile {
 /// The settings file in the state dir.
 pub const SETTINGS_FILE: &str = "docker.json";
 
+/// The Rancher server's address on the cluster network, recorded in the
+/// state dir once the network exists: [`DockerDriver::api_url`] knows its
+/// own server by it.
+pub const SERVER_ADDRESS_FILE: &str = "docker-server-address";
+
 /// The settings a state dir's runs use: those recorded by the first `up`,
 /// else `file` resolved, with a free port picked for `publish_port = 0`
 /// and recorded (when `record`).
@@ -197,7 +202,6 @@ pub struct DockerDriver {
     sudo: Mutex<HashMap<String, (bool, bool)>>,
     /// Create+start latencies and concurrency (for the benchmark).
     pub stats: engine::Stats,
-    #[allow(dead_code)]
     state_dir: PathBuf,
 }
 
@@ -211,10 +215,11 @@ fn exec_out(status: i32, stdout: impl Into<String>, stderr: impl Into<String>) -
 
 impl DockerDriver {
     pub fn new(cluster: &str, cfg: DockerConfig, state_dir: &Path) -> DockerDriver {
+        let recorded = std::fs::read_to_string(state_dir.join(SERVER_ADDRESS_FILE)).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
         DockerDriver {
             cluster: cluster.to_string(),
             cfg,
-            rancher_ip: Mutex::new(None),
+            rancher_ip: Mutex::new(recorded),
             network_lock: tokio::sync::Mutex::new(()),
             made_network: std::sync::atomic::AtomicBool::new(false),
             sudo: Mutex::new(HashMap::new()),
@@ -248,8 +253,23 @@ impl DockerDriver {
         ])
     }
 
-    fn remember_rancher_ip(&self, ip: &str) {
-        *self.rancher_ip.lock().unwrap_or_else(|p| p.into_inner()) = Some(ip.to_string());
+    /// Remembers the server's address on the cluster network, and records
+    /// it in the state dir ([`SERVER_ADDRESS_FILE`]) the first time, so
+    /// that every later process of this state dir (`status`,
+    /// `credentials`, `kubeconfig`, `down`) knows its own server exactly.
+    fn remember_rancher_ip(&self, ip: &str) -> Result<(), DriverError> {
+        let mut known = self.rancher_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if known.as_deref() == Some(ip) {
+            return Ok(());
+        }
+        let path = self.state_dir.join(SERVER_ADDRESS_FILE);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{ip}\n"))
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| DriverError::Permanent(format!("cannot write {}: {e}", path.display())))?;
+        *known = Some(ip.to_string());
+        Ok(())
     }
 
     /// The network (made if missing) and the server's reserved address.
@@ -264,7 +284,7 @@ impl DockerDriver {
                 engine::reserved_ip(&subnet)?
             }
         };
-        self.remember_rancher_ip(&ip);
+        self.remember_rancher_ip(&ip)?;
         Ok(ip)
     }
 
@@ -283,7 +303,7 @@ impl DockerDriver {
             return Ok(None);
         }
         let ip = engine::reserved_ip(&subnet)?;
-        self.remember_rancher_ip(&ip);
+        self.remember_rancher_ip(&ip)?;
         Ok(Some(Machine { name: RANCHER.into(), cluster: Some(self.cluster.clone()), state: MachineState::Running, ip: Some(ip) }))
     }
 
@@ -520,19 +540,11 @@ impl MachineDriver for DockerDriver {
     /// the cluster network (the `server-url`) is for nodes and pods.
     fn api_url(&self, url: &str) -> String {
         let host = url.split("://").nth(1).unwrap_or(url).split(['/', ':']).next().unwrap_or("");
+        // Ours: exactly the server address recorded for this state dir (by
+        // this process or the `up` before it); any other server (an
+        // existing Rancher) is reached where it is.
         let ours = self.rancher_ip.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        // Ours: the address this process saw, or (before it looked) one of
-        // the shape only this driver gives a server (`10.200-254.x.2`); any
-        // other server (an existing Rancher) is reached where it is.
-        let shaped = |h: &str| {
-            let o: Vec<u8> = h.split('.').filter_map(|p| p.parse().ok()).collect();
-            o.len() == 4 && o[0] == 10 && o[1] >= 200 && o[3] == 2
-        };
-        let is_ours = match ours {
-            Some(ip) => ip == host,
-            None => shaped(host),
-        };
-        match is_ours {
+        match ours.as_deref() == Some(host) {
             false => url.to_string(),
             true => {
                 let addr = match self.cfg.publish_address.parse::<std::net::IpAddr>() {
@@ -570,12 +582,17 @@ mod tests {
 
     #[test]
     fn only_our_server_is_reached_through_the_published_port() {
-        let d = DockerDriver::new("c", DockerConfig { publish_port: 4443, ..DockerConfig::default() }, Path::new("/nonexistent"));
-        assert_eq!(d.api_url("https://10.231.4.2"), "https://127.0.0.1:4443", "before it looked: by shape");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DockerConfig { publish_port: 4443, ..DockerConfig::default() };
+        let d = DockerDriver::new("c", cfg.clone(), dir.path());
+        assert_eq!(d.api_url("https://10.231.4.2"), "https://10.231.4.2", "no address recorded: not known to be ours");
         assert_eq!(d.api_url("https://rancher.example.com"), "https://rancher.example.com");
-        d.remember_rancher_ip("10.231.4.2");
+        d.remember_rancher_ip("10.231.4.2").unwrap();
         assert_eq!(d.api_url("https://10.231.4.2"), "https://127.0.0.1:4443");
-        assert_eq!(d.api_url("https://10.231.9.2"), "https://10.231.9.2");
+        assert_eq!(d.api_url("https://10.231.9.2"), "https://10.231.9.2", "another server of the same shape is not ours");
+        // A later process of the state dir (status, credentials) knows it too.
+        let later = DockerDriver::new("c", cfg, dir.path());
+        assert_eq!(later.api_url("https://10.231.4.2:443/v3"), "https://127.0.0.1:4443");
     }
 
     #[test]

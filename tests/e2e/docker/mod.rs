@@ -160,6 +160,11 @@ fn docker_up_makes_rancher_and_six_nodes_as_containers_that_register_from_their_
         assert!(!all.contains(v.as_str()), "a secret of the run is in docker inspect of a container");
     }
     assert!(!events.is_empty());
+    // Both URLs on record: the server-url on the cluster network, and the
+    // published one rmm reaches it at.
+    let set = events.iter().find(|e| e["kind"] == "StepStarted" && e["data"]["step"] == "set_server_url").expect("set_server_url's intent");
+    let detail = set["data"]["detail"].as_str().unwrap();
+    assert!(detail.starts_with(&format!("https://{rancher_ip} ")) && detail.contains(&format!("published at {url}")), "{detail}");
 
     // The emulator, asked through its /v1 API: the cluster ready, six
     // machines Running, each registered from its own container address.
