@@ -302,7 +302,10 @@ impl Emulator {
             // know in advance.
             sans.extend(host_addresses().into_iter().map(|ip| ip.to_string()));
         }
-        for s in ["127.0.0.1", "localhost"]
+        // Rancher's own static SANs (rancher/rancher `pkg/tls/tls.go`
+        // `readConfig`: localhost, 127.0.0.1, rancher.cattle-system and the
+        // host interface's address).
+        for s in ["127.0.0.1", "localhost", "rancher.cattle-system"]
             .map(String::from)
             .into_iter()
             .chain(self.opts.tls_sans.iter().cloned())

@@ -557,14 +557,50 @@ impl MachineDriver for DockerDriver {
         }
     }
 
-    /// Not read from the container: where Rancher keeps its CA depends on
-    /// the image (the emulator's data dir, real Rancher's `tls-rancher`
-    /// secret in its embedded datastore). The CA is pinned on first use
-    /// from the published port, which only this engine's host reaches.
+    /// The CA the server serves with, read inside its container through
+    /// the Engine's exec API (never from the network):
+    /// [`SERVER_CA_COMMAND`]. A server that has not made it yet (its
+    /// embedded Kubernetes not up, the secret not there) is a transient
+    /// error: whoever answers meanwhile is not known to be that server.
     async fn read_server_ca(&self, _machine: &str) -> Result<Option<String>, DriverError> {
-        Ok(None)
+        use base64::Engine as _;
+        let e = Engine::connect().await?;
+        let container = self.server_container();
+        let not_yet = |why: String| DriverError::Transient(format!("the Rancher server has not made its CA yet ({why})"));
+        match e.inspect(&container).await? {
+            Some(c) if c.status == "running" => {}
+            Some(c) => return Err(not_yet(format!("container {container} is {}", c.status))),
+            None => return Err(not_yet(format!("no container {container}"))),
+        }
+        let out = e.exec(&container, SERVER_CA_COMMAND).await?;
+        if out.status != 0 {
+            let why = out.stderr.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("no output").to_string();
+            return Err(not_yet(format!("kubectl exited {}: {why}", out.status)));
+        }
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(out.stdout.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|p| p.contains("-----BEGIN CERTIFICATE-----"))
+            .ok_or_else(|| not_yet("the tls-rancher secret holds no PEM certificate".into()))?;
+        Ok(Some(pem.trim().to_string()))
     }
 }
+
+/// How the server's CA is read inside the Rancher container. Rancher's
+/// Docker install makes its CA with dynamiclistener and keeps it in the
+/// secret `cattle-system/tls-rancher` of its embedded k3s
+/// (rancher/rancher `pkg/tls/tls.go`: `readConfig` names it, `CAName:
+/// "tls-rancher"`, `CANamespace: "cattle-system"`; `SetupListener` loads or
+/// makes it with `kubernetes.LoadOrGenCA` and sets the `cacerts` setting to
+/// it), under the key `tls.crt` (rancher/dynamiclistener
+/// `storage/kubernetes/ca.go`). The image has `kubectl` (a link to k3s)
+/// and `/root/.kube/config` pointing at the embedded k3s
+/// (rancher/rancher `package/Dockerfile`). rmm's docker driver mounts no
+/// certificate of the user's (`/etc/rancher/ssl/cacerts.pem`, §3.2), so
+/// that secret is the CA served. The test Rancher image answers the same
+/// query from the emulator's CA file (tests/e2e/docker/images.rs).
+pub const SERVER_CA_COMMAND: &str = "kubectl -n cattle-system get secret tls-rancher -o 'jsonpath={.data.tls\\.crt}'";
 
 #[cfg(test)]
 mod tests {

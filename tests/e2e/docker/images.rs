@@ -7,7 +7,9 @@
 //!   address of the container (`--listen 0.0.0.0:443` puts each into the
 //!   certificate), as `--rancher-version`; the bootstrap password comes
 //!   from `CATTLE_BOOTSTRAP_PASSWORD`, as Rancher's. It has `sh`, which the
-//!   driver's entrypoint wrapper uses to read the password from a file.
+//!   driver's entrypoint wrapper uses to read the password from a file, and
+//!   a `kubectl` ([`RANCHER_KUBECTL`]) that gives the server's CA as the
+//!   real image's does, which the driver reads it with.
 //! * **Node**: `sh`, `curl`, `sha256sum` and the few coreutils the served
 //!   installer uses. Its command ([`NODE_INIT`]) keeps the container up and
 //!   plays systemd's part for the one unit that matters: once the
@@ -49,6 +51,22 @@ while :; do
   fi
   /usr/bin/sleep 1 & wait $!
 done
+"#;
+
+/// The Rancher image's `kubectl`: answers the one query rmm's docker
+/// driver makes inside the server container (`SERVER_CA_COMMAND`: the CA
+/// in the secret `cattle-system/tls-rancher`, base64, as the embedded k3s
+/// of Rancher's Docker install answers it) from the emulator's CA file;
+/// NotFound until the emulator has made it, as before Rancher made it.
+const RANCHER_KUBECTL: &str = r#"#!/bin/sh
+ca=/var/lib/rancher/emulator/ca.crt
+if [ "$*" = "-n cattle-system get secret tls-rancher -o jsonpath={.data.tls\.crt}" ]; then
+  if [ -s "$ca" ]; then exec /usr/bin/base64 -w0 "$ca"; fi
+  echo 'Error from server (NotFound): secrets "tls-rancher" not found' >&2
+  exit 1
+fi
+echo "error: the test image's kubectl answers only the tls-rancher query, not: $*" >&2
+exit 1
 "#;
 
 /// The images of one test; removed (with `docker rmi -f`) on drop.
@@ -138,7 +156,13 @@ pub fn build(rancher_version: &str) -> TestImages {
     let images = TestImages { rancher: format!("rmm-test-rancher:{unique}"), node: format!("rmm-test-node:{unique}") };
 
     let root = work.path().join("rancher");
-    rootfs(&root, &[(rmm.clone(), "/usr/bin/rancher".into()), ("/bin/sh".into(), "/bin/sh".into())]);
+    rootfs(&root, &[(rmm.clone(), "/usr/bin/rancher".into()), ("/bin/sh".into(), "/bin/sh".into()), ("/usr/bin/base64".into(), "/usr/bin/base64".into())]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let kubectl = root.join("usr/bin/kubectl");
+        std::fs::write(&kubectl, RANCHER_KUBECTL).unwrap();
+        std::fs::set_permissions(&kubectl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let entry = serde_json::to_string(&[
         "/usr/bin/rancher", "emulator", "serve", "--data-dir", "/var/lib/rancher/emulator", "--listen", "0.0.0.0:443", "--rancher-version", rancher_version,
     ])

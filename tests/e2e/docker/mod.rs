@@ -139,6 +139,15 @@ fn docker_up_makes_rancher_and_six_nodes_as_containers_that_register_from_their_
     let status = w.t.status();
     assert_eq!(status["rancher"]["url"], format!("https://{rancher_ip}"), "the server-url is the container's address on the cluster network");
 
+    // The CA rmm pinned is the one the server keeps (read inside its
+    // container, as the driver reads it), not merely what it served.
+    let b64 = docker(&["exec", &server, "kubectl", "-n", "cattle-system", "get", "secret", "tls-rancher", "-o", "jsonpath={.data.tls\\.crt}"]);
+    let pem = {
+        use base64::Engine as _;
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap()).unwrap()
+    };
+    assert_eq!(creds["ca_checksum"].as_str().unwrap(), rmm_actors::ports::ca_checksum(pem.trim()), "the pinned CA is the server's own");
+
     // The bootstrap password is nowhere in the server's configuration.
     let inspect = docker(&["inspect", &server]);
     assert!(!inspect.contains("CATTLE_BOOTSTRAP_PASSWORD="), "the password reached docker inspect");
@@ -356,7 +365,10 @@ fn ready_of(m: &Value) -> String {
 #[test]
 fn docker_a_node_killed_after_its_agent_ran_is_started_again_by_the_resume_which_waits_until_rancher_shows_it_back() {
     let Some(w) = World::new("the docker driver's node killed after its agent ran") else { return };
-    let mut cmd = w.t.rmm(&["up"]).cmd;
+    // A slow planner (3 s a step): the run is far from done when
+    // worker01's agent has run, so rmm is killed mid-run (a resume of a
+    // completed run is a no-op by contract).
+    let mut cmd = w.t.rmm(&["up"]).env("RMM_LOCAL_PLANNER_MS", "3000").cmd;
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     // worker01's run_agent succeeded, as the log says.
@@ -368,9 +380,21 @@ fn docker_a_node_killed_after_its_agent_ran_is_started_again_by_the_resume_which
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let worker = format!("rmm-{}-worker01", w.cluster);
+    // Its agent's service runs (the node's init started the installed
+    // unit, as systemd does at once on a real node): its first check-in
+    // is in its log on the node.
+    loop {
+        let log = Command::new("docker").args(["exec", &worker, "cat", "/tmp/rancher-system-agent.log"]).output().unwrap();
+        if text(&log.stdout).contains("Starting remote watch of plans") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "worker01's agent service did not start: {}", text(&log.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     docker(&["kill", &worker]);
     // SIGKILL rmm too (left running, its next command on the node would
     // start the container behind the core's back).
+    assert!(child.try_wait().unwrap().is_none(), "up ended before it was killed");
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(docker(&["inspect", "-f", "{{.State.Status}}", &worker]).trim(), "exited");
@@ -386,7 +410,7 @@ fn docker_a_node_killed_after_its_agent_ran_is_started_again_by_the_resume_which
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 
-    let resumed = w.t.rmm(&["up", "--resume"]).run();
+    let resumed = w.t.rmm(&["up", "--resume"]).env("RMM_LOCAL_PLANNER_MS", "3000").run();
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
     w.check_made_once("a node killed after its agent ran");
     assert_eq!(docker(&["inspect", "-f", "{{.State.Status}}", &worker]).trim(), "running", "started again");
