@@ -98,6 +98,9 @@ fn main() {
             panic!("up failed: {err}");
         }
         let timeline = String::from_utf8_lossy(&rmm(dir.path(), &["log", "--timeline"]).stdout).to_string();
+        if i == 0 {
+            println!("run 0's timeline (`rmm log --timeline`):\n{timeline}");
+        }
         let chain_line = timeline.lines().find(|l| l.to_lowercase().contains("critical path") && l.contains("between")).unwrap_or("").to_string();
         let chain = chain_line.split_whitespace().find_map(ms).unwrap_or(f64::NAN);
         let mut lat = numbers(&err, "create_start_ms");

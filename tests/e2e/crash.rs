@@ -8,7 +8,8 @@
 //! end state is checked through the API of the run's distribution.
 //!
 //! Cost: a golden run teaches N (appends: ~95 on rke2, ~85 on rke1) and E
-//! (side effects, 20/21); then N + E crash/resume pairs two at a time, with
+//! (side effects, 26/27: the six node machines' check_machine among them);
+//! then N + E crash/resume pairs two at a time, with
 //! no world latency and the emulator's controllers on a quicker clock.
 //! Measured in a full `cargo nextest run --workspace` on the shared 2-core
 //! machine (load average ~10 from other builds, so read them as upper
