@@ -294,7 +294,9 @@ impl MachineDriver for Fake {
         }
         let n = w.made.len();
         *w.made.entry(spec.name.clone()).or_insert(0) += 1;
-        Ok(Machine { name: spec.name.clone(), cluster: Some(spec.cluster.clone()), state: MachineState::Running, ip: Some(format!("127.0.9.{}", n + 1)) })
+        let m = Machine { name: spec.name.clone(), cluster: Some(spec.cluster.clone()), state: MachineState::Running, ip: Some(format!("127.0.9.{}", n + 1)) };
+        w.found.insert(spec.name.clone(), m.clone());
+        Ok(m)
     }
     async fn inspect(&self, name: &str) -> Result<Option<Machine>, DriverError> {
         Ok(self.world().found.get(name).cloned())

@@ -572,7 +572,8 @@ pub async fn system_agent_service() -> i32 {
     let saved_at = std::path::Path::new(&var).join("rancher-system-agent").join("connection-info.json");
     loop {
         if let Err(e) = watch_once(&saved_at).await {
-            eprintln!("[ERROR] watching the plan secret: {e}");
+            use std::io::Write as _;
+            let _ = writeln!(crate::cli::stderr(), "[ERROR] watching the plan secret: {e}");
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
@@ -608,7 +609,8 @@ async fn watch_once(saved_at: &std::path::Path) -> Result<(), String> {
             .and_then(|r| r.error_for_status())
             .map_err(|e| e.to_string())?;
         if !said {
-            println!("Starting remote watch of plans (secret {ns}/{secret})");
+            use std::io::Write as _;
+            let _ = writeln!(crate::cli::stdout(), "Starting remote watch of plans (secret {ns}/{secret})");
             said = true;
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
