@@ -250,7 +250,9 @@ fn the_last_record_rewritten_with_its_hash_recomputed_is_refused_naming_it() {
 #[test]
 fn the_last_write_ahead_write_dropped_after_a_crash_before_an_outcome_is_refused() {
     let dir = TestDir::new();
-    let out = dir.rmm(&["up", "--masters", "1", "--workers", "1"]).env("RMM_CRASH_BEFORE_OUTCOME", "11").run();
+    // The 13th effect: the first node's installer (its intent written alone; the
+    // two check_machine intents before it share one write).
+    let out = dir.rmm(&["up", "--masters", "1", "--workers", "1"]).env("RMM_CRASH_BEFORE_OUTCOME", "13").run();
     assert!(!out.status.success());
     let last = dir.events().last().unwrap()["seq"].as_u64().unwrap();
     let wal = dir.state().join("events/journal.wal");
