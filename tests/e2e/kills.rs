@@ -133,7 +133,10 @@ fn emulator_pid(dir: &TestDir) -> Option<i32> {
 #[test]
 fn the_emulator_killed_mid_run_is_restarted_by_its_policy_and_the_run_does_not_fail() {
     let dir = TestDir::new();
-    let mut run = slow(dir.rmm(&["up"])).env("RMM_LOCAL_NODE_READY_MS", "600").cmd;
+    // Each planner step of the v1 emulator takes 1 s (a node's plan is
+    // several steps): the run is surely still going when the emulator is
+    // killed right after master01's agent ran.
+    let mut run = slow(dir.rmm(&["up"])).env("RMM_LOCAL_PLANNER_MS", "1000").cmd;
     let child = run.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // Wait until the first master's agent has run: Rancher is in full use.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -143,11 +146,28 @@ fn the_emulator_killed_mid_run_is_restarted_by_its_policy_and_the_run_does_not_f
     }
     let pid = emulator_pid(&dir).expect("the emulator runs");
     Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+    // The kill must land mid-run: no node can be ready yet.
+    assert!(
+        !dir.events_while_running().iter().any(|e| e["kind"] == "RunCompleted"),
+        "the run ended before the emulator was killed: the test proves nothing"
+    );
     // Nobody restarts it by hand: the container's restart policy
     // (--restart=unless-stopped) does, as a Docker engine would.
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "the run survives the emulator's restart: {}", text(&out.stderr));
-    let now = emulator_pid(&dir).expect("the emulator runs again");
+    // The policy restarts it after 100 ms (doubling); on a loaded machine
+    // the run can end before the new process shows in /proc: look until
+    // a deadline, not once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let now = loop {
+        match emulator_pid(&dir) {
+            Some(now) if now != pid => break now,
+            _ => {
+                assert!(Instant::now() < deadline, "the emulator runs again");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
     assert_ne!(now, pid, "a new emulator process");
     check_completed_once(&dir, "emulator restart", 0);
 }
