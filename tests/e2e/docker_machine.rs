@@ -13,13 +13,13 @@ use std::process::{Command, Output, Stdio};
 
 use crate::support::{text, TestDir};
 
-const CLUSTER: &str = "dmc";
+pub(crate) const CLUSTER: &str = "dmc";
 
 fn double(flavour: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/docker-machine-double").join(flavour)
 }
 
-fn store(dir: &TestDir) -> PathBuf {
+pub(crate) fn store(dir: &TestDir) -> PathBuf {
     dir.tmp.path().join("store")
 }
 
@@ -45,7 +45,7 @@ fn machines(dir: &TestDir) -> Vec<String> {
     v
 }
 
-fn write_config(dir: &TestDir, flavour: &str, extra: &str) {
+pub(crate) fn write_config(dir: &TestDir, flavour: &str, extra: &str) {
     let toml = format!(
         "driver = \"docker-machine\"\ncluster_name = \"{CLUSTER}\"\nmasters = 1\nworkers = 1\n\
          rancher_image = \"rancher/rancher:v2.15.1\"\ndistribution = \"rke2\"\n\n\
