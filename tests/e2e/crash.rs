@@ -78,7 +78,9 @@ pub fn with_env(mut cmd: RmmCmd, env: &[(&str, &str)]) -> RmmCmd {
 fn golden(on: On) -> Option<(u64, u64)> {
     let mut w = World::new(on)?;
     w.set_env(QUICK_CONTROLLERS);
+    let started = std::time::Instant::now();
     w.rmm(&["up"]).ok();
+    eprintln!("golden run on {on:?} in {:.1?}", started.elapsed());
     let events = w.dir.events();
     let effects = effect_intents(&events).values().sum();
     Some((events.len() as u64, effects))

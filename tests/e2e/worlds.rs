@@ -41,6 +41,11 @@ impl World {
             On::DockerMachine => {
                 let dir = TestDir::new();
                 crate::docker_machine::write_config(&dir, "rancher-machine", "");
+                // The local world's polling interval (a machine driver's
+                // default is 2 s, which real machines need, the double not).
+                let path = dir.tmp.path().join("rmm.toml");
+                let toml = std::fs::read_to_string(&path).unwrap();
+                std::fs::write(&path, format!("poll_ms = 50\n{toml}")).unwrap();
                 (dir, None)
             }
             On::Ssh => {
