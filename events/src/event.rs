@@ -213,6 +213,11 @@ pub enum Outcome {
     /// `DeleteCluster`: the v1 cluster and its management cluster
     /// (`management_id`, empty when it was never named) are gone.
     ClusterDeleted { management_id: String },
+    /// `CreateMachine` on a host that already exists (the ssh driver): the
+    /// host was claimed, and on this first contact its SSH host key had
+    /// the fingerprint `host_key` (`SHA256:…`, as `ssh-keygen -l` prints
+    /// it). Pinned: a host that later offers another key is refused.
+    HostClaimed { ip: String, host_key: String },
 }
 
 /// How a step's outcome was established.
@@ -352,6 +357,7 @@ fn outcome_summary(outcome: &Outcome) -> String {
         Outcome::PasswordKept => ": the given password is the admin password (first login done before); kept".into(),
         Outcome::ClusterDeleted { management_id } if management_id.is_empty() => ": gone".into(),
         Outcome::ClusterDeleted { management_id } => format!(": gone, and management cluster {management_id}"),
+        Outcome::HostClaimed { ip, host_key } => format!(": ip {ip}, host key {host_key}"),
         Outcome::Ready
         | Outcome::ClusterActive
         | Outcome::AgentStarted

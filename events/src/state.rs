@@ -130,7 +130,7 @@ impl ActorState {
     /// The machine's address, once created.
     pub fn ip(&self) -> Option<&str> {
         match self.outcome(Step::CreateMachine) {
-            Some(Outcome::MachineCreated { ip }) => Some(ip),
+            Some(Outcome::MachineCreated { ip } | Outcome::HostClaimed { ip, .. }) => Some(ip),
             _ => None,
         }
     }

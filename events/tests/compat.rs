@@ -80,6 +80,7 @@ fn added_later() -> Vec<(u8, &'static str, Event)> {
         (4, "password_kept", ok(Step::ChangePassword, Outcome::PasswordKept)),
         (4, "delete_cluster_started", Event::StepStarted { step: Step::DeleteCluster, try_no: 1, detail: "v1 cluster fleet-default/tinysetup".into() }),
         (4, "cluster_deleted", ok(Step::DeleteCluster, Outcome::ClusterDeleted { management_id: "c-m-7kx2qz4b".into() })),
+        (4, "host_claimed", ok(Step::CreateMachine, Outcome::HostClaimed { ip: "10.0.0.11".into(), host_key: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into() })),
     ]
 }
 

@@ -192,7 +192,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         // A new run takes rmm.toml's hosts; a resume keeps its run's.
         crate::drivers::ssh::settings(dir.root(), Some(&ssh), true).map_err(Error::Config)?;
     }
-    let driver = engine::driver(&plan, dir)?;
+    let driver = engine::driver_for(&plan, dir, &history)?;
     let state = engine::begin(dir, &mut log, &mut history, run, RunKind::Up, &plan)?;
     if run.is_none() && plan.existing_rancher() {
         keep_password(dir, state.id, password.as_ref(), &plan)?;

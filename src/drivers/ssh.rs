@@ -236,6 +236,11 @@ pub struct SshDriver {
     cfg: SshConfig,
     distribution: Distribution,
     dir: PathBuf,
+    /// machine → the host key fingerprint the log recorded on first
+    /// contact (`Outcome::HostClaimed`), handed over by
+    /// [`MachineDriver::pin_host_keys`]; a claim made by this process adds
+    /// its own.
+    recorded: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// Where the uninstall scripts are (the installers' defaults; rke2 goes
@@ -251,7 +256,7 @@ const UNINSTALL_SCRIPTS: &[&str] = &[
 impl SshDriver {
     /// `state_dir`: the run's state dir (claims and pins live in `ssh/`).
     pub fn new(cfg: SshConfig, distribution: Distribution, state_dir: &Path) -> SshDriver {
-        SshDriver { cfg, distribution, dir: state_dir.join("ssh") }
+        SshDriver { cfg, distribution, dir: state_dir.join("ssh"), recorded: Default::default() }
     }
 
     fn host(&self, name: &str) -> Result<&HostConfig, DriverError> {
@@ -324,10 +329,79 @@ impl SshDriver {
         a
     }
 
+    fn recorded(&self, name: &str) -> Option<String> {
+        self.recorded.lock().expect("not poisoned").get(name).cloned()
+    }
+
+    /// The pin of `host` in rmm's known-hosts file checked against the
+    /// log's: the same key, or (the file lost its line) the line restored
+    /// from the host when the key it offers has the log's fingerprint. A
+    /// key that is not the log's refuses, naming both.
+    async fn check_pin(&self, host: &HostConfig) -> Result<(), DriverError> {
+        let Some(recorded) = self.recorded(&host.name) else { return Ok(()) };
+        let at = format!("{} ({})", host.name, host.address);
+        match self.pinned_fingerprint(host).await {
+            Some(pinned) if pinned == recorded => Ok(()),
+            Some(pinned) => Err(DriverError::Permanent(format!(
+                "ssh: the host key pinned for {at} in {} is {pinned}, not {recorded}, the one rmm's log recorded on first contact; restore the file, or release the host (rmm down) and claim it anew",
+                self.pins().display()
+            ))),
+            None => {
+                // Ask the host for its key through ssh itself (so
+                // ~/.ssh/config and ProxyJump apply), into a file of its
+                // own; `true` is all it runs, and nothing secret is sent.
+                let scratch = self.dir.join(format!(".scan-{}", host.name));
+                let _ = std::fs::remove_file(&scratch);
+                let mut argv = self.argv(host, true);
+                for a in argv.iter_mut() {
+                    if a.starts_with("UserKnownHostsFile=") {
+                        *a = format!("UserKnownHostsFile={}", scratch.display());
+                    }
+                }
+                let out = tokio::process::Command::new(&self.cfg.binary)
+                    .args(&argv)
+                    .arg("true")
+                    .stdin(Stdio::null())
+                    .output();
+                let out = tokio::time::timeout(Duration::from_secs(self.cfg.connect_timeout_s + 10), out)
+                    .await
+                    .map_err(|_| DriverError::Transient(format!("ssh: {at}: no answer while reading its host key")))?
+                    .map_err(|e| DriverError::Transient(format!("ssh {}: {e}", host.name)))?;
+                let seen = self.fingerprint_in(host, &scratch).await;
+                let line = std::fs::read_to_string(&scratch).unwrap_or_default();
+                let _ = std::fs::remove_file(&scratch);
+                match seen {
+                    Some(seen) if seen == recorded => {
+                        use std::io::Write as _;
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(self.pins())
+                            .map_err(|e| DriverError::Transient(format!("ssh: {}: {e}", self.pins().display())))?;
+                        f.write_all(line.as_bytes())
+                            .and_then(|()| f.sync_all())
+                            .map_err(|e| DriverError::Transient(format!("ssh: {}: {e}", self.pins().display())))?;
+                        tracing::info!(machine = %host.name, host_key = %recorded, "restored the host's pin from the log");
+                        Ok(())
+                    }
+                    Some(seen) => Err(DriverError::Permanent(format!(
+                        "ssh: the host key of {at} is {seen}, not {recorded}, the one rmm's log recorded on first contact; if the host was reinstalled, release it (rmm down) and claim it anew"
+                    ))),
+                    None => Err(self.classify(host, &String::from_utf8_lossy(&out.stderr)).unwrap_or_else(|| {
+                        DriverError::Transient(format!("ssh: {at}: could not read its host key"))
+                    })),
+                }
+            }
+        }
+    }
+
     /// Runs `script` on `host` (sent on stdin; the remote command carries
     /// nothing of it).
     async fn run(&self, host: &HostConfig, script: &str, first_contact: bool) -> Result<ExecOutput, DriverError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| DriverError::Transient(format!("ssh: {}: {e}", self.dir.display())))?;
+        if !first_contact {
+            self.check_pin(host).await?;
+        }
         let remote = if host.sudo { r#"sudo -n sh -c 'eval "$(cat)"'"# } else { r#"sh -c 'eval "$(cat)"'"# };
         let mut cmd = tokio::process::Command::new(&self.cfg.binary);
         cmd.args(self.argv(host, first_contact))
@@ -374,6 +448,12 @@ impl SshDriver {
         let at = format!("{} ({})", host.name, host.address);
         if stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") || stderr.contains("Host key verification failed")
         {
+            if let Some(recorded) = self.recorded(&host.name) {
+                return Some(DriverError::Permanent(format!(
+                    "ssh: the host key of {at} is not {recorded}, the one rmm's log recorded on first contact (pinned in {}); if the host was reinstalled, delete its line there and run again",
+                    self.pins().display()
+                )));
+            }
             return Some(DriverError::Permanent(format!(
                 "ssh: the host key of {at} is not the one rmm pinned on first contact (in {}); if the host was reinstalled, delete its line there and run again",
                 self.pins().display()
@@ -410,6 +490,11 @@ impl SshDriver {
 
     /// `ssh-keygen -l -F` of the host in rmm's pins: its key's fingerprint.
     async fn pinned_fingerprint(&self, host: &HostConfig) -> Option<String> {
+        self.fingerprint_in(host, &self.pins()).await
+    }
+
+    /// `ssh-keygen -l -F` of the host in the known-hosts file `file`.
+    async fn fingerprint_in(&self, host: &HostConfig, file: &Path) -> Option<String> {
         let entry = match host.port {
             Some(p) if p != 22 => format!("[{}]:{p}", host.address),
             _ => host.address.clone(),
@@ -419,7 +504,7 @@ impl SshDriver {
             .arg("-F")
             .arg(&entry)
             .arg("-f")
-            .arg(self.pins())
+            .arg(file)
             .stdin(Stdio::null())
             .output()
             .await
@@ -567,6 +652,9 @@ impl MachineDriver for SshDriver {
         crate::drivers::local::write_atomic(&path, &bytes)
             .map_err(|e| DriverError::Transient(format!("ssh: write {}: {e}", path.display())))?;
         tracing::info!(machine = %spec.name, address = %host.address, host_key = claim.host_key.as_deref().unwrap_or("?"), "claimed the host (its key is pinned)");
+        if let Some(key) = &claim.host_key {
+            self.recorded.lock().expect("not poisoned").insert(spec.name.clone(), key.clone());
+        }
         Ok(self.machine(&claim))
     }
 
@@ -625,6 +713,15 @@ impl MachineDriver for SshDriver {
 
     fn https_port(&self) -> u16 {
         self.cfg.rancher_port
+    }
+
+    /// The key fingerprint the claim saw on first contact, for the log.
+    async fn host_key(&self, machine: &str) -> Result<Option<String>, DriverError> {
+        Ok(self.read_claim(machine)?.and_then(|c| c.host_key))
+    }
+
+    fn pin_host_keys(&self, recorded: &BTreeMap<String, String>) {
+        self.recorded.lock().expect("not poisoned").extend(recorded.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
     /// The single-node install's `docker run`, with the bootstrap password

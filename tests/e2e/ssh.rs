@@ -438,6 +438,9 @@ fn ssh_a_host_key_changed_between_runs_refuses_with_one_line() {
     let print = run(Command::new("ssh-keygen").arg("-l").arg("-f").arg(hosts.dir("master01").join("host_key.pub")));
     let print = print.split_whitespace().find(|w| w.starts_with("SHA256:")).unwrap().to_string();
     assert_eq!(claim["host_key"].as_str(), Some(print.as_str()), "{claim}");
+    // ... and so does the log: the create step's outcome is the claim with
+    // the key's fingerprint (the pin, as the CA's checksum is pinned).
+    assert_eq!(logged_host_key(&t, "master01").as_deref(), Some(print.as_str()));
     t.rmm(&["down"]).ok();
     // The host is reinstalled: a new host key.
     hosts.stop(1);
@@ -450,6 +453,63 @@ fn ssh_a_host_key_changed_between_runs_refuses_with_one_line() {
     assert_eq!(lines.len(), 1, "one rmm: line: {stderr}");
     assert!(lines[0].contains("host key of master01"), "{}", lines[0]);
     assert!(lines[0].contains("known_hosts"), "{}", lines[0]);
+    assert!(lines[0].contains(&print), "the line names the fingerprint the log recorded: {}", lines[0]);
+}
+
+/// The fingerprint the log recorded for `machine`'s host (its create
+/// step's `host_claimed` outcome, the latest).
+fn logged_host_key(t: &TestDir, machine: &str) -> Option<String> {
+    let out = t.rmm(&["log", "--json", "--all-runs"]).ok();
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["actor"] == machine && e["kind"] == "StepSucceeded" && e["data"]["step"] == "create_machine")
+        .filter_map(|e| e["data"]["outcome"]["host_claimed"]["host_key"].as_str().map(str::to_string))
+        .last()
+}
+
+/// The log is where the pin lives: with rmm's known-hosts file lost
+/// mid-run, the resume restores a host's line when the key it offers is
+/// the one the log recorded, and refuses (one line, both fingerprints) a
+/// host that now offers another.
+#[test]
+fn ssh_a_lost_known_hosts_file_is_restored_from_the_log_and_a_changed_key_refused_with_one_line() {
+    let Some((t, mut hosts)) = world("the ssh driver's host key pinning", &["rancher", "master01", "worker01"], 1, 1, "") else {
+        return;
+    };
+    // Killed once every machine is claimed (the log has their keys).
+    let mut cmd = t.rmm(&["up"]).cmd;
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let claimed = |e: &Value| e["kind"] == "StepSucceeded" && e["data"]["outcome"]["host_claimed"].is_object();
+    while t.events_while_running().iter().filter(|e| claimed(e)).count() < 3 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it was killed");
+        assert!(Instant::now() < deadline, "the machines were never all claimed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let pins = t.state().join("ssh/known_hosts");
+    std::fs::remove_file(&pins).unwrap();
+    // worker01 is reinstalled meanwhile: another key.
+    hosts.stop(2);
+    hosts.new_host_key(2);
+    hosts.start(2);
+    let out = t.rmm(&["up", "--resume"]).run();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rmm:")).collect();
+    assert_eq!(lines.len(), 1, "one rmm: line: {stderr}");
+    let recorded = logged_host_key(&t, "worker01").unwrap();
+    assert!(lines[0].contains("host key of worker01") && lines[0].contains(&recorded), "{}", lines[0]);
+    // The others' lines came back from the log (their keys did not change).
+    // (ssh hashes the names in known-hosts files: ask ssh-keygen.)
+    let pinned = |i: usize| {
+        let out = Command::new("ssh-keygen").arg("-F").arg(format!("[{}]:{PORT}", hosts.hosts[i].ip)).arg("-f").arg(&pins).output().unwrap();
+        out.status.success() && !out.stdout.is_empty()
+    };
+    assert!(pinned(1), "master01's pin restored");
+    assert!(!pinned(2), "worker01's new key not pinned");
 }
 
 #[test]
