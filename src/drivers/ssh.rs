@@ -9,6 +9,16 @@
 //!   uninstall scripts (whichever exist: rancher-system-agent, rke2, k3s),
 //!   removes the Rancher server container on the rancher host, and drops
 //!   the claim. It never deletes or powers off a host.
+//! * **A claim on the host too**: "create" writes `~/.rmm/claim` on the
+//!   host (of the user rmm logs in as, or root's under `sudo`): the
+//!   cluster, the machine name and the state dir's identity (a random id
+//!   kept in `<state>/ssh/identity.json`, and `user@host:/path` for
+//!   people). It is made with `set -C` (O_EXCL), so of two state dirs
+//!   claiming one host at once only one wins; a host claimed from another
+//!   state dir is refused with one line naming it; one claimed by this
+//!   state dir (a resume whose create was cut short) is adopted. "remove"
+//!   deletes it after the uninstall scripts, only when it is this state
+//!   dir's.
 //! * **Host keys are pinned**: the first contact (the claim) records the
 //!   host's key in rmm's own known-hosts file (`<state>/ssh/known_hosts`,
 //!   `StrictHostKeyChecking=accept-new`); every later call uses
@@ -231,6 +241,18 @@ struct Claim {
     host_key: Option<String>,
 }
 
+/// Who claims hosts: this state dir (`<state>/ssh/identity.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Identity {
+    /// Random, made once per state dir: what a claim is compared by.
+    id: String,
+    /// `user@host:/absolute/state/dir`, for the refusal's words.
+    place: String,
+}
+
+/// The claim file on a host (in the login's home; root's under sudo).
+const HOST_CLAIM: &str = "$HOME/.rmm/claim";
+
 /// The driver for one state dir.
 pub struct SshDriver {
     cfg: SshConfig,
@@ -241,6 +263,8 @@ pub struct SshDriver {
     /// [`MachineDriver::pin_host_keys`]; a claim made by this process adds
     /// its own.
     recorded: std::sync::Mutex<BTreeMap<String, String>>,
+    /// This state dir's identity, read (or made) once.
+    identity: std::sync::Mutex<Option<Identity>>,
 }
 
 /// Where the uninstall scripts are (the installers' defaults; rke2 goes
@@ -256,7 +280,7 @@ const UNINSTALL_SCRIPTS: &[&str] = &[
 impl SshDriver {
     /// `state_dir`: the run's state dir (claims and pins live in `ssh/`).
     pub fn new(cfg: SshConfig, distribution: Distribution, state_dir: &Path) -> SshDriver {
-        SshDriver { cfg, distribution, dir: state_dir.join("ssh"), recorded: Default::default() }
+        SshDriver { cfg, distribution, dir: state_dir.join("ssh"), recorded: Default::default(), identity: Default::default() }
     }
 
     fn host(&self, name: &str) -> Result<&HostConfig, DriverError> {
@@ -327,6 +351,77 @@ impl SshDriver {
         a.push("--".into());
         a.push(host.address.clone());
         a
+    }
+
+    /// This state dir's identity (made on first use; under a lock, so
+    /// claims made at once carry the same one).
+    fn identity(&self) -> Result<Identity, DriverError> {
+        let mut held = self.identity.lock().expect("not poisoned");
+        if let Some(id) = held.as_ref() {
+            return Ok(id.clone());
+        }
+        let path = self.dir.join("identity.json");
+        let id = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| DriverError::Permanent(format!("ssh: {} is corrupt: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let state = crate::state_dir::absolute(self.dir.parent().unwrap_or(&self.dir));
+                let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "?".into());
+                let machine = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "?".into());
+                let id = Identity { id: uuid::Uuid::now_v7().to_string(), place: format!("{user}@{machine}:{}", state.display()) };
+                std::fs::create_dir_all(&self.dir)
+                    .map_err(|e| DriverError::Transient(format!("ssh: {}: {e}", self.dir.display())))?;
+                crate::drivers::local::write_atomic(&path, &serde_json::to_vec_pretty(&id).expect("an identity serialises"))
+                    .map_err(|e| DriverError::Transient(format!("ssh: write {}: {e}", path.display())))?;
+                id
+            }
+            Err(e) => return Err(DriverError::Transient(format!("ssh: read {}: {e}", path.display()))),
+        };
+        *held = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Writes this state dir's claim on `host` as machine `spec.name`, or
+    /// finds it there already; another state dir's claim refuses.
+    async fn claim_host(&self, host: &HostConfig, spec: &MachineSpec) -> Result<(), DriverError> {
+        let me = self.identity()?;
+        let body = format!(
+            "id={}\nstate_dir={}\ncluster={}\nmachine={}\nclaimed={}\n",
+            me.id,
+            me.place,
+            spec.cluster,
+            spec.name,
+            rmm_events::rfc3339_ms(rmm_events::now_ms())
+        );
+        // `set -C`: the file is made with O_EXCL, so two claims at once
+        // cannot both win; then what is there is printed, ours or not.
+        let script = format!(
+            "f={HOST_CLAIM}\nmkdir -p \"$(dirname \"$f\")\" || exit 1\nif [ ! -e \"$f\" ]; then (umask 077; set -C; printf %s {body} > \"$f\") 2>/dev/null; fi\nsed 's/^/rmm-claim /' \"$f\"\n",
+            body = shell_quote(&body)
+        );
+        let out = self.run(host, &script, false).await?;
+        let field = |k: &str| {
+            out.stdout.lines().find_map(|l| l.trim().strip_prefix("rmm-claim ").and_then(|l| l.strip_prefix(&format!("{k}="))).map(str::to_string))
+        };
+        match field("id") {
+            Some(id) if id == me.id => Ok(()),
+            Some(_) => Err(DriverError::Permanent(format!(
+                "ssh: host {} ({}) is claimed by cluster {} (machine {}) of the state dir {} since {}; release it there (rmm down), or delete ~/.rmm/claim on the host if that state dir is gone",
+                host.name,
+                host.address,
+                field("cluster").unwrap_or_else(|| "?".into()),
+                field("machine").unwrap_or_else(|| "?".into()),
+                field("state_dir").unwrap_or_else(|| "?".into()),
+                field("claimed").unwrap_or_else(|| "?".into()),
+            ))),
+            None => Err(DriverError::Transient(format!(
+                "ssh: could not write the claim on {} ({}): exit {}: {}",
+                host.name,
+                host.address,
+                out.status,
+                last_line(&out.stderr)
+            ))),
+        }
     }
 
     fn recorded(&self, name: &str) -> Option<String> {
@@ -636,6 +731,11 @@ impl MachineDriver for SshDriver {
                 self.distribution.as_str()
             )));
         }
+        // The first contact pinned the key: this call is checked against it.
+        if let Some(key) = self.pinned_fingerprint(&host).await {
+            self.recorded.lock().expect("not poisoned").insert(spec.name.clone(), key);
+        }
+        self.claim_host(&host, spec).await?;
         let claim = Claim {
             name: spec.name.clone(),
             cluster: spec.cluster.clone(),
@@ -702,6 +802,12 @@ impl MachineDriver for SshDriver {
                 "if [ -x {s} ]; then echo \"rmm: running {s}\"; {s} || echo \"rmm: {s} exited $?\" >&2; fi\n"
             ));
         }
+        // Then the host is released: the claim goes, if it is ours.
+        let me = self.identity()?;
+        script.push_str(&format!(
+            "f={HOST_CLAIM}\nif [ -f \"$f\" ] && grep -qx {} \"$f\"; then rm -f \"$f\"; echo \"rmm: released the host\"; fi\n",
+            shell_quote(&format!("id={}", me.id))
+        ));
         script.push_str("exit 0\n");
         let out = self.run(&host, &script, false).await?;
         tracing::info!(machine = %name, output = %out.stdout.trim(), "released the host");

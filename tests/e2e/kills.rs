@@ -53,15 +53,14 @@ fn kill_after(mut child: Child, after: Duration) -> bool {
 
 /// The span the kills are spread over: about a whole run on `on` in the
 /// slow world in a debug build (rke1 ~2 s; rke2 ~3.5 s, its controllers
-/// and planner on their own clock; the docker-machine double and the ssh
-/// hosts, 1 + 1 nodes on rke2, TODO s). Fixed, so a seed replays the same
-/// moments.
+/// and planner on their own clock; 1 + 1 nodes on rke2: the
+/// docker-machine double ~3 s, the ssh hosts ~5 s, one ssh connection a
+/// command). Fixed, so a seed replays the same moments.
 fn kill_span(on: On) -> Duration {
     match on {
         On::Local(Kind::Rke1) => Duration::from_millis(1800),
-        On::Local(Kind::Rke2) => Duration::from_millis(3500),
-        On::DockerMachine => Duration::from_millis(3500),
-        On::Ssh => Duration::from_millis(3500),
+        On::Local(Kind::Rke2) | On::DockerMachine => Duration::from_millis(3500),
+        On::Ssh => Duration::from_millis(5000),
     }
 }
 

@@ -527,6 +527,46 @@ fn ssh_a_host_that_drops_the_connection_after_the_installer_ran_then_resume_regi
     assert_eq!(machines_by_node(&t), ["master01", "worker01"], "each registered once");
 }
 
+/// Two state dirs never hold one host: "create" writes a claim on the host
+/// naming the state dir; a second state dir's `up` is refused with one
+/// line naming who holds it; `down` releases the host (after the uninstall
+/// scripts), and then the other state dir's resume claims it.
+#[test]
+fn ssh_a_host_claimed_from_another_state_dir_is_refused_with_one_line_until_released() {
+    let Some((a, hosts)) = world("the ssh driver's host claims", &["rancher", "master01", "worker01"], 1, 1, "") else {
+        return;
+    };
+    a.up_ok(&[]);
+    let claim_on = |name: &str| std::fs::read_to_string(hosts.dir(name).join("home/.rmm/claim")).ok();
+    let held = claim_on("master01").expect("a claim on the host");
+    assert!(held.contains(&a.state().display().to_string()) && held.contains("machine=master01"), "{held}");
+    // Another state dir, the same hosts, another cluster.
+    let b = TestDir::new();
+    let config = std::fs::read_to_string(a.tmp.path().join("rmm.toml")).unwrap();
+    let config = config.replace("cluster_name = \"ssh", "cluster_name = \"other");
+    std::fs::write(b.tmp.path().join("rmm.toml"), config).unwrap();
+    let out = b.rmm(&["up"]).run();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rmm:")).collect();
+    assert_eq!(lines.len(), 1, "one rmm: line: {stderr}");
+    assert!(lines[0].contains("is claimed by cluster ssh") && lines[0].contains(&a.state().display().to_string()), "{}", lines[0]);
+    assert_eq!(claim_on("master01").as_deref(), Some(held.as_str()), "the claim is untouched");
+    // A's down releases every host; B's resume then claims them.
+    a.rmm(&["down"]).ok();
+    for h in ["rancher", "master01", "worker01"] {
+        assert_eq!(claim_on(h), None, "{h} released");
+    }
+    // `down` removes the Rancher container, not its data (/opt/rancher):
+    // a new Rancher there would start as A's, with A's admin password. The
+    // host's owner wipes it before handing the host on.
+    std::fs::remove_dir_all(hosts.dir("rancher").join("machine/rancher")).unwrap();
+    b.up_ok(&["--resume"]);
+    let now = claim_on("worker01").expect("claimed by B");
+    assert!(now.contains(&b.state().display().to_string()) && now.contains("cluster=other"), "{now}");
+    b.rmm(&["down"]).ok();
+}
+
 /// The hosts decide the topology: `up` refuses, before touching anything,
 /// when `[[ssh.hosts]]` does not name every planned machine.
 #[test]
