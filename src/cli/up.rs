@@ -107,8 +107,11 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         return Err(Error::Config(missing_password(&plan)));
     }
     if plan.driver == "ssh" {
-        let names: Vec<String> = plan.machine_names().into_iter().map(|(n, _)| n).collect();
-        crate::drivers::ssh::check_hosts(&ssh.resolve().map_err(Error::Config)?, &names).map_err(Error::Config)?;
+        // An existing Rancher (rancher_url) needs no rancher host.
+        let machines = if plan.existing_rancher() { plan.node_names() } else { plan.machine_names() };
+        let names: Vec<String> = machines.into_iter().map(|(n, _)| n).collect();
+        crate::drivers::ssh::check_hosts(&ssh.resolve().map_err(Error::Config)?, &names, plan.existing_rancher())
+            .map_err(Error::Config)?;
     }
     // A log deleted beside a live world is not a fresh start: a new log
     // would fail on every machine and bury the evidence.

@@ -202,13 +202,20 @@ pub fn settings(state_dir: &Path, file: Option<&SshFile>, record: bool) -> Resul
     }
 }
 
-/// Checks that `[[ssh.hosts]]` names every machine of the plan.
-pub fn check_hosts(cfg: &SshConfig, machines: &[String]) -> Result<(), String> {
+/// Checks that `[[ssh.hosts]]` names every machine of the plan: masters +
+/// workers + the rancher host, or (`existing_rancher`: `rancher_url` is
+/// set) masters + workers only.
+pub fn check_hosts(cfg: &SshConfig, machines: &[String], existing_rancher: bool) -> Result<(), String> {
+    let rule = if existing_rancher {
+        "masters + workers; rancher_url is set, so no rancher host"
+    } else {
+        "masters + workers + 1"
+    };
     let missing: Vec<&str> =
         machines.iter().filter(|m| !cfg.hosts.iter().any(|h| &h.name == *m)).map(String::as_str).collect();
     if !missing.is_empty() {
         return Err(format!(
-            "driver ssh: rmm.toml has no [[ssh.hosts]] entry for {} ({} hosts given, {} machines planned)",
+            "driver ssh: rmm.toml has no [[ssh.hosts]] entry for {} ({} hosts given, {} machines planned: {rule})",
             missing.join(", "),
             cfg.hosts.len(),
             machines.len()
@@ -218,7 +225,7 @@ pub fn check_hosts(cfg: &SshConfig, machines: &[String]) -> Result<(), String> {
         cfg.hosts.iter().filter(|h| !machines.contains(&h.name)).map(|h| h.name.as_str()).collect();
     if !extra.is_empty() {
         return Err(format!(
-            "driver ssh: [[ssh.hosts]] {} not in the plan ({} machines planned: masters + workers + 1); change masters/workers or the hosts",
+            "driver ssh: [[ssh.hosts]] {} not in the plan ({} machines planned: {rule}); change masters/workers or the hosts",
             extra.join(", "),
             machines.len()
         ));
@@ -874,7 +881,7 @@ mod tests {
         let cfg = file.ssh.resolve().unwrap();
         let plan = file.plan(&Default::default()).unwrap();
         let names: Vec<String> = plan.machine_names().into_iter().map(|(n, _)| n).collect();
-        check_hosts(&cfg, &names).unwrap();
+        check_hosts(&cfg, &names, false).unwrap();
         assert_eq!(plan.driver, "ssh");
         let w2 = cfg.hosts.iter().find(|h| h.name == "worker02").unwrap();
         assert_eq!((w2.address.as_str(), w2.ip.as_str(), w2.sudo), ("node-w2", "10.0.0.22", true));
@@ -892,7 +899,10 @@ mod tests {
         assert!(!cfg.hosts[1].sudo);
         assert_eq!(cfg.hosts[1].port, Some(2222));
         assert_eq!(cfg.rancher_port, 443);
-        let err = check_hosts(&cfg, &["rancher".into(), "master01".into(), "worker01".into()]).unwrap_err();
+        let err = check_hosts(&cfg, &["rancher".into(), "master01".into(), "worker01".into()], false).unwrap_err();
         assert!(err.contains("worker01"), "{err}");
+        // With rancher_url, the rancher host is one too many.
+        let err = check_hosts(&cfg, &["master01".into()], true).unwrap_err();
+        assert!(err.contains("rancher not in the plan") && err.contains("no rancher host"), "{err}");
     }
 }

@@ -567,6 +567,52 @@ fn ssh_a_host_claimed_from_another_state_dir_is_refused_with_one_line_until_rele
     b.rmm(&["down"]).ok();
 }
 
+/// An existing Rancher (`rancher_url`): the hosts are the nodes only
+/// (masters + workers, no rancher host), the full up registers them with
+/// that server, and `down` releases them and leaves the server running.
+#[test]
+fn ssh_with_an_existing_rancher_takes_masters_plus_workers_hosts_and_the_full_up_works() {
+    let server = crate::existing::Server::start();
+    let url = format!("rancher_url = \"{}\"\n", server.url());
+    let Some((t, hosts)) = world("the ssh driver with an existing Rancher", &["master01", "worker01"], 1, 1, &url) else {
+        return;
+    };
+    t.rmm(&["up"]).env("RMM_RANCHER_PASSWORD", crate::existing::BOOTSTRAP).ok();
+    assert_eq!(t.status()["run"]["state"], "completed");
+    let admin = t.credentials()["password"].as_str().unwrap().to_string();
+    let (status, token) = server.login(&admin);
+    assert_eq!(status, 201);
+    let toml = std::fs::read_to_string(t.tmp.path().join("rmm.toml")).unwrap();
+    let name = toml.lines().find_map(|l| l.strip_prefix("cluster_name = \"")).unwrap().trim_end_matches('"').to_string();
+    let (c, machines) = server.cluster(&token.unwrap(), &name);
+    assert_eq!(c.expect("the cluster is in Rancher")["status"]["ready"], true);
+    let mut nodes: Vec<&str> = machines.iter().map(|m| m["metadata"]["labels"]["rke.cattle.io/node-name"].as_str().unwrap_or("")).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["master01", "worker01"], "each host registered once, from its host");
+    assert!(machines.iter().all(|m| m["status"]["phase"] == "Running"), "{machines:?}");
+    t.rmm(&["down"]).ok();
+    for h in ["master01", "worker01"] {
+        assert!(!hosts.dir(h).join("home/.rmm/claim").exists(), "{h} released");
+    }
+    assert_eq!(server.login(&admin).0, 201, "the server keeps running");
+}
+
+/// ... and with `rancher_url` a rancher host is one too many: refused
+/// before anything is touched, with one line that says why.
+#[test]
+fn ssh_with_an_existing_rancher_refuses_a_rancher_host_with_one_line() {
+    let t = TestDir::new();
+    std::fs::write(
+        t.tmp.path().join("rmm.toml"),
+        "driver = \"ssh\"\ndistribution = \"rke2\"\nmasters = 1\nworkers = 1\nrancher_url = \"https://rancher.example.com\"\n\n[[ssh.hosts]]\nname = \"rancher\"\naddress = \"10.0.0.10\"\n\n[[ssh.hosts]]\nname = \"master01\"\naddress = \"10.0.0.11\"\n\n[[ssh.hosts]]\nname = \"worker01\"\naddress = \"10.0.0.12\"\n",
+    )
+    .unwrap();
+    let out = t.rmm(&["up"]).env("RMM_RANCHER_PASSWORD", "some-password-1234").code(2);
+    let line = crate::support::single_stderr_line(&out);
+    assert!(line.contains("rancher not in the plan") && line.contains("rancher_url is set"), "{line}");
+    assert!(!t.state().join("ssh.json").exists(), "nothing recorded");
+}
+
 /// The hosts decide the topology: `up` refuses, before touching anything,
 /// when `[[ssh.hosts]]` does not name every planned machine.
 #[test]
