@@ -765,8 +765,40 @@ impl MachineDriver for SshDriver {
         Ok(self.machine(&claim))
     }
 
+    /// A claimed host as it answers now (one `ssh … true`): `Running`
+    /// when it does; `Stopped` when it does not answer (refused, timed
+    /// out, dropped: powered off or rebooting); `Error` when it answers but
+    /// refuses rmm (a host key that is not the pinned one, a refused
+    /// login), with that one line.
     async fn inspect(&self, name: &str) -> Result<Option<Machine>, DriverError> {
-        Ok(self.read_claim(name)?.map(|c| self.machine(&c)))
+        let Some(claim) = self.read_claim(name)? else { return Ok(None) };
+        let mut machine = self.machine(&claim);
+        let host = self.host(name)?.clone();
+        match self.run(&host, "true\n", false).await {
+            Ok(_) => {}
+            Err(DriverError::Transient(why)) => {
+                tracing::info!(machine = %name, %why, "the host does not answer");
+                machine.state = MachineState::Stopped;
+            }
+            Err(DriverError::Permanent(why)) => machine.state = MachineState::Error(why),
+        }
+        Ok(Some(machine))
+    }
+
+    /// rmm cannot power a host on: a stopped host is "started again" when
+    /// it answers again (a reboot that ended); its address is the
+    /// configured one. One that still does not answer is a transient
+    /// error that says so.
+    async fn restart(&self, name: &str) -> Result<Option<Machine>, DriverError> {
+        let Some(claim) = self.read_claim(name)? else { return Ok(None) };
+        let host = self.host(name)?.clone();
+        self.run(&host, "true\n", false).await.map_err(|e| match e {
+            DriverError::Transient(why) => DriverError::Transient(format!(
+                "{why} (rmm cannot power a host on: start it, then `rmm up --resume`)"
+            )),
+            permanent => permanent,
+        })?;
+        Ok(Some(self.machine(&claim)))
     }
 
     async fn list(&self, cluster: &str) -> Result<Vec<Machine>, DriverError> {

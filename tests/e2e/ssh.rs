@@ -574,7 +574,7 @@ fn ssh_a_host_claimed_from_another_state_dir_is_refused_with_one_line_until_rele
 fn ssh_with_an_existing_rancher_takes_masters_plus_workers_hosts_and_the_full_up_works() {
     let server = crate::existing::Server::start();
     let url = format!("rancher_url = \"{}\"\n", server.url());
-    let Some((t, hosts)) = world("the ssh driver with an existing Rancher", &["master01", "worker01"], 1, 1, &url) else {
+    let Some((t, mut hosts)) = world("the ssh driver with an existing Rancher", &["master01", "worker01"], 1, 1, &url) else {
         return;
     };
     t.rmm(&["up"]).env("RMM_RANCHER_PASSWORD", crate::existing::BOOTSTRAP).ok();
@@ -590,6 +590,17 @@ fn ssh_with_an_existing_rancher_takes_masters_plus_workers_hosts_and_the_full_up
     nodes.sort();
     assert_eq!(nodes, ["master01", "worker01"], "each host registered once, from its host");
     assert!(machines.iter().all(|m| m["status"]["phase"] == "Running"), "{machines:?}");
+    // status --refresh asks each host: one that does not answer (its sshd
+    // down: powered off) is stopped, and running again once it answers.
+    let observed = |t: &TestDir, name: &str| {
+        let s = t.status_refresh();
+        s["actors"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap()["observed"].clone()
+    };
+    hosts.stop(1);
+    assert_eq!(observed(&t, "worker01"), "stopped");
+    assert_eq!(observed(&t, "master01"), "running");
+    hosts.start(1);
+    assert_eq!(observed(&t, "worker01"), "running");
     t.rmm(&["down"]).ok();
     for h in ["master01", "worker01"] {
         assert!(!hosts.dir(h).join("home/.rmm/claim").exists(), "{h} released");
