@@ -173,7 +173,9 @@ pub fn check_completed_once_on(dir: &TestDir, on: On, what: &str, crashes: u64) 
     let run = status["run"]["id"].as_str().unwrap();
     let description = format!("rmm run {run}");
     if distribution_of(&events).is_v1() {
-        check_v1_cluster(dir, (masters, workers), what, &description);
+        let plan = &events.iter().find(|e| e["kind"] == "RunStarted").expect("a run")["data"]["plan"];
+        let name = plan["cluster_name"].as_str().expect("a cluster name").to_string();
+        check_v1_cluster(dir, &name, (masters, workers), what, &description);
     } else {
         check_v3_cluster(dir, (masters, workers), what, &description);
     }
@@ -228,13 +230,11 @@ fn condition<'a>(object: &'a Value, ty: &str) -> Option<&'a Value> {
 /// the management cluster `Ready`); six CAPI machines `Running` with a
 /// `nodeRef`, three etcd + control plane and three workers, each for the
 /// node it is named after; one API token of this run.
-fn check_v1_cluster(dir: &TestDir, (masters, workers): (usize, usize), what: &str, description: &str) {
+fn check_v1_cluster(dir: &TestDir, name: &str, (masters, workers): (usize, usize), what: &str, description: &str) {
     let rancher = ask_rancher_v1(dir);
     assert_eq!(rancher.clusters.len(), 1, "{what}: provisioning clusters: {:?}", rancher.clusters);
     let cluster = &rancher.clusters[0];
-    let events = dir.events();
-    let plan = &events.iter().find(|e| e["kind"] == "RunStarted").expect("a run")["data"]["plan"];
-    assert_eq!(cluster["metadata"]["name"], plan["cluster_name"], "{what}");
+    assert_eq!(cluster["metadata"]["name"], name, "{what}");
     assert_eq!(cluster["status"]["ready"], true, "{what}: status.ready: {cluster}");
     assert!(cluster["metadata"]["generation"].is_u64(), "{what}: {cluster}");
     assert_eq!(cluster["status"]["observedGeneration"], cluster["metadata"]["generation"], "{what}: {cluster}");
