@@ -462,10 +462,10 @@ fn logged_host_key(t: &TestDir, machine: &str) -> Option<String> {
     let out = t.rmm(&["log", "--json", "--all-runs"]).ok();
     text(&out.stdout)
         .lines()
+        .rev()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|e| e["actor"] == machine && e["kind"] == "StepSucceeded" && e["data"]["step"] == "create_machine")
-        .filter_map(|e| e["data"]["outcome"]["host_claimed"]["host_key"].as_str().map(str::to_string))
-        .last()
+        .find_map(|e| e["data"]["outcome"]["host_claimed"]["host_key"].as_str().map(str::to_string))
 }
 
 /// The log is where the pin lives: with rmm's known-hosts file lost
