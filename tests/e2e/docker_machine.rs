@@ -331,3 +331,50 @@ fn rke1_on_an_emulated_2_11_with_the_docker_machine_flavour() {
     assert_ok(&dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
     assert!(machines(&dir).is_empty());
 }
+
+/// Issue 10: a machine Stopped or Saved *after* its create step was
+/// recorded is started again on resume and its new address read (`ip`
+/// errors while it boots are waited out), then the run completes with the
+/// node registered from that address.
+///
+/// AFTER MERGE: this needs the core's once-per-attempt node machine check
+/// (helper docker9: `MachineDriver::inspect`, then `restart`); the driver's
+/// side is `src/drivers/docker_machine.rs`, tested state by state there.
+/// Without that check the resume meets `Host … is not running` on the
+/// stopped machine. Remove the `ignore` once both are merged.
+#[test]
+#[ignore = "needs the core's once-per-attempt machine check (helper docker9), not on this branch"]
+fn a_machine_stopped_after_its_create_was_recorded_is_started_again_on_resume_at_its_new_address() {
+    // Crashed once every create is in the log, before any agent ran: the
+    // first append index where that holds, each tried in a fresh dir.
+    let mut k = 8;
+    let dir = loop {
+        let d = TestDir::new();
+        write_config(&d, "rancher-machine", "");
+        let crashed = up(&d, &[("RMM_CRASH_AFTER_APPEND", &k.to_string())]);
+        assert!(!crashed.status.success(), "the run ended before append {k}");
+        let events = d.events();
+        let created = events.iter().filter(|e| e["kind"] == "StepSucceeded" && e["data"]["step"] == "create_machine").count();
+        let agents = events.iter().any(|e| e["data"]["step"] == "run_agent");
+        if created == 3 && !agents {
+            break d;
+        }
+        assert!(!agents && k < 40, "no append has every create recorded and no agent started");
+        k += 1;
+    };
+    let full = format!("{CLUSTER}-worker01");
+    let old = text(&dm(&dir, "rancher-machine", &["ip", &full]).stdout).trim().to_string();
+    // Saved, as `VBoxManage controlvm … savestate` leaves it (the double's VM state).
+    std::fs::write(store(&dir).join("machines").join(&full).join(&full).join("state"), "saved").unwrap();
+    assert_eq!(text(&dm(&dir, "rancher-machine", &["status", &full]).stdout).trim(), "Saved");
+    let out = dir.rmm(&["up", "--resume"]).env("DM_DOUBLE_BOOT_POLLS", "2").run();
+    assert_ok(&out);
+    let now = text(&dm(&dir, "rancher-machine", &["ip", &full]).stdout).trim().to_string();
+    assert!(!now.is_empty() && now != old, "started again at a new address: {old} then {now}");
+    let status = dir.status();
+    let worker = status["actors"].as_array().unwrap().iter().find(|a| a["name"] == "worker01").unwrap();
+    assert_eq!(worker["ip"].as_str(), Some(now.as_str()), "the log has the new address: {worker}");
+    let machines = crate::support::ask_rancher_v1(&dir).machines;
+    let w = machines.iter().find(|m| m["metadata"]["labels"]["rke.cattle.io/node-name"] == "worker01").expect("worker01 registered");
+    assert!(w["status"]["addresses"].to_string().contains(&format!("\"{now}\"")), "registered from its new address: {w}");
+}
