@@ -17,7 +17,11 @@
 //! Measured in a full `cargo nextest run --workspace` on the shared 2-core
 //! machine (load average ~10 from other builds, so read them as upper
 //! bounds): the rke2 matrix 223 s, the rke1 matrix 159 s, the seeded
-//! chains 20 s (rke2) and 16 s (rke1).
+//! chains 20 s (rke2) and 16 s (rke1). On the other drivers (1 master + 1
+//! worker: ~57 appends, 12 effects), measured alone on the same machine
+//! under a load average of 13–20: docker-machine appends 341 s, effects
+//! 59 s; ssh appends 859 s, effects 98 s (an ssh connection per command,
+//! and sshd per host per pair); the seeded chains 15 s and 34–48 s.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
