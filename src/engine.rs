@@ -37,6 +37,28 @@ pub fn driver(plan: &Plan, dir: &StateDir) -> Result<Arc<dyn MachineDriver>> {
     }
 }
 
+/// The driver named in the plan, told what the log recorded about its
+/// machines (the host keys pinned on first contact).
+pub fn driver_for(plan: &Plan, dir: &StateDir, history: &History) -> Result<Arc<dyn MachineDriver>> {
+    let driver = driver(plan, dir)?;
+    driver.pin_host_keys(&recorded_host_keys(history));
+    Ok(driver)
+}
+
+/// The host keys the log recorded on first contact (`HostClaimed`, the ssh
+/// driver's), machine → fingerprint; a later run's win.
+pub fn recorded_host_keys(history: &History) -> std::collections::BTreeMap<String, String> {
+    let mut keys = std::collections::BTreeMap::new();
+    for run in &history.runs {
+        for (name, actor) in &run.actors {
+            if let Some(rmm_events::Outcome::HostClaimed { host_key, .. }) = actor.outcome(rmm_events::Step::CreateMachine) {
+                keys.insert(name.clone(), host_key.clone());
+            }
+        }
+    }
+    keys
+}
+
 /// Appends the first events of a new run (`RunStarted`) or of a new attempt.
 /// A failed append names the event log's file and the free space.
 pub fn begin(

@@ -151,6 +151,21 @@ pub trait MachineDriver: Send + Sync + 'static {
         let _ = name;
         Ok(None)
     }
+    /// The fingerprint (`SHA256:…`) of the SSH host key `machine` showed on
+    /// first contact, for a driver that pins host keys (ssh): the create
+    /// step records it in the log (`Outcome::HostClaimed`). `None`: the
+    /// driver pins none (this default).
+    async fn host_key(&self, machine: &str) -> Result<Option<String>, DriverError> {
+        let _ = machine;
+        Ok(None)
+    }
+    /// The host keys the log recorded (machine → fingerprint, the latest
+    /// per machine), handed to the driver before a command uses it: a
+    /// driver that pins host keys refuses a host whose key is not the one
+    /// the log holds, and names that one. Default: ignored.
+    fn pin_host_keys(&self, recorded: &std::collections::BTreeMap<String, String>) {
+        let _ = recorded;
+    }
     /// Starts the Rancher server on `machine`. A machine driver types the
     /// single-node install's `docker run` into the machine (this default);
     /// a driver whose machines are containers creates the server's

@@ -246,7 +246,10 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
         Step::CreateMachine => match ctx.driver.inspect(call.actor).await? {
             // Ours only if it carries this cluster's label (when the driver has labels).
             Some(m) if m.state == MachineState::Running && m.cluster.as_ref().is_none_or(|c| *c == ctx.plan.cluster_name) => {
-                Ok(m.ip.map(|ip| Outcome::MachineCreated { ip }))
+                match m.ip {
+                    Some(ip) => Ok(Some(machine_created(ctx, call.actor, ip).await?)),
+                    None => Ok(None),
+                }
             }
             // Not absent: say what it is (it is removed and made again).
             Some(m) if matches!(m.state, MachineState::Creating | MachineState::Error(_)) => Err(StepError::transient(format!(
@@ -337,6 +340,16 @@ async fn remove(ctx: &RunCtx, machine: &str) -> StepResult<()> {
     bounded(format!("removing machine {machine}"), ctx.driver.remove(machine)).await
 }
 
+/// `MachineCreated`, or `HostClaimed` with the host key the driver saw on
+/// first contact (drivers that pin SSH host keys: ssh), so the log holds
+/// the pin.
+async fn machine_created(ctx: &RunCtx, machine: &str, ip: String) -> StepResult<Outcome> {
+    Ok(match bounded(format!("reading the host key of {machine}"), ctx.driver.host_key(machine)).await? {
+        Some(host_key) => Outcome::HostClaimed { ip, host_key },
+        None => Outcome::MachineCreated { ip },
+    })
+}
+
 async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
     let ctx = call.ctx;
     if let Some(m) = ctx.driver.inspect(call.actor).await? {
@@ -344,7 +357,7 @@ async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
             // Only a machine this run already tried to create is ours to adopt.
             MachineState::Running if call.try_no > 1 => {
                 if let Some(ip) = m.ip {
-                    return Ok(Outcome::MachineCreated { ip });
+                    return machine_created(ctx, call.actor, ip).await;
                 }
             }
             // Ours, stopped (a resume after it was stopped): started again
@@ -352,7 +365,7 @@ async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
             MachineState::Stopped if call.try_no > 1 || ctx.attempt > 1 => {
                 if let Some(m) = bounded(format!("starting machine {} again", call.actor), ctx.driver.restart(call.actor)).await? {
                     if let Some(ip) = m.ip.filter(|_| m.state == MachineState::Running) {
-                        return Ok(Outcome::MachineCreated { ip });
+                        return machine_created(ctx, call.actor, ip).await;
                     }
                 }
             }
@@ -374,7 +387,7 @@ async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
         .await
         .map_err(|_| StepError::transient(format!("machine {} not created within {}s", call.actor, timeout.as_secs())))??;
     match machine.ip {
-        Some(ip) => Ok(Outcome::MachineCreated { ip }),
+        Some(ip) => machine_created(ctx, call.actor, ip).await,
         None => Err(StepError::transient(format!("machine {} has no address", call.actor))),
     }
 }

@@ -230,6 +230,11 @@ pub enum Outcome {
     /// `CheckMachine`: the node's machine was gone before its agent ever
     /// ran, and was made again, at `ip`.
     MachineMadeAgain { ip: String },
+    /// `CreateMachine` on a host that already exists (the ssh driver): the
+    /// host was claimed, and on this first contact its SSH host key had
+    /// the fingerprint `host_key` (`SHA256:…`, as `ssh-keygen -l` prints
+    /// it). Pinned: a host that later offers another key is refused.
+    HostClaimed { ip: String, host_key: String },
 }
 
 /// How a step's outcome was established.
@@ -372,6 +377,7 @@ fn outcome_summary(outcome: &Outcome) -> String {
         Outcome::MachineUp { ip } => format!(": running, ip {ip}"),
         Outcome::MachineStartedAgain { state, ip } => format!(": was {state}, started again, ip {ip}"),
         Outcome::MachineMadeAgain { ip } => format!(": was gone before its agent ran, made again, ip {ip}"),
+        Outcome::HostClaimed { ip, host_key } => format!(": ip {ip}, host key {host_key}"),
         Outcome::Ready
         | Outcome::ClusterActive
         | Outcome::AgentStarted

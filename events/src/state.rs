@@ -66,7 +66,8 @@ impl ActorState {
                     Outcome::MachineCreated { ip }
                     | Outcome::MachineUp { ip }
                     | Outcome::MachineStartedAgain { ip, .. }
-                    | Outcome::MachineMadeAgain { ip } => self.address = Some(ip.clone()),
+                    | Outcome::MachineMadeAgain { ip }
+                    | Outcome::HostClaimed { ip, .. } => self.address = Some(ip.clone()),
                     _ => {}
                 }
                 let (started_ms, tries) = match self.steps.get(step) {

@@ -84,6 +84,7 @@ fn added_later() -> Vec<(u8, &'static str, Event)> {
         (4, "machine_up", ok(Step::CheckMachine, Outcome::MachineUp { ip: "10.231.4.111".into() })),
         (4, "machine_started_again", ok(Step::CheckMachine, Outcome::MachineStartedAgain { state: "stopped".into(), ip: "10.231.4.112".into() })),
         (4, "machine_made_again", ok(Step::CheckMachine, Outcome::MachineMadeAgain { ip: "10.231.4.113".into() })),
+        (4, "host_claimed", ok(Step::CreateMachine, Outcome::HostClaimed { ip: "10.0.0.11".into(), host_key: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into() })),
     ]
 }
 

@@ -67,7 +67,7 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
             plan.cluster_name
         )));
     }
-    let driver = engine::driver(&plan, dir)?;
+    let driver = engine::driver_for(&plan, dir, &history)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

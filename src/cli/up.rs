@@ -107,8 +107,11 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         return Err(Error::Config(missing_password(&plan)));
     }
     if plan.driver == "ssh" {
-        let names: Vec<String> = plan.machine_names().into_iter().map(|(n, _)| n).collect();
-        crate::drivers::ssh::check_hosts(&ssh.resolve().map_err(Error::Config)?, &names).map_err(Error::Config)?;
+        // An existing Rancher (rancher_url) needs no rancher host.
+        let machines = if plan.existing_rancher() { plan.node_names() } else { plan.machine_names() };
+        let names: Vec<String> = machines.into_iter().map(|(n, _)| n).collect();
+        crate::drivers::ssh::check_hosts(&ssh.resolve().map_err(Error::Config)?, &names, plan.existing_rancher())
+            .map_err(Error::Config)?;
     }
     // A log deleted beside a live world is not a fresh start: a new log
     // would fail on every machine and bury the evidence.
@@ -192,7 +195,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         // A new run takes rmm.toml's hosts; a resume keeps its run's.
         crate::drivers::ssh::settings(dir.root(), Some(&ssh), true).map_err(Error::Config)?;
     }
-    let driver = engine::driver(&plan, dir)?;
+    let driver = engine::driver_for(&plan, dir, &history)?;
     let state = engine::begin(dir, &mut log, &mut history, run, RunKind::Up, &plan)?;
     if run.is_none() && plan.existing_rancher() {
         keep_password(dir, state.id, password.as_ref(), &plan)?;

@@ -227,6 +227,14 @@ fn is_absent(text: &str) -> bool {
     text.contains("does not exist. Use") || text.contains("Host does not exist:")
 }
 
+/// ref §6: the store entry is there but its VM is not (`machine does not
+/// exist`), or its `config.json` cannot be loaded: a half-made machine.
+fn is_half_made(text: &str) -> bool {
+    text.contains("machine does not exist")
+        || (text.contains("config.json") && text.contains("no such file or directory"))
+        || text.contains("Error getting migrated host")
+}
+
 /// The driver for one cluster.
 pub struct DockerMachineDriver {
     cluster: String,
@@ -332,13 +340,13 @@ impl DockerMachineDriver {
             Some(0) => c.stdout.trim().to_string(),
             Some(_) if is_absent(&c.words()) => return Ok(None),
             // VM gone, config unreadable: a half-made machine (ref §6).
-            Some(_) => return Ok(Some(machine(MachineState::Error(c.words()), None))),
-            None => {
-                return Ok(Some(machine(
-                    MachineState::Error(format!("Timeout: {}", self.timed_out(&format!("status {full}"), self.cfg.call_timeout))),
-                    None,
-                )))
-            }
+            Some(_) if is_half_made(&c.words()) => return Ok(Some(machine(MachineState::Error(c.words()), None))),
+            // Any other driver error (`error getting state for host x:
+            // <err>`, ref §3 status: a cloud API that did not answer …)
+            // says nothing about the machine: not knowing is not broken,
+            // and a broken machine is removed.
+            Some(_) => return Err(DriverError::Transient(format!("{} status {full}: {}", self.cfg.binary, c.words()))),
+            None => return Err(DriverError::Transient(self.timed_out(&format!("status {full}"), self.cfg.call_timeout))),
         };
         Ok(Some(match state.as_str() {
             "Running" => {
@@ -351,7 +359,11 @@ impl DockerMachineDriver {
             }
             // ref §4: None (an empty line) = VirtualBox starting; cloud drivers say Starting.
             "" | "Starting" => machine(MachineState::Creating, None),
+            // `start` starts all of these again (ref §3 start: from
+            // Stopped, Saved and Paused; a cloud VM Stopping ends Stopped).
             "Stopped" | "Saved" | "Paused" | "Stopping" => machine(MachineState::Stopped, None),
+            // `Error`; `Timeout` (ref §6: a VM whose SSH never came up):
+            // broken, removed and made again.
             other => machine(MachineState::Error(format!("docker-machine state {other}")), None),
         }))
     }
@@ -515,6 +527,9 @@ impl MachineDriver for DockerMachineDriver {
         match c.code {
             Some(0) => {}
             Some(_) if c.words().contains("is already running") => {}
+            // The VM is gone (ref §6: `start` → `machine does not exist`):
+            // it cannot be started; the caller removes it and makes it anew.
+            Some(_) if is_absent(&c.words()) || is_half_made(&c.words()) => return Ok(None),
             Some(_) => return Err(DriverError::Transient(format!("{} start {full}: {}", self.cfg.binary, c.words()))),
             None => return Err(DriverError::Transient(self.timed_out(&format!("start {full}"), self.cfg.call_timeout))),
         }
@@ -680,6 +695,72 @@ mod tests {
             assert_eq!(m.state, MachineState::Running);
             d.remove("w1").await.unwrap();
         });
+    }
+
+    /// `binary` wrapped so that its calls get `env` (knobs for one test's
+    /// store only; tests run side by side).
+    fn wrapped(dir: &Path, flavour: &str, env: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let wrapper = dir.join(format!("dm-{}", env.len()));
+        let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/docker-machine-double").join(flavour);
+        std::fs::write(&wrapper, format!("#!/bin/sh\n{env} exec {} \"$@\"\n", real.display())).unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        wrapper.display().to_string()
+    }
+
+    /// ref §4 and §6, state by state: what `inspect` makes of each, and
+    /// `restart` (`start`, then `ip` until the booting VM has an address,
+    /// which is read anew: it changes across a start).
+    #[test]
+    fn inspect_maps_every_state_and_restart_starts_a_saved_paused_or_stopped_machine_at_its_new_address() {
+        for flavour in ["docker-machine", "rancher-machine"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = tmp.path().join("store");
+            let mut d = driver(&store, flavour, 30);
+            // After a start, two state queries see the VM still booting
+            // (`status` an empty line, `ip` "Host is not running").
+            d.cfg.binary = wrapped(tmp.path(), flavour, "DM_DOUBLE_BOOT_POLLS=2");
+            let vm = store.join("machines/c-w1/c-w1");
+            rt().block_on(async {
+                let first = d.create(&spec("w1")).await.unwrap();
+                let mut ip = first.ip.clone().unwrap();
+                // VirtualBox's saved, paused and poweroff (a `stop`) are all
+                // Stopped to rmm, and started again.
+                for how in ["saved", "paused", "stop"] {
+                    if how == "stop" {
+                        assert!(double(&store, &["stop", "c-w1"], &[]).status.success());
+                    } else {
+                        std::fs::write(vm.join("state"), how).unwrap();
+                    }
+                    let seen = d.inspect("w1").await.unwrap().unwrap();
+                    assert_eq!((seen.state, seen.ip), (MachineState::Stopped, None), "{flavour} {how}");
+                    let m = d.restart("w1").await.unwrap().expect("started again");
+                    assert_eq!(m.state, MachineState::Running, "{flavour} {how}");
+                    let now = m.ip.unwrap();
+                    assert_ne!(now, ip, "{flavour} {how}: the address is read anew");
+                    assert_eq!(std::fs::read_to_string(vm.join("ip")).unwrap().trim(), now);
+                    ip = now;
+                }
+                // Booting (VirtualBox's None state): creating, not broken.
+                std::fs::write(vm.join("state"), "starting").unwrap();
+                std::fs::write(vm.join("boot-polls"), "5").unwrap();
+                assert_eq!(d.inspect("w1").await.unwrap().unwrap().state, MachineState::Creating);
+                std::fs::write(vm.join("state"), "running").unwrap();
+                // A driver error that says nothing about the VM: transient,
+                // never "broken" (a broken machine is removed).
+                let mut flaky = driver(&store, flavour, 30);
+                flaky.cfg.binary = wrapped(tmp.path(), flavour, "DM_DOUBLE_STATUS_ERROR='RequestError: send request failed'");
+                let err = flaky.inspect("w1").await.unwrap_err();
+                assert!(err.is_retryable() && err.to_string().contains("send request failed"), "{err}");
+                // The VM gone under its store entry (ref §6): broken; it
+                // cannot be started, so restart says so (None: remake it).
+                std::fs::remove_dir_all(&vm).unwrap();
+                assert!(matches!(d.inspect("w1").await.unwrap().unwrap().state, MachineState::Error(_)));
+                assert_eq!(d.restart("w1").await.unwrap(), None);
+                d.remove("w1").await.unwrap();
+                assert!(d.inspect("w1").await.unwrap().is_none());
+            });
+        }
     }
 
     #[test]

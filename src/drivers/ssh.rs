@@ -9,6 +9,16 @@
 //!   uninstall scripts (whichever exist: rancher-system-agent, rke2, k3s),
 //!   removes the Rancher server container on the rancher host, and drops
 //!   the claim. It never deletes or powers off a host.
+//! * **A claim on the host too**: "create" writes `~/.rmm/claim` on the
+//!   host (of the user rmm logs in as, or root's under `sudo`): the
+//!   cluster, the machine name and the state dir's identity (a random id
+//!   kept in `<state>/ssh/identity.json`, and `user@host:/path` for
+//!   people). It is made with `set -C` (O_EXCL), so of two state dirs
+//!   claiming one host at once only one wins; a host claimed from another
+//!   state dir is refused with one line naming it; one claimed by this
+//!   state dir (a resume whose create was cut short) is adopted. "remove"
+//!   deletes it after the uninstall scripts, only when it is this state
+//!   dir's.
 //! * **Host keys are pinned**: the first contact (the claim) records the
 //!   host's key in rmm's own known-hosts file (`<state>/ssh/known_hosts`,
 //!   `StrictHostKeyChecking=accept-new`); every later call uses
@@ -192,13 +202,20 @@ pub fn settings(state_dir: &Path, file: Option<&SshFile>, record: bool) -> Resul
     }
 }
 
-/// Checks that `[[ssh.hosts]]` names every machine of the plan.
-pub fn check_hosts(cfg: &SshConfig, machines: &[String]) -> Result<(), String> {
+/// Checks that `[[ssh.hosts]]` names every machine of the plan: masters +
+/// workers + the rancher host, or (`existing_rancher`: `rancher_url` is
+/// set) masters + workers only.
+pub fn check_hosts(cfg: &SshConfig, machines: &[String], existing_rancher: bool) -> Result<(), String> {
+    let rule = if existing_rancher {
+        "masters + workers; rancher_url is set, so no rancher host"
+    } else {
+        "masters + workers + 1"
+    };
     let missing: Vec<&str> =
         machines.iter().filter(|m| !cfg.hosts.iter().any(|h| &h.name == *m)).map(String::as_str).collect();
     if !missing.is_empty() {
         return Err(format!(
-            "driver ssh: rmm.toml has no [[ssh.hosts]] entry for {} ({} hosts given, {} machines planned)",
+            "driver ssh: rmm.toml has no [[ssh.hosts]] entry for {} ({} hosts given, {} machines planned: {rule})",
             missing.join(", "),
             cfg.hosts.len(),
             machines.len()
@@ -208,7 +225,7 @@ pub fn check_hosts(cfg: &SshConfig, machines: &[String]) -> Result<(), String> {
         cfg.hosts.iter().filter(|h| !machines.contains(&h.name)).map(|h| h.name.as_str()).collect();
     if !extra.is_empty() {
         return Err(format!(
-            "driver ssh: [[ssh.hosts]] {} not in the plan ({} machines planned: masters + workers + 1); change masters/workers or the hosts",
+            "driver ssh: [[ssh.hosts]] {} not in the plan ({} machines planned: {rule}); change masters/workers or the hosts",
             extra.join(", "),
             machines.len()
         ));
@@ -231,11 +248,30 @@ struct Claim {
     host_key: Option<String>,
 }
 
+/// Who claims hosts: this state dir (`<state>/ssh/identity.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Identity {
+    /// Random, made once per state dir: what a claim is compared by.
+    id: String,
+    /// `user@host:/absolute/state/dir`, for the refusal's words.
+    place: String,
+}
+
+/// The claim file on a host (in the login's home; root's under sudo).
+const HOST_CLAIM: &str = "$HOME/.rmm/claim";
+
 /// The driver for one state dir.
 pub struct SshDriver {
     cfg: SshConfig,
     distribution: Distribution,
     dir: PathBuf,
+    /// machine → the host key fingerprint the log recorded on first
+    /// contact (`Outcome::HostClaimed`), handed over by
+    /// [`MachineDriver::pin_host_keys`]; a claim made by this process adds
+    /// its own.
+    recorded: std::sync::Mutex<BTreeMap<String, String>>,
+    /// This state dir's identity, read (or made) once.
+    identity: std::sync::Mutex<Option<Identity>>,
 }
 
 /// Where the uninstall scripts are (the installers' defaults; rke2 goes
@@ -251,7 +287,7 @@ const UNINSTALL_SCRIPTS: &[&str] = &[
 impl SshDriver {
     /// `state_dir`: the run's state dir (claims and pins live in `ssh/`).
     pub fn new(cfg: SshConfig, distribution: Distribution, state_dir: &Path) -> SshDriver {
-        SshDriver { cfg, distribution, dir: state_dir.join("ssh") }
+        SshDriver { cfg, distribution, dir: state_dir.join("ssh"), recorded: Default::default(), identity: Default::default() }
     }
 
     fn host(&self, name: &str) -> Result<&HostConfig, DriverError> {
@@ -324,10 +360,150 @@ impl SshDriver {
         a
     }
 
+    /// This state dir's identity (made on first use; under a lock, so
+    /// claims made at once carry the same one).
+    fn identity(&self) -> Result<Identity, DriverError> {
+        let mut held = self.identity.lock().expect("not poisoned");
+        if let Some(id) = held.as_ref() {
+            return Ok(id.clone());
+        }
+        let path = self.dir.join("identity.json");
+        let id = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| DriverError::Permanent(format!("ssh: {} is corrupt: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let state = crate::state_dir::absolute(self.dir.parent().unwrap_or(&self.dir));
+                let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "?".into());
+                let machine = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "?".into());
+                let id = Identity { id: uuid::Uuid::now_v7().to_string(), place: format!("{user}@{machine}:{}", state.display()) };
+                std::fs::create_dir_all(&self.dir)
+                    .map_err(|e| DriverError::Transient(format!("ssh: {}: {e}", self.dir.display())))?;
+                crate::drivers::local::write_atomic(&path, &serde_json::to_vec_pretty(&id).expect("an identity serialises"))
+                    .map_err(|e| DriverError::Transient(format!("ssh: write {}: {e}", path.display())))?;
+                id
+            }
+            Err(e) => return Err(DriverError::Transient(format!("ssh: read {}: {e}", path.display()))),
+        };
+        *held = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Writes this state dir's claim on `host` as machine `spec.name`, or
+    /// finds it there already; another state dir's claim refuses.
+    async fn claim_host(&self, host: &HostConfig, spec: &MachineSpec) -> Result<(), DriverError> {
+        let me = self.identity()?;
+        let body = format!(
+            "id={}\nstate_dir={}\ncluster={}\nmachine={}\nclaimed={}\n",
+            me.id,
+            me.place,
+            spec.cluster,
+            spec.name,
+            rmm_events::rfc3339_ms(rmm_events::now_ms())
+        );
+        // `set -C`: the file is made with O_EXCL, so two claims at once
+        // cannot both win; then what is there is printed, ours or not.
+        let script = format!(
+            "f={HOST_CLAIM}\nmkdir -p \"$(dirname \"$f\")\" || exit 1\nif [ ! -e \"$f\" ]; then (umask 077; set -C; printf %s {body} > \"$f\") 2>/dev/null; fi\nsed 's/^/rmm-claim /' \"$f\"\n",
+            body = shell_quote(&body)
+        );
+        let out = self.run(host, &script, false).await?;
+        let field = |k: &str| {
+            out.stdout.lines().find_map(|l| l.trim().strip_prefix("rmm-claim ").and_then(|l| l.strip_prefix(&format!("{k}="))).map(str::to_string))
+        };
+        match field("id") {
+            Some(id) if id == me.id => Ok(()),
+            Some(_) => Err(DriverError::Permanent(format!(
+                "ssh: host {} ({}) is claimed by cluster {} (machine {}) of the state dir {} since {}; release it there (rmm down), or delete ~/.rmm/claim on the host if that state dir is gone",
+                host.name,
+                host.address,
+                field("cluster").unwrap_or_else(|| "?".into()),
+                field("machine").unwrap_or_else(|| "?".into()),
+                field("state_dir").unwrap_or_else(|| "?".into()),
+                field("claimed").unwrap_or_else(|| "?".into()),
+            ))),
+            None => Err(DriverError::Transient(format!(
+                "ssh: could not write the claim on {} ({}): exit {}: {}",
+                host.name,
+                host.address,
+                out.status,
+                last_line(&out.stderr)
+            ))),
+        }
+    }
+
+    fn recorded(&self, name: &str) -> Option<String> {
+        self.recorded.lock().expect("not poisoned").get(name).cloned()
+    }
+
+    /// The pin of `host` in rmm's known-hosts file checked against the
+    /// log's: the same key, or (the file lost its line) the line restored
+    /// from the host when the key it offers has the log's fingerprint. A
+    /// key that is not the log's refuses, naming both.
+    async fn check_pin(&self, host: &HostConfig) -> Result<(), DriverError> {
+        let Some(recorded) = self.recorded(&host.name) else { return Ok(()) };
+        let at = format!("{} ({})", host.name, host.address);
+        match self.pinned_fingerprint(host).await {
+            Some(pinned) if pinned == recorded => Ok(()),
+            Some(pinned) => Err(DriverError::Permanent(format!(
+                "ssh: the host key pinned for {at} in {} is {pinned}, not {recorded}, the one rmm's log recorded on first contact; restore the file, or release the host (rmm down) and claim it anew",
+                self.pins().display()
+            ))),
+            None => {
+                // Ask the host for its key through ssh itself (so
+                // ~/.ssh/config and ProxyJump apply), into a file of its
+                // own; `true` is all it runs, and nothing secret is sent.
+                let scratch = self.dir.join(format!(".scan-{}", host.name));
+                let _ = std::fs::remove_file(&scratch);
+                let mut argv = self.argv(host, true);
+                for a in argv.iter_mut() {
+                    if a.starts_with("UserKnownHostsFile=") {
+                        *a = format!("UserKnownHostsFile={}", scratch.display());
+                    }
+                }
+                let out = tokio::process::Command::new(&self.cfg.binary)
+                    .args(&argv)
+                    .arg("true")
+                    .stdin(Stdio::null())
+                    .output();
+                let out = tokio::time::timeout(Duration::from_secs(self.cfg.connect_timeout_s + 10), out)
+                    .await
+                    .map_err(|_| DriverError::Transient(format!("ssh: {at}: no answer while reading its host key")))?
+                    .map_err(|e| DriverError::Transient(format!("ssh {}: {e}", host.name)))?;
+                let seen = self.fingerprint_in(host, &scratch).await;
+                let line = std::fs::read_to_string(&scratch).unwrap_or_default();
+                let _ = std::fs::remove_file(&scratch);
+                match seen {
+                    Some(seen) if seen == recorded => {
+                        use std::io::Write as _;
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(self.pins())
+                            .map_err(|e| DriverError::Transient(format!("ssh: {}: {e}", self.pins().display())))?;
+                        f.write_all(line.as_bytes())
+                            .and_then(|()| f.sync_all())
+                            .map_err(|e| DriverError::Transient(format!("ssh: {}: {e}", self.pins().display())))?;
+                        tracing::info!(machine = %host.name, host_key = %recorded, "restored the host's pin from the log");
+                        Ok(())
+                    }
+                    Some(seen) => Err(DriverError::Permanent(format!(
+                        "ssh: the host key of {at} is {seen}, not {recorded}, the one rmm's log recorded on first contact; if the host was reinstalled, release it (rmm down) and claim it anew"
+                    ))),
+                    None => Err(self.classify(host, &String::from_utf8_lossy(&out.stderr)).unwrap_or_else(|| {
+                        DriverError::Transient(format!("ssh: {at}: could not read its host key"))
+                    })),
+                }
+            }
+        }
+    }
+
     /// Runs `script` on `host` (sent on stdin; the remote command carries
     /// nothing of it).
     async fn run(&self, host: &HostConfig, script: &str, first_contact: bool) -> Result<ExecOutput, DriverError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| DriverError::Transient(format!("ssh: {}: {e}", self.dir.display())))?;
+        if !first_contact {
+            self.check_pin(host).await?;
+        }
         let remote = if host.sudo { r#"sudo -n sh -c 'eval "$(cat)"'"# } else { r#"sh -c 'eval "$(cat)"'"# };
         let mut cmd = tokio::process::Command::new(&self.cfg.binary);
         cmd.args(self.argv(host, first_contact))
@@ -374,6 +550,12 @@ impl SshDriver {
         let at = format!("{} ({})", host.name, host.address);
         if stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") || stderr.contains("Host key verification failed")
         {
+            if let Some(recorded) = self.recorded(&host.name) {
+                return Some(DriverError::Permanent(format!(
+                    "ssh: the host key of {at} is not {recorded}, the one rmm's log recorded on first contact (pinned in {}); if the host was reinstalled, delete its line there and run again",
+                    self.pins().display()
+                )));
+            }
             return Some(DriverError::Permanent(format!(
                 "ssh: the host key of {at} is not the one rmm pinned on first contact (in {}); if the host was reinstalled, delete its line there and run again",
                 self.pins().display()
@@ -410,6 +592,11 @@ impl SshDriver {
 
     /// `ssh-keygen -l -F` of the host in rmm's pins: its key's fingerprint.
     async fn pinned_fingerprint(&self, host: &HostConfig) -> Option<String> {
+        self.fingerprint_in(host, &self.pins()).await
+    }
+
+    /// `ssh-keygen -l -F` of the host in the known-hosts file `file`.
+    async fn fingerprint_in(&self, host: &HostConfig, file: &Path) -> Option<String> {
         let entry = match host.port {
             Some(p) if p != 22 => format!("[{}]:{p}", host.address),
             _ => host.address.clone(),
@@ -419,7 +606,7 @@ impl SshDriver {
             .arg("-F")
             .arg(&entry)
             .arg("-f")
-            .arg(self.pins())
+            .arg(file)
             .stdin(Stdio::null())
             .output()
             .await
@@ -551,6 +738,11 @@ impl MachineDriver for SshDriver {
                 self.distribution.as_str()
             )));
         }
+        // The first contact pinned the key: this call is checked against it.
+        if let Some(key) = self.pinned_fingerprint(&host).await {
+            self.recorded.lock().expect("not poisoned").insert(spec.name.clone(), key);
+        }
+        self.claim_host(&host, spec).await?;
         let claim = Claim {
             name: spec.name.clone(),
             cluster: spec.cluster.clone(),
@@ -567,11 +759,46 @@ impl MachineDriver for SshDriver {
         crate::drivers::local::write_atomic(&path, &bytes)
             .map_err(|e| DriverError::Transient(format!("ssh: write {}: {e}", path.display())))?;
         tracing::info!(machine = %spec.name, address = %host.address, host_key = claim.host_key.as_deref().unwrap_or("?"), "claimed the host (its key is pinned)");
+        if let Some(key) = &claim.host_key {
+            self.recorded.lock().expect("not poisoned").insert(spec.name.clone(), key.clone());
+        }
         Ok(self.machine(&claim))
     }
 
+    /// A claimed host as it answers now (one `ssh … true`): `Running`
+    /// when it does; `Stopped` when it does not answer (refused, timed
+    /// out, dropped: powered off or rebooting); `Error` when it answers but
+    /// refuses rmm (a host key that is not the pinned one, a refused
+    /// login), with that one line.
     async fn inspect(&self, name: &str) -> Result<Option<Machine>, DriverError> {
-        Ok(self.read_claim(name)?.map(|c| self.machine(&c)))
+        let Some(claim) = self.read_claim(name)? else { return Ok(None) };
+        let mut machine = self.machine(&claim);
+        let host = self.host(name)?.clone();
+        match self.run(&host, "true\n", false).await {
+            Ok(_) => {}
+            Err(DriverError::Transient(why)) => {
+                tracing::info!(machine = %name, %why, "the host does not answer");
+                machine.state = MachineState::Stopped;
+            }
+            Err(DriverError::Permanent(why)) => machine.state = MachineState::Error(why),
+        }
+        Ok(Some(machine))
+    }
+
+    /// rmm cannot power a host on: a stopped host is "started again" when
+    /// it answers again (a reboot that ended); its address is the
+    /// configured one. One that still does not answer is a transient
+    /// error that says so.
+    async fn restart(&self, name: &str) -> Result<Option<Machine>, DriverError> {
+        let Some(claim) = self.read_claim(name)? else { return Ok(None) };
+        let host = self.host(name)?.clone();
+        self.run(&host, "true\n", false).await.map_err(|e| match e {
+            DriverError::Transient(why) => DriverError::Transient(format!(
+                "{why} (rmm cannot power a host on: start it, then `rmm up --resume`)"
+            )),
+            permanent => permanent,
+        })?;
+        Ok(Some(self.machine(&claim)))
     }
 
     async fn list(&self, cluster: &str) -> Result<Vec<Machine>, DriverError> {
@@ -614,6 +841,12 @@ impl MachineDriver for SshDriver {
                 "if [ -x {s} ]; then echo \"rmm: running {s}\"; {s} || echo \"rmm: {s} exited $?\" >&2; fi\n"
             ));
         }
+        // Then the host is released: the claim goes, if it is ours.
+        let me = self.identity()?;
+        script.push_str(&format!(
+            "f={HOST_CLAIM}\nif [ -f \"$f\" ] && grep -qx {} \"$f\"; then rm -f \"$f\"; echo \"rmm: released the host\"; fi\n",
+            shell_quote(&format!("id={}", me.id))
+        ));
         script.push_str("exit 0\n");
         let out = self.run(&host, &script, false).await?;
         tracing::info!(machine = %name, output = %out.stdout.trim(), "released the host");
@@ -625,6 +858,15 @@ impl MachineDriver for SshDriver {
 
     fn https_port(&self) -> u16 {
         self.cfg.rancher_port
+    }
+
+    /// The key fingerprint the claim saw on first contact, for the log.
+    async fn host_key(&self, machine: &str) -> Result<Option<String>, DriverError> {
+        Ok(self.read_claim(machine)?.and_then(|c| c.host_key))
+    }
+
+    fn pin_host_keys(&self, recorded: &BTreeMap<String, String>) {
+        self.recorded.lock().expect("not poisoned").extend(recorded.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
     /// The single-node install's `docker run`, with the bootstrap password
@@ -671,7 +913,7 @@ mod tests {
         let cfg = file.ssh.resolve().unwrap();
         let plan = file.plan(&Default::default()).unwrap();
         let names: Vec<String> = plan.machine_names().into_iter().map(|(n, _)| n).collect();
-        check_hosts(&cfg, &names).unwrap();
+        check_hosts(&cfg, &names, false).unwrap();
         assert_eq!(plan.driver, "ssh");
         let w2 = cfg.hosts.iter().find(|h| h.name == "worker02").unwrap();
         assert_eq!((w2.address.as_str(), w2.ip.as_str(), w2.sudo), ("node-w2", "10.0.0.22", true));
@@ -689,7 +931,10 @@ mod tests {
         assert!(!cfg.hosts[1].sudo);
         assert_eq!(cfg.hosts[1].port, Some(2222));
         assert_eq!(cfg.rancher_port, 443);
-        let err = check_hosts(&cfg, &["rancher".into(), "master01".into(), "worker01".into()]).unwrap_err();
+        let err = check_hosts(&cfg, &["rancher".into(), "master01".into(), "worker01".into()], false).unwrap_err();
         assert!(err.contains("worker01"), "{err}");
+        // With rancher_url, the rancher host is one too many.
+        let err = check_hosts(&cfg, &["master01".into()], true).unwrap_err();
+        assert!(err.contains("rancher not in the plan") && err.contains("no rancher host"), "{err}");
     }
 }

@@ -6,6 +6,10 @@
 //! Each runs on rke2 (Rancher 2.15, the v1 API) and on rke1 (Rancher 2.11,
 //! the v3 API), as separate tests so nextest runs them side by side; the
 //! end state is checked through the API of the run's distribution.
+//! The same code runs on each driver ([`On`]): the local world, the
+//! docker-machine double and OpenSSH hosts (rke2, one master and one
+//! worker; their matrices are split in two tests each, the appends and the
+//! effects, so nextest runs the halves side by side).
 //!
 //! Cost: a golden run teaches N (appends: ~95 on rke2, ~85 on rke1) and E
 //! (side effects, 26/27: the six node machines' check_machine among them);
@@ -14,7 +18,11 @@
 //! Measured in a full `cargo nextest run --workspace` on the shared 2-core
 //! machine (load average ~10 from other builds, so read them as upper
 //! bounds): the rke2 matrix 223 s, the rke1 matrix 159 s, the seeded
-//! chains 20 s (rke2) and 16 s (rke1).
+//! chains 20 s (rke2) and 16 s (rke1). On the other drivers (1 master + 1
+//! worker: ~57 appends, 12 effects), measured alone on the same machine
+//! under a load average of 13–20: docker-machine appends 341 s, effects
+//! 59 s; ssh appends 859 s, effects 98 s (an ssh connection per command,
+//! and sshd per host per pair); the seeded chains 15 s and 34–48 s.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -28,6 +36,7 @@ use rmm_events::{Distribution, Role};
 
 use crate::support::*;
 use crate::up::assert_intents_closed;
+use crate::worlds::{On, World};
 
 /// The steps that change the world in a run of `distribution`, as the
 /// actors run them (`decide::steps_for`) and as the crash point
@@ -69,13 +78,17 @@ pub fn with_env(mut cmd: RmmCmd, env: &[(&str, &str)]) -> RmmCmd {
     cmd
 }
 
-/// A golden run: N appends, E side effects.
-fn golden(kind: Kind) -> (u64, u64) {
-    let dir = TestDir::on(kind);
-    with_env(dir.rmm(&["up"]), QUICK_CONTROLLERS).ok();
-    let events = dir.events();
+/// A golden run: N appends, E side effects; `None` when the world cannot
+/// be made here (a tool is missing: SKIPPED was printed).
+fn golden(on: On) -> Option<(u64, u64)> {
+    let mut w = World::new(on)?;
+    w.set_env(QUICK_CONTROLLERS);
+    let started = std::time::Instant::now();
+    w.rmm(&["up"]).ok();
+    eprintln!("golden run on {on:?} in {:.1?}", started.elapsed());
+    let events = w.dir.events();
     let effects = effect_intents(&events).values().sum();
-    (events.len() as u64, effects)
+    Some((events.len() as u64, effects))
 }
 
 /// Intents per (actor, effect step).
@@ -109,7 +122,17 @@ fn never_reached(events: &[Value]) -> BTreeMap<(String, String), u64> {
 /// there, `false` if it finished first.
 fn crash_run(dir: &TestDir, resume: bool, var: &str, k: u64, env: &[(&str, &str)]) -> bool {
     let args: &[&str] = if resume { &["up", "--resume"] } else { &["up"] };
-    let out = with_env(dir.rmm(args), env).env(var, &k.to_string()).run();
+    crash_cmd(with_env(dir.rmm(args), env), var, k)
+}
+
+/// `crash_run` on a world (with its knobs).
+fn crash_run_on(w: &World, resume: bool, var: &str, k: u64) -> bool {
+    let args: &[&str] = if resume { &["up", "--resume"] } else { &["up"] };
+    crash_cmd(w.rmm(args), var, k)
+}
+
+fn crash_cmd(cmd: RmmCmd, var: &str, k: u64) -> bool {
+    let out = cmd.env(var, &k.to_string()).run();
     if out.status.success() {
         return false;
     }
@@ -123,11 +146,18 @@ fn crash_run(dir: &TestDir, resume: bool, var: &str, k: u64, env: &[(&str, &str)
 /// (asked through the API its distribution uses, and the local world's
 /// ledgers) holds everything exactly once.
 pub fn check_completed_once(dir: &TestDir, what: &str, crashes: u64) {
+    check_completed_once_on(dir, On::Local(Kind::Rke2), what, crashes);
+}
+
+/// [`check_completed_once`] on the world of driver `on` (its node count,
+/// its ledgers).
+pub fn check_completed_once_on(dir: &TestDir, on: On, what: &str, crashes: u64) {
+    let (masters, workers) = World::nodes(on);
     let status = dir.status_refresh();
     assert_eq!(status["run"]["state"], "completed", "{what}: {status}");
     assert_eq!(status["orphans"], Value::Array(vec![]), "{what}: orphans");
     let actors = status["actors"].as_array().unwrap();
-    assert_eq!(actors.len(), 7, "{what}: seven machines");
+    assert_eq!(actors.len(), 1 + masters + workers, "{what}: every machine");
     assert!(actors.iter().all(|a| a["observed"] == "running"), "{what}: {status}");
     dir.rmm(&["log"]).ok(); // reads and verifies the whole chain
     let events = dir.events();
@@ -148,16 +178,18 @@ pub fn check_completed_once(dir: &TestDir, what: &str, crashes: u64) {
     let run = status["run"]["id"].as_str().unwrap();
     let description = format!("rmm run {run}");
     if distribution_of(&events).is_v1() {
-        check_v1_cluster(dir, what, &description);
+        let plan = &events.iter().find(|e| e["kind"] == "RunStarted").expect("a run")["data"]["plan"];
+        let name = plan["cluster_name"].as_str().expect("a cluster name").to_string();
+        check_v1_cluster(dir, &name, (masters, workers), what, &description);
     } else {
-        check_v3_cluster(dir, what, &description);
+        check_v3_cluster(dir, (masters, workers), what, &description);
     }
     // Each node registered exactly once (one node or machine made for
     // it, none made and removed since). Its agent or installer ran again
     // at most once per crash: only when a crash cut it short after its
     // registration call (then with the node's kept id: the same machine).
-    let registrations = registrations(dir);
-    assert_eq!(registrations.made.len(), 6, "{what}: nodes in the registration ledger: {:?}", registrations.made);
+    let registrations = registrations_in(&World::rancher_data(dir, on));
+    assert_eq!(registrations.made.len(), masters + workers, "{what}: nodes in the registration ledger: {:?}", registrations.made);
     for (node, n) in &registrations.made {
         assert_eq!(*n, 1, "{what}: node {node} registered {n} times");
     }
@@ -167,24 +199,26 @@ pub fn check_completed_once(dir: &TestDir, what: &str, crashes: u64) {
     // The world's ledger of completed creates. (A create cut short by the
     // crash leaves a half-made machine, which the resume removes and makes
     // again, as DESIGN §4 says; it never completed, so it is not counted.)
-    let created: Value = json(&std::fs::read(dir.state().join("world").join("created.json")).unwrap());
-    let created = created.as_object().unwrap();
-    assert_eq!(created.len(), 7, "{what}: {created:?}");
-    for (name, n) in created {
-        assert_eq!(n, 1, "{what}: machine {name} created {n} times");
+    // (ssh hosts are claimed, not created: every host's claim is what
+    // `observed == running` above checked.)
+    if let Some(created) = World::created(dir, on) {
+        assert_eq!(created.len(), 1 + masters + workers, "{what}: {created:?}");
+        for (name, n) in created {
+            assert_eq!(n, 1, "{what}: machine {name} created {n} times");
+        }
     }
 }
 
 /// RKE1 through the v3 API: one active cluster, six active nodes with
 /// their roles, one API token of this run, one registration token.
-fn check_v3_cluster(dir: &TestDir, what: &str, description: &str) {
+fn check_v3_cluster(dir: &TestDir, (masters, workers): (usize, usize), what: &str, description: &str) {
     let rancher = ask_rancher(dir);
     assert_eq!(rancher.clusters.len(), 1, "{what}: clusters");
     assert_eq!(rancher.clusters[0]["state"], "active", "{what}");
-    assert_eq!(rancher.nodes.len(), 6, "{what}: nodes");
+    assert_eq!(rancher.nodes.len(), masters + workers, "{what}: nodes");
     assert!(rancher.nodes.iter().all(|n| n["state"] == "active"), "{what}");
-    assert_eq!(rancher.nodes.iter().filter(|n| n["etcd"] == true && n["controlPlane"] == true && n["worker"] == false).count(), 3, "{what}");
-    assert_eq!(rancher.nodes.iter().filter(|n| n["worker"] == true && n["etcd"] == false).count(), 3, "{what}");
+    assert_eq!(rancher.nodes.iter().filter(|n| n["etcd"] == true && n["controlPlane"] == true && n["worker"] == false).count(), masters, "{what}");
+    assert_eq!(rancher.nodes.iter().filter(|n| n["worker"] == true && n["etcd"] == false).count(), workers, "{what}");
     let ours = rancher.tokens.iter().filter(|t| t["description"] == description).count();
     assert_eq!(ours, 1, "{what}: API tokens of this run");
     assert_eq!(rancher.registration_tokens.len(), 1, "{what}: registration tokens");
@@ -201,11 +235,11 @@ fn condition<'a>(object: &'a Value, ty: &str) -> Option<&'a Value> {
 /// the management cluster `Ready`); six CAPI machines `Running` with a
 /// `nodeRef`, three etcd + control plane and three workers, each for the
 /// node it is named after; one API token of this run.
-fn check_v1_cluster(dir: &TestDir, what: &str, description: &str) {
+fn check_v1_cluster(dir: &TestDir, name: &str, (masters, workers): (usize, usize), what: &str, description: &str) {
     let rancher = ask_rancher_v1(dir);
     assert_eq!(rancher.clusters.len(), 1, "{what}: provisioning clusters: {:?}", rancher.clusters);
     let cluster = &rancher.clusters[0];
-    assert_eq!(cluster["metadata"]["name"], "tinysetup", "{what}");
+    assert_eq!(cluster["metadata"]["name"], name, "{what}");
     assert_eq!(cluster["status"]["ready"], true, "{what}: status.ready: {cluster}");
     assert!(cluster["metadata"]["generation"].is_u64(), "{what}: {cluster}");
     assert_eq!(cluster["status"]["observedGeneration"], cluster["metadata"]["generation"], "{what}: {cluster}");
@@ -217,39 +251,45 @@ fn check_v1_cluster(dir: &TestDir, what: &str, description: &str) {
     let mgmt = &rancher.management[0];
     assert_eq!(mgmt["id"], mgmt_id, "{what}");
     assert_eq!(condition(mgmt, "Ready").map(|c| &c["status"]), Some(&Value::from("True")), "{what}: {mgmt}");
-    assert_eq!(rancher.machines.len(), 6, "{what}: machines: {:?}", rancher.machines);
+    assert_eq!(rancher.machines.len(), masters + workers, "{what}: machines: {:?}", rancher.machines);
     let label = |m: &Value, l: &str| m["metadata"]["labels"][l] == "true";
     let mut nodes = Vec::new();
     for m in &rancher.machines {
         assert_eq!(m["status"]["phase"], "Running", "{what}: {m}");
         let node = m["status"]["nodeRef"]["name"].as_str().unwrap_or_else(|| panic!("{what}: a nodeRef: {m}"));
         let (etcd, cp, worker) = (label(m, "rke.cattle.io/etcd-role"), label(m, "rke.cattle.io/control-plane-role"), label(m, "rke.cattle.io/worker-role"));
-        match node {
-            "master01" | "master02" | "master03" => assert!(etcd && cp && !worker, "{what}: {node} is etcd + control plane: {m}"),
-            "worker01" | "worker02" | "worker03" => assert!(worker && !etcd && !cp, "{what}: {node} is a worker: {m}"),
-            other => panic!("{what}: a machine of an unknown node {other}: {m}"),
+        let number = |prefix: &str, count: usize| {
+            node.strip_prefix(prefix).and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| (1..=count).contains(&n))
+        };
+        if number("master", masters) {
+            assert!(etcd && cp && !worker, "{what}: {node} is etcd + control plane: {m}");
+        } else if number("worker", workers) {
+            assert!(worker && !etcd && !cp, "{what}: {node} is a worker: {m}");
+        } else {
+            panic!("{what}: a machine of an unknown node {node}: {m}");
         }
         nodes.push(node);
     }
     nodes.sort();
     nodes.dedup();
-    assert_eq!(nodes.len(), 6, "{what}: one machine per node");
+    assert_eq!(nodes.len(), masters + workers, "{what}: one machine per node");
     let ours = rancher.tokens.iter().filter(|t| t["description"] == description).count();
     assert_eq!(ours, 1, "{what}: API tokens of this run");
 }
 
 /// Crashes at `var=k`, then resumes and checks; `false` if the run
 /// finished before it reached `k` (then it is checked as it is).
-fn crash_then_resume(kind: Kind, var: &str, k: u64) -> bool {
-    let dir = TestDir::on(kind);
-    if !crash_run(&dir, false, var, k, QUICK_CONTROLLERS) {
-        check_completed_once(&dir, &format!("{kind:?} {var}={k} (not reached)"), 0);
+fn crash_then_resume(on: On, var: &str, k: u64) -> bool {
+    let mut w = World::new(on).expect("the golden run made this world");
+    w.set_env(QUICK_CONTROLLERS);
+    if !crash_run_on(&w, false, var, k) {
+        check_completed_once_on(&w.dir, on, &format!("{on:?} {var}={k} (not reached)"), 0);
         return false;
     }
-    let status = dir.status();
-    assert!(["interrupted", "completed"].contains(&status["run"]["state"].as_str().unwrap()), "{kind:?} {var}={k}: {status}");
-    with_env(dir.rmm(&["up", "--resume"]), QUICK_CONTROLLERS).ok();
-    check_completed_once(&dir, &format!("{kind:?} {var}={k}"), 1);
+    let status = w.dir.status();
+    assert!(["interrupted", "completed"].contains(&status["run"]["state"].as_str().unwrap()), "{on:?} {var}={k}: {status}");
+    w.rmm(&["up", "--resume"]).ok();
+    check_completed_once_on(&w.dir, on, &format!("{on:?} {var}={k}"), 1);
     true
 }
 
@@ -269,24 +309,44 @@ pub fn two_at_a_time<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync) {
     });
 }
 
-/// Every append and every side effect of a golden run of `kind`, each a
-/// crash then a resume, two at a time.
+/// Which crash points of a golden run a matrix covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Points {
+    All,
+    /// `RMM_CRASH_AFTER_APPEND` at every append.
+    Appends,
+    /// `RMM_CRASH_BEFORE_OUTCOME` at every side effect.
+    Effects,
+}
+
+/// Every append and every side effect of a golden run on `on` (or one of
+/// the two halves), each a crash then a resume, two at a time.
 ///
 /// The number of appends is not quite fixed: actors' events that arrive
 /// together share one write, and on the v1 path the planner's progress
 /// messages are recorded as the polls see them. So the last few append
 /// indices may lie past a run's own end (such a run is checked complete as
 /// it is); every side effect is reached.
-fn crash_matrix(kind: Kind) {
+fn crash_matrix(on: On, which: Points) {
     let started = std::time::Instant::now();
-    let (n, e) = golden(kind);
-    assert!(e >= 20, "3 masters + 3 workers have at least 20 side effects, got {e}");
-    let mut points: Vec<(&str, u64)> = (1..=n).map(|k| ("RMM_CRASH_AFTER_APPEND", k)).collect();
-    points.extend((1..=e).map(|k| ("RMM_CRASH_BEFORE_OUTCOME", k)));
-    eprintln!("crash matrix on {kind:?}: {n} appends, {e} side effects");
+    let Some((n, e)) = golden(on) else { return };
+    let (masters, workers) = World::nodes(on);
+    // rancher: 5 or more (machine, server, login, token, server-url,
+    // cluster …); a node: its machine and its agent.
+    let least = 5 + 2 * (masters + workers) as u64;
+    assert!(e >= least, "{masters} masters + {workers} workers have at least {least} side effects, got {e}");
+    let mut points: Vec<(&str, u64)> = Vec::new();
+    if which != Points::Effects {
+        points.extend((1..=n).map(|k| ("RMM_CRASH_AFTER_APPEND", k)));
+    }
+    if which != Points::Appends {
+        points.extend((1..=e).map(|k| ("RMM_CRASH_BEFORE_OUTCOME", k)));
+    }
+    let pairs = points.len();
+    eprintln!("crash matrix on {on:?} ({which:?}): {n} appends, {e} side effects");
     let missed = Mutex::new(Vec::new());
     two_at_a_time(points, |(var, k)| {
-        if !crash_then_resume(kind, var, k) {
+        if !crash_then_resume(on, var, k) {
             missed.lock().unwrap().push((var, k));
         }
     });
@@ -296,57 +356,89 @@ fn crash_matrix(kind: Kind) {
         missed.iter().all(|(var, k)| *var == "RMM_CRASH_AFTER_APPEND" && k + slack > n),
         "crash points not reached: {missed:?} (of {n} appends, {e} effects)"
     );
-    eprintln!("crash matrix on {kind:?}: {} crash/resume pairs in {:.0?}", n + e, started.elapsed());
+    eprintln!("crash matrix on {on:?} ({which:?}): {pairs} crash/resume pairs in {:.0?}", started.elapsed());
 }
 
 #[test]
 fn crash_matrix_on_rke2_every_append_and_every_effect_then_resume_completes_with_nothing_created_twice() {
-    crash_matrix(Kind::Rke2);
+    crash_matrix(On::Local(Kind::Rke2), Points::All);
 }
 
 #[test]
 fn crash_matrix_on_rke1_every_append_and_every_effect_then_resume_completes_with_nothing_created_twice() {
-    crash_matrix(Kind::Rke1);
+    crash_matrix(On::Local(Kind::Rke1), Points::All);
+}
+
+#[test]
+fn crash_matrix_on_docker_machine_every_append_then_resume_completes_with_nothing_created_twice() {
+    crash_matrix(On::DockerMachine, Points::Appends);
+}
+
+#[test]
+fn crash_matrix_on_docker_machine_every_effect_then_resume_completes_with_nothing_created_twice() {
+    crash_matrix(On::DockerMachine, Points::Effects);
+}
+
+#[test]
+fn crash_matrix_on_ssh_every_append_then_resume_completes_with_nothing_claimed_or_registered_twice() {
+    crash_matrix(On::Ssh, Points::Appends);
+}
+
+#[test]
+fn crash_matrix_on_ssh_every_effect_then_resume_completes_with_nothing_claimed_or_registered_twice() {
+    crash_matrix(On::Ssh, Points::Effects);
 }
 
 /// Crashes the first run and then up to two resumes at random points, then
 /// finishes. Print the seed; a failing seed becomes a named test below.
-fn chain(kind: Kind, seed: u64) {
-    eprintln!("crash chain on {kind:?}, seed {seed}");
+fn chain(on: On, seed: u64) {
+    eprintln!("crash chain on {on:?}, seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let dir = TestDir::on(kind);
+    let Some(w) = World::new(on) else { return };
+    // The points span about a run of the world (fewer on 1 + 1 nodes).
+    let (appends, effects) = if World::nodes(on) == (3, 3) { (60, 20) } else { (40, 10) };
     let crashes = rng.gen_range(2..=3);
     let mut crashed = 0;
     for i in 0..crashes {
         let (var, k) = if rng.gen_bool(0.5) {
-            ("RMM_CRASH_AFTER_APPEND", rng.gen_range(1..=60))
+            ("RMM_CRASH_AFTER_APPEND", rng.gen_range(1..=appends))
         } else {
-            ("RMM_CRASH_BEFORE_OUTCOME", rng.gen_range(1..=20))
+            ("RMM_CRASH_BEFORE_OUTCOME", rng.gen_range(1..=effects))
         };
-        if crash_run(&dir, i > 0, var, k, &[]) {
+        if crash_run_on(&w, i > 0, var, k) {
             crashed += 1;
         } else {
             break; // it finished before reaching the point
         }
     }
-    dir.rmm(&["up", "--resume"]).ok();
-    check_completed_once(&dir, &format!("{kind:?} seed {seed}"), crashed);
+    w.rmm(&["up", "--resume"]).ok();
+    check_completed_once_on(&w.dir, on, &format!("{on:?} seed {seed}"), crashed);
 }
 
-fn seeded_chains(kind: Kind) {
+fn seeded_chains(on: On, pinned: &[u64]) {
     let started = std::time::Instant::now();
-    two_at_a_time(seeds("RMM_CRASH_SEED", &[1, 2, 3, 4, 5, 6]), |seed| chain(kind, seed));
-    eprintln!("seeded crash chains on {kind:?} in {:.0?}", started.elapsed());
+    two_at_a_time(seeds("RMM_CRASH_SEED", pinned), |seed| chain(on, seed));
+    eprintln!("seeded crash chains on {on:?} in {:.0?}", started.elapsed());
 }
 
 #[test]
 fn seeded_crash_chains_on_rke2_crash_the_resumes_too_and_still_complete() {
-    seeded_chains(Kind::Rke2);
+    seeded_chains(On::Local(Kind::Rke2), &[1, 2, 3, 4, 5, 6]);
 }
 
 #[test]
 fn seeded_crash_chains_on_rke1_crash_the_resumes_too_and_still_complete() {
-    seeded_chains(Kind::Rke1);
+    seeded_chains(On::Local(Kind::Rke1), &[1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn seeded_crash_chains_on_docker_machine_crash_the_resumes_too_and_still_complete() {
+    seeded_chains(On::DockerMachine, &[1, 2, 3]);
+}
+
+#[test]
+fn seeded_crash_chains_on_ssh_crash_the_resumes_too_and_still_complete() {
+    seeded_chains(On::Ssh, &[1, 2, 3]);
 }
 
 /// A crash in the middle of writing a record leaves a torn last frame in

@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 
 use crate::support::{single_stderr_line, text, TestDir};
 
-const BOOTSTRAP: &str = "bootstrap-pw-from-the-env";
+pub(crate) const BOOTSTRAP: &str = "bootstrap-pw-from-the-env";
 
 /// The emulator process, killed when the test ends (also on failure).
-struct Server {
+pub(crate) struct Server {
     child: Child,
     port: u16,
     data: tempfile::TempDir,
@@ -30,7 +30,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start() -> Server {
+    pub(crate) fn start() -> Server {
         let data = tempfile::Builder::new().prefix("rmm-e2e-existing-").tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rmm"));
@@ -55,7 +55,7 @@ impl Server {
         server
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
 
@@ -82,7 +82,7 @@ impl Server {
     }
 
     /// `POST /v1-public/login` → the status and the bearer token.
-    fn login(&self, password: &str) -> (u16, Option<String>) {
+    pub(crate) fn login(&self, password: &str) -> (u16, Option<String>) {
         let client = self.client().unwrap();
         self.rt.block_on(async {
             let r = client
@@ -113,7 +113,7 @@ impl Server {
     }
 
     /// The v1 cluster of `name` and its CAPI machines, as Rancher lists them.
-    fn cluster(&self, token: &str, name: &str) -> (Option<Value>, Vec<Value>) {
+    pub(crate) fn cluster(&self, token: &str, name: &str) -> (Option<Value>, Vec<Value>) {
         let (status, c) = self.get(token, &format!("/v1/provisioning.cattle.io.clusters/fleet-default/{name}"));
         let machines = self
             .data(token, "/v1/cluster.x-k8s.io.machines/fleet-default")

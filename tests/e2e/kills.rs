@@ -7,12 +7,26 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::crash::check_completed_once;
+use crate::crash::{check_completed_once, check_completed_once_on};
 use crate::support::*;
+use crate::worlds::{On, World};
 
 /// A world slow enough that a kill lands inside steps: a run takes ~2 s.
-fn slow(cmd: RmmCmd) -> RmmCmd {
-    cmd.env("RMM_LOCAL_CREATE_MS", "300").env("RMM_LOCAL_RANCHER_BOOT_MS", "400").env("RMM_LOCAL_NODE_READY_MS", "150")
+const SLOW: &[(&str, &str)] =
+    &[("RMM_LOCAL_CREATE_MS", "300"), ("RMM_LOCAL_RANCHER_BOOT_MS", "400"), ("RMM_LOCAL_NODE_READY_MS", "150")];
+
+fn slow(mut cmd: RmmCmd) -> RmmCmd {
+    for (k, v) in SLOW {
+        cmd = cmd.env(k, v);
+    }
+    cmd
+}
+
+/// `rmm ARGS` on `w` (slowed down by its knobs), in the background.
+fn spawn_on(w: &World, args: &[&str]) -> Child {
+    let mut cmd = w.rmm(args).cmd;
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.spawn().expect("spawn rmm")
 }
 
 fn spawn(dir: &TestDir, args: &[&str]) -> Child {
@@ -37,26 +51,30 @@ fn kill_after(mut child: Child, after: Duration) -> bool {
     }
 }
 
-/// The span the kills are spread over: about a whole run of `kind` in the
+/// The span the kills are spread over: about a whole run on `on` in the
 /// slow world in a debug build (rke1 ~2 s; rke2 ~3.5 s, its controllers
-/// and planner on their own clock). Fixed, so a seed replays the same
-/// moments.
-fn kill_span(kind: Kind) -> Duration {
-    match kind {
-        Kind::Rke1 => Duration::from_millis(1800),
-        Kind::Rke2 => Duration::from_millis(3500),
+/// and planner on their own clock; 1 + 1 nodes on rke2: the
+/// docker-machine double ~3 s, the ssh hosts ~5 s, one ssh connection a
+/// command). Fixed, so a seed replays the same moments.
+fn kill_span(on: On) -> Duration {
+    match on {
+        On::Local(Kind::Rke1) => Duration::from_millis(1800),
+        On::Local(Kind::Rke2) | On::DockerMachine => Duration::from_millis(3500),
+        On::Ssh => Duration::from_millis(5000),
     }
 }
 
-fn sigkill_chain(kind: Kind, span: Duration, seed: u64) {
-    eprintln!("sigkill chain on {kind:?}, seed {seed}");
+fn sigkill_chain(on: On, span: Duration, seed: u64) {
+    eprintln!("sigkill chain on {on:?}, seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let dir = TestDir::on(kind);
+    let Some(mut w) = World::new(on) else { return };
+    w.set_env(SLOW);
+    let dir = &w.dir;
     let mut kills = 0;
     let span_ms = span.as_millis().max(200) as u64;
     for i in 0..rng.gen_range(2..=3) {
         let args: &[&str] = if i == 0 { &["up"] } else { &["up", "--resume"] };
-        let child = spawn(&dir, args);
+        let child = spawn_on(&w, args);
         let at = rng.gen_range(30..span_ms);
         if kill_after(child, Duration::from_millis(at)) {
             eprintln!("seed {seed}: killed {args:?} after {at} ms");
@@ -65,35 +83,45 @@ fn sigkill_chain(kind: Kind, span: Duration, seed: u64) {
             break;
         }
     }
-    let resumed = slow(dir.rmm(&["up", "--resume"])).run();
+    let resumed = w.rmm(&["up", "--resume"]).run();
     if resumed.status.code() == Some(3) && text(&resumed.stderr).contains("nothing to resume") {
         // Killed before the run's first record was durable: nothing was
         // done (an effect starts only once its intent is), so it starts again.
         assert!(dir.events_while_running().is_empty(), "seed {seed}: {}", text(&resumed.stderr));
-        slow(dir.rmm(&["up"])).ok();
+        w.rmm(&["up"]).ok();
     } else {
         assert!(resumed.status.success(), "seed {seed}: the resume: {}", text(&resumed.stderr));
     }
-    check_completed_once(&dir, &format!("{kind:?} sigkill seed {seed}"), kills);
+    check_completed_once_on(dir, on, &format!("{on:?} sigkill seed {seed}"), kills);
 }
 
-/// SIGKILLs at seeded moments spread over a whole run of `kind` (and of
-/// its resumes), two chains at a time.
-fn sigkill_chains(kind: Kind) {
+/// SIGKILLs at seeded moments spread over a whole run on `on` (and of its
+/// resumes), two chains at a time.
+fn sigkill_chains(on: On, pinned: &[u64]) {
     let started = Instant::now();
-    let span = kill_span(kind);
-    crate::crash::two_at_a_time(seeds("RMM_KILL_SEED", &[11, 12, 13, 14]), |seed| sigkill_chain(kind, span, seed));
-    eprintln!("sigkill chains on {kind:?} in {:.0?}", started.elapsed());
+    let span = kill_span(on);
+    crate::crash::two_at_a_time(seeds("RMM_KILL_SEED", pinned), |seed| sigkill_chain(on, span, seed));
+    eprintln!("sigkill chains on {on:?} in {:.0?}", started.elapsed());
 }
 
 #[test]
 fn sigkill_on_rke2_at_random_moments_of_runs_and_resumes_then_resume_completes() {
-    sigkill_chains(Kind::Rke2);
+    sigkill_chains(On::Local(Kind::Rke2), &[11, 12, 13, 14]);
 }
 
 #[test]
 fn sigkill_on_rke1_at_random_moments_of_runs_and_resumes_then_resume_completes() {
-    sigkill_chains(Kind::Rke1);
+    sigkill_chains(On::Local(Kind::Rke1), &[11, 12, 13, 14]);
+}
+
+#[test]
+fn sigkill_on_docker_machine_at_random_moments_of_runs_and_resumes_then_resume_completes() {
+    sigkill_chains(On::DockerMachine, &[11, 12]);
+}
+
+#[test]
+fn sigkill_on_ssh_at_random_moments_of_runs_and_resumes_then_resume_completes() {
+    sigkill_chains(On::Ssh, &[11, 12]);
 }
 
 #[test]

@@ -26,3 +26,4 @@ mod state_dir;
 mod up;
 mod v1;
 mod world;
+mod worlds;

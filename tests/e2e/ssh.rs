@@ -55,7 +55,7 @@ fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
 }
 
 /// One host: its sshd and its directory.
-struct Host {
+pub(crate) struct Host {
     name: String,
     ip: Ipv4Addr,
     dir: PathBuf,
@@ -63,7 +63,7 @@ struct Host {
 }
 
 /// The hosts of a test; their sshds die with it.
-struct Hosts {
+pub(crate) struct Hosts {
     hosts: Vec<Host>,
     sshd_bin: PathBuf,
     client_key: PathBuf,
@@ -150,6 +150,9 @@ H='{d}'
 export H PATH="$H/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME="$H/home"
 export RMM_HOST_DIR="$H/machine" RMM_HOST_IP='{ip}' RMM_HOST_NAME='{name}'
 export CATTLE_AGENT_VAR_DIR="$H/var-lib-rancher/agent"
+# the test's knobs for this host (the emulator's clock, …): sshd hands a
+# session none of its own environment
+if [ -f "$H/env" ]; then . "$H/env"; fi
 # its mounts; and, unless it is a host without systemd, /run/systemd/system
 # (what systemd's sd_booted() looks for) on a tmpfs of its own
 M='mount --bind "$H/etc-systemd-system" /etc/systemd/system && mount --bind "$H/usr-local-bin" /usr/local/bin'
@@ -244,6 +247,15 @@ exec {unshare} sh -c 'eval "$M" && cd "$HOME" && exec sh -c "$SSH_ORIGINAL_COMMA
         s
     }
 
+    /// Sets `env` in every session of every host (the emulator's and the
+    /// agent's knobs; `sshd` passes on none of the test's environment).
+    pub(crate) fn set_env(&self, env: &[(&str, &str)]) {
+        let lines: String = env.iter().map(|(k, v)| format!("export {k}='{v}'\n")).collect();
+        for h in &self.hosts {
+            std::fs::write(h.dir.join("env"), &lines).unwrap();
+        }
+    }
+
     fn dir(&self, name: &str) -> &Path {
         &self.hosts.iter().find(|h| h.name == name).unwrap().dir
     }
@@ -252,7 +264,7 @@ exec {unshare} sh -c 'eval "$M" && cd "$HOME" && exec sh -c "$SSH_ORIGINAL_COMMA
 const SEVEN: &[&str] = &["rancher", "master01", "master02", "master03", "worker01", "worker02", "worker03"];
 
 /// A test's world: the state dir with its rmm.toml, and the hosts.
-fn world(test: &str, names: &[&str], masters: u32, workers: u32, extra: &str) -> Option<(TestDir, Hosts)> {
+pub(crate) fn world(test: &str, names: &[&str], masters: u32, workers: u32, extra: &str) -> Option<(TestDir, Hosts)> {
     world_of(test, names, masters, workers, extra, "rke2", "rancher/rancher:v2.15.1")
 }
 
@@ -426,6 +438,9 @@ fn ssh_a_host_key_changed_between_runs_refuses_with_one_line() {
     let print = run(Command::new("ssh-keygen").arg("-l").arg("-f").arg(hosts.dir("master01").join("host_key.pub")));
     let print = print.split_whitespace().find(|w| w.starts_with("SHA256:")).unwrap().to_string();
     assert_eq!(claim["host_key"].as_str(), Some(print.as_str()), "{claim}");
+    // ... and so does the log: the create step's outcome is the claim with
+    // the key's fingerprint (the pin, as the CA's checksum is pinned).
+    assert_eq!(logged_host_key(&t, "master01").as_deref(), Some(print.as_str()));
     t.rmm(&["down"]).ok();
     // The host is reinstalled: a new host key.
     hosts.stop(1);
@@ -438,6 +453,63 @@ fn ssh_a_host_key_changed_between_runs_refuses_with_one_line() {
     assert_eq!(lines.len(), 1, "one rmm: line: {stderr}");
     assert!(lines[0].contains("host key of master01"), "{}", lines[0]);
     assert!(lines[0].contains("known_hosts"), "{}", lines[0]);
+    assert!(lines[0].contains(&print), "the line names the fingerprint the log recorded: {}", lines[0]);
+}
+
+/// The fingerprint the log recorded for `machine`'s host (its create
+/// step's `host_claimed` outcome, the latest).
+fn logged_host_key(t: &TestDir, machine: &str) -> Option<String> {
+    let out = t.rmm(&["log", "--json", "--all-runs"]).ok();
+    text(&out.stdout)
+        .lines()
+        .rev()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["actor"] == machine && e["kind"] == "StepSucceeded" && e["data"]["step"] == "create_machine")
+        .find_map(|e| e["data"]["outcome"]["host_claimed"]["host_key"].as_str().map(str::to_string))
+}
+
+/// The log is where the pin lives: with rmm's known-hosts file lost
+/// mid-run, the resume restores a host's line when the key it offers is
+/// the one the log recorded, and refuses (one line, both fingerprints) a
+/// host that now offers another.
+#[test]
+fn ssh_a_lost_known_hosts_file_is_restored_from_the_log_and_a_changed_key_refused_with_one_line() {
+    let Some((t, mut hosts)) = world("the ssh driver's host key pinning", &["rancher", "master01", "worker01"], 1, 1, "") else {
+        return;
+    };
+    // Killed once every machine is claimed (the log has their keys).
+    let mut cmd = t.rmm(&["up"]).cmd;
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let claimed = |e: &Value| e["kind"] == "StepSucceeded" && e["data"]["outcome"]["host_claimed"].is_object();
+    while t.events_while_running().iter().filter(|e| claimed(e)).count() < 3 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it was killed");
+        assert!(Instant::now() < deadline, "the machines were never all claimed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let pins = t.state().join("ssh/known_hosts");
+    std::fs::remove_file(&pins).unwrap();
+    // worker01 is reinstalled meanwhile: another key.
+    hosts.stop(2);
+    hosts.new_host_key(2);
+    hosts.start(2);
+    let out = t.rmm(&["up", "--resume"]).run();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rmm:")).collect();
+    assert_eq!(lines.len(), 1, "one rmm: line: {stderr}");
+    let recorded = logged_host_key(&t, "worker01").unwrap();
+    assert!(lines[0].contains("host key of worker01") && lines[0].contains(&recorded), "{}", lines[0]);
+    // The others' lines came back from the log (their keys did not change).
+    // (ssh hashes the names in known-hosts files: ask ssh-keygen.)
+    let pinned = |i: usize| {
+        let out = Command::new("ssh-keygen").arg("-F").arg(format!("[{}]:{PORT}", hosts.hosts[i].ip)).arg("-f").arg(&pins).output().unwrap();
+        out.status.success() && !out.stdout.is_empty()
+    };
+    assert!(pinned(1), "master01's pin restored");
+    assert!(!pinned(2), "worker01's new key not pinned");
 }
 
 #[test]
@@ -455,45 +527,101 @@ fn ssh_a_host_that_drops_the_connection_after_the_installer_ran_then_resume_regi
     assert_eq!(machines_by_node(&t), ["master01", "worker01"], "each registered once");
 }
 
-/// SIGKILL of rmm at a seeded moment of an `up` (twice at most), then
-/// `up --resume` completes with every node registered once. The hosts
-/// keep running, as real ones do; the emulator on the rancher host too.
+/// Two state dirs never hold one host: "create" writes a claim on the host
+/// naming the state dir; a second state dir's `up` is refused with one
+/// line naming who holds it; `down` releases the host (after the uninstall
+/// scripts), and then the other state dir's resume claims it.
 #[test]
-fn ssh_sigkill_at_seeded_moments_then_resume_completes_with_each_node_registered_once() {
-    use rand::{Rng, SeedableRng};
-    for seed in crate::support::seeds("RMM_SSH_KILL_SEED", &[1, 2]) {
-        eprintln!("ssh sigkill seed {seed}");
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let Some((t, _hosts)) = world("the ssh driver's SIGKILL and resume", &["rancher", "master01", "worker01"], 1, 1, "") else {
-            return;
-        };
-        for i in 0..rng.gen_range(1..=2) {
-            let args: &[&str] = if i == 0 || t.events_while_running().is_empty() { &["up"] } else { &["up", "--resume"] };
-            let mut cmd = t.rmm(args).cmd;
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            let mut child = cmd.spawn().expect("spawn rmm");
-            let deadline = Instant::now() + Duration::from_millis(rng.gen_range(100..5000));
-            let killed = loop {
-                if child.try_wait().unwrap().is_some() {
-                    break false;
-                }
-                if Instant::now() >= deadline {
-                    child.kill().unwrap(); // SIGKILL
-                    child.wait().unwrap();
-                    break true;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            };
-            if !killed {
-                break;
-            }
-        }
-        // (Killed before the run was logged: there is nothing to resume.)
-        let started = !t.events_while_running().is_empty();
-        t.up_ok(if started { &["--resume"] } else { &[] });
-        assert_eq!(t.status()["run"]["state"], "completed", "seed {seed}");
-        assert_eq!(machines_by_node(&t), ["master01", "worker01"], "seed {seed}: each node registered once");
+fn ssh_a_host_claimed_from_another_state_dir_is_refused_with_one_line_until_released() {
+    let Some((a, hosts)) = world("the ssh driver's host claims", &["rancher", "master01", "worker01"], 1, 1, "") else {
+        return;
+    };
+    a.up_ok(&[]);
+    let claim_on = |name: &str| std::fs::read_to_string(hosts.dir(name).join("home/.rmm/claim")).ok();
+    let held = claim_on("master01").expect("a claim on the host");
+    assert!(held.contains(&a.state().display().to_string()) && held.contains("machine=master01"), "{held}");
+    // Another state dir, the same hosts, another cluster.
+    let b = TestDir::new();
+    let config = std::fs::read_to_string(a.tmp.path().join("rmm.toml")).unwrap();
+    let config = config.replace("cluster_name = \"ssh", "cluster_name = \"other");
+    std::fs::write(b.tmp.path().join("rmm.toml"), config).unwrap();
+    let out = b.rmm(&["up"]).run();
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rmm:")).collect();
+    assert_eq!(lines.len(), 1, "one rmm: line: {stderr}");
+    assert!(lines[0].contains("is claimed by cluster ssh") && lines[0].contains(&a.state().display().to_string()), "{}", lines[0]);
+    assert_eq!(claim_on("master01").as_deref(), Some(held.as_str()), "the claim is untouched");
+    // A's down releases every host; B's resume then claims them.
+    a.rmm(&["down"]).ok();
+    for h in ["rancher", "master01", "worker01"] {
+        assert_eq!(claim_on(h), None, "{h} released");
     }
+    // `down` removes the Rancher container, not its data (/opt/rancher):
+    // a new Rancher there would start as A's, with A's admin password. The
+    // host's owner wipes it before handing the host on.
+    std::fs::remove_dir_all(hosts.dir("rancher").join("machine/rancher")).unwrap();
+    b.up_ok(&["--resume"]);
+    let now = claim_on("worker01").expect("claimed by B");
+    assert!(now.contains(&b.state().display().to_string()) && now.contains("cluster=other"), "{now}");
+    b.rmm(&["down"]).ok();
+}
+
+/// An existing Rancher (`rancher_url`): the hosts are the nodes only
+/// (masters + workers, no rancher host), the full up registers them with
+/// that server, and `down` releases them and leaves the server running.
+#[test]
+fn ssh_with_an_existing_rancher_takes_masters_plus_workers_hosts_and_the_full_up_works() {
+    let server = crate::existing::Server::start();
+    let url = format!("rancher_url = \"{}\"\n", server.url());
+    let Some((t, mut hosts)) = world("the ssh driver with an existing Rancher", &["master01", "worker01"], 1, 1, &url) else {
+        return;
+    };
+    t.rmm(&["up"]).env("RMM_RANCHER_PASSWORD", crate::existing::BOOTSTRAP).ok();
+    assert_eq!(t.status()["run"]["state"], "completed");
+    let admin = t.credentials()["password"].as_str().unwrap().to_string();
+    let (status, token) = server.login(&admin);
+    assert_eq!(status, 201);
+    let toml = std::fs::read_to_string(t.tmp.path().join("rmm.toml")).unwrap();
+    let name = toml.lines().find_map(|l| l.strip_prefix("cluster_name = \"")).unwrap().trim_end_matches('"').to_string();
+    let (c, machines) = server.cluster(&token.unwrap(), &name);
+    assert_eq!(c.expect("the cluster is in Rancher")["status"]["ready"], true);
+    let mut nodes: Vec<&str> = machines.iter().map(|m| m["metadata"]["labels"]["rke.cattle.io/node-name"].as_str().unwrap_or("")).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["master01", "worker01"], "each host registered once, from its host");
+    assert!(machines.iter().all(|m| m["status"]["phase"] == "Running"), "{machines:?}");
+    // status --refresh asks each host: one that does not answer (its sshd
+    // down: powered off) is stopped, and running again once it answers.
+    let observed = |t: &TestDir, name: &str| {
+        let s = t.status_refresh();
+        s["actors"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap()["observed"].clone()
+    };
+    hosts.stop(1);
+    assert_eq!(observed(&t, "worker01"), "stopped");
+    assert_eq!(observed(&t, "master01"), "running");
+    hosts.start(1);
+    assert_eq!(observed(&t, "worker01"), "running");
+    t.rmm(&["down"]).ok();
+    for h in ["master01", "worker01"] {
+        assert!(!hosts.dir(h).join("home/.rmm/claim").exists(), "{h} released");
+    }
+    assert_eq!(server.login(&admin).0, 201, "the server keeps running");
+}
+
+/// ... and with `rancher_url` a rancher host is one too many: refused
+/// before anything is touched, with one line that says why.
+#[test]
+fn ssh_with_an_existing_rancher_refuses_a_rancher_host_with_one_line() {
+    let t = TestDir::new();
+    std::fs::write(
+        t.tmp.path().join("rmm.toml"),
+        "driver = \"ssh\"\ndistribution = \"rke2\"\nmasters = 1\nworkers = 1\nrancher_url = \"https://rancher.example.com\"\n\n[[ssh.hosts]]\nname = \"rancher\"\naddress = \"10.0.0.10\"\n\n[[ssh.hosts]]\nname = \"master01\"\naddress = \"10.0.0.11\"\n\n[[ssh.hosts]]\nname = \"worker01\"\naddress = \"10.0.0.12\"\n",
+    )
+    .unwrap();
+    let out = t.rmm(&["up"]).env("RMM_RANCHER_PASSWORD", "some-password-1234").code(2);
+    let line = crate::support::single_stderr_line(&out);
+    assert!(line.contains("rancher not in the plan") && line.contains("rancher_url is set"), "{line}");
+    assert!(!t.state().join("ssh.json").exists(), "nothing recorded");
 }
 
 /// The hosts decide the topology: `up` refuses, before touching anything,

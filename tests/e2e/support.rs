@@ -43,6 +43,8 @@ impl TestDir {
             .env_remove("RMM_LOCAL_FAIL_CREATE")
             .env_remove("RMM_CRASH_AFTER_APPEND")
             .env_remove("RMM_CRASH_BEFORE_OUTCOME")
+            // the docker-machine test double runs machines' commands with it
+            .env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm"))
             .env("RMM_PLAIN", "1");
         RmmCmd { cmd }
     }
@@ -291,7 +293,12 @@ pub struct Registrations {
 }
 
 pub fn registrations(dir: &TestDir) -> Registrations {
-    let path = dir.state().join("world/machines/rancher/rancher/state.json");
+    registrations_in(&dir.state().join("world/machines/rancher/rancher"))
+}
+
+/// The registration ledger of the emulator whose data dir is `data`.
+pub fn registrations_in(data: &std::path::Path) -> Registrations {
+    let path = data.join("state.json");
     let state = json(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
     let map = |k: &str| serde_json::from_value(state[k].clone()).unwrap_or_else(|e| panic!("{k} in {}: {e}", path.display()));
     Registrations { made: map("registrations"), calls: map("registrationCalls") }
