@@ -273,7 +273,8 @@ pub fn write_event_data(out: &mut Vec<u8>, event: &rmm_events::Event) {
         | Event::RunCompleted
         | Event::RunFailed { .. }
         | Event::AttemptInterrupted { .. }
-        | Event::Progress { .. } => {
+        | Event::Progress { .. }
+        | Event::PlanChanged { .. } => {
             serde_json::to_writer(&mut *out, &event_data(event)).expect("writing JSON into a Vec never fails");
         }
     }
@@ -345,7 +346,8 @@ fn write_outcome(out: &mut Vec<u8>, outcome: &rmm_events::Outcome) {
         | O::ClusterReady
         | O::CaSystemRoots
         | O::PasswordKept
-        | O::ClusterDeleted { .. } => {
+        | O::ClusterDeleted { .. }
+        | O::NodeDeleted { .. } => {
             // Through a Value: its keys come out sorted, as serde_json's own event JSON has them.
             let v = serde_json::to_value(outcome).expect("an Outcome is JSON");
             serde_json::to_writer(&mut *out, &v).expect("writing JSON into a Vec never fails")

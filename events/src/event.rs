@@ -106,6 +106,10 @@ pub enum Step {
     /// Rancher and wait until both the v1 (provisioning) cluster and its
     /// management cluster are gone. Never touches the server itself.
     DeleteCluster,
+    /// A scale down (issue 11): delete this node in Rancher (v1: its CAPI
+    /// machine; rke1: its v3 node) and wait until Rancher has let it go
+    /// (finalizers done, 404). Its machine is removed only after that.
+    DeleteNode,
 }
 
 impl Step {
@@ -160,6 +164,7 @@ impl Step {
             Step::WaitMachineRunning => "wait_machine_running",
             Step::WaitClusterReady => "wait_cluster_ready",
             Step::DeleteCluster => "delete_cluster",
+            Step::DeleteNode => "delete_node",
         }
     }
 }
@@ -213,6 +218,9 @@ pub enum Outcome {
     /// `DeleteCluster`: the v1 cluster and its management cluster
     /// (`management_id`, empty when it was never named) are gone.
     ClusterDeleted { management_id: String },
+    /// `DeleteNode`: Rancher let the node go (`machine`: the CAPI machine,
+    /// or the v3 node id on rke1; empty when Rancher had none left).
+    NodeDeleted { machine: String },
 }
 
 /// How a step's outcome was established.
@@ -253,6 +261,11 @@ pub enum Event {
     /// `waiting for probes: …`, a machine's phase): recorded so `rmm log`
     /// shows why a step took long. Never holds a secret.
     Progress { step: Step, message: String },
+    /// A completed `up` run is asked for another topology (`rmm up
+    /// --workers 5`): the run goes on under `plan` (same run, same
+    /// secrets, a new attempt follows). Nodes the new plan drops are
+    /// deleted in Rancher and removed; nodes it adds are made.
+    PlanChanged { plan: Plan },
 }
 
 impl Event {
@@ -269,6 +282,7 @@ impl Event {
             Event::RunFailed { .. } => "RunFailed",
             Event::AttemptInterrupted { .. } => "AttemptInterrupted",
             Event::Progress { .. } => "Progress",
+            Event::PlanChanged { .. } => "PlanChanged",
         }
     }
 
@@ -323,6 +337,9 @@ impl Event {
             },
             Event::AttemptInterrupted { reason } => format!("interrupted: {reason}"),
             Event::Progress { step, message } => format!("{}: {message}", step.as_str()),
+            Event::PlanChanged { plan } => {
+                format!("scale cluster {} to {} masters, {} workers", plan.cluster_name, plan.masters, plan.workers)
+            }
         }
     }
 }
@@ -352,6 +369,8 @@ fn outcome_summary(outcome: &Outcome) -> String {
         Outcome::PasswordKept => ": the given password is the admin password (first login done before); kept".into(),
         Outcome::ClusterDeleted { management_id } if management_id.is_empty() => ": gone".into(),
         Outcome::ClusterDeleted { management_id } => format!(": gone, and management cluster {management_id}"),
+        Outcome::NodeDeleted { machine } if machine.is_empty() => ": gone from Rancher".into(),
+        Outcome::NodeDeleted { machine } => format!(": {machine} gone from Rancher"),
         Outcome::Ready
         | Outcome::ClusterActive
         | Outcome::AgentStarted

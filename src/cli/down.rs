@@ -81,7 +81,8 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
     let mut names: BTreeSet<String> = BTreeSet::new();
     if let Some(up) = history.latest_up() {
         for (name, actor) in &up.actors {
-            if actor.step(Step::CreateMachine).is_some() {
+            // A node a scale removed is gone already.
+            if actor.step(Step::CreateMachine).is_some() && !actor.done(Step::RemoveMachine) {
                 names.insert(name.clone());
             }
         }

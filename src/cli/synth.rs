@@ -254,6 +254,7 @@ impl Gen {
             Step::WaitClusterReady => Outcome::ClusterReady,
             Step::CheckServer => Outcome::ServerRunning,
             Step::DeleteCluster => Outcome::ClusterDeleted { management_id: "c-m-1".into() },
+            Step::DeleteNode => Outcome::NodeDeleted { machine: "custom-1".into() },
         }
     }
 

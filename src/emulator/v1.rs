@@ -309,6 +309,13 @@ pub struct Machine {
     /// The agent's credential (in the connection info's kubeconfig).
     pub plan_token: String,
     pub uid: String,
+    /// When a DELETE asked for its removal (`metadata.deletionTimestamp`):
+    /// it stays, phase `Deleting`, while its finalizer runs (CAPI drains
+    /// and deletes the Kubernetes node), and is gone (404) `delete_ms`
+    /// later. Kubernetes keeps an object with finalizers until they are
+    /// done (https://kubernetes.io/docs/concepts/overview/working-with-objects/finalizers/).
+    #[serde(default)]
+    pub deleting_ms: Option<u64>,
 }
 
 impl Machine {
@@ -654,6 +661,8 @@ impl Model {
                 labels.insert(l.into(), "true".into());
             }
         }
+        let delay = self.knobs.delete_ms;
+        self.state.machines.retain(|m| !m.deleting_ms.is_some_and(|at| now >= at + delay));
         let known = self.state.machines.iter().position(|m| m.name == name && m.namespace == pc.namespace);
         self.state.count_registration(&pc.name, &node_name, known.is_none());
         if let Some(i) = known {
@@ -680,6 +689,7 @@ impl Model {
             checked_in_ms: None,
             plan_token: random_string(rng, 54),
             uid: random_uuid(rng),
+            deleting_ms: None,
         });
         Ok(self.state.machines.len() - 1)
     }
@@ -696,15 +706,33 @@ impl Model {
         }
     }
 
-    /// What the controllers and the planner have done for `pc` by `now`.
+    /// What the controllers and the planner have done for `pc` by `now`:
+    /// the live machines as the planner has them, and the machines being
+    /// deleted (phase `Deleting`) until their finalizer is done.
     pub fn view(&self, pc: &ProvCluster, now: u64) -> ClusterView {
+        let mut v = self.live_view(pc, now);
+        let delay = self.knobs.delete_ms;
+        for (i, m) in self.state.machines.iter().enumerate() {
+            if m.cluster == pc.name && m.namespace == pc.namespace && m.deleting_ms.is_some_and(|at| now < at + delay) {
+                v.machines.push((i, MachineView { phase: "Deleting", message: "draining and deleting the node".into(), running_ms: None }));
+            }
+        }
+        v
+    }
+
+    /// Machines whose deletion finished by `now` are gone for good.
+    pub fn machine_gone(&self, m: &Machine, now: u64) -> bool {
+        m.deleting_ms.is_some_and(|at| now >= at + self.knobs.delete_ms)
+    }
+
+    fn live_view(&self, pc: &ProvCluster, now: u64) -> ClusterView {
         let named = now >= self.named_at(pc);
         let idx: Vec<usize> = self
             .state
             .machines
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.cluster == pc.name && m.namespace == pc.namespace && m.registered_ms <= now)
+            .filter(|(_, m)| m.cluster == pc.name && m.namespace == pc.namespace && m.registered_ms <= now && m.deleting_ms.is_none())
             .map(|(i, _)| i)
             .collect();
         let ms = |i: usize| &self.state.machines[i];
@@ -1058,6 +1086,8 @@ impl V1<'_> {
                 "annotations": {"rke.cattle.io/node-name": m.node_name, PEER_ANNOTATION: m.peer},
                 "state": state(&view.phase.to_lowercase(), &view.message, view.phase == "Failed", !running && view.phase != "Failed"),
                 "relationships": [], "fields": [m.name, m.cluster, m.node_name, view.phase],
+                "deletionTimestamp": m.deleting_ms.map(rfc3339),
+                "finalizers": if m.deleting_ms.is_some() { json!(["machine.cluster.x-k8s.io"]) } else { json!([]) },
             },
             "spec": {
                 "clusterName": m.cluster,

@@ -105,6 +105,7 @@ pub fn short_step(step: Step) -> &'static str {
         Step::WaitMachineRunning => "running",
         Step::WaitClusterReady => "ready",
         Step::DeleteCluster => "delete",
+        Step::DeleteNode => "delnode",
     }
 }
 
@@ -400,6 +401,8 @@ impl Builder {
             }
             // Rancher's progress messages: shown by `rmm log`, not on the timeline.
             Event::Progress { .. } => {}
+            // A scale: the plan the run goes on with.
+            Event::PlanChanged { plan } => self.run.plan = Some(plan.clone()),
             Event::StepStarted { step, try_no, detail } => {
                 // An intent still open here was cut (crash) or is superseded.
                 self.open.remove(&(e.actor.clone(), *step));
