@@ -1013,6 +1013,20 @@ fn v3(req: &Req) -> Result<Response, ApiError> {
         "setting" => settings(req, &mut inner, id),
         "cluster" => clusters(req, &mut inner, &caller, id),
         "clusterRegistrationToken" => registration_tokens(req, &mut inner, id),
+        // rke1 scale down: a node DELETE (norman answers with the node, now
+        // `removing`); it is gone once Rancher has cleaned it up.
+        "node" if req.method == Method::DELETE => {
+            let now = req.now;
+            let id = id.unwrap_or("").to_string();
+            let i = inner.model.state.nodes.iter().position(|n| n.id() == id && n.registered_ms.saturating_add(inner.model.node_ready_ms) <= now && !inner.model.node_gone(n, now));
+            let i = i.ok_or_else(|| ApiError::not_found(format!("nodes \"{id}\" not found")))?;
+            mutate(req.app, &mut inner, |m, _| {
+                m.state.nodes[i].deleting_ms.get_or_insert(now);
+                Ok(())
+            })?;
+            let ctx = req.ctx(&inner.model);
+            Ok(json_resp(200, &ctx.node(&inner.model.state.nodes[i]), &req.base))
+        }
         "node" => nodes(req, &inner, id),
         _ => schemas(req, id),
     }
