@@ -80,6 +80,9 @@ fn added_later() -> Vec<(u8, &'static str, Event)> {
         (4, "password_kept", ok(Step::ChangePassword, Outcome::PasswordKept)),
         (4, "delete_cluster_started", Event::StepStarted { step: Step::DeleteCluster, try_no: 1, detail: "v1 cluster fleet-default/tinysetup".into() }),
         (4, "cluster_deleted", ok(Step::DeleteCluster, Outcome::ClusterDeleted { management_id: "c-m-7kx2qz4b".into() })),
+        (4, "plan_changed", Event::PlanChanged { plan: Plan { masters: 5, workers: 2, ..plan() } }),
+        (4, "delete_node_started", Event::StepStarted { step: Step::DeleteNode, try_no: 1, detail: "the CAPI machine of node worker05".into() }),
+        (4, "node_deleted", ok(Step::DeleteNode, Outcome::NodeDeleted { machine: "custom-0123456789ab".into() })),
     ]
 }
 
@@ -190,13 +193,14 @@ fn every_event_kind_has_a_fixture() {
             | Event::RunCompleted
             | Event::RunFailed { .. }
             | Event::AttemptInterrupted { .. }
-            | Event::Progress { .. } => {}
+            | Event::Progress { .. }
+            | Event::PlanChanged { .. } => {}
         }
     }
     let mut all: Vec<Event> = canonical().into_iter().map(|(_, e)| e).collect();
     all.extend(added_later().into_iter().map(|(_, _, e)| e));
     let kinds: std::collections::BTreeSet<&str> = all.iter().map(|e| e.kind()).collect();
-    assert_eq!(kinds.len(), 10);
+    assert_eq!(kinds.len(), 11);
 }
 
 #[test]

@@ -146,6 +146,7 @@ fn outcome(step: Step) -> Outcome {
         Step::WaitClusterReady => Outcome::ClusterReady,
         Step::CheckServer => Outcome::ServerRunning,
         Step::DeleteCluster => Outcome::ClusterDeleted { management_id: "c-m-1".into() },
+        Step::DeleteNode => Outcome::NodeDeleted { machine: "custom-1".into() },
     }
 }
 

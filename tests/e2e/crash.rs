@@ -108,6 +108,12 @@ fn never_reached(events: &[Value]) -> BTreeMap<(String, String), u64> {
 /// there, `false` if it finished first.
 fn crash_run(dir: &TestDir, resume: bool, var: &str, k: u64, env: &[(&str, &str)]) -> bool {
     let args: &[&str] = if resume { &["up", "--resume"] } else { &["up"] };
+    crash_command(dir, args, var, k, env)
+}
+
+/// `rmm ARGS` with a crash point; `true` if it aborted there, `false` if
+/// it finished first (also used by the scale matrix, `scale.rs`).
+pub fn crash_command(dir: &TestDir, args: &[&str], var: &str, k: u64, env: &[(&str, &str)]) -> bool {
     let out = with_env(dir.rmm(args), env).env(var, &k.to_string()).run();
     if out.status.success() {
         return false;

@@ -18,6 +18,7 @@ mod lookup;
 mod outage;
 mod output;
 mod readers;
+mod scale;
 mod report;
 mod secrets_lost;
 mod shim;
