@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 pub mod credentials;
 pub mod down;
 pub mod kubeconfig;
+pub mod list;
 pub mod log;
 pub mod replay;
 pub mod report;
@@ -94,6 +95,10 @@ pub enum Command {
     /// Print the cluster's kubeconfig (`-o FILE`: written mode 0600); never recorded.
     #[command(after_help = "Examples:\n  rmm kubeconfig -o kubeconfig.yaml\n  KUBECONFIG=kubeconfig.yaml kubectl get nodes")]
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Every cluster this user brought up (any state dir), from the registry
+    /// under $XDG_STATE_HOME/rmm (default ~/.local/state/rmm).
+    #[command(after_help = "Examples:\n  rmm list\n  rmm list --json | jq -r '.[] | select(.state == \"state dir missing\") | .dir'")]
+    List(list::ListArgs),
     /// The Rancher API emulator of the local world (started by the local driver).
     Emulator(crate::emulator::EmulatorArgs),
     /// Tamper drill: flip one byte of a stored record (hidden; for tests and drills).

@@ -28,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod progress;
 pub mod rancher;
+pub mod registry;
 pub mod report;
 pub mod secrets;
 pub mod state_dir;
@@ -53,6 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Down(args) => cli::down::run(args, &dir, &config),
         Command::Credentials(args) => cli::credentials::run(args, &dir),
         Command::Kubeconfig(args) => cli::kubeconfig::run(args, &dir),
+        Command::List(args) => cli::list::run(args),
         Command::Tamper(args) => cli::tamper(args, &dir),
         Command::Synth(args) => cli::synth::run(args, &dir),
         Command::Emulator(args) => emulator::run(args).map_err(|e| error::Error::Other(format!("{e:#}"))),

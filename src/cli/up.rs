@@ -203,6 +203,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     let driver = engine::driver(&plan, dir)?;
     let before = scale.as_ref().and_then(|_| latest.clone());
     let state = engine::begin_with(dir, &mut log, &mut history, run, RunKind::Up, &plan, scale.is_some())?;
+    crate::registry::note_run(dir, &state, state.rancher_url());
     if run.is_none() && plan.existing_rancher() {
         keep_password(dir, state.id, password.as_ref(), &plan)?;
     }
@@ -247,6 +248,9 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         );
     }
     let end = engine::run_attempt(dir, log, state, machines, driver, None)?;
+    if !matches!(end, RunEnd::Fatal(_)) {
+        crate::registry::note(dir);
+    }
     // Re-read the outcome from the log: what we print is what is recorded.
     match end {
         RunEnd::Completed => {

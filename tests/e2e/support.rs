@@ -30,6 +30,11 @@ impl TestDir {
         self.tmp.path().join("state")
     }
 
+    /// This test's `XDG_STATE_HOME` (the registry `rmm list` reads).
+    pub fn xdg(&self) -> PathBuf {
+        self.tmp.path().join("xdg")
+    }
+
     /// `rmm ARGS` in this test's directory, with this test's state dir.
     pub fn rmm(&self, args: &[&str]) -> RmmCmd {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rmm"));
@@ -43,6 +48,8 @@ impl TestDir {
             .env_remove("RMM_LOCAL_FAIL_CREATE")
             .env_remove("RMM_CRASH_AFTER_APPEND")
             .env_remove("RMM_CRASH_BEFORE_OUTCOME")
+            // The registry of clusters (`rmm list`) of this test, never the user's.
+            .env("XDG_STATE_HOME", self.xdg())
             .env("RMM_PLAIN", "1");
         RmmCmd { cmd }
     }

@@ -382,6 +382,7 @@ fn on_a_terminal(dir: &TestDir, args: &[&str], input: &str) -> Option<String> {
     let mut child = Command::new("script")
         .args(["-qec", &line, "/dev/null"])
         .current_dir(dir.tmp.path())
+        .env("XDG_STATE_HOME", dir.xdg())
         .env("RMM_PLAIN", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
