@@ -23,6 +23,7 @@ pub mod down;
 pub mod kubeconfig;
 pub mod list;
 pub mod log;
+pub mod plan;
 pub mod replay;
 pub mod report;
 pub mod status;
@@ -74,6 +75,10 @@ pub enum Command {
     /// Build the cluster: a new run, or `--resume` the last unfinished one.
     #[command(after_help = "Examples:\n  rmm up\n  rmm up --masters 5 --workers 10 --parallel 4\n  rmm up --resume")]
     Up(up::UpArgs),
+    /// What `up` (or `up --resume`) would do, without touching anything:
+    /// exit 0 when nothing, 2 when there are changes.
+    #[command(after_help = "Examples:\n  rmm plan --workers 5\n  rmm plan --refresh\n  rmm plan --json | jq .remove")]
+    Plan(plan::PlanArgs),
     /// The state of the last run, folded from the log.
     #[command(after_help = "Examples:\n  rmm status\n  rmm status --json | jq .run.state\n  rmm status --refresh")]
     Status(status::StatusArgs),
@@ -266,6 +271,7 @@ pub fn finish(result: crate::error::Result<()>) -> ExitCode {
             crate::errln!("rmm: cannot write to stdout: {e}");
             ExitCode::from(2)
         }
+        (None, Err(crate::error::Error::PlanChanges)) => ExitCode::from(2),
         (None, Err(e)) => {
             // One line, whatever the cause's text holds.
             let line = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");

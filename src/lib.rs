@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up(args) => cli::up::run(args, &dir, &config),
         Command::Status(args) => cli::status::run(args, &dir, &config),
+        Command::Plan(args) => cli::plan::run(args, &dir, &config),
         Command::Log(args) => cli::log::run(args, &dir),
         Command::Replay(args) => cli::replay::run(args, &dir),
         Command::Report(args) => cli::report::run(args, &dir),

@@ -57,7 +57,7 @@ pub struct UpArgs {
 }
 
 impl UpArgs {
-    fn overrides(&self) -> Overrides {
+    pub(crate) fn overrides(&self) -> Overrides {
         Overrides {
             masters: self.masters,
             workers: self.workers,

@@ -18,6 +18,7 @@ mod log;
 mod lookup;
 mod outage;
 mod output;
+mod plan;
 mod readers;
 mod scale;
 mod report;
