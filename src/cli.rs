@@ -35,6 +35,9 @@ Examples:
   rmm up                          build Rancher + 3 masters + 3 workers on the local world
   rmm up --masters 1 --workers 1  a small cluster
   rmm up --resume                 continue a run that crashed or was interrupted
+  rmm up --workers 5              scale a completed cluster (adds or removes nodes)
+  rmm plan --workers 5            what that `up` would do, touching nothing (exit 2: changes)
+  rmm list                        every cluster you brought up, in any state dir
   RMM_RANCHER_PASSWORD=… rmm up --rancher-url https://rancher.example.com --distribution rke2
                                   the nodes into an existing Rancher (no rancher machine)
   rmm status --json               the state folded from the log, for scripts
@@ -47,8 +50,8 @@ Examples:
   rmm down                        remove every machine of the cluster
 
 Exit codes:
-  0 success; 1 the run failed (fix the cause, then `rmm up --resume`);
-  2 usage or configuration error; 3 refused by the run state (an unfinished run exists,
+  0 success (`rmm plan`: nothing to do); 1 the run failed (fix the cause, then `rmm up --resume`);
+  2 usage or configuration error (`rmm plan`: there are changes); 3 refused by the run state (an unfinished run exists,
   nothing to resume); 4 the state dir is in use by another rmm; 5 the event log fails
   verification; 130 interrupted (resumable).";
 
