@@ -15,6 +15,9 @@ pub struct ListArgs {
     pub json: bool,
 }
 
+/// dir, name, driver, state, url.
+type Row = (String, String, String, String, String);
+
 /// What `list` shows for a state dir that is gone.
 pub const MISSING: &str = "state dir missing";
 
@@ -22,7 +25,7 @@ pub fn run(args: ListArgs) -> Result<()> {
     let reg = registry::dir()
         .ok_or_else(|| Error::Config("no registry of clusters: neither XDG_STATE_HOME nor HOME is an absolute path".into()))?;
     let entries = registry::read_in(&reg).map_err(|e| Error::StateDir(format!("cannot read the cluster registry {e}")))?;
-    let rows: Vec<(String, String, String, String, String)> = entries
+    let rows: Vec<Row> = entries
         .into_iter()
         .map(|e| {
             let gone = !std::path::Path::new(&e.dir).join("events").exists();
@@ -45,7 +48,7 @@ pub fn run(args: ListArgs) -> Result<()> {
         return Ok(());
     }
     let header = ("DIR", "NAME", "DRIVER", "STATE", "URL");
-    let w = |f: &dyn Fn(&(String, String, String, String, String)) -> usize, h: &str| rows.iter().map(f).max().unwrap_or(0).max(h.len());
+    let w = |f: &dyn Fn(&Row) -> usize, h: &str| rows.iter().map(f).max().unwrap_or(0).max(h.len());
     let (wd, wn, wr, ws) = (w(&|r| r.0.len(), header.0), w(&|r| r.1.len(), header.1), w(&|r| r.2.len(), header.2), w(&|r| r.3.len(), header.3));
     crate::outln!("{:wd$}  {:wn$}  {:wr$}  {:ws$}  {}", header.0, header.1, header.2, header.3, header.4);
     for (dir, name, driver, state, url) in &rows {

@@ -662,7 +662,7 @@ impl Model {
             }
         }
         let delay = self.knobs.delete_ms;
-        self.state.machines.retain(|m| !m.deleting_ms.is_some_and(|at| now >= at + delay));
+        self.state.machines.retain(|m| m.deleting_ms.is_none_or(|at| now < at + delay));
         let known = self.state.machines.iter().position(|m| m.name == name && m.namespace == pc.namespace);
         self.state.count_registration(&pc.name, &node_name, known.is_none());
         if let Some(i) = known {
