@@ -371,6 +371,14 @@ pub fn scale_target(
     if masters != recorded.masters {
         check_masters(recorded.masters, masters).map_err(Error::Config)?;
     }
+    if recorded.driver == "ssh" {
+        // Its hosts are recorded at the run's start (`drivers::ssh::settings`);
+        // a scale would need them merged, which is not built yet.
+        return Err(Error::Config(format!(
+            "driver ssh cannot scale cluster {} yet (its hosts are fixed when the run starts): remove it with `rmm down`, then `rmm up` with the new [[ssh.hosts]]",
+            recorded.cluster_name
+        )));
+    }
     Ok(Some(rmm_events::Plan { masters, workers, ..recorded.clone() }))
 }
 
@@ -509,6 +517,35 @@ impl ConfigFileSource {
 mod tests {
     use super::*;
     use rmm_events::Step;
+
+    #[test]
+    fn masters_change_to_odd_counts_and_never_below_quorum() {
+        assert_eq!(check_masters(3, 5), Ok(()));
+        assert_eq!(check_masters(5, 3), Ok(()), "5 → 4 keeps 4 of 5 (quorum 3), 4 → 3 keeps 3 of 4 (quorum 3)");
+        assert_eq!(check_masters(7, 3), Ok(()));
+        assert_eq!(check_masters(1, 3), Ok(()));
+        let e = check_masters(3, 1).unwrap_err();
+        assert!(e.contains("would leave 1 of 2 etcd members, below quorum (2 of 2)"), "{e}");
+        assert!(check_masters(5, 1).is_err());
+        let e = check_masters(3, 4).unwrap_err();
+        assert!(e.contains("only to an odd count") && e.contains("use 3 or 5"), "{e}");
+        assert!(check_masters(3, 2).is_err());
+    }
+
+    #[test]
+    fn a_bare_up_never_scales_and_identity_changes_are_refused() {
+        let recorded = rmm_events::Plan { masters: 1, workers: 1, ..Default::default() };
+        // Defaults (3+3) not given by the user: the run's counts stay.
+        let asked = rmm_events::Plan::default();
+        assert_eq!(scale_target(&Given::default(), &asked, &recorded).unwrap(), None);
+        let given = Given { workers: true, ..Given::default() };
+        let target = scale_target(&given, &asked, &recorded).unwrap().expect("a scale");
+        assert_eq!((target.masters, target.workers), (1, 3));
+        let other = rmm_events::Plan { driver: "docker".into(), ..asked.clone() };
+        let e = scale_target(&Given { driver: true, ..given }, &other, &recorded).unwrap_err();
+        assert_eq!(e.exit_code(), std::process::ExitCode::from(2));
+        assert!(e.to_string().contains("was made with driver local; `rmm up` cannot change it to docker") && e.to_string().contains("`rmm down`"), "{e}");
+    }
 
     #[test]
     fn a_refusal_by_the_server_is_exit_2_with_one_line_saying_what_to_use() {

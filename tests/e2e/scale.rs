@@ -135,6 +135,38 @@ fn scale_3_3_to_3_5_to_3_2_to_5_2_makes_and_removes_exactly_the_nodes_asked() {
     let out = dir.rmm(&["up", "--masters", "5", "--workers", "2"]).ok();
     assert!(text(&out.stdout).contains("Nothing to do"), "{}", text(&out.stdout));
     assert_eq!(dir.events().len(), before);
+    // `down` removes what is there now (rancher, 5 masters, 2 workers), not the removed ones again.
+    let out = dir.rmm(&["down"]).ok();
+    assert!(text(&out.stdout).contains("Removed 8 machines"), "{}", text(&out.stdout));
+    assert_eq!(std::fs::read_dir(dir.state().join("world/machines")).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+/// rke1 (Rancher 2.11, the v3 API): a worker removed is its v3 node
+/// deleted (and gone) before its machine is removed; one added registers.
+#[test]
+fn scale_on_rke1_deletes_the_v3_node_then_the_machine() {
+    let dir = TestDir::on(Kind::Rke1);
+    dir.rmm(&["up", "--masters", "1", "--workers", "2"]).ok();
+    dir.rmm(&["up", "--workers", "1"]).ok();
+    let nodes = |dir: &TestDir| {
+        let mut n: Vec<String> = ask_rancher(dir).nodes.iter().map(|n| n["requestedHostname"].as_str().unwrap().to_string()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(nodes(&dir), ["master01", "worker01"]);
+    let world: BTreeSet<String> = std::fs::read_dir(dir.state().join("world/machines")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(world, ["master01", "rancher", "worker01"].map(String::from).into_iter().collect());
+    let events = dir.events();
+    let worker02: Vec<String> = events
+        .iter()
+        .filter(|e| e["actor"] == "worker02" && e["kind"] == "StepSucceeded" && e["attempt"] == 2)
+        .map(|e| e["data"]["step"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(worker02, ["delete_node", "remove_machine"]);
+    dir.rmm(&["up", "--workers", "3"]).ok();
+    assert_eq!(nodes(&dir), ["master01", "worker01", "worker02", "worker03"]);
+    assert!(ask_rancher(&dir).nodes.iter().all(|n| n["state"] == "active"));
+    dir.rmm(&["down"]).ok();
 }
 
 #[test]
