@@ -1419,6 +1419,30 @@ mod tests {
 
     /// The planner's walk, with its messages, for 3 etcd+cp and 3 workers.
     #[test]
+    fn a_deleted_machine_is_deleting_until_its_finalizer_is_done_then_gone() {
+        let (mut m, mut rng) = model(Line::NEWEST, Knobs { delete_ms: 400, ..knobs() });
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        let pc = m.prov("fleet-default", "c1").unwrap().clone();
+        let token = m.state.registration_tokens[0].token.clone();
+        m.connect_agent(&mut rng, 1_000, &token, &agent("cp", "cp-1", true, true, false)).unwrap();
+        m.connect_agent(&mut rng, 1_000, &token, &agent("w1", "w-1", false, false, true)).unwrap();
+        m.state.machines[1].deleting_ms = Some(5_000);
+        let phase = |m: &Model, now: u64| m.view(&pc, now).machines.iter().find(|(i, _)| *i == 1).map(|(_, mv)| mv.phase);
+        // Not gone at once: Deleting while the finalizer runs, and out of the planner's count.
+        assert_eq!(phase(&m, 5_000), Some("Deleting"));
+        assert_eq!(phase(&m, 5_399), Some("Deleting"));
+        assert_eq!(m.view(&pc, 5_000).message, MSG_WAIT_ROLES, "a machine being deleted is no worker any more");
+        assert!(!m.machine_gone(&m.state.machines[1], 5_399));
+        // Then gone: not listed, and its id free for a new machine.
+        assert_eq!(phase(&m, 5_400), None);
+        assert!(m.machine_gone(&m.state.machines[1], 5_400));
+        m.connect_agent(&mut rng, 6_000, &token, &agent("w1", "w-1", false, false, true)).unwrap();
+        assert_eq!(m.state.machines.len(), 2);
+        assert_eq!(m.state.machines[1].deleting_ms, None, "a new machine, not the deleted one back");
+        assert_eq!(m.state.registrations.get("c1/w-1"), Some(&2), "the ledger counts it as made again");
+    }
+
+    #[test]
     fn planner_walks_machines_with_the_real_messages() {
         let (mut m, mut rng) = model(Line::NEWEST, knobs());
         m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
