@@ -123,13 +123,14 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     let mut history = fold_latest(&log, None)?;
     let latest = history.latest().cloned();
 
-    let mut scale: Option<rmm_events::Plan> = None;
+    // A completed run asked for other counts: a scale (issue 11).
+    let scale = match &latest {
+        Some(r) if !args.resume && r.kind == RunKind::Up && r.status == RunStatus::Completed => scale_target(&given, &plan, &r.plan)?,
+        _ => None,
+    };
     let run = match (&latest, args.resume) {
+        (Some(r), false) if scale.is_some() => Some(r.id),
         (Some(r), false) if r.kind == RunKind::Up && r.status == RunStatus::Completed => {
-            if let Some(target) = scale_target(&given, &plan, &r.plan)? {
-                scale = Some(target);
-                Some(r.id)
-            } else {
             let mut out = crate::cli::stdout();
             let _ = writeln!(
                 out,
@@ -139,7 +140,6 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
                 r.rancher_url().map(|u| format!(" at {u}")).unwrap_or_default()
             );
             return Ok(());
-            }
         }
         (Some(r), false) if r.kind == RunKind::Up => {
             return Err(Error::Refused(format!(
@@ -259,25 +259,17 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let r = history.latest().expect("a run");
             let took = r.ended_ms.unwrap_or(r.started_ms) - r.started_ms;
             let mut out = crate::cli::stdout();
-            if before.is_some() {
-                let _ = writeln!(
-                    out,
-                    "Cluster {} is active ({}, {}): scaled in {:.1}s.",
-                    r.plan.cluster_name,
-                    plural(r.plan.masters, "master"),
-                    plural(r.plan.workers, "worker"),
-                    started.elapsed().as_secs_f64()
-                );
-            } else {
+            let took = match before {
+                Some(_) => format!(": scaled in {:.1}s", started.elapsed().as_secs_f64()),
+                None => format!(" after {:.1}s", took as f64 / 1000.0),
+            };
             let _ = writeln!(
                 out,
-                "Cluster {} is active ({}, {}) after {:.1}s.",
+                "Cluster {} is active ({}, {}){took}.",
                 r.plan.cluster_name,
                 plural(r.plan.masters, "master"),
                 plural(r.plan.workers, "worker"),
-                took as f64 / 1000.0
             );
-            }
             let _ = writeln!(out, "Rancher: {}", r.rancher_url().unwrap_or("?"));
             let _ = writeln!(out, "User:    admin");
             let _ = writeln!(out, "Password: not shown; run `rmm credentials` to print it.");

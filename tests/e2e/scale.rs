@@ -7,6 +7,12 @@
 //! append and between every side effect and its outcome of the scale run,
 //! then `up --resume`), sharing the crash harness of `crash.rs`; one test
 //! per (step, crash point kind) so nextest runs them side by side.
+//!
+//! Cost: each crash case builds its starting cluster afresh (a 3+3 `up`
+//! and the steps before, on the quick controller clock), two cases at a
+//! time. The six matrix tests alone (`-E 'test(scale_crash_matrix)'`) took
+//! 160 s of wall time on the shared 2-core machine with other helpers'
+//! builds running (longest: the 3+2 appends, 76 s; the effects ones 15-38 s).
 
 use std::collections::{BTreeMap, BTreeSet};
 
