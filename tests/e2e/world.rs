@@ -348,6 +348,7 @@ fn output_captured_like_x_equals_rmm_up_ends_when_up_ends() {
         .arg(program)
         .args(args)
         .current_dir(dir.tmp.path())
+        .env("XDG_STATE_HOME", dir.xdg())
         .env("RMM_PLAIN", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
