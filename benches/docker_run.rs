@@ -47,6 +47,7 @@ fn rmm(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(args)
+        .env("XDG_STATE_HOME", dir.join("xdg"))
         .env("RMM_PLAIN", "1")
         .output()
         .expect("run rmm")

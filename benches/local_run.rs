@@ -73,6 +73,7 @@ fn main() {
             .env("RMM_LOCAL_CREATE_MS", CREATE_MS.to_string())
             .env("RMM_LOCAL_RANCHER_BOOT_MS", BOOT_MS.to_string())
             .env("RMM_LOCAL_NODE_READY_MS", READY_MS.to_string())
+            .env("XDG_STATE_HOME", dir.path().join("xdg"))
             .env("RMM_PLAIN", "1")
             .output()
             .expect("run rmm");
@@ -82,6 +83,7 @@ fn main() {
         let _ = Command::new(env!("CARGO_BIN_EXE_rmm"))
             .current_dir(dir.path())
             .args(["--state-dir", state.to_str().unwrap(), "down"])
+            .env("XDG_STATE_HOME", dir.path().join("xdg"))
             .env("RMM_PLAIN", "1")
             .output();
         assert!(ok, "rmm up failed: {}", String::from_utf8_lossy(&out.stderr));

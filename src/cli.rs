@@ -21,7 +21,9 @@ use clap::{Parser, Subcommand};
 pub mod credentials;
 pub mod down;
 pub mod kubeconfig;
+pub mod list;
 pub mod log;
+pub mod plan;
 pub mod replay;
 pub mod report;
 pub mod status;
@@ -33,6 +35,9 @@ Examples:
   rmm up                          build Rancher + 3 masters + 3 workers on the local world
   rmm up --masters 1 --workers 1  a small cluster
   rmm up --resume                 continue a run that crashed or was interrupted
+  rmm up --workers 5              scale a completed cluster (adds or removes nodes)
+  rmm plan --workers 5            what that `up` would do, touching nothing (exit 2: changes)
+  rmm list                        every cluster you brought up, in any state dir
   RMM_RANCHER_PASSWORD=… rmm up --rancher-url https://rancher.example.com --distribution rke2
                                   the nodes into an existing Rancher (no rancher machine)
   rmm status --json               the state folded from the log, for scripts
@@ -45,8 +50,8 @@ Examples:
   rmm down                        remove every machine of the cluster
 
 Exit codes:
-  0 success; 1 the run failed (fix the cause, then `rmm up --resume`);
-  2 usage or configuration error; 3 refused by the run state (an unfinished run exists,
+  0 success (`rmm plan`: nothing to do); 1 the run failed (fix the cause, then `rmm up --resume`);
+  2 usage or configuration error (`rmm plan`: there are changes); 3 refused by the run state (an unfinished run exists,
   nothing to resume); 4 the state dir is in use by another rmm; 5 the event log fails
   verification; 130 interrupted (resumable).";
 
@@ -73,6 +78,10 @@ pub enum Command {
     /// Build the cluster: a new run, or `--resume` the last unfinished one.
     #[command(after_help = "Examples:\n  rmm up\n  rmm up --masters 5 --workers 10 --parallel 4\n  rmm up --resume")]
     Up(up::UpArgs),
+    /// What `up` (or `up --resume`) would do, without touching anything:
+    /// exit 0 when nothing, 2 when there are changes.
+    #[command(after_help = "Examples:\n  rmm plan --workers 5\n  rmm plan --refresh\n  rmm plan --json | jq .remove")]
+    Plan(plan::PlanArgs),
     /// The state of the last run, folded from the log.
     #[command(after_help = "Examples:\n  rmm status\n  rmm status --json | jq .run.state\n  rmm status --refresh")]
     Status(status::StatusArgs),
@@ -94,6 +103,10 @@ pub enum Command {
     /// Print the cluster's kubeconfig (`-o FILE`: written mode 0600); never recorded.
     #[command(after_help = "Examples:\n  rmm kubeconfig -o kubeconfig.yaml\n  KUBECONFIG=kubeconfig.yaml kubectl get nodes")]
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Every cluster this user brought up (any state dir), from the registry
+    /// under $XDG_STATE_HOME/rmm (default ~/.local/state/rmm).
+    #[command(after_help = "Examples:\n  rmm list\n  rmm list --json | jq -r '.[] | select(.state == \"state dir missing\") | .dir'")]
+    List(list::ListArgs),
     /// The Rancher API emulator of the local world (started by the local driver).
     Emulator(crate::emulator::EmulatorArgs),
     /// Tamper drill: flip one byte of a stored record (hidden; for tests and drills).
@@ -261,6 +274,7 @@ pub fn finish(result: crate::error::Result<()>) -> ExitCode {
             crate::errln!("rmm: cannot write to stdout: {e}");
             ExitCode::from(2)
         }
+        (None, Err(crate::error::Error::PlanChanges)) => ExitCode::from(2),
         (None, Err(e)) => {
             // One line, whatever the cause's text holds.
             let line = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");

@@ -69,12 +69,33 @@ pub fn begin(
     kind: RunKind,
     plan: &Plan,
 ) -> Result<RunState> {
+    begin_with(dir, log, history, run, kind, plan, false)
+}
+
+/// [`begin`]; with `scale`, the completed `up` run `run` goes on under
+/// `plan`: `PlanChanged` and the new attempt's `AttemptStarted` are
+/// appended together (issue 11).
+pub fn begin_with(
+    dir: &StateDir,
+    log: &mut SledLog,
+    history: &mut History,
+    run: Option<Uuid>,
+    kind: RunKind,
+    plan: &Plan,
+    scale: bool,
+) -> Result<RunState> {
     let command: Vec<String> = std::env::args().collect();
     let mut events = Vec::new();
     let (run, attempt, cause) = match run {
         Some(id) => {
             let state = history.runs.iter().rev().find(|r| r.id == id).expect("the run to resume is in the log");
-            (id, state.attempts + 1, state.actor("coordinator").and_then(|a| a.last_event))
+            let mut cause = state.actor("coordinator").and_then(|a| a.last_event);
+            if scale {
+                let changed = envelope(id, state.attempts + 1, cause, Event::PlanChanged { plan: plan.clone() });
+                cause = Some(changed.id);
+                events.push(changed);
+            }
+            (id, state.attempts + 1, cause)
         }
         None => {
             let id = Uuid::now_v7();

@@ -48,13 +48,17 @@ pub enum Error {
     /// `status --refresh` …).
     #[error("{0}")]
     Other(String),
+    /// `rmm plan` found changes: exit 2 with nothing more said (the plan
+    /// is on stdout), as `terraform plan -detailed-exitcode`.
+    #[error("")]
+    PlanChanges,
 }
 
 impl Error {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             Error::RunFailed(_) | Error::Other(_) => 1,
-            Error::Config(_) | Error::StateDir(_) => 2,
+            Error::Config(_) | Error::StateDir(_) | Error::PlanChanges => 2,
             Error::Refused(_) => 3,
             Error::Busy(_) => 4,
             Error::Log(_) => 5,

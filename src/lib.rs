@@ -28,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod progress;
 pub mod rancher;
+pub mod registry;
 pub mod report;
 pub mod secrets;
 pub mod state_dir;
@@ -47,12 +48,14 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up(args) => cli::up::run(args, &dir, &config),
         Command::Status(args) => cli::status::run(args, &dir, &config),
+        Command::Plan(args) => cli::plan::run(args, &dir, &config),
         Command::Log(args) => cli::log::run(args, &dir),
         Command::Replay(args) => cli::replay::run(args, &dir),
         Command::Report(args) => cli::report::run(args, &dir),
         Command::Down(args) => cli::down::run(args, &dir, &config),
         Command::Credentials(args) => cli::credentials::run(args, &dir),
         Command::Kubeconfig(args) => cli::kubeconfig::run(args, &dir),
+        Command::List(args) => cli::list::run(args),
         Command::Tamper(args) => cli::tamper(args, &dir),
         Command::Synth(args) => cli::synth::run(args, &dir),
         Command::Emulator(args) => emulator::run(args).map_err(|e| error::Error::Other(format!("{e:#}"))),

@@ -26,12 +26,14 @@ pub(crate) fn role_of(name: &str) -> Role {
 
 /// One actor's state word and current step. A step in flight when no
 /// process works on the run is `in_doubt`: the next resume asks the world.
-pub fn actor_state(run: &RunState, actor: Option<&ActorState>, role: Role, writer_alive: bool) -> (&'static str, Option<Step>) {
+pub fn actor_state(run: &RunState, name: &str, actor: Option<&ActorState>, role: Role, writer_alive: bool) -> (&'static str, Option<Step>) {
     let down = run.kind == RunKind::Down;
     let Some(a) = actor else { return ("pending", None) };
-    let steps = plan_steps(role, down, &run.plan);
+    // A node a scale removes: deleted in Rancher, then its machine removed.
+    let removing = !down && role != Role::Rancher && !run.plan.machine_names().iter().any(|(n, _)| n == name);
+    let steps = if removing { rmm_actors::decide::SCALE_DOWN_STEPS } else { plan_steps(role, down, &run.plan) };
     if steps.iter().all(|s| a.done(*s)) {
-        return (if down { "removed" } else { "done" }, None);
+        return (if down || removing { "removed" } else { "done" }, None);
     }
     if let Some((step, _)) = a.in_flight() {
         let alive = writer_alive && run.status == RunStatus::Running;
@@ -79,7 +81,9 @@ pub fn status_json(history: &History, run: Option<&RunState>, writer_alive: bool
         }
     });
     let mut names: Vec<(String, Role)> = if run.kind == RunKind::Up {
-        run.plan.machine_names()
+        // With the nodes a scale is removing, until they are gone (else
+        // `status --refresh` would call their machines orphans).
+        run.attempt_actors()
     } else {
         run.actors.keys().filter(|n| *n != "coordinator").map(|n| (n.clone(), role_of(n))).collect()
     };
@@ -88,7 +92,7 @@ pub fn status_json(history: &History, run: Option<&RunState>, writer_alive: bool
         .iter()
         .map(|(name, role)| {
             let a = run.actor(name);
-            let (state, step) = actor_state(run, a, *role, writer_alive);
+            let (state, step) = actor_state(run, name, a, *role, writer_alive);
             let ip = a.and_then(|a| a.ip()).or_else(|| up.and_then(|u| u.actor(name)).and_then(|a| a.ip()));
             json!({
                 "name": name,
@@ -273,7 +277,8 @@ pub fn write_event_data(out: &mut Vec<u8>, event: &rmm_events::Event) {
         | Event::RunCompleted
         | Event::RunFailed { .. }
         | Event::AttemptInterrupted { .. }
-        | Event::Progress { .. } => {
+        | Event::Progress { .. }
+        | Event::PlanChanged { .. } => {
             serde_json::to_writer(&mut *out, &event_data(event)).expect("writing JSON into a Vec never fails");
         }
     }
@@ -349,7 +354,8 @@ fn write_outcome(out: &mut Vec<u8>, outcome: &rmm_events::Outcome) {
         | O::MachineUp { .. }
         | O::MachineStartedAgain { .. }
         | O::MachineMadeAgain { .. }
-        | O::HostClaimed { .. } => {
+        | O::HostClaimed { .. }
+        | O::NodeDeleted { .. } => {
             // Through a Value: its keys come out sorted, as serde_json's own event JSON has them.
             let v = serde_json::to_value(outcome).expect("an Outcome is JSON");
             serde_json::to_writer(&mut *out, &v).expect("writing JSON into a Vec never fails")

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::context::RunCtx;
-use crate::decide::{down_waits_for_rancher, grants, plan_steps};
+use crate::decide::{down_waits_for_rancher, grants, plan_steps, removal_grant, SCALE_DOWN_STEPS};
 use crate::steps::JoinInfo;
 use crate::worker::{Drive, Ending, Join, Stop, StepActor};
 
@@ -115,6 +115,15 @@ impl Coordinator {
                 .map(|(n, _)| n.clone())
                 .collect()
         } else {
+            // A scale's removals: one at a time, not recorded (the gate is
+            // the removed nodes' own recorded steps, which a resume folds
+            // and decides on again).
+            if let Some(node) = removal_grant(&self.state).filter(|n| !self.granting.contains(n)) {
+                self.granting.insert(node.clone());
+                if let Some(id) = cause.or(self.last_id()) {
+                    self.send_join(&node, id);
+                }
+            }
             grants(&self.state)
         };
         let new: Vec<String> = allowed.into_iter().filter(|n| !self.granting.contains(n)).collect();
@@ -218,12 +227,15 @@ impl Actor for Coordinator {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address();
+        let planned: BTreeSet<String> = self.ctx.plan.machine_names().into_iter().map(|(n, _)| n).collect();
         for (name, role) in self.machines.clone() {
             let state = self.state.actor(&name).cloned().unwrap_or_default();
+            // A node a scale drops: deleted in Rancher, then removed.
+            let order = if !self.down && !planned.contains(&name) { SCALE_DOWN_STEPS } else { plan_steps(role, self.down, &self.ctx.plan) };
             let actor = StepActor::new(
                 name.clone(),
                 role,
-                plan_steps(role, self.down, &self.ctx.plan),
+                order,
                 state,
                 self.ctx.clone(),
                 me.clone(),
@@ -231,8 +243,9 @@ impl Actor for Coordinator {
             );
             self.actors.insert(name, actor.start());
         }
-        // A resume: nodes let in by an earlier attempt are let in again.
-        for node in self.state.granted.clone() {
+        // A resume: nodes let in by an earlier attempt are let in again
+        // (not the nodes a scale removes: they go one at a time, below).
+        for node in self.state.granted.clone().into_iter().filter(|n| planned.contains(n)) {
             if let Some(id) = self.last_id() {
                 self.send_join(&node, id);
             }

@@ -28,6 +28,10 @@ pub const RANCHER_STEPS: &[Step] = &[
 pub const NODE_STEPS: &[Step] =
     &[Step::CreateMachine, Step::CheckMachine, Step::RunAgent, Step::WaitNodeListed, Step::WaitNodeActive];
 pub const REMOVE_STEPS: &[Step] = &[Step::RemoveMachine];
+/// A node a scale drops (issue 11): Rancher lets it go first (its CAPI
+/// machine, or its v3 node on rke1, deleted and gone), then its machine
+/// is removed.
+pub const SCALE_DOWN_STEPS: &[Step] = &[Step::DeleteNode, Step::RemoveMachine];
 
 /// The rancher actor's steps for rke2/k3s (reference/rancher-current.md §2,
 /// issue 8's order): the version check and the Kubernetes version before
@@ -237,6 +241,20 @@ pub fn grants(state: &RunState) -> Vec<String> {
         }
     }
     out
+}
+
+/// The node a scale removes next, if it may start now: one at a time, in
+/// the order of [`RunState::removals`] (workers, then masters, the
+/// highest-numbered first), each once the one before has gone; and only
+/// once the nodes the plan adds are in (no etcd member leaves while a new
+/// one is still joining).
+pub fn removal_grant(state: &RunState) -> Option<String> {
+    let removals = state.removals();
+    let (next, _) = removals.first()?;
+    let joined = state.plan.node_names().iter().all(|(name, role)| {
+        state.actor(name).is_some_and(|a| steps_for(*role, false, state.plan.distribution).iter().all(|s| a.done(*s)))
+    });
+    joined.then(|| next.clone())
 }
 
 /// Whether every actor of an `up` run has finished all its steps.

@@ -424,6 +424,20 @@ pub trait RancherApi: Send + Sync {
     /// `GET /v1/cluster.x-k8s.io.machines/fleet-default`, filtered (here,
     /// §8) on the label `cluster.x-k8s.io/cluster-name=<cluster>` (§2.8).
     async fn list_machines(&self, auth: &Secret, cluster: &str) -> Result<Vec<SteveObject>, ApiError>;
+
+    // ------------------------------------------ scale down (issue 11)
+
+    /// `DELETE /v1/cluster.x-k8s.io.machines/fleet-default/<name>`;
+    /// idempotent: 404 counts as deleted. The machine then goes through its
+    /// finalizers (CAPI drains and removes the Kubernetes node, Rancher
+    /// the etcd member) and is gone (404) only after that. Deleting the
+    /// CAPI machine is how Rancher means a custom node to be removed
+    /// (rancher/rancher#43686, Oats87: "we intend for nodes to be deleted
+    /// through trigger/removal of the CAPI `Machine` object").
+    async fn delete_machine(&self, auth: &Secret, name: &str) -> Result<(), ApiError>;
+    /// rke1: `DELETE /v3/nodes/<id>`; idempotent: 404 counts as deleted.
+    /// The node goes `removing` until Rancher has cleaned it up.
+    async fn delete_node(&self, auth: &Secret, id: &str) -> Result<(), ApiError>;
 }
 
 /// The annotation that names the rmm run which made a v1 cluster.

@@ -135,6 +135,12 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
             rancher_url(call)?,
             ctx.plan.timeouts.active_s
         ),
+        Step::DeleteNode => format!(
+            "{} of node {} in Rancher, until Rancher has let it go (timeout {}s); then its machine is removed",
+            if ctx.plan.distribution.is_v1() { "the CAPI machine" } else { "the v3 node" },
+            call.actor,
+            ctx.plan.timeouts.active_s
+        ),
         Step::CreateApiToken => format!("description {:?}", token_description(ctx)),
         Step::CreateCluster if ctx.plan.distribution.is_v1() => format!(
             "v1 cluster {}/{} ({})",
@@ -204,6 +210,8 @@ async fn effect_once(call: &StepCall<'_>) -> StepResult<Outcome> {
     }
     match call.step {
         Step::DeleteCluster => v1::delete_cluster(call).await,
+        Step::DeleteNode if call.ctx.plan.distribution.is_v1() => v1::delete_node(call).await,
+        Step::DeleteNode => delete_node(call).await,
         Step::CreateMachine => create_machine(call).await,
         Step::StartServer => start_server(call).await,
         Step::WaitReady => wait_ready(call).await,
@@ -309,7 +317,9 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
         | Step::WaitMachineRunning
         | Step::WaitClusterReady
         // Deleting again is harmless (404 counts as deleted), then it waits.
-        | Step::DeleteCluster => Ok(None),
+        | Step::DeleteCluster
+        // Deleting is idempotent (404 counts as gone) and so is the wait.
+        | Step::DeleteNode => Ok(None),
     }
 }
 
@@ -1266,6 +1276,42 @@ async fn wait_node_listed(call: &StepCall<'_>) -> StepResult<Outcome> {
         Ok(listed_node(call).await?.map(|n| Outcome::NodeListed { node_id: n.id }))
     })
     .await
+}
+
+/// rke1 scale down: `DELETE /v3/nodes/<id>` of this node (the id the log
+/// recorded when Rancher listed it, else the one Rancher lists under its
+/// hostname), then wait until Rancher lists it no more.
+async fn delete_node(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let recorded = match call.state.outcome(Step::WaitNodeListed) {
+        Some(Outcome::NodeListed { node_id }) => Some(node_id.clone()),
+        _ => None,
+    };
+    let id = match recorded {
+        Some(id) => Some(id),
+        None => listed_node(call).await?.map(|n| n.id),
+    };
+    let Some(id) = id else { return Ok(Outcome::NodeDeleted { machine: String::new() }) };
+    let api = rancher_api(call)?;
+    v1::authed(call, &api, |a| {
+        let (api, id) = (api.clone(), id.clone());
+        async move { api.delete_node(&a, &id).await }
+    })
+    .await?;
+    let cluster = cluster_id(call)?;
+    let what = format!("Rancher to let node {} ({id}) go", call.actor);
+    poll(call.ctx, call.ctx.plan.timeouts.active_s, &what, || async {
+        let nodes = v1::authed(call, &api, |a| {
+            let (api, cluster) = (api.clone(), cluster.clone());
+            async move { api.list_nodes(&a, &cluster).await }
+        })
+        .await?;
+        match nodes.iter().find(|n| n.id == id) {
+            Some(n) => Err(StepError::transient(format!("node {id} is {}", n.state))),
+            None => Ok(Some(())),
+        }
+    })
+    .await?;
+    Ok(Outcome::NodeDeleted { machine: id })
 }
 
 async fn wait_node_active(call: &StepCall<'_>) -> StepResult<Outcome> {

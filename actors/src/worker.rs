@@ -66,7 +66,9 @@ impl StepActor {
         // A node joins when let in; in a `down` on an existing Rancher, its
         // machine is removed when let in (after the cluster's deletion).
         let needs_join = role != Role::Rancher
-            && (order.contains(&Step::RunAgent) || (order.contains(&Step::RemoveMachine) && ctx.plan.existing_rancher()));
+            && (order.contains(&Step::RunAgent)
+                || order.contains(&Step::DeleteNode)
+                || (order.contains(&Step::RemoveMachine) && ctx.plan.existing_rancher()));
         // This attempt's first event of the actor is caused by the
         // attempt's start (which records the command the user typed).
         let cause = started_by.or(state.last_event);

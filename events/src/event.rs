@@ -113,6 +113,10 @@ pub enum Step {
     /// Gone: made again only while its agent never ran; else the run
     /// fails with one line (a second registration of the node).
     CheckMachine,
+    /// A scale down (issue 11): delete this node in Rancher (v1: its CAPI
+    /// machine; rke1: its v3 node) and wait until Rancher has let it go
+    /// (finalizers done, 404). Its machine is removed only after that.
+    DeleteNode,
 }
 
 impl Step {
@@ -168,6 +172,7 @@ impl Step {
             Step::WaitClusterReady => "wait_cluster_ready",
             Step::DeleteCluster => "delete_cluster",
             Step::CheckMachine => "check_machine",
+            Step::DeleteNode => "delete_node",
         }
     }
 }
@@ -235,6 +240,9 @@ pub enum Outcome {
     /// the fingerprint `host_key` (`SHA256:…`, as `ssh-keygen -l` prints
     /// it). Pinned: a host that later offers another key is refused.
     HostClaimed { ip: String, host_key: String },
+    /// `DeleteNode`: Rancher let the node go (`machine`: the CAPI machine,
+    /// or the v3 node id on rke1; empty when Rancher had none left).
+    NodeDeleted { machine: String },
 }
 
 /// How a step's outcome was established.
@@ -275,6 +283,11 @@ pub enum Event {
     /// `waiting for probes: …`, a machine's phase): recorded so `rmm log`
     /// shows why a step took long. Never holds a secret.
     Progress { step: Step, message: String },
+    /// A completed `up` run is asked for another topology (`rmm up
+    /// --workers 5`): the run goes on under `plan` (same run, same
+    /// secrets, a new attempt follows). Nodes the new plan drops are
+    /// deleted in Rancher and removed; nodes it adds are made.
+    PlanChanged { plan: Plan },
 }
 
 impl Event {
@@ -291,6 +304,7 @@ impl Event {
             Event::RunFailed { .. } => "RunFailed",
             Event::AttemptInterrupted { .. } => "AttemptInterrupted",
             Event::Progress { .. } => "Progress",
+            Event::PlanChanged { .. } => "PlanChanged",
         }
     }
 
@@ -345,6 +359,9 @@ impl Event {
             },
             Event::AttemptInterrupted { reason } => format!("interrupted: {reason}"),
             Event::Progress { step, message } => format!("{}: {message}", step.as_str()),
+            Event::PlanChanged { plan } => {
+                format!("scale cluster {} to {} masters, {} workers", plan.cluster_name, plan.masters, plan.workers)
+            }
         }
     }
 }
@@ -378,6 +395,8 @@ fn outcome_summary(outcome: &Outcome) -> String {
         Outcome::MachineStartedAgain { state, ip } => format!(": was {state}, started again, ip {ip}"),
         Outcome::MachineMadeAgain { ip } => format!(": was gone before its agent ran, made again, ip {ip}"),
         Outcome::HostClaimed { ip, host_key } => format!(": ip {ip}, host key {host_key}"),
+        Outcome::NodeDeleted { machine } if machine.is_empty() => ": gone from Rancher".into(),
+        Outcome::NodeDeleted { machine } => format!(": {machine} gone from Rancher"),
         Outcome::Ready
         | Outcome::ClusterActive
         | Outcome::AgentStarted

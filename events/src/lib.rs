@@ -35,6 +35,6 @@ pub use envelope::{chain_hash, now_ms, rfc3339_ms, Envelope, Hash, Record, GENES
 pub use error::{Error, Result};
 pub use event::{Event, Outcome, Role, RunKind, SecretRef, Step, Via};
 pub use plan::{Distribution, Plan, Retry, Timeouts, DEFAULT_DISTRIBUTION, DEFAULT_RANCHER_IMAGE};
-pub use state::{ActorState, History, RunState, RunStatus, StepState};
+pub use state::{node_role, ActorState, History, RunState, RunStatus, StepState};
 pub use store::{OpenError, SledLog, READER_CACHE_BYTES};
 pub use tail::{Tail, WalTail};

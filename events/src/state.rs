@@ -244,6 +244,20 @@ impl RunState {
                 self.status = RunStatus::Interrupted;
                 self.ended_ms = Some(env.at_ms);
             }
+            Event::PlanChanged { plan } => {
+                self.plan = plan.clone();
+                self.status = RunStatus::Running;
+                self.ended_ms = None;
+                self.failure = None;
+                // A node the new plan brings back after an earlier scale
+                // removed it starts afresh (a new machine).
+                for (name, _) in plan.node_names() {
+                    if self.actors.get(&name).is_some_and(|a| a.done(Step::RemoveMachine)) {
+                        self.actors.remove(&name);
+                        self.granted.remove(&name);
+                    }
+                }
+            }
             Event::StepStarted { .. } | Event::StepSucceeded { .. } | Event::StepFailed { .. } | Event::Progress { .. } => {}
         }
         self.actors.entry(env.actor.clone()).or_default().apply(env);
@@ -261,6 +275,32 @@ impl RunState {
     /// Every machine of the plan with its role, `rancher` first.
     pub fn machines(&self) -> Vec<(String, Role)> {
         self.plan.machine_names()
+    }
+
+    /// Nodes a scale dropped from the plan whose machine is not removed
+    /// yet, in the order they go: workers, then masters, the
+    /// highest-numbered first (issue 11).
+    pub fn removals(&self) -> Vec<(String, Role)> {
+        let planned: BTreeSet<String> = self.plan.machine_names().into_iter().map(|(n, _)| n).collect();
+        let mut out: Vec<(String, Role)> = self
+            .actors
+            .iter()
+            .filter(|(name, a)| !planned.contains(*name) && a.step(Step::CreateMachine).is_some() && !a.done(Step::RemoveMachine))
+            .filter_map(|(name, _)| node_role(name).map(|r| (name.clone(), r)))
+            .collect();
+        // Workers before masters; within a role, the highest number first.
+        out.sort_by(|(a, ra), (b, rb)| rb.cmp(ra).then_with(|| b.cmp(a)));
+        out
+    }
+
+    /// Every actor an attempt of this run drives: the plan's machines,
+    /// then the nodes a scale removes ([`RunState::removals`]).
+    pub fn attempt_actors(&self) -> Vec<(String, Role)> {
+        let mut all = self.plan.machine_names();
+        if self.kind == RunKind::Up {
+            all.extend(self.removals());
+        }
+        all
     }
 
     /// `https://…` of the Rancher server, once `server-url` is set; on an
@@ -304,6 +344,16 @@ impl RunState {
             Some(Outcome::CaPinned { checksum }) => Some(checksum),
             _ => None,
         }
+    }
+}
+
+/// The role a node's actor name gives (`master03`, `worker12`).
+pub fn node_role(name: &str) -> Option<Role> {
+    let digits = |rest: &str| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
+    match name {
+        n if n.strip_prefix("master").is_some_and(digits) => Some(Role::Master),
+        n if n.strip_prefix("worker").is_some_and(digits) => Some(Role::Worker),
+        _ => None,
     }
 }
 

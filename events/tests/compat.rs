@@ -85,6 +85,9 @@ fn added_later() -> Vec<(u8, &'static str, Event)> {
         (4, "machine_started_again", ok(Step::CheckMachine, Outcome::MachineStartedAgain { state: "stopped".into(), ip: "10.231.4.112".into() })),
         (4, "machine_made_again", ok(Step::CheckMachine, Outcome::MachineMadeAgain { ip: "10.231.4.113".into() })),
         (4, "host_claimed", ok(Step::CreateMachine, Outcome::HostClaimed { ip: "10.0.0.11".into(), host_key: "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into() })),
+        (4, "plan_changed", Event::PlanChanged { plan: Plan { masters: 5, workers: 2, ..plan() } }),
+        (4, "delete_node_started", Event::StepStarted { step: Step::DeleteNode, try_no: 1, detail: "the CAPI machine of node worker05".into() }),
+        (4, "node_deleted", ok(Step::DeleteNode, Outcome::NodeDeleted { machine: "custom-0123456789ab".into() })),
     ]
 }
 
@@ -195,13 +198,14 @@ fn every_event_kind_has_a_fixture() {
             | Event::RunCompleted
             | Event::RunFailed { .. }
             | Event::AttemptInterrupted { .. }
-            | Event::Progress { .. } => {}
+            | Event::Progress { .. }
+            | Event::PlanChanged { .. } => {}
         }
     }
     let mut all: Vec<Event> = canonical().into_iter().map(|(_, e)| e).collect();
     all.extend(added_later().into_iter().map(|(_, _, e)| e));
     let kinds: std::collections::BTreeSet<&str> = all.iter().map(|e| e.kind()).collect();
-    assert_eq!(kinds.len(), 10);
+    assert_eq!(kinds.len(), 11);
 }
 
 #[test]

@@ -81,7 +81,8 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
     let mut names: BTreeSet<String> = BTreeSet::new();
     if let Some(up) = history.latest_up() {
         for (name, actor) in &up.actors {
-            if actor.step(Step::CreateMachine).is_some() {
+            // A node a scale removed is gone already.
+            if actor.step(Step::CreateMachine).is_some() && !actor.done(Step::RemoveMachine) {
                 names.insert(name.clone());
             }
         }
@@ -136,6 +137,7 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
     }
     let resume = unfinished_down.then_some(latest.id);
     let state = engine::begin(dir, &mut log, &mut history, resume, RunKind::Down, &plan)?;
+    crate::registry::note_run(dir, &state, history.latest_up().and_then(|r| r.rancher_url()));
     let url = plan.rancher_url.clone().unwrap_or_default();
     if in_rancher {
         crate::errln!(
@@ -157,6 +159,9 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
         );
     }
     let end = engine::run_attempt(dir, log, state, machines, driver, undo.map(|(u, _)| u))?;
+    if !matches!(end, RunEnd::Fatal(_)) {
+        crate::registry::note(dir);
+    }
     if in_rancher && end == RunEnd::Completed {
         crate::outln!("Deleted cluster {} in Rancher at {url}.", plan.cluster_name);
     }
@@ -253,5 +258,8 @@ fn without_log(
     let count = machines.len();
     let end = engine::run_attempt(dir, log, state, machines, driver, None)?;
     drop(lock);
+    if !matches!(end, RunEnd::Fatal(_)) {
+        crate::registry::note(dir);
+    }
     finish(end, count, cluster)
 }

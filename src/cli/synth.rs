@@ -255,6 +255,7 @@ impl Gen {
             Step::CheckServer => Outcome::ServerRunning,
             Step::DeleteCluster => Outcome::ClusterDeleted { management_id: "c-m-1".into() },
             Step::CheckMachine => Outcome::MachineUp { ip: ip.into() },
+            Step::DeleteNode => Outcome::NodeDeleted { machine: "custom-1".into() },
         }
     }
 

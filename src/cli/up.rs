@@ -57,7 +57,7 @@ pub struct UpArgs {
 }
 
 impl UpArgs {
-    fn overrides(&self) -> Overrides {
+    pub(crate) fn overrides(&self) -> Overrides {
         Overrides {
             masters: self.masters,
             workers: self.workers,
@@ -92,6 +92,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     let ssh = file.ssh.clone();
     let docker_machine = file.docker_machine.clone();
     let password_file = args.rancher_password_file.clone().or_else(|| file.rancher_password_file.clone());
+    let given = Given::of(&args, &file);
     let plan = file.plan(&args.overrides())?;
     docker.resolve().map_err(Error::Config)?;
     docker_machine.resolve().map_err(Error::Config)?;
@@ -125,7 +126,13 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     let mut history = fold_latest(&log, None)?;
     let latest = history.latest().cloned();
 
+    // A completed run asked for other counts: a scale (issue 11).
+    let scale = match &latest {
+        Some(r) if !args.resume && r.kind == RunKind::Up && r.status == RunStatus::Completed => scale_target(&given, &plan, &r.plan)?,
+        _ => None,
+    };
     let run = match (&latest, args.resume) {
+        (Some(r), false) if scale.is_some() => Some(r.id),
         (Some(r), false) if r.kind == RunKind::Up && r.status == RunStatus::Completed => {
             let mut out = crate::cli::stdout();
             let _ = writeln!(
@@ -168,9 +175,10 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         }
         (_, false) => None,
     };
-    let plan = match run {
-        Some(id) => history.runs.iter().find(|r| r.id == id).expect("run in history").plan.clone(),
-        None => plan,
+    let plan = match (run, &scale) {
+        (_, Some(target)) => target.clone(),
+        (Some(id), None) => history.runs.iter().find(|r| r.id == id).expect("run in history").plan.clone(),
+        (None, None) => plan,
     };
     if let (Some(id), true) = (run, plan.existing_rancher()) {
         keep_password(dir, id, password.as_ref(), &plan)?;
@@ -196,22 +204,56 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         crate::drivers::ssh::settings(dir.root(), Some(&ssh), true).map_err(Error::Config)?;
     }
     let driver = engine::driver_for(&plan, dir, &history)?;
-    let state = engine::begin(dir, &mut log, &mut history, run, RunKind::Up, &plan)?;
+    let before = scale.as_ref().and_then(|_| latest.clone());
+    let state = engine::begin_with(dir, &mut log, &mut history, run, RunKind::Up, &plan, scale.is_some())?;
+    crate::registry::note_run(dir, &state, state.rancher_url());
     if run.is_none() && plan.existing_rancher() {
         keep_password(dir, state.id, password.as_ref(), &plan)?;
     }
-    let machines = plan.machine_names();
+    // The plan's machines, and the nodes a scale drops (a crashed scale
+    // resumed goes on removing them).
+    let machines = state.attempt_actors();
     let run_id = state.id;
     let attempt = state.attempts;
-    crate::errln!(
-        "{} run {run_id} (attempt {attempt}): cluster {}, {}, {}, driver {}",
-        if attempt == 1 { "starting" } else { "resuming" },
-        plan.cluster_name,
-        plural(plan.masters, "master"),
-        plural(plan.workers, "worker"),
-        plan.driver
-    );
+    let started = std::time::Instant::now();
+    if let Some(before) = &before {
+        let removing: Vec<String> = state.removals().into_iter().map(|(n, _)| n).collect();
+        let adding: Vec<String> = plan
+            .node_names()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| state.actor(n).is_none_or(|a| a.step(rmm_events::Step::CreateMachine).is_none()))
+            .collect();
+        let mut what = Vec::new();
+        if !adding.is_empty() {
+            what.push(format!("adding {}", adding.join(", ")));
+        }
+        if !removing.is_empty() {
+            what.push(format!("removing {}", removing.join(", ")));
+        }
+        crate::errln!(
+            "scaling run {run_id} (attempt {attempt}): cluster {} from {}, {} to {}, {}: {}",
+            plan.cluster_name,
+            plural(before.plan.masters, "master"),
+            plural(before.plan.workers, "worker"),
+            plural(plan.masters, "master"),
+            plural(plan.workers, "worker"),
+            what.join("; ")
+        );
+    } else {
+        crate::errln!(
+            "{} run {run_id} (attempt {attempt}): cluster {}, {}, {}, driver {}",
+            if attempt == 1 { "starting" } else { "resuming" },
+            plan.cluster_name,
+            plural(plan.masters, "master"),
+            plural(plan.workers, "worker"),
+            plan.driver
+        );
+    }
     let end = engine::run_attempt(dir, log, state, machines, driver, None)?;
+    if !matches!(end, RunEnd::Fatal(_)) {
+        crate::registry::note(dir);
+    }
     // Re-read the outcome from the log: what we print is what is recorded.
     match end {
         RunEnd::Completed => {
@@ -220,13 +262,16 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let r = history.latest().expect("a run");
             let took = r.ended_ms.unwrap_or(r.started_ms) - r.started_ms;
             let mut out = crate::cli::stdout();
+            let took = match before {
+                Some(_) => format!(": scaled in {:.1}s", started.elapsed().as_secs_f64()),
+                None => format!(" after {:.1}s", took as f64 / 1000.0),
+            };
             let _ = writeln!(
                 out,
-                "Cluster {} is active ({}, {}) after {:.1}s.",
+                "Cluster {} is active ({}, {}){took}.",
                 r.plan.cluster_name,
                 plural(r.plan.masters, "master"),
                 plural(r.plan.workers, "worker"),
-                took as f64 / 1000.0
             );
             let _ = writeln!(out, "Rancher: {}", r.rancher_url().unwrap_or("?"));
             let _ = writeln!(out, "User:    admin");
@@ -250,6 +295,111 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
                 ))
             })),
     }
+}
+
+/// Which settings the user gave (a flag or `rmm.toml`), as opposed to
+/// defaults: only those can change, or refuse to change, a cluster.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Given {
+    pub cluster_name: bool,
+    pub driver: bool,
+    pub distribution: bool,
+    pub rancher_url: bool,
+    pub masters: bool,
+    pub workers: bool,
+}
+
+impl Given {
+    pub fn of(args: &UpArgs, file: &ConfigFile) -> Given {
+        Given {
+            cluster_name: args.cluster_name.is_some() || file.cluster_name.is_some(),
+            driver: args.driver.is_some() || file.driver.is_some(),
+            distribution: args.distribution.is_some() || file.distribution.is_some(),
+            rancher_url: args.rancher_url.is_some() || file.rancher_url.is_some(),
+            masters: args.masters.is_some() || file.masters.is_some(),
+            workers: args.workers.is_some() || file.workers.is_some(),
+        }
+    }
+}
+
+/// What `rmm up` on a completed run asks for: `None` when the topology
+/// is the one the run has (nothing to do), else the run's recorded plan
+/// with the new counts (issue 11). Masters and workers come from the flags,
+/// else `rmm.toml`, else the recorded plan: a bare `rmm up` never scales.
+/// Refused (exit 2, one line): a change no `up` can make (another cluster
+/// name, driver, distribution or Rancher), an even master count, and
+/// fewer masters than etcd can lose one at a time without losing quorum.
+pub fn scale_target(
+    given: &Given,
+    asked: &rmm_events::Plan,
+    recorded: &rmm_events::Plan,
+) -> Result<Option<rmm_events::Plan>> {
+    let fixed: [(&str, bool, String, String); 4] = [
+        ("cluster name", given.cluster_name, asked.cluster_name.clone(), recorded.cluster_name.clone()),
+        ("driver", given.driver, asked.driver.clone(), recorded.driver.clone()),
+        (
+            "distribution",
+            given.distribution,
+            asked.distribution.as_str().to_string(),
+            recorded.distribution.as_str().to_string(),
+        ),
+        (
+            "Rancher",
+            given.rancher_url,
+            asked.rancher_url.clone().unwrap_or_else(|| "of its own".into()),
+            recorded.rancher_url.clone().unwrap_or_else(|| "of its own".into()),
+        ),
+    ];
+    for (what, given, new, old) in fixed {
+        if given && new != old {
+            return Err(Error::Config(format!(
+                "cluster {} was made with {what} {old}; `rmm up` cannot change it to {new}: remove the cluster with `rmm down`, then `rmm up` makes it anew",
+                recorded.cluster_name
+            )));
+        }
+    }
+    let masters = if given.masters { asked.masters } else { recorded.masters };
+    let workers = if given.workers { asked.workers } else { recorded.workers };
+    if masters == recorded.masters && workers == recorded.workers {
+        return Ok(None);
+    }
+    if masters != recorded.masters {
+        check_masters(recorded.masters, masters).map_err(Error::Config)?;
+    }
+    if recorded.driver == "ssh" {
+        // Its hosts are recorded at the run's start (`drivers::ssh::settings`);
+        // a scale would need them merged, which is not built yet.
+        return Err(Error::Config(format!(
+            "driver ssh cannot scale cluster {} yet (its hosts are fixed when the run starts): remove it with `rmm down`, then `rmm up` with the new [[ssh.hosts]]",
+            recorded.cluster_name
+        )));
+    }
+    Ok(Some(rmm_events::Plan { masters, workers, ..recorded.clone() }))
+}
+
+/// Masters change only to odd counts, and leave one at a time; rmm never
+/// removes an etcd member while that would leave etcd without quorum (a
+/// majority of its members: ⌊n/2⌋+1 of n). Going down to `to`, the last
+/// removal goes from `to + 1` members to `to`: it keeps quorum only when
+/// `to ≥ ⌊(to+1)/2⌋+1`, that is from 3 masters on.
+pub fn check_masters(from: u32, to: u32) -> std::result::Result<(), String> {
+    if to.is_multiple_of(2) {
+        return Err(format!(
+            "masters can change only to an odd count (etcd quorum): {from} → {to} is even; use {} or {}",
+            to.saturating_sub(1).max(1),
+            to + 1
+        ));
+    }
+    if to < from {
+        let members = to + 1;
+        let quorum = members / 2 + 1;
+        if to < quorum {
+            return Err(format!(
+                "cannot go from {from} masters to {to}: masters leave one at a time, and the last removal would leave {to} of {members} etcd members, below quorum ({quorum} of {members}); rmm never removes an etcd member while that would leave etcd without quorum"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The error of a failed run. The server cannot do what the plan asks
@@ -362,6 +512,35 @@ impl ConfigFileSource {
 mod tests {
     use super::*;
     use rmm_events::Step;
+
+    #[test]
+    fn masters_change_to_odd_counts_and_never_below_quorum() {
+        assert_eq!(check_masters(3, 5), Ok(()));
+        assert_eq!(check_masters(5, 3), Ok(()), "5 → 4 keeps 4 of 5 (quorum 3), 4 → 3 keeps 3 of 4 (quorum 3)");
+        assert_eq!(check_masters(7, 3), Ok(()));
+        assert_eq!(check_masters(1, 3), Ok(()));
+        let e = check_masters(3, 1).unwrap_err();
+        assert!(e.contains("would leave 1 of 2 etcd members, below quorum (2 of 2)"), "{e}");
+        assert!(check_masters(5, 1).is_err());
+        let e = check_masters(3, 4).unwrap_err();
+        assert!(e.contains("only to an odd count") && e.contains("use 3 or 5"), "{e}");
+        assert!(check_masters(3, 2).is_err());
+    }
+
+    #[test]
+    fn a_bare_up_never_scales_and_identity_changes_are_refused() {
+        let recorded = rmm_events::Plan { masters: 1, workers: 1, ..Default::default() };
+        // Defaults (3+3) not given by the user: the run's counts stay.
+        let asked = rmm_events::Plan::default();
+        assert_eq!(scale_target(&Given::default(), &asked, &recorded).unwrap(), None);
+        let given = Given { workers: true, ..Given::default() };
+        let target = scale_target(&given, &asked, &recorded).unwrap().expect("a scale");
+        assert_eq!((target.masters, target.workers), (1, 3));
+        let other = rmm_events::Plan { driver: "docker".into(), ..asked.clone() };
+        let e = scale_target(&Given { driver: true, ..given }, &other, &recorded).unwrap_err();
+        assert_eq!(e.exit_code(), std::process::ExitCode::from(2));
+        assert!(e.to_string().contains("was made with driver local; `rmm up` cannot change it to docker") && e.to_string().contains("`rmm down`"), "{e}");
+    }
 
     #[test]
     fn a_refusal_by_the_server_is_exit_2_with_one_line_saying_what_to_use() {

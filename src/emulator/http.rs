@@ -916,6 +916,23 @@ fn v1_api(req: &Req) -> Result<Response, ApiError> {
                 _ => Err(ApiError::not_found("not found")),
             }
         }
+        // Deleting a CAPI machine (how Rancher removes a custom node,
+        // rancher/rancher#43686): 404 when there is none; else it gets its
+        // deletionTimestamp and stays (phase `Deleting`) until its
+        // finalizer is done, then is gone. A second DELETE changes nothing.
+        "cluster.x-k8s.io.machine" if req.method == Method::DELETE => {
+            let [ns, name] = rest else { return Err(method_not_allowed(&req.method)) };
+            let (ns, name) = (ns.to_string(), name.to_string());
+            let found = inner.model.state.machines.iter().position(|m| m.namespace == ns && m.name == name && !inner.model.machine_gone(m, now));
+            let i = found.ok_or_else(|| not_found("machines.cluster.x-k8s.io", &name))?;
+            mutate(req.app, &mut inner, |m, _| {
+                m.state.machines[i].deleting_ms.get_or_insert(now);
+                Ok(())
+            })?;
+            let m = &inner.model.state.machines[i];
+            let mv = super::v1::MachineView { phase: "Deleting", message: "draining and deleting the node".into(), running_ms: None };
+            Ok(json_resp(200, &view(&inner, req, now).machine(m, &mv), &req.base))
+        }
         "cluster.x-k8s.io.machine" => {
             read_only(req)?;
             let v = view(&inner, req, now);
@@ -1007,6 +1024,20 @@ fn v3(req: &Req) -> Result<Response, ApiError> {
         "setting" => settings(req, &mut inner, id),
         "cluster" => clusters(req, &mut inner, &caller, id),
         "clusterRegistrationToken" => registration_tokens(req, &mut inner, id),
+        // rke1 scale down: a node DELETE (norman answers with the node, now
+        // `removing`); it is gone once Rancher has cleaned it up.
+        "node" if req.method == Method::DELETE => {
+            let now = req.now;
+            let id = id.unwrap_or("").to_string();
+            let i = inner.model.state.nodes.iter().position(|n| n.id() == id && n.registered_ms.saturating_add(inner.model.node_ready_ms) <= now && !inner.model.node_gone(n, now));
+            let i = i.ok_or_else(|| ApiError::not_found(format!("nodes \"{id}\" not found")))?;
+            mutate(req.app, &mut inner, |m, _| {
+                m.state.nodes[i].deleting_ms.get_or_insert(now);
+                Ok(())
+            })?;
+            let ctx = req.ctx(&inner.model);
+            Ok(json_resp(200, &ctx.node(&inner.model.state.nodes[i]), &req.base))
+        }
         "node" => nodes(req, &inner, id),
         _ => schemas(req, id),
     }

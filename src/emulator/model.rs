@@ -267,6 +267,12 @@ pub struct Node {
     pub registered_ms: u64,
     pub updated_ms: u64,
     pub uuid: String,
+    /// When a `DELETE /v3/nodes/<id>` asked for its removal: the node is
+    /// `removing` while Rancher's node controller cleans it up (its
+    /// finalizer: the Kubernetes node and, for etcd, the member go), and
+    /// is gone (404) [`Model::node_removal_ms`] later — never at once.
+    #[serde(default)]
+    pub deleting_ms: Option<u64>,
 }
 
 impl Node {
@@ -906,6 +912,9 @@ impl Model {
         }
         let has = |role: &str| roles.iter().any(|r| r == role);
         let (etcd, control_plane, worker) = (has("etcd"), has("controlplane"), has("worker"));
+        // A node whose deletion is done is gone: registering again makes a new one.
+        let (ready, gone) = (self.node_removal_ms(), now);
+        self.state.nodes.retain(|n| !(n.cluster_id == cluster_id && n.name == name && n.deleting_ms.is_some_and(|at| gone >= at.saturating_add(ready))));
         let made = !self.state.nodes.iter().any(|n| n.cluster_id == cluster_id && n.name == name);
         self.state.count_registration(&cluster_id, hostname, made);
         let existing = self
@@ -940,6 +949,7 @@ impl Model {
                     registered_ms: now,
                     updated_ms: now,
                     uuid: random_uuid(rng),
+                    deleting_ms: None,
                 };
                 let id = node.id();
                 self.state.nodes.push(node);
@@ -952,12 +962,24 @@ impl Model {
         n.registered_ms.saturating_add(self.node_ready_ms)
     }
 
-    /// The nodes `/v3/nodes` shows now (their agent has had time to come up).
+    /// The nodes `/v3/nodes` shows now (their agent has had time to come
+    /// up; a deleted one until its removal is done).
     pub fn listed_nodes(&self, now: u64) -> impl Iterator<Item = &Node> {
         self.state
             .nodes
             .iter()
-            .filter(move |n| self.listed_at(n) <= now)
+            .filter(move |n| self.listed_at(n) <= now && !self.node_gone(n, now))
+    }
+
+    /// Whether a deleted node's removal is done by `now`.
+    pub fn node_gone(&self, n: &Node, now: u64) -> bool {
+        n.deleting_ms.is_some_and(|at| now >= at.saturating_add(self.node_removal_ms()))
+    }
+
+    /// How long Rancher takes to let a deleted node go: as long as one
+    /// takes to come up, and never no time at all.
+    pub fn node_removal_ms(&self) -> u64 {
+        self.node_ready_ms.max(200)
     }
 
     /// When the cluster became active: the moment the listed nodes first

@@ -179,7 +179,11 @@ impl Ctx<'_> {
             json!({"address": n.address, "internalAddress": n.internal_address, "roles": n.roles, "label": n.labels}),
         );
         let since = rfc3339(n.registered_ms.saturating_add(self.model.node_ready_ms));
-        if active {
+        if n.deleting_ms.is_some() {
+            m.insert("state".into(), json!("removing"));
+            m.insert("transitioning".into(), json!("yes"));
+            m.insert("transitioningMessage".into(), json!(""));
+        } else if active {
             m.insert("state".into(), json!("active"));
             m.insert("transitioning".into(), json!("no"));
             m.insert("transitioningMessage".into(), json!(""));

@@ -309,6 +309,13 @@ pub struct Machine {
     /// The agent's credential (in the connection info's kubeconfig).
     pub plan_token: String,
     pub uid: String,
+    /// When a DELETE asked for its removal (`metadata.deletionTimestamp`):
+    /// it stays, phase `Deleting`, while its finalizer runs (CAPI drains
+    /// and deletes the Kubernetes node), and is gone (404) `delete_ms`
+    /// later. Kubernetes keeps an object with finalizers until they are
+    /// done (https://kubernetes.io/docs/concepts/overview/working-with-objects/finalizers/).
+    #[serde(default)]
+    pub deleting_ms: Option<u64>,
 }
 
 impl Machine {
@@ -662,6 +669,8 @@ impl Model {
                 labels.insert(l.into(), "true".into());
             }
         }
+        let delay = self.knobs.delete_ms;
+        self.state.machines.retain(|m| m.deleting_ms.is_none_or(|at| now < at + delay));
         let known = self.state.machines.iter().position(|m| m.name == name && m.namespace == pc.namespace);
         self.state.count_registration(&pc.name, &node_name, known.is_none());
         if let Some(i) = known {
@@ -688,6 +697,7 @@ impl Model {
             checked_in_ms: None,
             plan_token: random_string(rng, 54),
             uid: random_uuid(rng),
+            deleting_ms: None,
         });
         Ok(self.state.machines.len() - 1)
     }
@@ -718,15 +728,33 @@ impl Model {
         self.agents_seen.get(&m.name).map(|seen| seen + AGENT_GRACE_MS).filter(|lost| *lost <= now)
     }
 
-    /// What the controllers and the planner have done for `pc` by `now`.
+    /// What the controllers and the planner have done for `pc` by `now`:
+    /// the live machines as the planner has them, and the machines being
+    /// deleted (phase `Deleting`) until their finalizer is done.
     pub fn view(&self, pc: &ProvCluster, now: u64) -> ClusterView {
+        let mut v = self.live_view(pc, now);
+        let delay = self.knobs.delete_ms;
+        for (i, m) in self.state.machines.iter().enumerate() {
+            if m.cluster == pc.name && m.namespace == pc.namespace && m.deleting_ms.is_some_and(|at| now < at + delay) {
+                v.machines.push((i, MachineView { phase: "Deleting", message: "draining and deleting the node".into(), running_ms: None }));
+            }
+        }
+        v
+    }
+
+    /// Machines whose deletion finished by `now` are gone for good.
+    pub fn machine_gone(&self, m: &Machine, now: u64) -> bool {
+        m.deleting_ms.is_some_and(|at| now >= at + self.knobs.delete_ms)
+    }
+
+    fn live_view(&self, pc: &ProvCluster, now: u64) -> ClusterView {
         let named = now >= self.named_at(pc);
         let idx: Vec<usize> = self
             .state
             .machines
             .iter()
             .enumerate()
-            .filter(|(_, m)| m.cluster == pc.name && m.namespace == pc.namespace && m.registered_ms <= now)
+            .filter(|(_, m)| m.cluster == pc.name && m.namespace == pc.namespace && m.registered_ms <= now && m.deleting_ms.is_none())
             .map(|(i, _)| i)
             .collect();
         let ms = |i: usize| &self.state.machines[i];
@@ -1096,6 +1124,8 @@ impl V1<'_> {
                 "annotations": {"rke.cattle.io/node-name": m.node_name, PEER_ANNOTATION: m.peer},
                 "state": state(&view.phase.to_lowercase(), &view.message, view.phase == "Failed", !running && view.phase != "Failed"),
                 "relationships": [], "fields": [m.name, m.cluster, m.node_name, view.phase],
+                "deletionTimestamp": m.deleting_ms.map(rfc3339),
+                "finalizers": if m.deleting_ms.is_some() { json!(["machine.cluster.x-k8s.io"]) } else { json!([]) },
             },
             "spec": {
                 "clusterName": m.cluster,
@@ -1429,6 +1459,30 @@ mod tests {
     }
 
     /// The planner's walk, with its messages, for 3 etcd+cp and 3 workers.
+    #[test]
+    fn a_deleted_machine_is_deleting_until_its_finalizer_is_done_then_gone() {
+        let (mut m, mut rng) = model(Line::NEWEST, Knobs { delete_ms: 400, ..knobs() });
+        m.create_prov_cluster(&mut rng, 0, "u", &body("c1", "v1.36.1+rke2r1"), None).unwrap();
+        let pc = m.prov("fleet-default", "c1").unwrap().clone();
+        let token = m.state.registration_tokens[0].token.clone();
+        m.connect_agent(&mut rng, 1_000, &token, &agent("cp", "cp-1", true, true, false)).unwrap();
+        m.connect_agent(&mut rng, 1_000, &token, &agent("w1", "w-1", false, false, true)).unwrap();
+        m.state.machines[1].deleting_ms = Some(5_000);
+        let phase = |m: &Model, now: u64| m.view(&pc, now).machines.iter().find(|(i, _)| *i == 1).map(|(_, mv)| mv.phase);
+        // Not gone at once: Deleting while the finalizer runs, and out of the planner's count.
+        assert_eq!(phase(&m, 5_000), Some("Deleting"));
+        assert_eq!(phase(&m, 5_399), Some("Deleting"));
+        assert_eq!(m.view(&pc, 5_000).message, MSG_WAIT_ROLES, "a machine being deleted is no worker any more");
+        assert!(!m.machine_gone(&m.state.machines[1], 5_399));
+        // Then gone: not listed, and its id free for a new machine.
+        assert_eq!(phase(&m, 5_400), None);
+        assert!(m.machine_gone(&m.state.machines[1], 5_400));
+        m.connect_agent(&mut rng, 6_000, &token, &agent("w1", "w-1", false, false, true)).unwrap();
+        assert_eq!(m.state.machines.len(), 2);
+        assert_eq!(m.state.machines[1].deleting_ms, None, "a new machine, not the deleted one back");
+        assert_eq!(m.state.registrations.get("c1/w-1"), Some(&2), "the ledger counts it as made again");
+    }
+
     #[test]
     fn planner_walks_machines_with_the_real_messages() {
         let (mut m, mut rng) = model(Line::NEWEST, knobs());

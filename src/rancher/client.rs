@@ -402,6 +402,23 @@ impl RancherApi for HttpRancher {
         model::decode_steve("management cluster", &self.get(Some(auth), &["v1", "management.cattle.io.clusters", id], &[]).await?)
     }
 
+    async fn delete_machine(&self, auth: &Secret, name: &str) -> Result<(), ApiError> {
+        let url = self.url(&["v1", "cluster.x-k8s.io.machines", model::FLEET_DEFAULT, name], &[]);
+        match self.send(Method::DELETE, url, Some(auth), &[], None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_node(&self, auth: &Secret, id: &str) -> Result<(), ApiError> {
+        match self.send(Method::DELETE, self.url(&["v3", "nodes", id], &[]), Some(auth), &[], None).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn list_machines(&self, auth: &Secret, cluster: &str) -> Result<Vec<SteveObject>, ApiError> {
         let all: Vec<model::SteveDto> =
             self.list(auth, &["v1", "cluster.x-k8s.io.machines", model::FLEET_DEFAULT], &[]).await?;

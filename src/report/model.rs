@@ -106,6 +106,7 @@ pub fn short_step(step: Step) -> &'static str {
         Step::WaitClusterReady => "ready",
         Step::DeleteCluster => "delete",
         Step::CheckMachine => "machine",
+        Step::DeleteNode => "delnode",
     }
 }
 
@@ -401,6 +402,8 @@ impl Builder {
             }
             // Rancher's progress messages: shown by `rmm log`, not on the timeline.
             Event::Progress { .. } => {}
+            // A scale: the plan the run goes on with.
+            Event::PlanChanged { plan } => self.run.plan = Some(plan.clone()),
             Event::StepStarted { step, try_no, detail } => {
                 // An intent still open here was cut (crash) or is superseded.
                 self.open.remove(&(e.actor.clone(), *step));

@@ -42,6 +42,7 @@ fn an_unwritable_state_dir_is_refused() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rmm"))
         .current_dir(dir.tmp.path())
         .args(["--state-dir", blocker.join("state").to_str().unwrap(), "up"])
+        .env("XDG_STATE_HOME", dir.xdg())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

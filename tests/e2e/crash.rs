@@ -125,6 +125,12 @@ fn crash_run(dir: &TestDir, resume: bool, var: &str, k: u64, env: &[(&str, &str)
     crash_cmd(with_env(dir.rmm(args), env), var, k)
 }
 
+/// `rmm ARGS` with a crash point; `true` if it aborted there, `false` if
+/// it finished first (also used by the scale matrix, `scale.rs`).
+pub fn crash_command(dir: &TestDir, args: &[&str], var: &str, k: u64, env: &[(&str, &str)]) -> bool {
+    crash_cmd(with_env(dir.rmm(args), env), var, k)
+}
+
 /// `crash_run` on a world (with its knobs).
 fn crash_run_on(w: &World, resume: bool, var: &str, k: u64) -> bool {
     let args: &[&str] = if resume { &["up", "--resume"] } else { &["up"] };

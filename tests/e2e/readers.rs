@@ -20,7 +20,7 @@ fn one_line_error(out: &Output) -> String {
 /// Every file and directory under `root`: size, mtime and a hash of the
 /// bytes for files (mtime for dirs, which changes when an entry is added
 /// or removed). Symlinks by their target.
-fn fingerprint(root: &Path) -> BTreeMap<PathBuf, String> {
+pub fn fingerprint(root: &Path) -> BTreeMap<PathBuf, String> {
     fn walk(root: &Path, at: &Path, out: &mut BTreeMap<PathBuf, String>) {
         let meta = std::fs::symlink_metadata(at).unwrap();
         let rel = at.strip_prefix(root).unwrap().to_path_buf();
@@ -43,7 +43,7 @@ fn fingerprint(root: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-fn assert_same(what: &str, before: &BTreeMap<PathBuf, String>, after: &BTreeMap<PathBuf, String>) {
+pub fn assert_same(what: &str, before: &BTreeMap<PathBuf, String>, after: &BTreeMap<PathBuf, String>) {
     if before != after {
         let changed: Vec<String> = before
             .keys()

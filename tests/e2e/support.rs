@@ -30,6 +30,11 @@ impl TestDir {
         self.tmp.path().join("state")
     }
 
+    /// This test's `XDG_STATE_HOME` (the registry `rmm list` reads).
+    pub fn xdg(&self) -> PathBuf {
+        self.tmp.path().join("xdg")
+    }
+
     /// `rmm ARGS` in this test's directory, with this test's state dir.
     pub fn rmm(&self, args: &[&str]) -> RmmCmd {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rmm"));
@@ -45,6 +50,8 @@ impl TestDir {
             .env_remove("RMM_CRASH_BEFORE_OUTCOME")
             // the docker-machine test double runs machines' commands with it
             .env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm"))
+            // The registry of clusters (`rmm list`) of this test, never the user's.
+            .env("XDG_STATE_HOME", self.xdg())
             .env("RMM_PLAIN", "1");
         RmmCmd { cmd }
     }

@@ -258,6 +258,17 @@ impl RancherApi for Fake {
         }
         Ok(SteveObject { name: id.into(), conditions: vec![condition("Ready", "True", "")], ..Default::default() })
     }
+    async fn delete_machine(&self, auth: &Secret, name: &str) -> Result<(), ApiError> {
+        let mut w = self.world();
+        w.check(auth)?;
+        w.machines.retain(|m| m.name != name);
+        w.writes.push(format!("delete machine {name}"));
+        Ok(())
+    }
+    async fn delete_node(&self, _: &Secret, id: &str) -> Result<(), ApiError> {
+        self.world().writes.push(format!("delete node {id}"));
+        Ok(())
+    }
     async fn list_machines(&self, auth: &Secret, cluster: &str) -> Result<Vec<SteveObject>, ApiError> {
         let mut w = self.world();
         w.check(auth)?;

@@ -619,6 +619,52 @@ pub async fn machine_of_node(call: &StepCall<'_>) -> StepResult<Option<SteveObje
     Ok(machines.into_iter().find(|m| is_machine_of(m, call.actor)))
 }
 
+/// A scale down (issue 11): delete this node's CAPI machine (the one the
+/// log recorded when Rancher listed it, else the one Rancher lists for
+/// the node) and wait until Rancher has let it go: Kubernetes keeps an
+/// object with finalizers (`metadata.deletionTimestamp` set, phase
+/// `Deleting`) until its controllers are done (CAPI drains and deletes
+/// the node; https://kubernetes.io/docs/concepts/overview/working-with-objects/finalizers/),
+/// and only then is it 404. Deleting the machine is how Rancher removes a
+/// custom node (rancher/rancher#43686).
+pub async fn delete_node(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let api = rancher_api(call)?;
+    let recorded = match call.state.outcome(Step::WaitNodeListed) {
+        Some(Outcome::NodeListed { node_id }) => Some(node_id.clone()),
+        _ => None,
+    };
+    let name = match recorded {
+        Some(name) => Some(name),
+        None => machine_of_node(call).await?.map(|m| m.name),
+    };
+    let Some(name) = name else { return Ok(Outcome::NodeDeleted { machine: String::new() }) };
+    authed(call, &api, |a| {
+        let (api, name) = (api.clone(), name.clone());
+        async move { api.delete_machine(&a, &name).await }
+    })
+    .await?;
+    let progress = ProgressLog::new(call);
+    let cluster = call.ctx.plan.cluster_name.clone();
+    let what = format!("Rancher to let machine {name} of node {} go", call.actor);
+    poll(call.ctx, call.ctx.plan.timeouts.active_s, &what, || async {
+        let machines = authed(call, &api, |a| {
+            let (api, cluster) = (api.clone(), cluster.clone());
+            async move { api.list_machines(&a, &cluster).await }
+        })
+        .await?;
+        match machines.iter().find(|m| m.name == name) {
+            None => Ok(Some(())),
+            Some(m) => {
+                let phase = m.phase.clone().unwrap_or_else(|| m.state.name.clone());
+                progress.saw(&format!("machine {name} still there ({phase})")).await;
+                Err(StepError::transient(format!("machine {name} is still there ({phase})")))
+            }
+        }
+    })
+    .await?;
+    Ok(Outcome::NodeDeleted { machine: name })
+}
+
 /// The unit the installer writes (reference/rancher-current.md §2.7).
 const AGENT_UNIT: &str = "/etc/systemd/system/rancher-system-agent.service";
 

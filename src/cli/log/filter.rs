@@ -21,6 +21,7 @@ pub const KINDS: &[&str] = &[
     "RunFailed",
     "AttemptInterrupted",
     "Progress",
+    "PlanChanged",
 ];
 
 /// The runs shown.
