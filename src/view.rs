@@ -37,6 +37,10 @@ pub fn actor_state(run: &RunState, actor: Option<&ActorState>, role: Role, write
         let alive = writer_alive && run.status == RunStatus::Running;
         return (if alive { "running" } else { "in_doubt" }, Some(step));
     }
+    if steps.iter().any(|s| matches!(a.step(*s), Some(StepState::Interrupted { .. }))) && run.status != RunStatus::Running {
+        let step = steps.iter().find(|s| matches!(a.step(**s), Some(StepState::Interrupted { .. }))).copied();
+        return ("interrupted", step);
+    }
     let failed = steps.iter().find(|s| matches!(a.step(**s), Some(StepState::Failed { .. })));
     if let Some(step) = failed {
         // A failed try of a run still going (or resumable) is tried again.
@@ -273,7 +277,8 @@ pub fn write_event_data(out: &mut Vec<u8>, event: &rmm_events::Event) {
         | Event::RunCompleted
         | Event::RunFailed { .. }
         | Event::AttemptInterrupted { .. }
-        | Event::Progress { .. } => {
+        | Event::Progress { .. }
+        | Event::StepInterrupted { .. } => {
             serde_json::to_writer(&mut *out, &event_data(event)).expect("writing JSON into a Vec never fails");
         }
     }
@@ -466,6 +471,7 @@ mod tests {
             Event::RunFailed { actor: "master01".into(), step: Some(Step::RunAgent), reason: "no space".into() },
             Event::RunFailed { actor: "coordinator".into(), step: None, reason: "x".into() },
             Event::AttemptInterrupted { reason: "SIGTERM".into() },
+            Event::StepInterrupted { step: Step::WaitClusterReady, try_no: 1, reason: "stopped while waiting".into() },
         ];
         for (i, outcome) in outcomes.into_iter().enumerate() {
             let step = [Step::CreateMachine, Step::WaitNodeActive, Step::CreateRegistrationToken][i % 3];

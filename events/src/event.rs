@@ -253,6 +253,9 @@ pub enum Event {
     /// `waiting for probes: …`, a machine's phase): recorded so `rmm log`
     /// shows why a step took long. Never holds a secret.
     Progress { step: Step, message: String },
+    /// Outcome: the step was stopped by Ctrl-C / SIGTERM before it ended
+    /// (a wait cut short). Not a failed try: the resume runs it again.
+    StepInterrupted { step: Step, try_no: u32, reason: String },
 }
 
 impl Event {
@@ -269,6 +272,7 @@ impl Event {
             Event::RunFailed { .. } => "RunFailed",
             Event::AttemptInterrupted { .. } => "AttemptInterrupted",
             Event::Progress { .. } => "Progress",
+            Event::StepInterrupted { .. } => "StepInterrupted",
         }
     }
 
@@ -323,6 +327,9 @@ impl Event {
             },
             Event::AttemptInterrupted { reason } => format!("interrupted: {reason}"),
             Event::Progress { step, message } => format!("{}: {message}", step.as_str()),
+            Event::StepInterrupted { step, try_no, reason } => {
+                format!("{} interrupted (try {try_no}): {reason}", step.as_str())
+            }
         }
     }
 }

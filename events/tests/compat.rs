@@ -80,6 +80,7 @@ fn added_later() -> Vec<(u8, &'static str, Event)> {
         (4, "password_kept", ok(Step::ChangePassword, Outcome::PasswordKept)),
         (4, "delete_cluster_started", Event::StepStarted { step: Step::DeleteCluster, try_no: 1, detail: "v1 cluster fleet-default/tinysetup".into() }),
         (4, "cluster_deleted", ok(Step::DeleteCluster, Outcome::ClusterDeleted { management_id: "c-m-7kx2qz4b".into() })),
+        (4, "step_interrupted", Event::StepInterrupted { step: Step::WaitClusterReady, try_no: 1, reason: "stopped by a signal".into() }),
     ]
 }
 
@@ -190,13 +191,14 @@ fn every_event_kind_has_a_fixture() {
             | Event::RunCompleted
             | Event::RunFailed { .. }
             | Event::AttemptInterrupted { .. }
-            | Event::Progress { .. } => {}
+            | Event::Progress { .. }
+            | Event::StepInterrupted { .. } => {}
         }
     }
     let mut all: Vec<Event> = canonical().into_iter().map(|(_, e)| e).collect();
     all.extend(added_later().into_iter().map(|(_, _, e)| e));
     let kinds: std::collections::BTreeSet<&str> = all.iter().map(|e| e.kind()).collect();
-    assert_eq!(kinds.len(), 10);
+    assert_eq!(kinds.len(), 11);
 }
 
 #[test]

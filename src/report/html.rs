@@ -55,6 +55,7 @@ svg .bar.crit { fill: var(--crit); }
 svg .bar.adopted { fill: var(--adopted); }
 svg .bar.open { fill: var(--open); }
 svg .bar.failed { fill: var(--failed); }
+svg .bar.interrupted { fill: #d4a017; }
 svg .bar.crit.failed, svg .bar.crit.open { stroke: var(--crit); stroke-width: 2; }
 svg .barlabel { font: 10.5px system-ui, sans-serif; fill: #fff; pointer-events: none; }
 svg .bar.crit + .barlabel { fill: #1d2330; }
@@ -69,7 +70,7 @@ svg .total { font: 11.5px ui-monospace, Menlo, Consolas, monospace; fill: var(--
 .legend span { display: inline-block; margin-right: 14px; color: var(--muted); font-size: 12.5px; }
 .legend i { display: inline-block; width: 14px; height: 10px; margin-right: 5px; vertical-align: baseline; border-radius: 2px; }
 .legend i.ok { background: var(--ok); } .legend i.crit { background: var(--crit); } .legend i.failed { background: var(--failed); }
-.legend i.open { background: var(--open); } .legend i.adopted { background: var(--adopted); } .legend i.wait { border-top: 2px dashed var(--wait); height: 0; }
+.legend i.interrupted { background: #d4a017; } .legend i.open { background: var(--open); } .legend i.adopted { background: var(--adopted); } .legend i.wait { border-top: 2px dashed var(--wait); height: 0; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid #eceef1; vertical-align: top; }
 th { font-weight: 600; background: #f3f5f7; position: sticky; top: 0; }
@@ -234,7 +235,7 @@ fn run_section(out: &mut String, run: &Run) {
     svg(out, run);
     out.push_str(concat!(
         "<p class=\"legend\"><span><i class=\"crit\"></i>critical path</span><span><i class=\"ok\"></i>step</span>",
-        "<span><i class=\"failed\"></i>failed try</span><span><i class=\"open\"></i>no outcome (in flight, or cut by a crash)</span>",
+        "<span><i class=\"failed\"></i>failed try</span><span><i class=\"interrupted\"></i>interrupted (Ctrl-C)</span><span><i class=\"open\"></i>no outcome (in flight, or cut by a crash)</span>",
         "<span><i class=\"adopted\"></i>adopted on resume</span><span><i class=\"wait\"></i>waiting</span>",
         "<span>◆ coordinator: attempt started, join granted, run ended</span>",
         "<span>time from each attempt's start; the time between attempts is cut out</span></p>\n"
@@ -306,6 +307,7 @@ fn result_text(run: &Run, b: &Bar) -> String {
         BarEnd::Ok { .. } => "ok".to_string(),
         BarEnd::Failed { retryable: true, error } => format!("failed, retryable: {error}"),
         BarEnd::Failed { retryable: false, error } => format!("failed: {error}"),
+        BarEnd::Interrupted { reason } => format!("interrupted (not a failed try): {reason}"),
         BarEnd::Open => match run.attempt(b.attempt).map(|a| &a.end) {
             Some(AttemptEnd::Open) => "no outcome yet (in flight, or crashed)".into(),
             Some(e) => format!("no outcome (attempt {})", e.word()),
@@ -392,6 +394,7 @@ fn svg(out: &mut String, run: &Run) {
                 BarEnd::Ok { .. } => {}
                 BarEnd::Failed { .. } => class.push("failed"),
                 BarEnd::Open => class.push("open"),
+                BarEnd::Interrupted { .. } => class.push("interrupted"),
             }
             if b.critical {
                 class.push("crit");

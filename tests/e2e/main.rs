@@ -13,6 +13,7 @@ mod existing;
 mod faults;
 mod kills;
 mod kubeconfig;
+mod live_view;
 mod log;
 mod lookup;
 mod outage;
