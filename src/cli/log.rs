@@ -108,6 +108,9 @@ pub fn run(args: LogArgs, dir: &StateDir) -> Result<()> {
         return follow::run(&args, dir);
     }
     let log = dir.open_store_for_reading()?;
+    if log.last_seq() == 0 {
+        return Err(dir.no_run());
+    }
     let filter = Filter::new(&args, &log)?;
     if args.full {
         if filter.seq_from != filter.seq_to {
@@ -131,6 +134,9 @@ pub fn run(args: LogArgs, dir: &StateDir) -> Result<()> {
         if !printer.print(&record.envelope, &record.hash)? {
             return Ok(()); // the reader went away (`rmm log | head`)
         }
+    }
+    if printer.printed == 0 {
+        nothing_matched(log.last_seq());
     }
     printer.finish()
 }
@@ -161,10 +167,31 @@ fn timeline(log: &rmm_events::SledLog, filter: &Filter) -> Result<()> {
             events.push(e);
         }
     }
+    if events.is_empty() {
+        nothing_matched(log.last_seq());
+        return Ok(());
+    }
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(80);
+    let width = output_width();
     let text = crate::report::timeline_text(&events, &crate::report::TimelineOptions { width, color });
     write_out(text.as_bytes())
+}
+
+/// A filter that selected nothing says so (stderr; exit 0, as an empty
+/// answer is an answer).
+fn nothing_matched(events: u64) {
+    crate::errln!("rmm: no event matches the filter (the log holds {events} event{})", if events == 1 { "" } else { "s" });
+}
+
+/// The width to draw for: `COLUMNS`, else the terminal's (stdout's, then
+/// stderr's), else 80.
+pub fn output_width() -> usize {
+    if let Some(w) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+        return w;
+    }
+    terminal_size::terminal_size_of(std::io::stdout())
+        .or_else(|| terminal_size::terminal_size_of(std::io::stderr()))
+        .map_or(80, |(w, _)| usize::from(w.0))
 }
 
 fn data_bytes(e: &Envelope) -> Vec<u8> {
@@ -182,6 +209,8 @@ pub struct Printer {
     line: Vec<u8>,
     data: Vec<u8>,
     run: Option<uuid::Uuid>,
+    /// Events printed so far.
+    pub printed: u64,
 }
 
 impl Printer {
@@ -193,6 +222,7 @@ impl Printer {
             line: Vec::with_capacity(1024),
             data: Vec::with_capacity(512),
             run: None,
+            printed: 0,
         }
     }
 
@@ -209,6 +239,7 @@ impl Printer {
             }
         }
         self.line.clear();
+        self.printed += 1;
         if self.json {
             view::write_event_json(&mut self.line, e, hash);
         } else {

@@ -24,6 +24,9 @@ pub struct ReportArgs {
 
 pub fn run(args: ReportArgs, dir: &StateDir) -> Result<()> {
     let log = dir.open_store_for_reading()?;
+    if log.last_seq() == 0 {
+        return Err(dir.no_run());
+    }
     let events = select(log.scan(1).map(|r| r.map(|r| r.envelope)), args.run.as_deref(), args.all_runs)?;
     let html = crate::report::html_report(&events);
     let runs = {

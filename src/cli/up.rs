@@ -116,6 +116,14 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         ", or remove what it made (`rmm status --refresh` lists it; `rmm down --cluster {}`) and start again",
         plan.cluster_name
     ))?;
+    // Nothing to resume where there is no log: refused before anything
+    // (the state dir, its lock, a store) is created.
+    if args.resume && !dir.events().join("db").exists() {
+        return Err(Error::Refused(format!(
+            "nothing to resume: there is no run in {} (nothing was created; start one with `rmm up`)",
+            dir.shown()
+        )));
+    }
     dir.create()?;
     let _lock = dir.lock()?;
     let mut log = dir.open_store()?;

@@ -205,7 +205,7 @@ fn up_and_down_with_both_flavours() {
             let bytes = std::fs::read(&f).unwrap_or_default();
             assert!(!String::from_utf8_lossy(&bytes).contains(&password), "the bootstrap password is in {}", f.display());
         }
-        let down = dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run();
+        let down = dir.rmm(&["down", "--yes"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run();
         assert_ok(&down);
         assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
         // Nothing of the machines runs on (their processes die with the VM).
@@ -304,9 +304,9 @@ fn stopped_machines_are_started_again_on_resume_and_their_new_addresses_read() {
     let refreshed = dir.status_refresh();
     let orphans: Vec<&str> = refreshed["orphans"].as_array().unwrap().iter().filter_map(|o| o["name"].as_str()).collect();
     assert_eq!(orphans, ["worker09"], "{refreshed}");
-    assert_ok(&dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
+    assert_ok(&dir.rmm(&["down", "--yes"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
     assert_eq!(machines(&dir), vec![format!("{CLUSTER}-worker09")], "down leaves the orphan");
-    assert_ok(&dir.rmm(&["down", "--orphans"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
+    assert_ok(&dir.rmm(&["down", "--yes", "--orphans"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
     assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
 }
 
@@ -328,6 +328,6 @@ fn rke1_on_an_emulated_2_11_with_the_docker_machine_flavour() {
         view.nodes.iter().map(|n| n["nodeName"].as_str().or(n["hostname"].as_str()).unwrap_or("").to_string()).collect();
     nodes.sort();
     assert_eq!(nodes, vec!["master01", "worker01"], "{:?}", view.nodes);
-    assert_ok(&dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
+    assert_ok(&dir.rmm(&["down", "--yes"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
     assert!(machines(&dir).is_empty());
 }

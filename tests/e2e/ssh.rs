@@ -395,7 +395,7 @@ fn ssh_up_on_seven_hosts_registers_each_with_its_address_with_no_secret_in_ps_an
     assert_eq!(refreshed["rancher"]["server"]["answering"], true, "{}", refreshed["rancher"]);
 
     // down: every host released (uninstall ran), none deleted; sshd still answers.
-    t.rmm(&["down"]).ok();
+    t.rmm(&["down", "--yes"]).ok();
     for h in &hosts.hosts {
         assert!(h.dir.join("host-shell").exists(), "{} not deleted", h.name);
         assert!(!h.dir.join("etc-systemd-system/rancher-system-agent.service").exists(), "{}: the uninstall script ran", h.name);
@@ -426,7 +426,7 @@ fn ssh_a_host_key_changed_between_runs_refuses_with_one_line() {
     let print = run(Command::new("ssh-keygen").arg("-l").arg("-f").arg(hosts.dir("master01").join("host_key.pub")));
     let print = print.split_whitespace().find(|w| w.starts_with("SHA256:")).unwrap().to_string();
     assert_eq!(claim["host_key"].as_str(), Some(print.as_str()), "{claim}");
-    t.rmm(&["down"]).ok();
+    t.rmm(&["down", "--yes"]).ok();
     // The host is reinstalled: a new host key.
     hosts.stop(1);
     hosts.new_host_key(1);
@@ -548,7 +548,7 @@ fn ssh_rke1_on_an_emulated_2_11_registers_each_node_with_no_secret_in_ps() {
         }
     }
     assert_eq!(t.status()["rancher"]["cluster_state"], "active");
-    t.rmm(&["down"]).ok();
+    t.rmm(&["down", "--yes"]).ok();
     for h in &hosts.hosts {
         assert!(h.dir.join("host-shell").exists(), "{} not deleted", h.name);
     }
