@@ -266,7 +266,7 @@ impl StateDir {
         if !self.events().join("db").exists() {
             let others = self.state_besides_the_log();
             if others.is_empty() {
-                return Err(Error::Refused(format!("no rmm state in {} (run `rmm up` first)", self.root.display())));
+                return Err(self.no_run());
             }
             return Err(Error::Log(format!(
                 "the event log {} is missing, but the state dir still holds {}: the log was deleted or moved; restore it from a backup",

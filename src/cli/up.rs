@@ -63,6 +63,7 @@ pub struct UpArgs {
     #[arg(long, value_name = "URL")]
     pub rancher_url: Option<String>,
     /// A file holding the existing Rancher's password (see --rancher-url).
+    /// [default: none: RMM_RANCHER_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub rancher_password_file: Option<std::path::PathBuf>,
 }

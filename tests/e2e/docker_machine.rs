@@ -331,3 +331,37 @@ fn rke1_on_an_emulated_2_11_with_the_docker_machine_flavour() {
     assert_ok(&dir.rmm(&["down", "--yes"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
     assert!(machines(&dir).is_empty());
 }
+
+/// Issue 11, "Safety on real machines": `rmm down` on a driver that makes
+/// real machines asks first on a terminal, naming them; off a terminal it
+/// refuses without `--yes` (exit 2) and removes nothing.
+#[test]
+fn down_on_real_machines_asks_first_and_refuses_off_a_terminal_without_yes() {
+    let dir = TestDir::new();
+    write_config(&dir, "rancher-machine", "");
+    assert_ok(&up(&dir, &[]));
+    let all = machines(&dir);
+    assert_eq!(all.len(), 3, "{all:?}");
+
+    let out = dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).code(2);
+    let line = crate::support::single_stderr_line(&out);
+    assert!(line.starts_with("rmm: refusing to remove") && line.contains("--yes"), "{line}");
+    assert!(line.contains("master01") && line.contains("worker01") && line.contains("rancher"), "names what it would remove: {line}");
+    assert_eq!(machines(&dir), all, "nothing removed");
+
+    // On a terminal: the question names the machines; "n" keeps them.
+    let mut screen = crate::live_view::Screen::spawn_with_input(
+        &dir,
+        &["down"],
+        &[("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm"))],
+        "n\n",
+    );
+    assert_eq!(screen.wait(std::time::Duration::from_secs(60)), Some(0), "{}", screen.text());
+    let shown = screen.text();
+    assert!(shown.contains("Remove 3 docker-machine machines (master01, rancher, worker01)? [y/N]"), "{shown}");
+    assert!(shown.contains("Nothing removed."), "{shown}");
+    assert_eq!(machines(&dir), all, "nothing removed");
+
+    assert_ok(&dir.rmm(&["down", "--yes"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
+    assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
+}

@@ -25,7 +25,16 @@ pub struct Screen {
 }
 
 impl Screen {
+    /// `rmm ARGS` on a pty whose keyboard types `input` (once rmm reads).
+    pub fn spawn_with_input(dir: &TestDir, args: &[&str], env: &[(&str, &str)], input: &str) -> Screen {
+        Screen::start(dir, args, env, 120, Some(input))
+    }
+
     pub fn spawn(dir: &TestDir, args: &[&str], env: &[(&str, &str)], cols: u16) -> Screen {
+        Screen::start(dir, args, env, cols, None)
+    }
+
+    fn start(dir: &TestDir, args: &[&str], env: &[(&str, &str)], cols: u16, input: Option<&str>) -> Screen {
         let rows = 60;
         let size = Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         let pty = openpty(Some(&size), None).expect("openpty");
@@ -37,7 +46,11 @@ impl Screen {
         let slave: OwnedFd = pty.slave;
         // Its own process group: Ctrl-C is a SIGINT to the group, as a
         // terminal sends it.
-        cmd.stdin(Stdio::null())
+        let stdin = match input {
+            Some(_) => Stdio::from(slave.try_clone().unwrap()),
+            None => Stdio::null(),
+        };
+        cmd.stdin(stdin)
             .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave))
             .process_group(0);
@@ -46,6 +59,10 @@ impl Screen {
         let parser = Arc::new(Mutex::new(vt100::Parser::new(rows, cols, 0)));
         let raw = Arc::new(Mutex::new(Vec::new()));
         let mut master = std::fs::File::from(pty.master);
+        if let Some(input) = input {
+            // The terminal's line discipline holds typed input until rmm reads it.
+            std::io::Write::write_all(&mut master, input.as_bytes()).unwrap();
+        }
         let (p, r) = (parser.clone(), raw.clone());
         let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 8192];

@@ -25,5 +25,6 @@ mod shim;
 mod ssh;
 mod state_dir;
 mod up;
+mod words;
 mod v1;
 mod world;
