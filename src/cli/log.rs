@@ -161,13 +161,17 @@ fn check_usage(args: &LogArgs) -> Result<()> {
 fn timeline(log: &rmm_events::SledLog, filter: &Filter) -> Result<()> {
     use std::io::IsTerminal;
     let mut events = Vec::new();
+    let mut selected = 0usize;
     for record in log.scan_read_ahead(1) {
         let e = record?.envelope;
         if filter.matches(&e) && (filter.grep.is_none() || filter.grep_matches(&data_bytes(&e))) {
+            selected += 1;
+            events.push(e);
+        } else if filter.frames(&e) {
             events.push(e);
         }
     }
-    if events.is_empty() {
+    if selected == 0 {
         nothing_matched(log.last_seq());
         return Ok(());
     }
@@ -209,6 +213,10 @@ pub struct Printer {
     line: Vec<u8>,
     data: Vec<u8>,
     run: Option<uuid::Uuid>,
+    /// The UTC day of the last header: a new day gets a header of its own.
+    day: [u8; 10],
+    /// On a terminal: its width; lines longer are cut, ending in `…`.
+    width: Option<usize>,
     /// Events printed so far.
     pub printed: u64,
 }
@@ -222,6 +230,11 @@ impl Printer {
             line: Vec::with_capacity(1024),
             data: Vec::with_capacity(512),
             run: None,
+            day: [0; 10],
+            width: {
+                use std::io::IsTerminal;
+                std::io::stdout().is_terminal().then(output_width)
+            },
             printed: 0,
         }
     }
@@ -243,11 +256,23 @@ impl Printer {
         if self.json {
             view::write_event_json(&mut self.line, e, hash);
         } else {
-            if self.run != Some(e.run) {
+            let mut at = Vec::with_capacity(24);
+            view::write_rfc3339_ms(&mut at, e.at_ms);
+            if self.run != Some(e.run) || self.day[..] != at[..10] {
                 self.run = Some(e.run);
-                self.line.extend_from_slice(format!("── run {} ──\n", e.run).as_bytes());
+                self.day.copy_from_slice(&at[..10]);
+                let day = std::str::from_utf8(&at[..10]).expect("ASCII");
+                self.line.extend_from_slice(format!("── run {} ── {day} (times UTC) ──\n", e.run).as_bytes());
             }
-            text_line(&mut self.line, e);
+            let start = self.line.len();
+            short_line(&mut self.line, e, &at);
+            if let Some(width) = self.width {
+                let text = String::from_utf8_lossy(&self.line[start..]).into_owned();
+                if text.chars().count() > width {
+                    self.line.truncate(start);
+                    self.line.extend_from_slice(crate::progress::cut(&text, width).as_bytes());
+                }
+            }
         }
         self.line.push(b'\n');
         ok_unless_closed(self.out.write_all(&self.line))
@@ -269,6 +294,13 @@ pub fn text_line(out: &mut Vec<u8>, e: &Envelope) {
     view::write_rfc3339_ms(&mut at, e.at_ms);
     let at = std::str::from_utf8(&at).expect("ASCII");
     let _ = write!(out, "{:>6} {at} a{} {:<11} {:<18} {}", e.seq, e.attempt, e.actor, e.event.kind(), e.event.summary());
+}
+
+/// `   seq time(UTC) attempt actor kind summary`: a line of `rmm log`,
+/// under its run's header, which has the day (`at` is the event's RFC 3339 time).
+fn short_line(out: &mut Vec<u8>, e: &Envelope, at: &[u8]) {
+    let time = std::str::from_utf8(&at[11..23]).expect("ASCII");
+    let _ = write!(out, "{:>5} {time} a{} {:<11} {:<15} {}", e.seq, e.attempt, e.actor, e.event.kind(), e.event.summary());
 }
 
 /// A closed pipe (`rmm log | head`) ends the output quietly.

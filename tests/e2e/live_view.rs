@@ -267,3 +267,24 @@ fn ctrl_c_leaves_no_spinner_and_records_the_stopped_step_as_interrupted() {
     assert_eq!(dir.status()["run"]["state"], "completed");
     let _ = screen.raw();
 }
+
+/// `s` without ANSI escape sequences (CSI and the cursor keys indicatif uses).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}

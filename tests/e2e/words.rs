@@ -166,3 +166,43 @@ fn completion_scripts_for_bash_zsh_and_fish_name_the_commands() {
     let out = dir.rmm(&["completion", "powershell"]).code(2);
     assert!(text(&out.stderr).starts_with("rmm: invalid value 'powershell'"));
 }
+
+#[test]
+fn log_lines_fit_the_terminal_and_the_timeline_uses_its_real_width() {
+    use crate::live_view::Screen;
+    let dir = TestDir::new();
+    dir.up_ok(&["--masters", "1", "--workers", "1"]);
+    // `rmm log` on an 80-column terminal: one header line with the day,
+    // then lines that fit, the long ones cut with `…`.
+    let mut screen = Screen::spawn(&dir, &["log"], &[], 80);
+    assert_eq!(screen.wait(std::time::Duration::from_secs(30)), Some(0));
+    let raw = screen.raw();
+    let lines: Vec<&str> = raw.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert!(lines[0].starts_with("── run ") && lines[0].contains("(times UTC)"), "{raw}");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("── run ")).count(), 1, "one header line: {raw}");
+    for l in &lines {
+        assert!(l.chars().count() <= 80, "fits 80 columns: {l:?}");
+    }
+    assert!(lines.iter().any(|l| l.ends_with('…')), "{raw}");
+    // Not on a terminal: whole lines.
+    let piped = text(&dir.rmm(&["log"]).ok().stdout);
+    assert!(piped.lines().any(|l| l.chars().count() > 80) && !piped.contains('…'));
+
+    // --timeline with COLUMNS unset: the terminal's width, not 80.
+    let mut screen = Screen::spawn(&dir, &["log", "--timeline"], &[], 140);
+    assert_eq!(screen.wait(std::time::Duration::from_secs(30)), Some(0));
+    let raw = crate::support::text(crate::live_view::strip_ansi(&screen.raw()).as_bytes());
+    let widest = raw.split("\r\n").map(|l| l.chars().count()).max().unwrap();
+    assert!(widest > 80 && widest <= 140, "drawn for 140 columns, widest line {widest}:\n{raw}");
+}
+
+#[test]
+fn a_timeline_of_one_actor_of_a_completed_run_shows_the_run_s_end() {
+    let dir = TestDir::new();
+    dir.up_ok(&["--masters", "1", "--workers", "1"]);
+    let out = text(&dir.rmm(&["log", "--timeline", "--actor", "master01"]).env("COLUMNS", "120").ok().stdout);
+    assert!(!out.contains("no end recorded"), "{out}");
+    assert!(out.contains("completed"), "{out}");
+    assert!(out.contains("master01"));
+    assert!(!out.contains("worker01"), "only the chosen actor's bars: {out}");
+}
