@@ -215,13 +215,12 @@ async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>, mut
                 finish(line, Mark::Done, &e.actor, &total, &format!("done ({})", e.event.summary()));
             }
             Event::StepFailed { step, try_no, error, retryable } => {
-                let mark = if *retryable { Mark::Interrupted } else { Mark::Failed };
                 let head = if *retryable {
                     format!("{} failed (try {try_no}), will retry", step.as_str())
                 } else {
                     format!("{} failed (try {try_no}), gave up", step.as_str())
                 };
-                let _ = multi.println(paint.error_line(mark, &e.actor, &format!("{head}: {error}")));
+                let _ = multi.println(paint.error_line(Mark::Failed, &e.actor, &format!("{head}: {error}")));
                 if *retryable {
                     line.message = head;
                     line.bar.set_message(paint.running(&line.message));

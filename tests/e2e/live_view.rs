@@ -288,3 +288,20 @@ pub fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+#[test]
+fn an_rke1_master_waiting_for_its_turn_says_whom_it_waits_for() {
+    let dir = TestDir::on(crate::support::Kind::Rke1);
+    // Masters join one at a time on rke1: master02 waits until master01
+    // is listed, which takes a while here.
+    let env = [("RMM_LOCAL_NODE_READY_MS", "2500")];
+    let mut screen = Screen::spawn(&dir, &["up", "--masters", "3", "--workers", "1"], &env, 100);
+    screen.wait_for("waiting: master01 to register", Duration::from_secs(90));
+    let rows = screen.rows();
+    let master02 = rows.iter().find(|r| r.contains("master02")).unwrap();
+    assert!(master02.contains("waiting: master01 to register"), "{master02}");
+    let worker = rows.iter().find(|r| r.contains("worker01")).unwrap();
+    assert!(worker.contains("waiting: master01 to register"), "a worker waits for the masters: {worker}");
+    assert_eq!(screen.wait(Duration::from_secs(120)), Some(0), "{}", screen.text());
+    assert!(marked_row(&screen.rows(), "master03").starts_with('✓'));
+}
