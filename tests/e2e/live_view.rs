@@ -219,7 +219,7 @@ fn a_failed_run_marks_the_failed_line_red_and_prints_its_error_whole() {
     );
     // The log agrees: the last try is recorded as not retried.
     let events = dir.events();
-    let last = events.iter().filter(|e| e["kind"] == "StepFailed" && e["actor"] == "worker01").last().unwrap();
+    let last = events.iter().rev().find(|e| e["kind"] == "StepFailed" && e["actor"] == "worker01").unwrap();
     assert_eq!(last["data"]["retryable"], false);
 }
 

@@ -45,7 +45,16 @@ fn an_empty_state_dir_says_there_is_no_run_there() {
     }
     dir.rmm(&["synth", "--events", "0"]).ok();
     assert!(dir.state().join("events").exists());
-    for cmd in [&["log"][..], &["log", "--timeline"], &["replay"], &["replay", "--to", "5"], &["credentials"], &["report", "--html", "r.html"]] {
+    for cmd in [
+        &["log"][..],
+        &["log", "--timeline"],
+        &["log", "show", "3"],
+        &["replay"],
+        &["replay", "--to", "5"],
+        &["credentials"],
+        &["kubeconfig"],
+        &["report", "--html", "r.html"],
+    ] {
         let line = single_stderr_line(&dir.rmm(cmd).code(3));
         assert_eq!(line, format!("rmm: no run in {shown} yet (start one with `rmm up`)"), "{cmd:?}");
     }
