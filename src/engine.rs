@@ -157,7 +157,8 @@ pub fn run_attempt(
                     addr.do_send(Interrupt);
                 }
                 _ = tokio::signal::ctrl_c(), if interrupted => {
-                    crate::progress::note("rmm: aborted; `rmm up --resume` continues from the log");
+                    crate::progress::clear();
+                    crate::errln!("rmm: aborted; `rmm up --resume` continues from the log");
                     std::process::exit(130);
                 }
             }

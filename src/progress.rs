@@ -36,6 +36,16 @@ pub fn note(line: &str) {
     }
 }
 
+/// Takes the live view off the screen (the process is about to exit on a
+/// second Ctrl-C): no spinner line is left behind.
+pub fn clear() {
+    let active = ACTIVE.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(multi) = active {
+        let _ = multi.clear();
+        multi.set_draw_target(ProgressDrawTarget::hidden());
+    }
+}
+
 /// Renders records as they become durable. Runs until the sender side is
 /// dropped. `state` is the run as the log left it before this attempt.
 pub async fn render(mut rx: mpsc::UnboundedReceiver<Record>, actors: Vec<String>, state: RunState) {

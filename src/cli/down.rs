@@ -30,7 +30,7 @@ use crate::state_dir::{fold_latest, Lock, StateDir};
 pub struct DownArgs {
     /// The cluster whose machines to remove. Needed when the log has no run
     /// (lost, or never made here): the driver's machines of that cluster
-    /// are removed after a confirmation.
+    /// are removed after a confirmation. [default: the log's cluster]
     #[arg(long)]
     pub cluster: Option<String>,
     /// Do not ask for confirmation (for scripts).

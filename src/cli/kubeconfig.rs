@@ -18,6 +18,7 @@ use crate::state_dir::{fold_latest, StateDir};
 #[derive(Debug, clap::Args)]
 pub struct KubeconfigArgs {
     /// Write it to FILE (mode 0600, replaced atomically) instead of stdout.
+    /// [default: stdout]
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }

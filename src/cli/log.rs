@@ -31,32 +31,38 @@ pub struct LogArgs {
     /// One JSON object per line: seq, id, run, attempt, actor, kind, cause, at, data, hash.
     #[arg(long)]
     pub json: bool,
-    /// Only this run: its id, or a prefix of it (default: the latest run).
+    /// Only this run: its id, or a prefix of it. [default: the latest run]
     #[arg(long, value_name = "ID", conflicts_with = "all_runs")]
     pub run: Option<String>,
     /// Every run, oldest first.
     #[arg(long)]
     pub all_runs: bool,
     /// Only this attempt of the run (1 is the first `up`, +1 per resume).
+    /// [default: every attempt]
     #[arg(long, value_name = "N")]
     pub attempt: Option<u32>,
     /// Only actors matching this glob (`master*`, `worker0?`); repeatable, or comma-separated.
+    /// [default: every actor]
     #[arg(long, value_name = "PATTERN")]
     pub actor: Vec<String>,
     /// Only this kind of event (`StepFailed`…); repeatable, or comma-separated.
+    /// [default: every kind]
     #[arg(long, value_name = "KIND")]
     pub kind: Vec<String>,
     /// Only events at or after this time: RFC 3339, or a duration ago (`10m`, `2h`).
+    /// [default: from the first]
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
     /// Only events at or before this time: RFC 3339, or a duration ago.
+    /// [default: up to the last]
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
     /// Only these sequence numbers: `N`, `A..B` (both included), `A..`, `..B`.
+    /// [default: all]
     #[arg(long, value_name = "RANGE")]
     pub seq: Option<String>,
     /// Only events whose data (as `--json` prints it: secrets appear only by
-    /// name and fingerprint) contains this text.
+    /// name and fingerprint) contains this text. [default: any]
     #[arg(long, value_name = "TEXT")]
     pub grep: Option<String>,
     /// With `--seq N`: that one event in full, with its cause chain (as `rmm log show N`).
@@ -71,14 +77,15 @@ pub struct LogArgs {
     ])]
     pub verify: bool,
     /// With `--verify`: check an export file instead of the store.
+    /// [default: the store]
     #[arg(long, value_name = "FILE", requires = "verify")]
     pub from: Option<PathBuf>,
     /// With `--verify`: the chain must end at this head hash (hex), e.g. one
-    /// printed by `rmm log --verify` where the log lives.
+    /// printed by `rmm log --verify` where the log lives. [default: any head]
     #[arg(long, value_name = "HEX", requires = "verify")]
     pub head: Option<String>,
     /// Write the history with its hashes to FILE (`-`: stdout), checkable with `--verify --from`.
-    /// The whole log, or one run (`--run`) or a `--seq` range.
+    /// The whole log, or one run (`--run`) or a `--seq` range. [default: no export]
     #[arg(long, value_name = "FILE", conflicts_with_all = ["full", "timeline"])]
     pub export: Option<PathBuf>,
     /// A Gantt chart of the steps of the selected events.

@@ -9,7 +9,7 @@ use crate::view;
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// Stop after the event with this sequence number.
+    /// Stop after the event with this sequence number. [default: the last]
     #[arg(long)]
     pub to: Option<u64>,
     /// Print JSON, the shape of `status --json`.

@@ -11,10 +11,10 @@ use crate::state_dir::StateDir;
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// Write the HTML report to FILE (`-` for stdout).
+    /// Write the HTML report to FILE (`-` for stdout). [required]
     #[arg(long, value_name = "FILE")]
     pub html: PathBuf,
-    /// The run to report (its id, or a unique prefix of it). Default: the latest run.
+    /// The run to report (its id, or a unique prefix of it). [default: the latest run]
     #[arg(long, value_name = "ID", conflicts_with = "all_runs")]
     pub run: Option<String>,
     /// Every run of the log.

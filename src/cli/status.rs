@@ -27,7 +27,7 @@ pub struct StatusArgs {
     #[arg(long)]
     pub refresh: bool,
     /// The cluster to look for with --refresh when the log has no run
-    /// (default: `cluster_name` of rmm.toml, else the default name).
+    /// [default: `cluster_name` of rmm.toml, else tinysetup]
     #[arg(long)]
     pub cluster: Option<String>,
 }

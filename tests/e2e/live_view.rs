@@ -305,3 +305,20 @@ fn an_rke1_master_waiting_for_its_turn_says_whom_it_waits_for() {
     assert_eq!(screen.wait(Duration::from_secs(120)), Some(0), "{}", screen.text());
     assert!(marked_row(&screen.rows(), "master03").starts_with('✓'));
 }
+
+#[test]
+fn a_second_ctrl_c_aborts_and_leaves_no_spinner_behind() {
+    let dir = TestDir::new();
+    // Machine creations take long and are let finish after the first
+    // Ctrl-C: the second one aborts at once.
+    let env = [("RMM_LOCAL_CREATE_MS", "30000")];
+    let mut screen = Screen::spawn(&dir, &["up", "--masters", "1", "--workers", "1"], &env, 100);
+    screen.wait_for("create_machine (try 1)", Duration::from_secs(60));
+    screen.ctrl_c();
+    screen.wait_for("rmm: interrupted; letting steps in flight finish", Duration::from_secs(30));
+    screen.ctrl_c();
+    assert_eq!(screen.wait(Duration::from_secs(20)), Some(130), "{}", screen.text());
+    let rows = screen.rows();
+    assert!(!rows.iter().any(|r| r.contains(SPINNER)), "no spinner left after the abort:\n{}", rows.join("\n"));
+    assert!(rows.iter().any(|r| r.contains("rmm: aborted; `rmm up --resume` continues")), "{}", rows.join("\n"));
+}

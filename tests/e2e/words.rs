@@ -126,6 +126,25 @@ fn help_groups_global_options_shows_defaults_and_values_and_hides_the_emulator()
     }
     assert!(entries.len() >= 10);
 
+    // Every option that takes a value, in every command, names its default.
+    for cmd in [&["status"][..], &["log"], &["log", "show"], &["report"], &["replay"], &["down"], &["kubeconfig"], &["credentials"]] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let h = text(&dir.rmm(&args).ok().stdout);
+        let options = &h[h.find("Options:").unwrap()..h.find("Global options:").unwrap()];
+        let mut entries: Vec<String> = Vec::new();
+        for l in options.lines().skip(1) {
+            if l.trim_start().starts_with('-') {
+                entries.push(l.to_string());
+            } else if let Some(last) = entries.last_mut() {
+                last.push_str(l);
+            }
+        }
+        for e in entries.iter().filter(|e| e.contains(" <")) {
+            assert!(e.contains("[default: ") || e.contains("[required]"), "rmm {cmd:?}: no default shown: {e}");
+        }
+    }
+
     // Examples for every command.
     for cmd in ["up", "status", "log", "report", "replay", "down", "credentials", "kubeconfig", "completion"] {
         let h = text(&dir.rmm(&[cmd, "--help"]).ok().stdout);
