@@ -21,6 +21,7 @@ pub const KINDS: &[&str] = &[
     "RunFailed",
     "AttemptInterrupted",
     "Progress",
+    "StepInterrupted",
 ];
 
 /// The runs shown.
