@@ -276,12 +276,13 @@ async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>, mut
     // The attempt ended: a line still going was stopped with it.
     let why = match state.status {
         rmm_events::RunStatus::Failed => "stopped: the run failed",
+        rmm_events::RunStatus::Interrupted => "interrupted",
         _ => "stopped",
     };
     for (name, line) in &lines {
         if !line.bar.is_finished() {
             let doing = line.waiting.as_deref().unwrap_or(&line.message);
-            let text = if doing.is_empty() || doing == "pending" { why.to_string() } else { format!("{why} ({doing})") };
+            let text = if doing.is_empty() || doing == "pending" { why.to_string() } else { format!("{why} (was: {doing})") };
             finish(line, Mark::Interrupted, name, "", &text);
         }
     }

@@ -131,6 +131,10 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     // Nothing to resume where there is no log: refused before anything
     // (the state dir, its lock, a store) is created.
     if args.resume && !dir.events().join("db").exists() {
+        // A state dir that is there is checked first, as for any command.
+        if dir.root.exists() {
+            dir.check_private()?;
+        }
         return Err(Error::Refused(format!(
             "nothing to resume: there is no run in {} (nothing was created; start one with `rmm up`)",
             dir.shown()

@@ -232,6 +232,7 @@ fn ctrl_c_leaves_no_spinner_and_records_the_stopped_step_as_interrupted() {
     let env = [("RMM_LOCAL_RANCHER_BOOT_MS", "8000")];
     let mut screen = Screen::spawn(&dir, &["up", "--masters", "1", "--workers", "1"], &env, 100);
     screen.wait_for("waiting: node command", Duration::from_secs(60));
+    screen.wait_for("wait_ready (try 1)", Duration::from_secs(60));
     let rows = screen.rows();
     let master = rows.iter().find(|r| r.contains("master01")).unwrap();
     assert!(master.contains("waiting: node command"), "{master}");
