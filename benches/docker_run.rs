@@ -95,7 +95,7 @@ fn main() {
         let wall = start.elapsed().as_millis() as f64;
         let err = String::from_utf8_lossy(&up.stderr).to_string();
         if !up.status.success() {
-            let _ = rmm(dir.path(), &["down"]);
+            let _ = rmm(dir.path(), &["down", "--yes"]);
             panic!("up failed: {err}");
         }
         let timeline = String::from_utf8_lossy(&rmm(dir.path(), &["log", "--timeline"]).stdout).to_string();
@@ -119,7 +119,7 @@ fn main() {
             if wall <= target { "met" } else { "missed" }
         );
         ratios.push(target_ratio);
-        let down = rmm(dir.path(), &["down"]);
+        let down = rmm(dir.path(), &["down", "--yes"]);
         assert!(down.status.success(), "down failed: {}", String::from_utf8_lossy(&down.stderr));
     }
     ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -48,6 +48,8 @@ Examples:
   rmm report --html report.html   the timeline and the events as one HTML page
   rmm credentials                 the Rancher URL, user and password (only here)
   rmm down                        remove every machine of the cluster
+  rmm help environment            the RMM_* environment knobs
+  rmm completion bash             a shell completion script (bash, zsh, fish)
 
 Exit codes:
   0 success (`rmm plan`: nothing to do); 1 the run failed (fix the cause, then `rmm up --resume`);
@@ -55,19 +57,22 @@ Exit codes:
   nothing to resume); 4 the state dir is in use by another rmm; 5 the event log fails
   verification; 130 interrupted (resumable).";
 
+/// The heading of the options every command takes.
+const GLOBAL: &str = "Global options";
+
 /// Stands up a Rancher management server and a highly available Kubernetes
 /// cluster under it, and records every step in a durable, hash-chained log.
 #[derive(Debug, Parser)]
 #[command(name = "rmm", version, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Where rmm keeps its log, secrets and (local driver) machines.
-    #[arg(long, global = true, default_value = ".rmm", env = "RMM_STATE_DIR")]
+    #[arg(long, global = true, default_value = ".rmm", env = "RMM_STATE_DIR", value_name = "DIR", help_heading = GLOBAL)]
     pub state_dir: PathBuf,
-    /// Configuration file; read when present (default `rmm.toml`).
-    #[arg(long, global = true)]
+    /// Configuration file; read when present. [default: rmm.toml]
+    #[arg(long, global = true, value_name = "FILE", help_heading = GLOBAL)]
     pub config: Option<PathBuf>,
     /// More diagnostics on stderr (-v info, -vv debug). `RUST_LOG` also works.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
@@ -95,10 +100,15 @@ pub enum Command {
     #[command(after_help = "Examples:\n  rmm replay\n  rmm replay --to 42")]
     Replay(replay::ReplayArgs),
     /// Remove every machine of the cluster (resumable; a second run is a no-op).
+    ///
     /// On an existing Rancher (`--rancher-url`): delete the cluster there
-    /// first, and leave the server itself alone.
+    /// first, and leave the server itself alone. On any driver but `local`
+    /// it asks first, naming what it will remove (`--yes` skips the
+    /// question; without a terminal it refuses, exit 2, unless `--yes`).
+    #[command(after_help = "Examples:\n  rmm down\n  rmm down --yes                   no question (scripts; needed off a terminal)\n  rmm down --orphans               also the machines the log does not know\n  rmm down --cluster tinysetup     the log is lost: remove what the driver has")]
     Down(down::DownArgs),
     /// Print the Rancher URL, user, password and CA checksum (on request only).
+    #[command(after_help = "Examples:\n  rmm credentials\n  rmm credentials --json | jq -r .password")]
     Credentials(credentials::CredentialsArgs),
     /// Print the cluster's kubeconfig (`-o FILE`: written mode 0600); never recorded.
     #[command(after_help = "Examples:\n  rmm kubeconfig -o kubeconfig.yaml\n  KUBECONFIG=kubeconfig.yaml kubectl get nodes")]
@@ -108,6 +118,7 @@ pub enum Command {
     #[command(after_help = "Examples:\n  rmm list\n  rmm list --json | jq -r '.[] | select(.state == \"state dir missing\") | .dir'")]
     List(list::ListArgs),
     /// The Rancher API emulator of the local world (started by the local driver).
+    #[command(hide = true, after_help = "Examples:\n  rmm emulator serve --rancher-version 2.15")]
     Emulator(crate::emulator::EmulatorArgs),
     /// Tamper drill: flip one byte of a stored record (hidden; for tests and drills).
     #[command(hide = true)]
@@ -115,7 +126,86 @@ pub enum Command {
     /// Write a synthetic log of N events into an empty state dir (hidden; for benchmarks).
     #[command(hide = true)]
     Synth(synth::SynthArgs),
+    /// The environment variables rmm reads (`rmm help environment`).
+    #[command(after_help = ENVIRONMENT)]
+    Environment,
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  rmm completion bash > /etc/bash_completion.d/rmm\n  rmm completion zsh > \"${fpath[1]}/_rmm\"\n  rmm completion fish > ~/.config/fish/completions/rmm.fish")]
+    Completion(CompletionArgs),
 }
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `rmm completion SHELL`: the script on stdout.
+pub fn completion(args: CompletionArgs) -> crate::error::Result<()> {
+    use clap::CommandFactory;
+    let shell = match args.shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "rmm", &mut script);
+    let _ = stdout().write_all(&script);
+    Ok(())
+}
+
+/// `rmm environment` / `rmm help environment`: every `RMM_*` knob.
+/// (`tests/e2e/help.rs` greps the source for each `RMM_` name it reads
+/// and checks that it is listed here.)
+pub const ENVIRONMENT: &str = "\
+Environment:
+  RMM_STATE_DIR            the state dir (as --state-dir) [default: .rmm]
+  RMM_RANCHER_PASSWORD     the password of an existing Rancher (--rancher-url); read once, never logged
+  RMM_PLAIN                set: the live view prints one plain line per event, also on a terminal
+  NO_COLOR                 set: no colours
+  COLUMNS                  the width `rmm log --timeline` draws for [default: the terminal's, else 80]
+  RUST_LOG                 diagnostics filter (wins over -v), e.g. RUST_LOG=rmm=debug
+
+The local world (--driver local) — make it slow or faulty:
+  RMM_LOCAL_CREATE_MS             each machine creation takes this long [default: 0]
+  RMM_LOCAL_RANCHER_BOOT_MS       Rancher refuses connections this long after start [default: 0]
+  RMM_LOCAL_NODE_READY_MS         a node appears in Rancher's list this long after its agent ran [default: 0]
+  RMM_LOCAL_FAIL_CREATE           NAME:COUNT[,…]: the first COUNT creates of machine NAME fail
+  RMM_LOCAL_CLUSTER_NAME_MS       create → status.clusterName [default: 300]
+  RMM_LOCAL_DEFAULT_TOKEN_MS      clusterName → default-token exists [default: 300]
+  RMM_LOCAL_PLANNER_MS            one planner step per machine [default: 150]
+  RMM_LOCAL_SLOW_CONTROLLER_MS    added to each of the three above: a slow controller
+  RMM_LOCAL_DELETE_MS             a deleted v1 cluster → its management cluster is gone
+  RMM_LOCAL_LOGIN_WINDOW_MS       after start, /ping answers but logins get 503 [default: 300 on 2.12+]
+  RMM_LOCAL_WEBHOOK_WINDOW_MS     after start, /v1 reads get 503 [default: 600 on 2.12+]
+  RMM_LOCAL_CLUSTER_ERROR         MESSAGE: once every role registered, the cluster goes to error
+  RMM_LOCAL_TOKEN_TTL_MS          API tokens expire after this long (then 401)
+  RMM_LOCAL_CRT_TTL_MS            on 2.13+ a v1 cluster's default-token rotates this often
+  RMM_LOCAL_MACHINE_ERROR         NODE:MESSAGE: that node's machine goes Failed once the planner starts
+  RMM_LOCAL_AGENT_FAIL            NODE[,…] or *: that node's agent dies before checking in
+
+Crash drills (in the shipped binary):
+  RMM_CRASH_AFTER_APPEND          N: abort right after the N-th durable append of the process
+  RMM_CRASH_BEFORE_OUTCOME        N: abort after the N-th effect, before its outcome is recorded
+  RMM_LOCAL_CRASH_AFTER_LEDGER    NAME: abort right after the world's ledger counted the create of NAME
+  RMM_LOCAL_CRASH_AFTER_REGISTER  NODE: abort while the installer runs on NODE, after it registered
+  RMM_LOCAL_CRASH_BEFORE_CHECK_IN NODE: abort after the agent's unit exists on NODE, before it checked in
+
+Set by rmm for its own processes (not for you):
+  RMM_HOST_DIR, RMM_HOST_IP, RMM_HOST_NAME   the local world's machine a `docker` shim runs on
+  RMM_SUPERVISOR_PID                          the local world's supervisor
+  RMM_LOCAL_*                                 passed on to the emulator the docker driver starts
+
+Tests only:
+  RMM_WRITE_FIXTURES              set: the codec tests (re)write their pinned fixtures";
 
 #[derive(Debug, clap::Args)]
 pub struct TamperArgs {
@@ -294,6 +384,9 @@ pub fn parse_failed(e: clap::Error) -> ExitCode {
     let styled = e.render();
     if e.use_stderr() {
         let text = if std::io::stderr().is_terminal() { styled.ansi().to_string() } else { styled.to_string() };
+        // clap's `error:` becomes `rmm:`, as every other failure starts;
+        // its tip and usage lines stay.
+        let text = text.replacen("error:", "rmm:", 1);
         let _ = stderr().write_all(text.as_bytes());
         ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
     } else {

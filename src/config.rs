@@ -95,7 +95,7 @@ impl ConfigFile {
             let msg = e.message().replace('\n', " ");
             let at = e
                 .span()
-                .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
+                .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
                 .unwrap_or_default();
             Error::Config(format!("{}{at}: {msg}", path.display()))
         })

@@ -178,10 +178,11 @@ pub fn run_attempt(
     });
     let down = state.kind == RunKind::Down;
     let names: Vec<String> = machines.iter().map(|(n, _)| n.clone()).collect();
+    let view_state = state.clone();
     let system = actix::System::new();
     let end = system.block_on(async move {
         let (sink, rx) = mpsc::unbounded_channel();
-        let view = tokio::spawn(crate::progress::render(rx, names));
+        let view = tokio::spawn(crate::progress::render(rx, names, view_state));
         let (end_tx, mut end_rx) = oneshot::channel();
         let addr = actix::Actor::start(Coordinator::new(ctx, state, machines, down, stop_tx, Some(sink), end_tx));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -191,7 +192,7 @@ pub fn run_attempt(
                 end = &mut end_rx => break end.unwrap_or(RunEnd::Fatal("the coordinator stopped unexpectedly".into())),
                 _ = tokio::signal::ctrl_c(), if !interrupted => {
                     interrupted = true;
-                    crate::errln!("rmm: interrupted; letting steps in flight finish (Ctrl-C again to abort)");
+                    crate::progress::note("rmm: interrupted; letting steps in flight finish (Ctrl-C again to abort)");
                     addr.do_send(Interrupt);
                 }
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } }, if !interrupted => {
@@ -199,6 +200,7 @@ pub fn run_attempt(
                     addr.do_send(Interrupt);
                 }
                 _ = tokio::signal::ctrl_c(), if interrupted => {
+                    crate::progress::clear();
                     crate::errln!("rmm: aborted; `rmm up --resume` continues from the log");
                     std::process::exit(130);
                 }

@@ -58,6 +58,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::List(args) => cli::list::run(args),
         Command::Tamper(args) => cli::tamper(args, &dir),
         Command::Synth(args) => cli::synth::run(args, &dir),
+        Command::Environment => {
+            crate::outln!("{}", cli::ENVIRONMENT);
+            Ok(())
+        }
+        Command::Completion(args) => cli::completion(args),
         Command::Emulator(args) => emulator::run(args).map_err(|e| error::Error::Other(format!("{e:#}"))),
     }
 }

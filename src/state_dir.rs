@@ -46,6 +46,16 @@ impl StateDir {
     pub fn secrets(&self) -> PathBuf {
         self.root.join("secrets.json")
     }
+    /// The state dir as a user should read it: absolute.
+    pub fn shown(&self) -> String {
+        std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone()).display().to_string()
+    }
+
+    /// A log with no run in it: one line naming the directory, exit 3.
+    pub fn no_run(&self) -> Error {
+        Error::Refused(format!("no run in {} yet (start one with `rmm up`)", self.shown()))
+    }
+
     pub fn root(&self) -> &std::path::Path {
         &self.root
     }
@@ -256,7 +266,7 @@ impl StateDir {
         if !self.events().join("db").exists() {
             let others = self.state_besides_the_log();
             if others.is_empty() {
-                return Err(Error::Refused(format!("no rmm state in {} (run `rmm up` first)", self.root.display())));
+                return Err(self.no_run());
             }
             return Err(Error::Log(format!(
                 "the event log {} is missing, but the state dir still holds {}: the log was deleted or moved; restore it from a backup",

@@ -39,6 +39,10 @@ pub fn actor_state(run: &RunState, name: &str, actor: Option<&ActorState>, role:
         let alive = writer_alive && run.status == RunStatus::Running;
         return (if alive { "running" } else { "in_doubt" }, Some(step));
     }
+    if steps.iter().any(|s| matches!(a.step(*s), Some(StepState::Interrupted { .. }))) && run.status != RunStatus::Running {
+        let step = steps.iter().find(|s| matches!(a.step(**s), Some(StepState::Interrupted { .. }))).copied();
+        return ("interrupted", step);
+    }
     let failed = steps.iter().find(|s| matches!(a.step(**s), Some(StepState::Failed { .. })));
     if let Some(step) = failed {
         // A failed try of a run still going (or resumable) is tried again.
@@ -278,7 +282,8 @@ pub fn write_event_data(out: &mut Vec<u8>, event: &rmm_events::Event) {
         | Event::RunFailed { .. }
         | Event::AttemptInterrupted { .. }
         | Event::Progress { .. }
-        | Event::PlanChanged { .. } => {
+        | Event::PlanChanged { .. }
+        | Event::StepInterrupted { .. } => {
             serde_json::to_writer(&mut *out, &event_data(event)).expect("writing JSON into a Vec never fails");
         }
     }
@@ -476,6 +481,7 @@ mod tests {
             Event::RunFailed { actor: "master01".into(), step: Some(Step::RunAgent), reason: "no space".into() },
             Event::RunFailed { actor: "coordinator".into(), step: None, reason: "x".into() },
             Event::AttemptInterrupted { reason: "SIGTERM".into() },
+            Event::StepInterrupted { step: Step::WaitClusterReady, try_no: 1, reason: "stopped while waiting".into() },
         ];
         for (i, outcome) in outcomes.into_iter().enumerate() {
             let step = [Step::CreateMachine, Step::WaitNodeActive, Step::CreateRegistrationToken][i % 3];

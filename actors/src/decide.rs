@@ -142,6 +142,14 @@ pub fn next_step(order: &[Step], open: impl Fn(Step) -> bool, state: &ActorState
                 // In flight in this very attempt: the actor is busy with it.
                 return Next::Wait;
             }
+            Some(StepState::Interrupted { try_no, attempt: a, .. }) => {
+                // Stopped by a signal: this attempt is ending; the next one
+                // runs the step again, without a backoff (not a failed try).
+                if *a == attempt || !open(step) {
+                    return Next::Wait;
+                }
+                return Next::Run { step, try_no: try_no + 1, delay_ms: 0 };
+            }
             Some(StepState::Failed { try_no, attempt: a, error, retryable, .. }) => {
                 let used = state.tries_in_attempt(step, attempt);
                 let fresh_attempt = *a < attempt;

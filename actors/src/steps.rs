@@ -49,20 +49,27 @@ pub struct StepError {
     /// again for as long as `rancher_ready_s` allows, not a count of tries
     /// (see [`crate::decide::try_again`]).
     pub unavailable: bool,
+    /// The run was told to stop (Ctrl-C, SIGTERM) and the step ended
+    /// early: recorded as `StepInterrupted`, not as a failed try.
+    pub stopped: bool,
 }
 
 impl StepError {
     pub fn permanent(message: impl Into<String>) -> StepError {
-        StepError { message: message.into(), retryable: false, unavailable: false }
+        StepError { message: message.into(), retryable: false, unavailable: false, stopped: false }
     }
     pub fn transient(message: impl Into<String>) -> StepError {
-        StepError { message: message.into(), retryable: true, unavailable: false }
+        StepError { message: message.into(), retryable: true, unavailable: false, stopped: false }
+    }
+    /// The run was told to stop while the step was under way.
+    pub fn stopped(message: impl Into<String>) -> StepError {
+        StepError { message: message.into(), retryable: true, unavailable: false, stopped: true }
     }
 }
 
 impl From<DriverError> for StepError {
     fn from(e: DriverError) -> Self {
-        StepError { retryable: e.is_retryable(), message: e.to_string(), unavailable: false }
+        StepError { retryable: e.is_retryable(), message: e.to_string(), unavailable: false, stopped: false }
     }
 }
 
@@ -70,7 +77,7 @@ impl From<ApiError> for StepError {
     fn from(e: ApiError) -> Self {
         // A TLS mismatch is a server that answers but is not ours: never
         // retried, whatever the budget.
-        StepError { retryable: e.is_retryable(), unavailable: e.is_retryable(), message: e.to_string() }
+        StepError { retryable: e.is_retryable(), unavailable: e.is_retryable(), message: e.to_string(), stopped: false }
     }
 }
 
@@ -774,7 +781,7 @@ where
         }
         let next = (start + period * tick).max(now).min(deadline);
         if !ctx.sleep(next - now).await {
-            return Err(StepError::transient(format!("stopped while waiting for {what}")));
+            return Err(StepError::stopped(format!("stopped while waiting for {what}")));
         }
     }
     unreachable!("the loop only ends by returning")

@@ -286,6 +286,10 @@ impl Job {
         }
         let outcome = match result {
             Ok(outcome) => Event::StepSucceeded { step, outcome, via: Via::Done },
+            // Cut short by Ctrl-C / SIGTERM: not a failed try.
+            Err(e) if e.stopped => {
+                Event::StepInterrupted { step, try_no, reason: one_line(&self.ctx.redact(&e.message)) }
+            }
             Err(e) => self.failed(step, try_no, &e, started.envelope.at_ms),
         };
         let ended = self.append(Some(started.envelope.id), outcome).await?;

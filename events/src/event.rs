@@ -288,6 +288,9 @@ pub enum Event {
     /// secrets, a new attempt follows). Nodes the new plan drops are
     /// deleted in Rancher and removed; nodes it adds are made.
     PlanChanged { plan: Plan },
+    /// Outcome: the step was stopped by Ctrl-C / SIGTERM before it ended
+    /// (a wait cut short). Not a failed try: the resume runs it again.
+    StepInterrupted { step: Step, try_no: u32, reason: String },
 }
 
 impl Event {
@@ -305,6 +308,7 @@ impl Event {
             Event::AttemptInterrupted { .. } => "AttemptInterrupted",
             Event::Progress { .. } => "Progress",
             Event::PlanChanged { .. } => "PlanChanged",
+            Event::StepInterrupted { .. } => "StepInterrupted",
         }
     }
 
@@ -361,6 +365,9 @@ impl Event {
             Event::Progress { step, message } => format!("{}: {message}", step.as_str()),
             Event::PlanChanged { plan } => {
                 format!("scale cluster {} to {} masters, {} workers", plan.cluster_name, plan.masters, plan.workers)
+            }
+            Event::StepInterrupted { step, try_no, reason } => {
+                format!("{} interrupted (try {try_no}): {reason}", step.as_str())
             }
         }
     }

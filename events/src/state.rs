@@ -16,6 +16,9 @@ pub enum StepState {
     InFlight { try_no: u32, attempt: u32, started_ms: i64 },
     Succeeded { outcome: Outcome, started_ms: i64, ended_ms: i64, tries: u32 },
     Failed { try_no: u32, attempt: u32, error: String, retryable: bool, started_ms: i64, ended_ms: i64 },
+    /// Stopped by Ctrl-C / SIGTERM before it ended: not a failed try; the
+    /// next attempt runs it again.
+    Interrupted { try_no: u32, attempt: u32, started_ms: i64, ended_ms: i64 },
 }
 
 /// The folded history of one actor within a run.
@@ -45,7 +48,10 @@ impl ActorState {
         self.first_ms.get_or_insert(env.at_ms);
         self.last_ms = Some(env.at_ms);
         match &env.event {
-            Event::StepStarted { .. } | Event::StepSucceeded { .. } | Event::StepFailed { .. } => self.progress = None,
+            Event::StepStarted { .. }
+            | Event::StepSucceeded { .. }
+            | Event::StepFailed { .. }
+            | Event::StepInterrupted { .. } => self.progress = None,
             Event::Progress { message, .. } => self.progress = Some(message.clone()),
             _ => {}
         }
@@ -96,6 +102,16 @@ impl ActorState {
                     },
                 );
             }
+            Event::StepInterrupted { step, try_no, .. } => {
+                let started_ms = match self.steps.get(step) {
+                    Some(StepState::InFlight { started_ms, .. }) => *started_ms,
+                    _ => env.at_ms,
+                };
+                self.steps.insert(
+                    *step,
+                    StepState::Interrupted { try_no: *try_no, attempt: env.attempt, started_ms, ended_ms: env.at_ms },
+                );
+            }
             _ => {}
         }
     }
@@ -118,7 +134,9 @@ impl ActorState {
     /// The highest try number of `step` so far (0 if never started).
     pub fn last_try(&self, step: Step) -> u32 {
         match self.steps.get(&step) {
-            Some(StepState::InFlight { try_no, .. }) | Some(StepState::Failed { try_no, .. }) => *try_no,
+            Some(StepState::InFlight { try_no, .. })
+            | Some(StepState::Failed { try_no, .. })
+            | Some(StepState::Interrupted { try_no, .. }) => *try_no,
             Some(StepState::Succeeded { tries, .. }) => *tries,
             None => 0,
         }
@@ -258,7 +276,11 @@ impl RunState {
                     }
                 }
             }
-            Event::StepStarted { .. } | Event::StepSucceeded { .. } | Event::StepFailed { .. } | Event::Progress { .. } => {}
+            Event::StepStarted { .. }
+            | Event::StepSucceeded { .. }
+            | Event::StepFailed { .. }
+            | Event::Progress { .. }
+            | Event::StepInterrupted { .. } => {}
         }
         self.actors.entry(env.actor.clone()).or_default().apply(env);
     }

@@ -88,6 +88,7 @@ fn added_later() -> Vec<(u8, &'static str, Event)> {
         (4, "plan_changed", Event::PlanChanged { plan: Plan { masters: 5, workers: 2, ..plan() } }),
         (4, "delete_node_started", Event::StepStarted { step: Step::DeleteNode, try_no: 1, detail: "the CAPI machine of node worker05".into() }),
         (4, "node_deleted", ok(Step::DeleteNode, Outcome::NodeDeleted { machine: "custom-0123456789ab".into() })),
+        (4, "step_interrupted", Event::StepInterrupted { step: Step::WaitClusterReady, try_no: 1, reason: "stopped by a signal".into() }),
     ]
 }
 
@@ -199,13 +200,14 @@ fn every_event_kind_has_a_fixture() {
             | Event::RunFailed { .. }
             | Event::AttemptInterrupted { .. }
             | Event::Progress { .. }
-            | Event::PlanChanged { .. } => {}
+            | Event::PlanChanged { .. }
+            | Event::StepInterrupted { .. } => {}
         }
     }
     let mut all: Vec<Event> = canonical().into_iter().map(|(_, e)| e).collect();
     all.extend(added_later().into_iter().map(|(_, _, e)| e));
     let kinds: std::collections::BTreeSet<&str> = all.iter().map(|e| e.kind()).collect();
-    assert_eq!(kinds.len(), 11);
+    assert_eq!(kinds.len(), 12);
 }
 
 #[test]

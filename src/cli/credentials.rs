@@ -4,7 +4,7 @@ use std::io::Write;
 
 use rmm_actors::context::secret;
 use rmm_actors::ports::SecretStore;
-use rmm_events::Step;
+use rmm_events::{RunKind, RunStatus, Step};
 use serde_json::json;
 
 use crate::error::{Error, Result};
@@ -23,7 +23,17 @@ pub fn run(args: CredentialsArgs, dir: &StateDir) -> Result<()> {
     let history = fold_latest(&log, None)?;
     let run = history
         .latest_up()
-        .ok_or_else(|| Error::Refused("no run yet: `rmm up` first".into()))?;
+        .ok_or_else(|| dir.no_run())?;
+    // After a completed `rmm down`, the server rmm made is gone (an
+    // existing Rancher is left alone by `down`: its credentials still hold).
+    if let Some(down) = history.latest().filter(|r| r.kind == RunKind::Down && r.id != run.id) {
+        if down.status == RunStatus::Completed && !run.plan.existing_rancher() {
+            return Err(Error::Refused(format!(
+                "the Rancher server of run {} is gone: `rmm down` (run {}) removed it; `rmm up` builds a new one",
+                run.id, down.id
+            )));
+        }
+    }
     // The password is read only from a dir no one else can write into.
     dir.check_private()?;
     let secrets = FileSecrets::open(dir.secrets()).map_err(|e| Error::StateDir(format!("cannot read secrets: {e}")))?;

@@ -30,7 +30,7 @@ use crate::state_dir::{fold_latest, Lock, StateDir};
 pub struct DownArgs {
     /// The cluster whose machines to remove. Needed when the log has no run
     /// (lost, or never made here): the driver's machines of that cluster
-    /// are removed after a confirmation.
+    /// are removed after a confirmation. [default: the log's cluster]
     #[arg(long)]
     pub cluster: Option<String>,
     /// Do not ask for confirmation (for scripts).
@@ -135,6 +135,29 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
     if in_rancher {
         machines.insert(0, ("rancher".to_string(), Role::Rancher));
     }
+    // Real machines (any driver but `local`): asked first, naming them.
+    if plan.driver != "local" && !args.yes {
+        let mut parts = Vec::new();
+        if in_rancher {
+            parts.push(format!("cluster {} in Rancher at {url}", plan.cluster_name, url = plan.rancher_url.as_deref().unwrap_or("?")));
+        }
+        let listed_names: BTreeSet<&str> = listed.iter().map(|m| m.name.as_str()).collect();
+        let gone: Vec<&str> = machines.iter().map(|(n, _)| n.as_str()).filter(|n| listed_names.contains(n)).collect();
+        if !gone.is_empty() {
+            parts.push(format!(
+                "{} {} machine{} ({})",
+                gone.len(),
+                plan.driver,
+                if gone.len() == 1 { "" } else { "s" },
+                gone.join(", ")
+            ));
+        }
+        let what = if parts.is_empty() { format!("what is left of cluster {}", plan.cluster_name) } else { parts.join(" and ") };
+        if !confirm(&what, "")? {
+            crate::outln!("Nothing removed.");
+            return Ok(());
+        }
+    }
     let resume = unfinished_down.then_some(latest.id);
     let state = engine::begin(dir, &mut log, &mut history, resume, RunKind::Down, &plan)?;
     crate::registry::note_run(dir, &state, history.latest_up().and_then(|r| r.rancher_url()));
@@ -215,23 +238,9 @@ fn without_log(
             plan.driver, plan.cluster_name
         )));
     };
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(Error::Config(format!(
-                "refusing to remove {what} without confirmation: stdin is not a terminal; pass --yes to remove them"
-            )));
-        }
-        {
-            let mut err = crate::cli::stderr();
-            let _ = write!(err, "The log knows none of them. Remove {what}? [y/N] ");
-            let _ = err.flush();
-        }
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
-            crate::outln!("Nothing removed.");
-            return Ok(());
-        }
+    if !args.yes && !confirm(&what, "The log knows none of them. ")? {
+        crate::outln!("Nothing removed.");
+        return Ok(());
     }
     // Recorded like any `down`: a run of its own in the log.
     let (lock, store) = match held {
@@ -262,4 +271,22 @@ fn without_log(
         crate::registry::note(dir);
     }
     finish(end, count, cluster)
+}
+
+/// Asks on the terminal whether to remove `what` (`Ok(false)`: the answer
+/// was no). Not on a terminal: refused (exit 2), naming `--yes`.
+fn confirm(what: &str, before: &str) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Config(format!(
+            "refusing to remove {what} without confirmation: stdin is not a terminal; pass --yes to remove them"
+        )));
+    }
+    {
+        let mut err = crate::cli::stderr();
+        let _ = write!(err, "{before}Remove {what}? [y/N] ");
+        let _ = err.flush();
+    }
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
 }

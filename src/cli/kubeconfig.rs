@@ -18,6 +18,7 @@ use crate::state_dir::{fold_latest, StateDir};
 #[derive(Debug, clap::Args)]
 pub struct KubeconfigArgs {
     /// Write it to FILE (mode 0600, replaced atomically) instead of stdout.
+    /// [default: stdout]
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 }
@@ -25,7 +26,7 @@ pub struct KubeconfigArgs {
 pub fn run(args: KubeconfigArgs, dir: &StateDir) -> Result<()> {
     let log = dir.open_store_for_reading()?;
     let history = fold_latest(&log, None)?;
-    let run = history.latest_up().ok_or_else(|| Error::Refused("no run yet: `rmm up` first".into()))?;
+    let run = history.latest_up().ok_or_else(|| dir.no_run())?;
     if run.status != RunStatus::Completed {
         return Err(Error::Refused(format!(
             "the cluster of run {} is not up yet (the run is {}): `rmm up --resume` first",

@@ -31,32 +31,38 @@ pub struct LogArgs {
     /// One JSON object per line: seq, id, run, attempt, actor, kind, cause, at, data, hash.
     #[arg(long)]
     pub json: bool,
-    /// Only this run: its id, or a prefix of it (default: the latest run).
+    /// Only this run: its id, or a prefix of it. [default: the latest run]
     #[arg(long, value_name = "ID", conflicts_with = "all_runs")]
     pub run: Option<String>,
     /// Every run, oldest first.
     #[arg(long)]
     pub all_runs: bool,
     /// Only this attempt of the run (1 is the first `up`, +1 per resume).
+    /// [default: every attempt]
     #[arg(long, value_name = "N")]
     pub attempt: Option<u32>,
     /// Only actors matching this glob (`master*`, `worker0?`); repeatable, or comma-separated.
+    /// [default: every actor]
     #[arg(long, value_name = "PATTERN")]
     pub actor: Vec<String>,
     /// Only this kind of event (`StepFailed`…); repeatable, or comma-separated.
+    /// [default: every kind]
     #[arg(long, value_name = "KIND")]
     pub kind: Vec<String>,
     /// Only events at or after this time: RFC 3339, or a duration ago (`10m`, `2h`).
+    /// [default: from the first]
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
     /// Only events at or before this time: RFC 3339, or a duration ago.
+    /// [default: up to the last]
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
     /// Only these sequence numbers: `N`, `A..B` (both included), `A..`, `..B`.
+    /// [default: all]
     #[arg(long, value_name = "RANGE")]
     pub seq: Option<String>,
     /// Only events whose data (as `--json` prints it: secrets appear only by
-    /// name and fingerprint) contains this text.
+    /// name and fingerprint) contains this text. [default: any]
     #[arg(long, value_name = "TEXT")]
     pub grep: Option<String>,
     /// With `--seq N`: that one event in full, with its cause chain (as `rmm log show N`).
@@ -71,14 +77,15 @@ pub struct LogArgs {
     ])]
     pub verify: bool,
     /// With `--verify`: check an export file instead of the store.
+    /// [default: the store]
     #[arg(long, value_name = "FILE", requires = "verify")]
     pub from: Option<PathBuf>,
     /// With `--verify`: the chain must end at this head hash (hex), e.g. one
-    /// printed by `rmm log --verify` where the log lives.
+    /// printed by `rmm log --verify` where the log lives. [default: any head]
     #[arg(long, value_name = "HEX", requires = "verify")]
     pub head: Option<String>,
     /// Write the history with its hashes to FILE (`-`: stdout), checkable with `--verify --from`.
-    /// The whole log, or one run (`--run`) or a `--seq` range.
+    /// The whole log, or one run (`--run`) or a `--seq` range. [default: no export]
     #[arg(long, value_name = "FILE", conflicts_with_all = ["full", "timeline"])]
     pub export: Option<PathBuf>,
     /// A Gantt chart of the steps of the selected events.
@@ -108,6 +115,9 @@ pub fn run(args: LogArgs, dir: &StateDir) -> Result<()> {
         return follow::run(&args, dir);
     }
     let log = dir.open_store_for_reading()?;
+    if log.last_seq() == 0 {
+        return Err(dir.no_run());
+    }
     let filter = Filter::new(&args, &log)?;
     if args.full {
         if filter.seq_from != filter.seq_to {
@@ -132,6 +142,9 @@ pub fn run(args: LogArgs, dir: &StateDir) -> Result<()> {
             return Ok(()); // the reader went away (`rmm log | head`)
         }
     }
+    if printer.printed == 0 {
+        nothing_matched(log.last_seq());
+    }
     printer.finish()
 }
 
@@ -155,16 +168,41 @@ fn check_usage(args: &LogArgs) -> Result<()> {
 fn timeline(log: &rmm_events::SledLog, filter: &Filter) -> Result<()> {
     use std::io::IsTerminal;
     let mut events = Vec::new();
+    let mut selected = 0usize;
     for record in log.scan_read_ahead(1) {
         let e = record?.envelope;
         if filter.matches(&e) && (filter.grep.is_none() || filter.grep_matches(&data_bytes(&e))) {
+            selected += 1;
+            events.push(e);
+        } else if filter.frames(&e) {
             events.push(e);
         }
     }
+    if selected == 0 {
+        nothing_matched(log.last_seq());
+        return Ok(());
+    }
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let width = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(80);
+    let width = output_width();
     let text = crate::report::timeline_text(&events, &crate::report::TimelineOptions { width, color });
     write_out(text.as_bytes())
+}
+
+/// A filter that selected nothing says so (stderr; exit 0, as an empty
+/// answer is an answer).
+fn nothing_matched(events: u64) {
+    crate::errln!("rmm: no event matches the filter (the log holds {events} event{})", if events == 1 { "" } else { "s" });
+}
+
+/// The width to draw for: `COLUMNS`, else the terminal's (stdout's, then
+/// stderr's), else 80.
+pub fn output_width() -> usize {
+    if let Some(w) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+        return w;
+    }
+    terminal_size::terminal_size_of(std::io::stdout())
+        .or_else(|| terminal_size::terminal_size_of(std::io::stderr()))
+        .map_or(80, |(w, _)| usize::from(w.0))
 }
 
 fn data_bytes(e: &Envelope) -> Vec<u8> {
@@ -182,6 +220,12 @@ pub struct Printer {
     line: Vec<u8>,
     data: Vec<u8>,
     run: Option<uuid::Uuid>,
+    /// The UTC day of the last header: a new day gets a header of its own.
+    day: [u8; 10],
+    /// On a terminal: its width; lines longer are cut, ending in `…`.
+    width: Option<usize>,
+    /// Events printed so far.
+    pub printed: u64,
 }
 
 impl Printer {
@@ -193,6 +237,12 @@ impl Printer {
             line: Vec::with_capacity(1024),
             data: Vec::with_capacity(512),
             run: None,
+            day: [0; 10],
+            width: {
+                use std::io::IsTerminal;
+                std::io::stdout().is_terminal().then(output_width)
+            },
+            printed: 0,
         }
     }
 
@@ -209,14 +259,27 @@ impl Printer {
             }
         }
         self.line.clear();
+        self.printed += 1;
         if self.json {
             view::write_event_json(&mut self.line, e, hash);
         } else {
-            if self.run != Some(e.run) {
+            let mut at = Vec::with_capacity(24);
+            view::write_rfc3339_ms(&mut at, e.at_ms);
+            if self.run != Some(e.run) || self.day[..] != at[..10] {
                 self.run = Some(e.run);
-                self.line.extend_from_slice(format!("── run {} ──\n", e.run).as_bytes());
+                self.day.copy_from_slice(&at[..10]);
+                let day = std::str::from_utf8(&at[..10]).expect("ASCII");
+                self.line.extend_from_slice(format!("── run {} ── {day} (times UTC) ──\n", e.run).as_bytes());
             }
-            text_line(&mut self.line, e);
+            let start = self.line.len();
+            short_line(&mut self.line, e, &at);
+            if let Some(width) = self.width {
+                let text = String::from_utf8_lossy(&self.line[start..]).into_owned();
+                if text.chars().count() > width {
+                    self.line.truncate(start);
+                    self.line.extend_from_slice(crate::progress::cut(&text, width).as_bytes());
+                }
+            }
         }
         self.line.push(b'\n');
         ok_unless_closed(self.out.write_all(&self.line))
@@ -238,6 +301,13 @@ pub fn text_line(out: &mut Vec<u8>, e: &Envelope) {
     view::write_rfc3339_ms(&mut at, e.at_ms);
     let at = std::str::from_utf8(&at).expect("ASCII");
     let _ = write!(out, "{:>6} {at} a{} {:<11} {:<18} {}", e.seq, e.attempt, e.actor, e.event.kind(), e.event.summary());
+}
+
+/// `   seq time(UTC) attempt actor kind summary`: a line of `rmm log`,
+/// under its run's header, which has the day (`at` is the event's RFC 3339 time).
+fn short_line(out: &mut Vec<u8>, e: &Envelope, at: &[u8]) {
+    let time = std::str::from_utf8(&at[11..23]).expect("ASCII");
+    let _ = write!(out, "{:>5} {time} a{} {:<11} {:<15} {}", e.seq, e.attempt, e.actor, e.event.kind(), e.event.summary());
 }
 
 /// A closed pipe (`rmm log | head`) ends the output quietly.

@@ -9,7 +9,7 @@ use crate::view;
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// Stop after the event with this sequence number.
+    /// Stop after the event with this sequence number. [default: the last]
     #[arg(long)]
     pub to: Option<u64>,
     /// Print JSON, the shape of `status --json`.
@@ -20,9 +20,12 @@ pub struct ReplayArgs {
 pub fn run(args: ReplayArgs, dir: &StateDir) -> Result<()> {
     let log = dir.open_store_for_reading()?;
     let last = log.last_seq();
+    if last == 0 {
+        return Err(dir.no_run());
+    }
     if let Some(to) = args.to {
         if to == 0 || to > last {
-            return Err(Error::Config(format!("--to {to} is outside the log (1..={last})")));
+            return Err(Error::Config(format!("--to {to} is outside the log: it holds seq 1 to {last}")));
         }
     }
     let history = fold_latest(&log, args.to)?;

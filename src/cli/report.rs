@@ -11,10 +11,10 @@ use crate::state_dir::StateDir;
 
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
-    /// Write the HTML report to FILE (`-` for stdout).
+    /// Write the HTML report to FILE (`-` for stdout). [required]
     #[arg(long, value_name = "FILE")]
     pub html: PathBuf,
-    /// The run to report (its id, or a unique prefix of it). Default: the latest run.
+    /// The run to report (its id, or a unique prefix of it). [default: the latest run]
     #[arg(long, value_name = "ID", conflicts_with = "all_runs")]
     pub run: Option<String>,
     /// Every run of the log.
@@ -24,6 +24,9 @@ pub struct ReportArgs {
 
 pub fn run(args: ReportArgs, dir: &StateDir) -> Result<()> {
     let log = dir.open_store_for_reading()?;
+    if log.last_seq() == 0 {
+        return Err(dir.no_run());
+    }
     let events = select(log.scan(1).map(|r| r.map(|r| r.envelope)), args.run.as_deref(), args.all_runs)?;
     let html = crate::report::html_report(&events);
     let runs = {

@@ -27,7 +27,7 @@ pub struct StatusArgs {
     #[arg(long)]
     pub refresh: bool,
     /// The cluster to look for with --refresh when the log has no run
-    /// (default: `cluster_name` of rmm.toml, else the default name).
+    /// [default: `cluster_name` of rmm.toml, else tinysetup]
     #[arg(long)]
     pub cluster: Option<String>,
 }
@@ -51,6 +51,7 @@ pub fn run(args: StatusArgs, dir: &StateDir, config: &ConfigFileSource) -> Resul
             None => refresh_without_log(&mut v, dir, config, args.cluster.as_deref())?,
         }
     }
+    v["state_dir"] = json!(dir.shown());
     let mut out = crate::cli::stdout();
     if args.json {
         let _ = writeln!(out, "{v}");
@@ -62,15 +63,18 @@ pub fn run(args: StatusArgs, dir: &StateDir, config: &ConfigFileSource) -> Resul
 
 /// The view's text, plus what only `--refresh` knows.
 fn text(v: &Value) -> String {
+    let dir = v["state_dir"].as_str().unwrap_or("?");
     if v["run"]["state"] == "none" {
-        let Some(orphans) = v["orphans"].as_array() else { return view::status_text(v) };
+        let Some(orphans) = v["orphans"].as_array() else {
+            return format!("no run in {dir} yet (start one with `rmm up`)\n");
+        };
         let cluster = v["cluster"].as_str().unwrap_or("?");
         if orphans.is_empty() {
-            return format!("no run in the log, and driver {} has no machine of cluster {cluster}\n", v["driver"].as_str().unwrap_or("?"));
+            return format!("no run in the log in {dir}, and driver {} has no machine of cluster {cluster}\n", v["driver"].as_str().unwrap_or("?"));
         }
         let names: Vec<&str> = orphans.iter().filter_map(|o| o["name"].as_str()).collect();
         return format!(
-            "no run in the log, but driver {} has {} machine{} of cluster {cluster} (orphans): {}\nremove them with `rmm down --cluster {cluster}`\n",
+            "no run in the log in {dir}, but driver {} has {} machine{} of cluster {cluster} (orphans): {}\nremove them with `rmm down --cluster {cluster}`\n",
             v["driver"].as_str().unwrap_or("?"),
             names.len(),
             if names.len() == 1 { "" } else { "s" },
@@ -87,6 +91,7 @@ fn text(v: &Value) -> String {
         };
         out.push_str(&format!("server: container {}, {answering}\n", server["container"].as_str().unwrap_or("unknown")));
     }
+    out.push_str(&format!("state dir: {dir}\n"));
     out
 }
 

@@ -13,45 +13,57 @@ use crate::state_dir::{fold_latest, StateDir};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Continue the last unfinished run from its log.
+    /// Continue the last unfinished run from its log (the plan flags are
+    /// then ignored: the run keeps its recorded plan).
     #[arg(long)]
     pub resume: bool,
     /// Masters (etcd + control plane). Odd, for etcd quorum.
-    #[arg(long)]
+    /// [default: 3, or `masters` in rmm.toml]
+    #[arg(long, value_name = "N")]
     pub masters: Option<u32>,
-    /// Worker nodes.
-    #[arg(long)]
+    /// Worker nodes. [default: 3, or `workers` in rmm.toml]
+    #[arg(long, value_name = "N")]
     pub workers: Option<u32>,
     /// Machine driver (`local`: machines under the state dir, Rancher
     /// emulated; `docker`: Rancher and the nodes as containers on a Docker
-    /// Engine, `[docker]` in rmm.toml).
-    #[arg(long)]
+    /// Engine, `[docker]` in rmm.toml; `docker-machine`; `ssh`: hosts you
+    /// have, `[ssh]` in rmm.toml).
+    /// [possible values: local, docker, docker-machine, ssh]
+    /// [default: local, or `driver` in rmm.toml]
+    #[arg(long, value_name = "DRIVER")]
     pub driver: Option<String>,
-    /// Rancher cluster name.
-    #[arg(long)]
+    /// Rancher cluster name. [default: tinysetup, or `cluster_name` in rmm.toml]
+    #[arg(long, value_name = "NAME")]
     pub cluster_name: Option<String>,
     /// At most this many machine creations at once.
-    #[arg(long)]
+    /// [default: 8, or `parallel` in rmm.toml]
+    #[arg(long, value_name = "N")]
     pub parallel: Option<u32>,
     /// Pin Rancher's CA up front: hex sha256 of the CA PEM plus a newline.
-    #[arg(long)]
+    /// [default: none: the CA is pinned on first contact]
+    #[arg(long, value_name = "HEX")]
     pub ca_checksum: Option<String>,
     /// Accept an even number of masters (etcd quorum needs an odd count).
     #[arg(long)]
     pub allow_even_masters: bool,
     /// Kubernetes distribution: rke2, k3s (Rancher 2.6+) or rke1 (Rancher 2.6-2.11).
-    #[arg(long)]
+    /// [possible values: rke2, k3s, rke1]
+    /// [default: rke2, or `distribution` in rmm.toml]
+    #[arg(long, value_name = "DISTRIBUTION")]
     pub distribution: Option<String>,
-    /// Kubernetes version (e.g. v1.35.1+rke2r1); default: the server's own default.
-    #[arg(long)]
+    /// Kubernetes version (e.g. v1.35.1+rke2r1).
+    /// [default: the server's own default]
+    #[arg(long, value_name = "VERSION")]
     pub kubernetes_version: Option<String>,
     /// An existing Rancher (https://host[:port]) to provision the nodes
     /// into: no rancher machine is made, and the server is never touched.
     /// Its password (bootstrap or admin) comes from RMM_RANCHER_PASSWORD or
     /// --rancher-password-file, never from a flag.
+    /// [default: none: rmm makes a rancher machine]
     #[arg(long, value_name = "URL")]
     pub rancher_url: Option<String>,
     /// A file holding the existing Rancher's password (see --rancher-url).
+    /// [default: none: RMM_RANCHER_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub rancher_password_file: Option<std::path::PathBuf>,
 }
@@ -120,6 +132,18 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         ", or remove what it made (`rmm status --refresh` lists it; `rmm down --cluster {}`) and start again",
         plan.cluster_name
     ))?;
+    // Nothing to resume where there is no log: refused before anything
+    // (the state dir, its lock, a store) is created.
+    if args.resume && !dir.events().join("db").exists() {
+        // A state dir that is there is checked first, as for any command.
+        if dir.root.exists() {
+            dir.check_private()?;
+        }
+        return Err(Error::Refused(format!(
+            "nothing to resume: there is no run in {} (nothing was created; start one with `rmm up`)",
+            dir.shown()
+        )));
+    }
     dir.create()?;
     let _lock = dir.lock()?;
     let mut log = dir.open_store()?;

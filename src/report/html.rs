@@ -55,6 +55,7 @@ svg .bar.crit { fill: var(--crit); }
 svg .bar.adopted { fill: var(--adopted); }
 svg .bar.open { fill: var(--open); }
 svg .bar.failed { fill: var(--failed); }
+svg .bar.interrupted { fill: #d4a017; }
 svg .bar.crit.failed, svg .bar.crit.open { stroke: var(--crit); stroke-width: 2; }
 svg .barlabel { font: 10.5px system-ui, sans-serif; fill: #fff; pointer-events: none; }
 svg .bar.crit + .barlabel { fill: #1d2330; }
@@ -69,7 +70,7 @@ svg .total { font: 11.5px ui-monospace, Menlo, Consolas, monospace; fill: var(--
 .legend span { display: inline-block; margin-right: 14px; color: var(--muted); font-size: 12.5px; }
 .legend i { display: inline-block; width: 14px; height: 10px; margin-right: 5px; vertical-align: baseline; border-radius: 2px; }
 .legend i.ok { background: var(--ok); } .legend i.crit { background: var(--crit); } .legend i.failed { background: var(--failed); }
-.legend i.open { background: var(--open); } .legend i.adopted { background: var(--adopted); } .legend i.wait { border-top: 2px dashed var(--wait); height: 0; }
+.legend i.interrupted { background: #d4a017; } .legend i.open { background: var(--open); } .legend i.adopted { background: var(--adopted); } .legend i.wait { border-top: 2px dashed var(--wait); height: 0; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid #eceef1; vertical-align: top; }
 th { font-weight: 600; background: #f3f5f7; position: sticky; top: 0; }
@@ -83,6 +84,21 @@ tr:target td { background: #fff6d5; }
 #filters input { width: 240px; }
 #js-errors { color: var(--failed); white-space: pre-wrap; border: 1px solid var(--failed); padding: 6px; }
 details { margin-top: 8px; }
+time, td.time { white-space: nowrap; }
+.card { background: #fff; border: 1px solid #e3e6ea; border-radius: 6px; padding: 8px 16px 12px; margin: 12px 0; }
+.card dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 4px 0 8px; }
+.card dt { color: var(--muted); } .card dd { margin: 0; overflow-wrap: anywhere; }
+.card table { width: auto; min-width: 50%; }
+td.state-failed { color: var(--failed); font-weight: 600; } td.state-interrupted, td.state-in_doubt { color: #a07800; font-weight: 600; }
+td.state-done, td.state-removed { color: var(--adopted); }
+.scroll { overflow-x: auto; max-width: 100%; }
+#events td:nth-last-child(2) { overflow-wrap: anywhere; }
+@media (max-width: 900px) {
+  body { padding: 8px 10px 32px; }
+  #filters input { width: 140px; }
+  th, td { padding: 2px 4px; }
+  code, .mono, td.mono { font-size: 11.5px; }
+}
 summary { cursor: pointer; color: var(--muted); }
 "#;
 
@@ -103,12 +119,12 @@ const JS: &str = r#"
   var fText = document.getElementById('f-text');
   var count = document.getElementById('f-count');
   function apply() {
-    var run = fRun.value, actor = fActor.value, kind = fKind.value;
+    var run = fRun ? fRun.value : '', actor = fActor.value, kind = fKind.value;
     var text = fText.value.trim().toLowerCase();
     var shown = 0;
     for (var i = 0; i < rows.length; i++) {
       var r = rows[i];
-      var show = (!run || r.getAttribute('data-run') === run) &&
+      var show = (!run || !fRun || r.getAttribute('data-run') === run) &&
         (!actor || r.getAttribute('data-actor') === actor) &&
         (!kind || r.getAttribute('data-kind') === kind) &&
         (!text || texts[i].indexOf(text) !== -1);
@@ -137,14 +153,33 @@ const JS: &str = r#"
         key = decodeURIComponent(parts[i].slice(0, eq));
         value = decodeURIComponent(parts[i].slice(eq + 1).replace(/\+/g, ' '));
       } catch (err) { continue; }
-      if (key === 'run') { pick(fRun, value); }
+      if (key === 'run') { if (fRun) { pick(fRun, value); } }
       else if (key === 'actor') { pick(fActor, value); }
       else if (key === 'kind') { pick(fKind, value); }
       else if (key === 'q') { fText.value = value; }
     }
   }
   window.addEventListener('hashchange', function () { fromHash(); apply(); });
-  [fRun, fActor, fKind].forEach(function (el) { el.addEventListener('change', apply); });
+  [fRun, fActor, fKind].forEach(function (el) { if (el) { el.addEventListener('change', apply); } });
+  // Times are written in UTC; the toggle shows them in the viewer's own zone.
+  var times = Array.prototype.slice.call(document.querySelectorAll('time[datetime]'));
+  var local = document.getElementById('f-local');
+  function pad(n, w) { n = String(n); while (n.length < w) { n = '0' + n; } return n; }
+  function showTimes() {
+    times.forEach(function (t) {
+      var iso = t.getAttribute('datetime');
+      if (!local.checked) { t.textContent = t.getAttribute('data-utc'); return; }
+      var d = new Date(iso);
+      var off = -d.getTimezoneOffset();
+      var zone = (off >= 0 ? '+' : '-') + pad(Math.floor(Math.abs(off) / 60), 2) + ':' + pad(Math.abs(off) % 60, 2);
+      t.textContent = d.getFullYear() + '-' + pad(d.getMonth() + 1, 2) + '-' + pad(d.getDate(), 2) + ' ' +
+        pad(d.getHours(), 2) + ':' + pad(d.getMinutes(), 2) + ':' + pad(d.getSeconds(), 2) + '.' +
+        pad(d.getMilliseconds(), 3) + ' ' + zone;
+    });
+  }
+  local.addEventListener('change', showTimes);
+  if (/(^|[#&])tz=local($|&)/.test(location.hash)) { local.checked = true; }
+  showTimes();
   fText.addEventListener('input', apply);
   lanes.forEach(function (g) {
     g.addEventListener('click', function () {
@@ -162,6 +197,10 @@ const JS: &str = r#"
   done.setAttribute('data-lanes', String(lanes.length));
   done.setAttribute('data-events', String(rows.length));
   done.setAttribute('data-shown', String(shown));
+  done.setAttribute('data-scroll-width', String(document.documentElement.scrollWidth));
+  done.setAttribute('data-client-width', String(document.documentElement.clientWidth));
+  done.setAttribute('data-local-times', String(local.checked ? times.length : 0));
+  if (times.length) { done.setAttribute('data-first-time', times[0].textContent); }
   document.body.appendChild(done);
 })();
 "#;
@@ -197,6 +236,7 @@ pub fn render(events: &[Envelope], runs: &[Run]) -> String {
         _ => out.push_str("<p class=\"meta\">The log has no events.</p>"),
     }
     out.push_str("</header>\n");
+    summary_card(&mut out, events);
 
     for run in runs {
         run_section(&mut out, run);
@@ -234,7 +274,7 @@ fn run_section(out: &mut String, run: &Run) {
     svg(out, run);
     out.push_str(concat!(
         "<p class=\"legend\"><span><i class=\"crit\"></i>critical path</span><span><i class=\"ok\"></i>step</span>",
-        "<span><i class=\"failed\"></i>failed try</span><span><i class=\"open\"></i>no outcome (in flight, or cut by a crash)</span>",
+        "<span><i class=\"failed\"></i>failed try</span><span><i class=\"interrupted\"></i>interrupted (Ctrl-C)</span><span><i class=\"open\"></i>no outcome (in flight, or cut by a crash)</span>",
         "<span><i class=\"adopted\"></i>adopted on resume</span><span><i class=\"wait\"></i>waiting</span>",
         "<span>◆ coordinator: attempt started, join granted, run ended</span>",
         "<span>time from each attempt's start; the time between attempts is cut out</span></p>\n"
@@ -306,6 +346,7 @@ fn result_text(run: &Run, b: &Bar) -> String {
         BarEnd::Ok { .. } => "ok".to_string(),
         BarEnd::Failed { retryable: true, error } => format!("failed, retryable: {error}"),
         BarEnd::Failed { retryable: false, error } => format!("failed: {error}"),
+        BarEnd::Interrupted { reason } => format!("interrupted (not a failed try): {reason}"),
         BarEnd::Open => match run.attempt(b.attempt).map(|a| &a.end) {
             Some(AttemptEnd::Open) => "no outcome yet (in flight, or crashed)".into(),
             Some(e) => format!("no outcome (attempt {})", e.word()),
@@ -392,6 +433,7 @@ fn svg(out: &mut String, run: &Run) {
                 BarEnd::Ok { .. } => {}
                 BarEnd::Failed { .. } => class.push("failed"),
                 BarEnd::Open => class.push("open"),
+                BarEnd::Interrupted { .. } => class.push("interrupted"),
             }
             if b.critical {
                 class.push("crit");
@@ -482,12 +524,16 @@ fn events_section(out: &mut String, events: &[Envelope]) {
     let actors: BTreeSet<&str> = events.iter().map(|e| e.actor.as_str()).collect();
     let kinds: BTreeSet<&str> = events.iter().map(|e| e.event.kind()).collect();
     out.push_str("<section id=\"events-section\">\n<h2>Events</h2>\n<form id=\"filters\" onsubmit=\"return false\">\n");
-    out.push_str("<label>Run <select id=\"f-run\"><option value=\"\">all</option>");
-    for r in &runs {
-        let s = r.to_string();
-        let _ = write!(out, "<option value=\"{}\">{}</option>", esc(&s), esc(&s[..8]));
+    let several = runs.len() > 1;
+    if several {
+        out.push_str("<label>Run <select id=\"f-run\"><option value=\"\">all</option>");
+        for r in &runs {
+            let s = r.to_string();
+            let _ = write!(out, "<option value=\"{}\">{}</option>", esc(&s), esc(&s[..8]));
+        }
+        out.push_str("</select></label>\n");
     }
-    out.push_str("</select></label>\n<label>Actor <select id=\"f-actor\"><option value=\"\">all</option>");
+    out.push_str("<label>Actor <select id=\"f-actor\"><option value=\"\">all</option>");
     for a in &actors {
         let _ = write!(out, "<option value=\"{}\">{}</option>", esc(a), esc(a));
     }
@@ -495,8 +541,12 @@ fn events_section(out: &mut String, events: &[Envelope]) {
     for k in &kinds {
         let _ = write!(out, "<option value=\"{}\">{}</option>", esc(k), esc(k));
     }
-    out.push_str("</select></label>\n<label>Text <input id=\"f-text\" type=\"search\" placeholder=\"filter\"></label>\n<span id=\"f-count\" class=\"muted\"></span>\n</form>\n");
-    out.push_str("<table id=\"events\"><thead><tr><th>seq</th><th>time</th><th>run</th><th>att</th><th>actor</th><th>kind</th><th>event</th><th>cause</th></tr></thead>\n<tbody>\n");
+    out.push_str("</select></label>\n<label>Text <input id=\"f-text\" type=\"search\" placeholder=\"filter\"></label>\n<label><input id=\"f-local\" type=\"checkbox\"> local time</label>\n<span id=\"f-count\" class=\"muted\"></span>\n</form>\n");
+    out.push_str(if several {
+        "<div class=\"scroll\"><table id=\"events\"><thead><tr><th>seq</th><th>time (UTC)</th><th>run</th><th>att</th><th>actor</th><th>kind</th><th>event</th><th>cause</th></tr></thead>\n<tbody>\n"
+    } else {
+        "<div class=\"scroll\"><table id=\"events\"><thead><tr><th>seq</th><th>time (UTC)</th><th>att</th><th>actor</th><th>kind</th><th>event</th><th>cause</th></tr></thead>\n<tbody>\n"
+    });
     for e in events {
         let kind = e.event.kind();
         let run = e.run.to_string();
@@ -507,23 +557,88 @@ fn events_section(out: &mut String, events: &[Envelope]) {
             },
             None => String::new(),
         };
+        let run_cell =
+            if several { format!("<td class=\"mono\" title=\"{}\">{}</td>", esc(&run), esc(&run[..8])) } else { String::new() };
         let _ = writeln!(
             out,
-            "<tr id=\"e{}\" class=\"kind-{}\" data-run=\"{}\" data-actor=\"{}\" data-kind=\"{}\"><td class=\"num\">{}</td><td class=\"mono\">{}</td><td class=\"mono\" title=\"{}\">{}</td><td class=\"num\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+            "<tr id=\"e{}\" class=\"kind-{}\" data-run=\"{}\" data-actor=\"{}\" data-kind=\"{}\"><td class=\"num\">{}</td><td class=\"mono time\">{}</td>{}<td class=\"num\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
             e.seq,
             esc(kind),
             esc(&run),
             esc(&e.actor),
             esc(kind),
             e.seq,
-            esc(&e.at_rfc3339()),
-            esc(&run),
-            esc(&run[..8]),
+            time_el(e.at_ms),
+            run_cell,
             e.attempt,
             esc(&e.actor),
             esc(kind),
             esc(&e.event.summary()),
             cause
+        );
+    }
+    out.push_str("</tbody></table></div>\n</section>\n");
+}
+
+/// A timestamp: UTC as written, switchable to local time by the page's toggle.
+fn time_el(at_ms: i64) -> String {
+    let iso = rfc3339_ms(at_ms);
+    let utc = iso.replacen('T', " ", 1).trim_end_matches('Z').to_string();
+    format!("<time datetime=\"{}\" data-utc=\"{}\">{}</time>", esc(&iso), esc(&utc), esc(&utc))
+}
+
+/// The card on top: where the cluster is and how each node ended, from
+/// the latest `up` run of the report (and a later `down`, if any).
+fn summary_card(out: &mut String, events: &[Envelope]) {
+    let mut history = rmm_events::History::default();
+    for e in events {
+        history.apply(e);
+    }
+    let Some(up) = history.latest_up() else { return };
+    let latest = history.latest();
+    let v = crate::view::status_json(&history, latest, false);
+    let plan = &up.plan;
+    out.push_str("<section class=\"card\" id=\"summary\">\n<h2>Summary</h2>\n<dl>");
+    let dd = |out: &mut String, k: &str, v: &str| {
+        let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", esc(k), esc(v));
+    };
+    dd(out, "Rancher URL", up.rancher_url().unwrap_or("-"));
+    dd(out, "cluster", &format!("{} ({})", plan.cluster_name, up.cluster_id().unwrap_or("no id yet")));
+    let version = match plan.kubernetes_version.as_deref() {
+        Some(v) => v.to_string(),
+        None => up
+            .actor("rancher")
+            .and_then(|a| a.outcome(rmm_events::Step::ChooseKubernetesVersion))
+            .and_then(|o| match o {
+                rmm_events::Outcome::KubernetesVersionChosen { version, .. } => Some(version.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "the server's default".into()),
+    };
+    dd(out, "distribution", &format!("{} {version}", plan.distribution.as_str()));
+    dd(out, "Rancher image", if plan.existing_rancher() { "existing Rancher" } else { &plan.rancher_image });
+    dd(out, "driver", &plan.driver);
+    dd(
+        out,
+        "run",
+        &format!(
+            "{} ({}, {})",
+            v["run"]["id"].as_str().unwrap_or("-"),
+            v["run"]["kind"].as_str().unwrap_or("-"),
+            v["run"]["state"].as_str().unwrap_or("-")
+        ),
+    );
+    out.push_str("</dl>\n<table class=\"nodes\"><thead><tr><th>node</th><th>role</th><th>address</th><th>state</th></tr></thead><tbody>\n");
+    for a in v["actors"].as_array().into_iter().flatten() {
+        let state = a["state"].as_str().unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "<tr><td class=\"mono\">{}</td><td>{}</td><td class=\"mono\">{}</td><td class=\"state-{}\">{}</td></tr>",
+            esc(a["name"].as_str().unwrap_or("")),
+            esc(a["role"].as_str().unwrap_or("")),
+            esc(a["ip"].as_str().unwrap_or("-")),
+            esc(state),
+            esc(state)
         );
     }
     out.push_str("</tbody></table>\n</section>\n");

@@ -45,6 +45,8 @@ pub enum BarEnd {
     Failed { retryable: bool, error: String },
     /// No outcome in its attempt: in flight, or cut by a crash/interruption.
     Open,
+    /// Stopped by Ctrl-C / SIGTERM (`StepInterrupted`): not a failed try.
+    Interrupted { reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -430,6 +432,10 @@ impl Builder {
             }
             Event::StepFailed { step, try_no, error, retryable } => {
                 let end = BarEnd::Failed { retryable: *retryable, error: error.clone() };
+                self.close(e, actor, *step, Some(*try_no), end);
+            }
+            Event::StepInterrupted { step, try_no, reason } => {
+                let end = BarEnd::Interrupted { reason: reason.clone() };
                 self.close(e, actor, *step, Some(*try_no), end);
             }
         }

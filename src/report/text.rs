@@ -35,6 +35,8 @@ enum Kind {
     Crit,
     CritAlt,
     Open,
+    /// A try stopped by Ctrl-C / SIGTERM (not a failure).
+    Interrupted,
     Failed,
     Mark,
     Sep,
@@ -64,6 +66,7 @@ impl Pen {
             (Kind::Step | Kind::StepAlt | Kind::Crit | Kind::CritAlt, true) => ' ',
             (Kind::Adopted, _) => '@',
             (Kind::Open, _) => '?',
+            (Kind::Interrupted, _) => '!',
             (Kind::Failed, _) => 'x',
             (Kind::Mark, _) => '*',
             (Kind::Sep, false) => '|',
@@ -83,6 +86,7 @@ impl Pen {
             Kind::CritAlt => "30;103",
             Kind::Adopted => "30;42",
             Kind::Open => "1;37;45",
+            Kind::Interrupted => "1;30;43",
             Kind::Failed => "1;37;41",
             Kind::Mark => "1",
         }
@@ -382,6 +386,7 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
         format!("{} step", sample(Kind::Step, pen.glyph(Kind::Step))),
         format!("{} failed try", sample(Kind::Failed, 'x')),
         format!("{} no outcome (in flight, or cut by a crash)", sample(Kind::Open, '?')),
+        format!("{} interrupted (Ctrl-C; runs again on resume)", sample(Kind::Interrupted, '!')),
         format!("{} adopted on resume", sample(Kind::Adopted, '@')),
         format!("{} waiting", sample(Kind::Wait, '.')),
     ];
@@ -521,6 +526,7 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
                             (false, false) => "failed (gave up)".into(),
                         }
                     }
+                    BarEnd::Interrupted { .. } => "interrupted".into(),
                     BarEnd::Open => match &att.end {
                         AttemptEnd::Open => "in flight (or crashed)".into(),
                         AttemptEnd::Crashed => "no outcome (crashed)".into(),
@@ -580,6 +586,7 @@ fn bar_kind(bar: &Bar) -> Kind {
     match &bar.end {
         BarEnd::Failed { .. } => Kind::Failed,
         BarEnd::Open => Kind::Open,
+        BarEnd::Interrupted { .. } => Kind::Interrupted,
         BarEnd::Ok { .. } if bar.critical => Kind::Crit,
         BarEnd::Ok { adopted: true } => Kind::Adopted,
         BarEnd::Ok { .. } if bar.reconcile => Kind::Adopted,

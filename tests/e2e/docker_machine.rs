@@ -205,7 +205,7 @@ fn up_and_down_with_both_flavours() {
             let bytes = std::fs::read(&f).unwrap_or_default();
             assert!(!String::from_utf8_lossy(&bytes).contains(&password), "the bootstrap password is in {}", f.display());
         }
-        let down = dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run();
+        let down = dir.rmm(&["down", "--yes"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run();
         assert_ok(&down);
         assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
         // Nothing of the machines runs on (their processes die with the VM).
@@ -304,9 +304,9 @@ fn stopped_machines_are_started_again_on_resume_and_their_new_addresses_read() {
     let refreshed = dir.status_refresh();
     let orphans: Vec<&str> = refreshed["orphans"].as_array().unwrap().iter().filter_map(|o| o["name"].as_str()).collect();
     assert_eq!(orphans, ["worker09"], "{refreshed}");
-    assert_ok(&dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
+    assert_ok(&dir.rmm(&["down", "--yes"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
     assert_eq!(machines(&dir), vec![format!("{CLUSTER}-worker09")], "down leaves the orphan");
-    assert_ok(&dir.rmm(&["down", "--orphans"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
+    assert_ok(&dir.rmm(&["down", "--yes", "--orphans"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
     assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
 }
 
@@ -328,7 +328,7 @@ fn rke1_on_an_emulated_2_11_with_the_docker_machine_flavour() {
         view.nodes.iter().map(|n| n["nodeName"].as_str().or(n["hostname"].as_str()).unwrap_or("").to_string()).collect();
     nodes.sort();
     assert_eq!(nodes, vec!["master01", "worker01"], "{:?}", view.nodes);
-    assert_ok(&dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
+    assert_ok(&dir.rmm(&["down", "--yes"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
     assert!(machines(&dir).is_empty());
 }
 
@@ -375,4 +375,38 @@ fn a_machine_stopped_after_its_create_was_recorded_is_started_again_on_resume_at
     let machines = crate::support::ask_rancher_v1(&dir).machines;
     let w = machines.iter().find(|m| m["metadata"]["labels"]["rke.cattle.io/node-name"] == "worker01").expect("worker01 registered");
     assert!(w["status"]["addresses"].to_string().contains(&format!("\"{now}\"")), "registered from its new address: {w}");
+}
+
+/// Issue 11, "Safety on real machines": `rmm down` on a driver that makes
+/// real machines asks first on a terminal, naming them; off a terminal it
+/// refuses without `--yes` (exit 2) and removes nothing.
+#[test]
+fn down_on_real_machines_asks_first_and_refuses_off_a_terminal_without_yes() {
+    let dir = TestDir::new();
+    write_config(&dir, "rancher-machine", "");
+    assert_ok(&up(&dir, &[]));
+    let all = machines(&dir);
+    assert_eq!(all.len(), 3, "{all:?}");
+
+    let out = dir.rmm(&["down"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).code(2);
+    let line = crate::support::single_stderr_line(&out);
+    assert!(line.starts_with("rmm: refusing to remove") && line.contains("--yes"), "{line}");
+    assert!(line.contains("master01") && line.contains("worker01") && line.contains("rancher"), "names what it would remove: {line}");
+    assert_eq!(machines(&dir), all, "nothing removed");
+
+    // On a terminal: the question names the machines; "n" keeps them.
+    let mut screen = crate::live_view::Screen::spawn_with_input(
+        &dir,
+        &["down"],
+        &[("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm"))],
+        "n\n",
+    );
+    assert_eq!(screen.wait(std::time::Duration::from_secs(60)), Some(0), "{}", screen.text());
+    let shown = screen.text();
+    assert!(shown.contains("Remove 3 docker-machine machines (master01, rancher, worker01)? [y/N]"), "{shown}");
+    assert!(shown.contains("Nothing removed."), "{shown}");
+    assert_eq!(machines(&dir), all, "nothing removed");
+
+    assert_ok(&dir.rmm(&["down", "--yes"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
+    assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
 }

@@ -84,6 +84,8 @@ fn run_chromium(browser: &Path, work: &Path, name: &str, url: &str, args: &[&str
     .env("HOME", &home)
     .env("XDG_CONFIG_HOME", home.join("config"))
     .env("XDG_CACHE_HOME", home.join("cache"))
+    // A zone away from UTC: the report's local-time toggle must show it.
+    .env("TZ", "Asia/Kolkata")
     .args(args)
     .arg(url)
     .stdin(Stdio::null())
@@ -230,4 +232,52 @@ fn report_refuses_an_unknown_run_and_needs_a_log() {
     // `-` writes to stdout.
     let out = dir.rmm(&["report", "--html", "-"]).ok();
     assert!(text(&out.stdout).contains("</html>"));
+}
+
+/// Issue 11, "HTML report": a summary card on top (Rancher URL, cluster
+/// id, distribution and version, each node's address, role and final
+/// state), timestamps that do not wrap with a local-time toggle, no `run`
+/// column in a single-run report, and a page usable 800 px wide (no
+/// horizontal scrolling), checked in a real browser.
+#[test]
+fn report_has_a_summary_card_and_local_times_and_fits_800_pixels() {
+    let Some(browser) = chromium() else { return };
+    let dir = TestDir::new();
+    dir.up_ok(&["--masters", "1", "--workers", "1"]);
+    let status = dir.status();
+    let html = dir.tmp.path().join("report.html");
+    dir.rmm(&["report", "--html", html.to_str().unwrap()]).ok();
+    let page = std::fs::read_to_string(&html).unwrap();
+    let card = &page[page.find("<section class=\"card\" id=\"summary\">").expect("a summary card")..];
+    let card = &card[..card.find("</section>").unwrap()];
+    assert!(page.find("id=\"summary\"").unwrap() < page.find("<section class=\"run\"").unwrap(), "the card is on top");
+    assert!(card.contains(status["rancher"]["url"].as_str().unwrap()), "{card}");
+    assert!(card.contains(status["rancher"]["cluster_id"].as_str().unwrap()), "{card}");
+    assert!(card.contains("<dt>distribution</dt><dd>rke2 v"), "distribution and version: {card}");
+    for a in status["actors"].as_array().unwrap() {
+        let row = format!(
+            "<tr><td class=\"mono\">{}</td><td>{}</td><td class=\"mono\">{}</td><td class=\"state-done\">done</td></tr>",
+            a["name"].as_str().unwrap(),
+            a["role"].as_str().unwrap(),
+            a["ip"].as_str().unwrap()
+        );
+        assert!(card.contains(&row), "{row} in {card}");
+    }
+    assert!(!page.contains("<th>run</th>") && !page.contains("id=\"f-run\""), "no run column in a single-run report");
+
+    let url = format!("file://{}", html.display());
+    let run = run_chromium(&browser, dir.tmp.path(), "w800", &url, &["--dump-dom", "--window-size=800,1000"]);
+    let dom = run.stdout;
+    assert!(dom.contains("id=\"rmm-rendered\""), "the script ran:\n{}", run.stderr);
+    let num = |name: &str| attr(&dom, "rmm-rendered", name).unwrap().parse::<u32>().unwrap();
+    assert!(num("data-client-width") <= 800, "an 800 px window");
+    assert!(num("data-scroll-width") <= num("data-client-width"), "no horizontal scrolling at 800 px: {} > {}", num("data-scroll-width"), num("data-client-width"));
+    assert_eq!(num("data-local-times"), 0, "UTC by default");
+    let first = attr(&dom, "rmm-rendered", "data-first-time").unwrap().to_string();
+    assert!(first.len() == 23 && !first.contains('+'), "{first}");
+
+    let local = run_chromium(&browser, dir.tmp.path(), "local", &format!("{url}#tz=local"), &["--dump-dom"]);
+    let shown = attr(&local.stdout, "rmm-rendered", "data-first-time").unwrap();
+    assert!(shown.ends_with(" +05:30"), "local time in the viewer's zone: {shown}");
+    assert!(attr(&local.stdout, "rmm-rendered", "data-local-times").unwrap().parse::<u32>().unwrap() > 10);
 }

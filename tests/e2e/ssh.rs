@@ -407,7 +407,7 @@ fn ssh_up_on_seven_hosts_registers_each_with_its_address_with_no_secret_in_ps_an
     assert_eq!(refreshed["rancher"]["server"]["answering"], true, "{}", refreshed["rancher"]);
 
     // down: every host released (uninstall ran), none deleted; sshd still answers.
-    t.rmm(&["down"]).ok();
+    t.rmm(&["down", "--yes"]).ok();
     for h in &hosts.hosts {
         assert!(h.dir.join("host-shell").exists(), "{} not deleted", h.name);
         assert!(!h.dir.join("etc-systemd-system/rancher-system-agent.service").exists(), "{}: the uninstall script ran", h.name);
@@ -441,7 +441,7 @@ fn ssh_a_host_key_changed_between_runs_refuses_with_one_line() {
     // ... and so does the log: the create step's outcome is the claim with
     // the key's fingerprint (the pin, as the CA's checksum is pinned).
     assert_eq!(logged_host_key(&t, "master01").as_deref(), Some(print.as_str()));
-    t.rmm(&["down"]).ok();
+    t.rmm(&["down", "--yes"]).ok();
     // The host is reinstalled: a new host key.
     hosts.stop(1);
     hosts.new_host_key(1);
@@ -553,7 +553,7 @@ fn ssh_a_host_claimed_from_another_state_dir_is_refused_with_one_line_until_rele
     assert!(lines[0].contains("is claimed by cluster ssh") && lines[0].contains(&a.state().display().to_string()), "{}", lines[0]);
     assert_eq!(claim_on("master01").as_deref(), Some(held.as_str()), "the claim is untouched");
     // A's down releases every host; B's resume then claims them.
-    a.rmm(&["down"]).ok();
+    a.rmm(&["down", "--yes"]).ok();
     for h in ["rancher", "master01", "worker01"] {
         assert_eq!(claim_on(h), None, "{h} released");
     }
@@ -564,7 +564,7 @@ fn ssh_a_host_claimed_from_another_state_dir_is_refused_with_one_line_until_rele
     b.up_ok(&["--resume"]);
     let now = claim_on("worker01").expect("claimed by B");
     assert!(now.contains(&b.state().display().to_string()) && now.contains("cluster=other"), "{now}");
-    b.rmm(&["down"]).ok();
+    b.rmm(&["down", "--yes"]).ok();
 }
 
 /// An existing Rancher (`rancher_url`): the hosts are the nodes only
@@ -601,7 +601,7 @@ fn ssh_with_an_existing_rancher_takes_masters_plus_workers_hosts_and_the_full_up
     assert_eq!(observed(&t, "master01"), "running");
     hosts.start(1);
     assert_eq!(observed(&t, "worker01"), "running");
-    t.rmm(&["down"]).ok();
+    t.rmm(&["down", "--yes"]).ok();
     for h in ["master01", "worker01"] {
         assert!(!hosts.dir(h).join("home/.rmm/claim").exists(), "{h} released");
     }
@@ -676,7 +676,7 @@ fn ssh_rke1_on_an_emulated_2_11_registers_each_node_with_no_secret_in_ps() {
         }
     }
     assert_eq!(t.status()["rancher"]["cluster_state"], "active");
-    t.rmm(&["down"]).ok();
+    t.rmm(&["down", "--yes"]).ok();
     for h in &hosts.hosts {
         assert!(h.dir.join("host-shell").exists(), "{} not deleted", h.name);
     }

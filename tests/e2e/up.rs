@@ -113,7 +113,7 @@ pub fn assert_intents_closed(events: &[serde_json::Value]) {
             "StepStarted" => {
                 assert!(open.insert(key.clone(), e["seq"].as_u64().unwrap()).is_none(), "two intents without outcome: {key:?}");
             }
-            "StepSucceeded" | "StepFailed" => {
+            "StepSucceeded" | "StepFailed" | "StepInterrupted" => {
                 assert!(open.remove(&key).is_some(), "outcome without intent at seq {}", e["seq"]);
             }
             _ => {}

@@ -22,6 +22,7 @@ pub const KINDS: &[&str] = &[
     "AttemptInterrupted",
     "Progress",
     "PlanChanged",
+    "StepInterrupted",
 ];
 
 /// The runs shown.
@@ -101,6 +102,31 @@ impl Filter {
             && (self.actors.is_empty() || self.actors.iter().any(|p| glob(p.as_bytes(), e.actor.as_bytes())))
             && self.since_ms.is_none_or(|t| e.at_ms >= t)
             && self.until_ms.is_none_or(|t| e.at_ms <= t)
+    }
+
+    /// The frame of a timeline: the run's and its attempts' start and end
+    /// (coordinator events), kept by `--timeline` whatever `--actor`,
+    /// `--kind` or `--grep` select, so that a filtered timeline of a
+    /// completed run still shows that run's end.
+    pub fn frames(&self, e: &Envelope) -> bool {
+        use rmm_events::Event;
+        let run_ok = match self.runs {
+            Runs::All => true,
+            Runs::One(id) => e.run == id,
+            Runs::FirstToCome => false,
+        };
+        run_ok
+            && matches!(
+                e.event,
+                Event::RunStarted { .. }
+                    | Event::AttemptStarted { .. }
+                    | Event::RunCompleted
+                    | Event::RunFailed { .. }
+                    | Event::AttemptInterrupted { .. }
+            )
+            && e.seq >= self.seq_from
+            && e.seq <= self.seq_to
+            && self.attempt.is_none_or(|a| e.attempt == a)
     }
 
     /// `--grep TEXT`: whether the event's data, as `--json` prints it

@@ -31,8 +31,11 @@ pub struct ShowArgs {
 pub fn run(seq: u64, json: bool, dir: &StateDir) -> Result<()> {
     let log = dir.open_store_for_reading()?;
     let last = log.last_seq();
+    if last == 0 {
+        return Err(dir.no_run());
+    }
     if seq == 0 || seq > last {
-        return Err(Error::Config(format!("seq {seq} is outside the log (1..={last})")));
+        return Err(Error::Config(format!("seq {seq} is outside the log: it holds seq 1 to {last}")));
     }
     let mut back = Backwards::new(&log, seq);
     let (event, hash) = back.next()?.expect("seq is in the log");

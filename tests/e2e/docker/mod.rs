@@ -203,7 +203,7 @@ fn docker_up_makes_rancher_and_six_nodes_as_containers_that_register_from_their_
     }
 
     // down: nothing with our labels is left, as the engine sees it.
-    w.t.rmm(&["down"]).ok();
+    w.t.rmm(&["down", "--yes"]).ok();
     for kind in ["container", "volume", "network"] {
         assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "{kind}s left behind by down");
     }
@@ -272,7 +272,7 @@ fn docker_sigkill_at_a_seeded_moment_and_the_rancher_container_removed_then_resu
         w.check_made_once(&format!("seed {seed} (killed: {killed}, server removed: {existed})"));
         let server_state = docker(&["inspect", "-f", "{{.State.Status}}", &server]);
         assert_eq!(server_state.trim(), "running", "seed {seed}: the server container was made again");
-        w.t.rmm(&["down"]).ok();
+        w.t.rmm(&["down", "--yes"]).ok();
         for kind in ["container", "volume", "network"] {
             assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "seed {seed}: {kind}s left behind");
         }
@@ -293,14 +293,14 @@ fn docker_a_container_labelled_with_the_cluster_but_unknown_to_the_log_is_an_orp
     assert_eq!(status["rancher"]["server"]["container"], "running", "{}", status["rancher"]);
     assert_eq!(status["rancher"]["server"]["answering"], true, "{}", status["rancher"]);
 
-    let down = w.t.rmm(&["down"]).ok();
+    let down = w.t.rmm(&["down", "--yes"]).ok();
     assert!(text(&down.stderr).contains("orphans): stray"), "{}", text(&down.stderr));
     let left = labelled("container", &w.cluster);
     assert_eq!(left.len(), 1, "only the orphan is left: {left:?}");
     assert_eq!(docker(&["inspect", "-f", "{{.Name}}", &left[0]]).trim(), format!("/{stray}"));
     assert_eq!(labelled("volume", &w.cluster), Vec::<String>::new());
 
-    w.t.rmm(&["down", "--orphans"]).ok();
+    w.t.rmm(&["down", "--yes", "--orphans"]).ok();
     for kind in ["container", "volume", "network"] {
         assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "{kind}s left behind by down --orphans");
     }
@@ -347,7 +347,7 @@ fn docker_a_node_killed_before_its_agent_ran_is_started_again_by_the_resume_at_i
         .cloned()
         .unwrap();
     assert_eq!(m["metadata"]["annotations"]["emulator.rmm.io/registered-from"], ip.as_str(), "{m}");
-    w.t.rmm(&["down"]).ok();
+    w.t.rmm(&["down", "--yes"]).ok();
 }
 
 /// worker01's CAPI machine in the emulator, asked through its API.
@@ -442,7 +442,7 @@ fn docker_a_node_killed_after_its_agent_ran_is_started_again_by_the_resume_which
     }
     let status = w.t.status();
     assert!(status.to_string().contains(&ip), "status shows worker01's address: {status}");
-    w.t.rmm(&["down"]).ok();
+    w.t.rmm(&["down", "--yes"]).ok();
 }
 
 #[test]
@@ -466,7 +466,7 @@ fn docker_a_half_made_node_container_is_removed_and_made_again_and_a_stopped_one
     assert_eq!(state, "running");
     let machines = w.ask(&["/v1/cluster.x-k8s.io.machines/fleet-default"]);
     assert_eq!(machines[0]["data"].as_array().unwrap().len(), 2, "registered once each");
-    w.t.rmm(&["down"]).ok();
+    w.t.rmm(&["down", "--yes"]).ok();
 
     // A stopped container of that name that this run did not make: the
     // fresh run refuses to take it over, naming it.
@@ -481,5 +481,5 @@ fn docker_a_half_made_node_container_is_removed_and_made_again_and_a_stopped_one
     let err = text(&refused.stderr);
     assert!(err.contains("worker01") && err.contains("already exists"), "{err}");
     assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &worker]).trim(), stopped, "left alone");
-    other.rmm(&["down", "--orphans"]).ok();
+    other.rmm(&["down", "--yes", "--orphans"]).ok();
 }
