@@ -398,15 +398,20 @@ async fn create_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
         // Broken or half-made: remove it and create it again.
         remove(ctx, call.actor).await?;
     }
+    let ip = make_machine(call).await?;
+    machine_created(ctx, call.actor, ip).await
+}
+
+/// Creates this actor's machine through the driver, within
+/// `machine_create_s`: its address.
+async fn make_machine(call: &StepCall<'_>) -> StepResult<String> {
+    let ctx = call.ctx;
     let spec = MachineSpec { name: call.actor.to_string(), cluster: ctx.plan.cluster_name.clone(), role: call.role };
     let timeout = Duration::from_secs(ctx.plan.timeouts.machine_create_s);
     let machine = tokio::time::timeout(timeout, ctx.driver.create(&spec))
         .await
         .map_err(|_| StepError::transient(format!("machine {} not created within {}s", call.actor, timeout.as_secs())))??;
-    match machine.ip {
-        Some(ip) => machine_created(ctx, call.actor, ip).await,
-        None => Err(StepError::transient(format!("machine {} has no address", call.actor))),
-    }
+    machine.ip.ok_or_else(|| StepError::transient(format!("machine {} has no address", call.actor)))
 }
 
 /// Once per attempt, for a node (see `Step::CheckMachine`), through the
@@ -465,17 +470,7 @@ async fn check_machine(call: &StepCall<'_>) -> StepResult<Outcome> {
             "machine {} is gone (the {} driver finds no such machine) after its agent registered it with Rancher; rmm does not make it again (it would register the node a second time): run rmm down, then rmm up",
             call.actor, ctx.plan.driver
         ))),
-        None => {
-            let spec = MachineSpec { name: call.actor.to_string(), cluster: ctx.plan.cluster_name.clone(), role: call.role };
-            let timeout = Duration::from_secs(ctx.plan.timeouts.machine_create_s);
-            let machine = tokio::time::timeout(timeout, ctx.driver.create(&spec))
-                .await
-                .map_err(|_| StepError::transient(format!("machine {} not created within {}s", call.actor, timeout.as_secs())))??;
-            match machine.ip {
-                Some(ip) => Ok(Outcome::MachineMadeAgain { ip }),
-                None => Err(StepError::transient(format!("machine {} has no address", call.actor))),
-            }
-        }
+        None => Ok(Outcome::MachineMadeAgain { ip: make_machine(call).await? }),
     }
 }
 

@@ -112,15 +112,7 @@ fn help_groups_global_options_shows_defaults_and_values_and_hides_the_emulator()
     assert!(up.contains("[possible values: local, docker, docker-machine, ssh]"), "{up}");
     assert!(up.contains("[possible values: rke2, k3s, rke1]"), "{up}");
     // Every option that takes a value names its default.
-    let options = &up[up.find("Options:").unwrap()..up.find("Global options:").unwrap()];
-    let mut entries: Vec<String> = Vec::new();
-    for l in options.lines().skip(1) {
-        if l.trim_start().starts_with('-') {
-            entries.push(l.to_string());
-        } else if let Some(last) = entries.last_mut() {
-            last.push_str(l);
-        }
-    }
+    let entries = option_entries(&up);
     for e in entries.iter().filter(|e| e.contains(" <")) {
         assert!(e.contains("[default: "), "no default shown: {e}");
     }
@@ -131,15 +123,7 @@ fn help_groups_global_options_shows_defaults_and_values_and_hides_the_emulator()
         let mut args = cmd.to_vec();
         args.push("--help");
         let h = text(&dir.rmm(&args).ok().stdout);
-        let options = &h[h.find("Options:").unwrap()..h.find("Global options:").unwrap()];
-        let mut entries: Vec<String> = Vec::new();
-        for l in options.lines().skip(1) {
-            if l.trim_start().starts_with('-') {
-                entries.push(l.to_string());
-            } else if let Some(last) = entries.last_mut() {
-                last.push_str(l);
-            }
-        }
+        let entries = option_entries(&h);
         for e in entries.iter().filter(|e| e.contains(" <")) {
             assert!(e.contains("[default: ") || e.contains("[required]"), "rmm {cmd:?}: no default shown: {e}");
         }
@@ -233,4 +217,19 @@ fn a_timeline_of_one_actor_of_a_completed_run_shows_the_run_s_end() {
     assert!(out.contains("completed"), "{out}");
     assert!(out.contains("master01"));
     assert!(!out.contains("worker01"), "only the chosen actor's bars: {out}");
+}
+
+/// The entries of a help text's `Options:` section (up to `Global
+/// options:`), one string each, continuation lines joined.
+fn option_entries(help: &str) -> Vec<String> {
+    let options = &help[help.find("Options:").unwrap()..help.find("Global options:").unwrap()];
+    let mut entries: Vec<String> = Vec::new();
+    for l in options.lines().skip(1) {
+        if l.trim_start().starts_with('-') {
+            entries.push(l.to_string());
+        } else if let Some(last) = entries.last_mut() {
+            last.push_str(l);
+        }
+    }
+    entries
 }
