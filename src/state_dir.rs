@@ -173,7 +173,7 @@ impl StateDir {
         };
         let mut file = opened.map_err(|e| Error::StateDir(refusal(&path, e)))?;
         check_own_file(&file, &path)?;
-        match file.try_lock() {
+        match try_past_stragglers(&mut file, |f| f.try_lock()) {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 let pid = holder_pid(&mut file);
@@ -199,11 +199,11 @@ impl StateDir {
     /// the lock's path is not followed: then no one holds it).
     pub fn locked_by_other(&self) -> Option<String> {
         let mut file = OpenOptions::new().read(true).custom_flags(nix::libc::O_NOFOLLOW).open(self.lock_path()).ok()?;
-        match file.try_lock_shared() {
+        match try_past_stragglers(&mut file, |f| f.try_lock_shared()) {
             Ok(()) => None,
             Err(_) => {
                 let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
+                let _ = file.seek(SeekFrom::Start(0)).and_then(|_| file.read_to_string(&mut pid));
                 Some(pid.trim().to_string())
             }
         }
@@ -353,6 +353,36 @@ pub fn absolute(path: &Path) -> PathBuf {
 /// just after taking the lock, so a process that lost the race for it by
 /// microseconds may find the file still empty: it polls for the pid a
 /// little while (a holder that never writes it stays `None`).
+/// `lock` on the lock file; when it is held but the pid written in it is
+/// dead, tries again for up to 2 s. The writer's lock is an `flock` on
+/// the open file: a child the writer was starting (forked, not yet at its
+/// `exec`, which closes the descriptor) holds it for a moment after the
+/// writer itself is gone, e.g. killed or aborted mid-`spawn`. Seen on a
+/// loaded machine: `rmm status` said `running` right after a crash.
+fn try_past_stragglers(file: &mut File, lock: impl Fn(&File) -> Result<(), fs::TryLockError>) -> Result<(), fs::TryLockError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match lock(file) {
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline && holder_dead(file) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether the pid written in the lock file names no process (`kill(pid,
+/// 0)` is ESRCH). An unreadable or empty file (a writer between its lock
+/// and its write) counts as alive.
+fn holder_dead(file: &mut File) -> bool {
+    let mut pid = String::new();
+    let _ = file.seek(SeekFrom::Start(0)).and_then(|_| file.read_to_string(&mut pid));
+    match pid.trim().parse::<i32>() {
+        Ok(p) if p > 0 => nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None) == Err(nix::errno::Errno::ESRCH),
+        _ => false,
+    }
+}
+
 fn holder_pid(file: &mut File) -> Option<String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
