@@ -1280,14 +1280,20 @@ async fn wait_node_listed(call: &StepCall<'_>) -> StepResult<Outcome> {
     .await
 }
 
+/// The node's id as the log recorded it when Rancher listed it
+/// (`WaitNodeListed`: the v3 node id on rke1, the CAPI machine on v1).
+pub(crate) fn recorded_node_id(call: &StepCall<'_>) -> Option<String> {
+    match call.state.outcome(Step::WaitNodeListed) {
+        Some(Outcome::NodeListed { node_id }) => Some(node_id.clone()),
+        _ => None,
+    }
+}
+
 /// rke1 scale down: `DELETE /v3/nodes/<id>` of this node (the id the log
 /// recorded when Rancher listed it, else the one Rancher lists under its
 /// hostname), then wait until Rancher lists it no more.
 async fn delete_node(call: &StepCall<'_>) -> StepResult<Outcome> {
-    let recorded = match call.state.outcome(Step::WaitNodeListed) {
-        Some(Outcome::NodeListed { node_id }) => Some(node_id.clone()),
-        _ => None,
-    };
+    let recorded = recorded_node_id(call);
     let id = match recorded {
         Some(id) => Some(id),
         None => listed_node(call).await?.map(|n| n.id),

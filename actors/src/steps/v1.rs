@@ -629,10 +629,7 @@ pub async fn machine_of_node(call: &StepCall<'_>) -> StepResult<Option<SteveObje
 /// custom node (rancher/rancher#43686).
 pub async fn delete_node(call: &StepCall<'_>) -> StepResult<Outcome> {
     let api = rancher_api(call)?;
-    let recorded = match call.state.outcome(Step::WaitNodeListed) {
-        Some(Outcome::NodeListed { node_id }) => Some(node_id.clone()),
-        _ => None,
-    };
+    let recorded = super::recorded_node_id(call);
     let name = match recorded {
         Some(name) => Some(name),
         None => machine_of_node(call).await?.map(|m| m.name),
