@@ -249,19 +249,43 @@ fn the_last_record_rewritten_with_its_hash_recomputed_is_refused_naming_it() {
 /// names it, and the resume refuses before touching the world.
 #[test]
 fn the_last_write_ahead_write_dropped_after_a_crash_before_an_outcome_is_refused() {
-    let dir = TestDir::new();
-    // The 13th effect: the first node's installer (its intent written alone; the
-    // two check_machine intents before it share one write).
-    let out = dir.rmm(&["up", "--masters", "1", "--workers", "1"]).env("RMM_CRASH_BEFORE_OUTCOME", "13").run();
-    assert!(!out.status.success());
-    let last = dir.events().last().unwrap()["seq"].as_u64().unwrap();
-    let wal = dir.state().join("events/journal.wal");
-    let bytes = std::fs::read(&wal).unwrap();
-    let cut = last_write_start(&bytes);
-    std::fs::write(&wal, &bytes[..cut]).unwrap();
-    let world = fingerprint(&dir.state().join("world"));
-    refused_by_resume_and_verify(&dir, &[&format!("ends at seq {}", last - 1), &format!("record {last} is missing")]);
-    assert_same("a refused resume", &world, &fingerprint(&dir.state().join("world")));
+    // The head anchor is written after each WAL sync: a crash between the
+    // two leaves the last write unanchored, and dropping it then is not
+    // detectable (nor wrong: it was never acknowledged). Such a crash
+    // proves nothing here; it is tried again in a fresh dir.
+    for _ in 0..5 {
+        let dir = TestDir::new();
+        // The 13th effect: the first node's installer (its intent written alone; the
+        // two check_machine intents before it share one write).
+        let out = dir.rmm(&["up", "--masters", "1", "--workers", "1"]).env("RMM_CRASH_BEFORE_OUTCOME", "13").run();
+        assert!(!out.status.success());
+        let last = dir.events().last().unwrap()["seq"].as_u64().unwrap();
+        let wal = dir.state().join("events/journal.wal");
+        let bytes = std::fs::read(&wal).unwrap();
+        let cut = last_write_start(&bytes);
+        std::fs::write(&wal, &bytes[..cut]).unwrap();
+        if dir.rmm(&["log", "--verify"]).run().status.success() {
+            continue;
+        }
+        let world = fingerprint(&dir.state().join("world"));
+        // The last write holds the installer's intent, alone as a rule; under
+        // load an event of another actor can share its write (seen in CI:
+        // 45..46). Each command names exactly the records the cut removed.
+        for cmd in [&["up", "--resume"][..], &["log", "--verify"], &["status"]] {
+            let line = one_line_error(&dir.rmm(cmd).code(5));
+            let end: u64 = line
+                .split("ends at seq ")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{cmd:?}: {line}"));
+            let missing = if end + 1 == last { format!("record {last} is missing") } else { format!("records {}..{last} are missing", end + 1) };
+            assert!(end < last && line.contains(&missing), "{cmd:?}: {line}");
+        }
+        assert_same("a refused resume", &world, &fingerprint(&dir.state().join("world")));
+        return;
+    }
+    panic!("five crashes in a row left their last write unanchored");
 }
 
 #[test]
