@@ -225,14 +225,16 @@ async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>, mut
                 finish(line, Mark::Done, &e.actor, &total, &format!("done ({})", e.event.summary()));
             }
             Event::StepFailed { step, try_no, error, retryable } => {
+                // The line that stays promises nothing: the attempt may end
+                // before another try (another node failed, Ctrl-C).
                 let head = if *retryable {
-                    format!("{} failed (try {try_no}), will retry", step.as_str())
+                    format!("{} failed (try {try_no})", step.as_str())
                 } else {
                     format!("{} failed (try {try_no}), gave up", step.as_str())
                 };
                 let _ = multi.println(paint.error_line(Mark::Failed, &e.actor, &format!("{head}: {error}")));
                 if *retryable {
-                    line.message = head;
+                    line.message = format!("{head}, waiting to try again");
                     line.bar.set_message(paint.running(&line.message));
                 } else {
                     finish(line, Mark::Failed, &e.actor, &total, &head);

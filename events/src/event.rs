@@ -350,10 +350,13 @@ impl Event {
                 };
                 format!("{} ok{via}{}", step.as_str(), outcome_summary(outcome))
             }
+            // A retryable failure promises nothing: the attempt may end
+            // (another node failed, Ctrl-C) before the next try; that try,
+            // when it comes, is its own `StepStarted`.
             Event::StepFailed { step, try_no, error, retryable } => format!(
-                "{} failed (try {try_no}, {}): {error}",
+                "{} failed (try {try_no}{}): {error}",
                 step.as_str(),
-                if *retryable { "will retry" } else { "gave up" }
+                if *retryable { "" } else { ", gave up" }
             ),
             Event::JoinGranted { node } => format!("{node} may join"),
             Event::RunCompleted => "run completed".into(),

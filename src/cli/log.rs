@@ -266,10 +266,17 @@ impl Printer {
             let mut at = Vec::with_capacity(24);
             view::write_rfc3339_ms(&mut at, e.at_ms);
             if self.run != Some(e.run) || self.day[..] != at[..10] {
+                let day = std::str::from_utf8(&at[..10]).expect("ASCII");
+                // A new run gets its header; a new UTC day within a run
+                // only a line with the date (the times are UTC).
+                let head = if self.run == Some(e.run) {
+                    format!("── {day} (times UTC) ──\n")
+                } else {
+                    format!("── run {} ── {day} (times UTC) ──\n", e.run)
+                };
+                self.line.extend_from_slice(head.as_bytes());
                 self.run = Some(e.run);
                 self.day.copy_from_slice(&at[..10]);
-                let day = std::str::from_utf8(&at[..10]).expect("ASCII");
-                self.line.extend_from_slice(format!("── run {} ── {day} (times UTC) ──\n", e.run).as_bytes());
             }
             let start = self.line.len();
             short_line(&mut self.line, e, &at);

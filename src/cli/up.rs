@@ -116,7 +116,10 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     // it. (Still single-threaded here: nothing reads the environment
     // concurrently.)
     std::env::remove_var(rmm_actors::context::secret::PASSWORD_ENV);
-    if plan.existing_rancher() && password.is_none() && !args.resume {
+    // Refused at once where there is no log yet; where there is one, a
+    // scale of a completed run takes the password stored by its first
+    // `up` (checked below, once the run is known).
+    if plan.existing_rancher() && password.is_none() && !args.resume && !dir.events().join("db").exists() {
         return Err(Error::Config(missing_password(&plan)));
     }
     if plan.driver == "ssh" {
@@ -199,6 +202,9 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         }
         (_, false) => None,
     };
+    if run.is_none() && plan.existing_rancher() && password.is_none() {
+        return Err(Error::Config(missing_password(&plan)));
+    }
     let plan = match (run, &scale) {
         (_, Some(target)) => target.clone(),
         (Some(id), None) => history.runs.iter().find(|r| r.id == id).expect("run in history").plan.clone(),

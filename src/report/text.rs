@@ -565,13 +565,19 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
         for bi in failures {
             let bar = &run.bars[bi];
             if let BarEnd::Failed { retryable, error } = &bar.end {
+                let actor = &run.actors[bar.actor];
+                let retried = actor.bars.iter().any(|&j| run.bars[j].step == bar.step && run.bars[j].start_seq > bar.start_seq);
                 let text = format!(
                     "  {} {} try {} (attempt {}, {}): {}",
-                    pen.clean(&run.actors[bar.actor].name),
+                    pen.clean(&actor.name),
                     bar.step.as_str(),
                     bar.try_no,
                     bar.attempt,
-                    if *retryable { "will retry" } else { "gave up" },
+                    match (retryable, retried) {
+                        (_, true) => "tried again",
+                        (true, false) => "not tried again: the attempt ended",
+                        (false, false) => "gave up",
+                    },
                     pen.clean(error)
                 );
                 for l in wrap(&text, width, 6) {

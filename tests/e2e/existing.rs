@@ -334,13 +334,19 @@ fn a_crashed_run_on_an_existing_rancher_resumes_without_the_password_and_makes_n
     let tokens = server.data(&token, "/v3/tokens");
     let ours = tokens.iter().filter(|t| t["description"].as_str().is_some_and(|s| s.starts_with("rmm run "))).count();
     assert_eq!(ours, 1, "one API token of the run: {tokens:?}");
+    // A scale (day two) needs no password either: the run's is stored.
+    let scaled = d.rmm(&["up", "--workers", "2"]).cmd_without_password().ok();
+    assert!(text(&scaled.stdout).contains("is active (1 master, 2 workers)"), "{}", text(&scaled.stdout));
+    let (_, ms) = server.cluster(&token, "gamma");
+    assert_eq!(ms.len(), 3, "the added worker joined, nothing twice: {ms:?}");
+    assert_eq!(machines(&d).len(), 3);
     // A down that dies right after its DELETE was sent (before the outcome
     // is recorded): the next `down` finishes it, deleting nothing twice.
     let died = d.rmm(&["down"]).env("RMM_CRASH_BEFORE_OUTCOME", "1").run();
     assert!(!died.status.success(), "the down crashed: {}", text(&died.stderr));
     let (v1, _) = server.cluster(&token, "gamma");
     assert!(v1.is_none_or(|c| c["metadata"]["deletionTimestamp"].is_string()), "the delete was sent");
-    assert_eq!(machines(&d).len(), 2, "no machine removed before the cluster is gone from Rancher");
+    assert_eq!(machines(&d).len(), 3, "no machine removed before the cluster is gone from Rancher");
     d.rmm(&["down"]).ok();
     assert!(server.cluster(&token, "gamma").0.is_none());
     assert!(machines(&d).is_empty());

@@ -38,8 +38,17 @@ fn a_permanent_create_failure_fails_the_run_with_its_cause_and_a_resume_after_th
     assert!(failures[3]["data"]["error"].as_str().unwrap().ends_with("(gave up after 4 tries)"), "{}", failures[3]);
     let shown: Vec<&str> = stderr.lines().filter(|l| l.contains("worker01") && l.contains("create_machine failed")).collect();
     assert_eq!(shown.len(), 4, "{stderr}");
-    assert!(shown[..3].iter().all(|l| l.contains("will retry")), "{stderr}");
-    assert!(shown[3].contains("gave up") && !shown[3].contains("will retry"), "{stderr}");
+    for (i, l) in shown.iter().enumerate() {
+        assert!(l.contains(&format!("failed (try {}", i + 1)) && !l.contains("will retry"), "{stderr}");
+    }
+    assert!(shown[..3].iter().all(|l| !l.contains("gave up")), "{stderr}");
+    assert!(shown[3].contains("gave up"), "{stderr}");
+    // The timeline's failures say what came of each try.
+    let timeline = text(&dir.rmm(&["log", "--timeline", "--actor", "worker01"]).ok().stdout);
+    let ends: Vec<&str> = timeline.lines().filter(|l| l.contains("create_machine try")).collect();
+    assert_eq!(ends.len(), 4, "{timeline}");
+    assert!(ends[..3].iter().all(|l| l.contains("tried again")), "{timeline}");
+    assert!(ends[3].contains("gave up"), "{timeline}");
 
     // A plain `up` refuses and names the way on.
     let refused = dir.rmm(&["up"]).code(3);
@@ -51,6 +60,35 @@ fn a_permanent_create_failure_fails_the_run_with_its_cause_and_a_resume_after_th
     assert_eq!(status["run"]["attempts"], 2);
     let rancher = ask_rancher(&dir);
     assert_eq!(rancher.nodes.len(), 2);
+}
+
+/// A try that fails while another node ends the run is not tried again,
+/// and nothing says it will be: not the live view's lines, not `rmm log`,
+/// not the timeline (issue 11).
+#[test]
+fn a_try_cut_off_by_another_nodes_failure_never_says_it_will_be_retried() {
+    let dir = TestDir::new();
+    // worker01's create fails at once and waits 20 s before its next try;
+    // the rancher chain fails for good (a wrong CA pin) long before that.
+    std::fs::write(dir.tmp.path().join("rmm.toml"), "[retry]\nbackoff_ms = 20000\n").unwrap();
+    let wrong = "0".repeat(64);
+    let out = dir
+        .rmm(&["up", "--masters", "1", "--workers", "1", "--ca-checksum", &wrong])
+        .env("RMM_LOCAL_FAIL_CREATE", "worker01:1000")
+        .code(1);
+    let stderr = text(&out.stderr);
+    let events = dir.events();
+    let w: Vec<_> = events.iter().filter(|e| e["actor"] == "worker01").collect();
+    let last = w.iter().rposition(|e| e["kind"] == "StepFailed").expect("worker01 failed a try");
+    assert_eq!(w[last]["data"]["retryable"], true, "{:?}", w[last]);
+    assert!(!w[last..].iter().any(|e| e["kind"] == "StepStarted"), "it was cut off, not tried again: {w:?}");
+    let log = text(&dir.rmm(&["log"]).ok().stdout);
+    let timeline = text(&dir.rmm(&["log", "--timeline"]).ok().stdout);
+    for said in [&stderr, &log, &timeline] {
+        assert!(!said.contains("will retry"), "{said}");
+    }
+    let end = timeline.lines().find(|l| l.contains("worker01 create_machine try")).expect(&timeline);
+    assert!(end.contains("not tried again: the attempt ended"), "{timeline}");
 }
 
 #[test]

@@ -410,6 +410,15 @@ fn a_synthetic_store_of_many_runs_reads_verifies_and_folds() {
     assert_eq!(status["run"]["last_seq"], 20000);
     // A show deep in the log finds its chain.
     dir.rmm(&["log", "show", "19999"]).ok();
+    // The text log heads each run once; a run that goes on past a UTC
+    // midnight (a resume hours later) gets a date line, not its run
+    // header again.
+    let listing = text(&dir.rmm(&["log", "--all-runs"]).ok().stdout);
+    let runs: std::collections::BTreeSet<&str> = all.iter().map(|e| e["run"].as_str().unwrap()).collect();
+    let heads: Vec<&str> = listing.lines().filter(|l| l.starts_with("── run ")).collect();
+    assert_eq!(heads.len(), runs.len(), "one header per run");
+    let day_lines = listing.lines().filter(|l| l.starts_with("── 20") && l.ends_with("(times UTC) ──")).count();
+    assert!(day_lines > 0, "the mix has a run that crosses a UTC midnight");
     // Hidden from help; refuses a store that is not empty.
     assert!(!text(&TestDir::new().rmm(&["--help"]).ok().stdout).contains("synth"));
     dir.rmm(&["synth", "--events", "10"]).code(3);

@@ -59,6 +59,23 @@ fn plan_says_what_up_would_make_and_remove_and_up_then_does_exactly_that() {
     std::fs::remove_dir_all(dir.state().join("world/machines/worker03")).unwrap();
     let p = plan(&dir, &["--refresh"], 2);
     assert_eq!(p["drift"]["missing"], serde_json::json!(["worker03"]), "{p}");
+    // …and a machine of the cluster the log does not know is an orphan.
+    let machines = dir.state().join("world/machines");
+    let copied = Command::new("cp").arg("-a").arg(machines.join("worker01")).arg(machines.join("worker09")).status().unwrap();
+    assert!(copied.success());
+    let record = machines.join("worker09/machine.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    m["name"] = "worker09".into();
+    std::fs::write(&record, serde_json::to_vec(&m).unwrap()).unwrap();
+    let p = plan(&dir, &["--refresh"], 2);
+    assert_eq!(p["drift"]["orphans"], serde_json::json!(["worker09"]), "{p}");
+    assert_eq!(p["drift"]["missing"], serde_json::json!(["worker03"]), "{p}");
+    let out = dir.rmm(&["plan", "--refresh"]).code(2);
+    assert!(text(&out.stdout).contains("worker09: the driver lists it for this cluster, the log does not know it (orphan)"), "{}", text(&out.stdout));
+    // Without --refresh the world is not asked: no drift.
+    let p = plan(&dir, &[], 0);
+    assert_eq!(p["drift"]["orphans"], serde_json::json!([]), "{p}");
+    std::fs::remove_dir_all(machines.join("worker09")).unwrap();
     dir.rmm(&["down"]).ok();
 }
 
