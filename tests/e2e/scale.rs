@@ -1,6 +1,6 @@
 //! Scale (issue 11): a completed cluster changed to another topology by
 //! `rmm up --workers N` / `--masters N`, through the real binary on the
-//! local world. 3+3 → 3+5 → 3+2 → 5+2: after each step the emulator,
+//! local world. 3+3 → 3+5 → 3+2 → 5+2 → 3+2: after each step the emulator,
 //! asked through its API, lists exactly the nodes of the plan, the local
 //! world holds exactly their machines, and nothing was created twice.
 //! Each scale step also runs through the crash matrix (a crash at every
@@ -120,30 +120,42 @@ fn scale_3_3_to_3_5_to_3_2_to_5_2_makes_and_removes_exactly_the_nodes_asked() {
         assert!(said.contains(&format!("({masters} masters, {workers} workers): scaled in")), "{said}");
         check_scaled(&dir, &format!("{masters}+{workers}"), *masters, *workers, 0, from);
     }
-    // Workers went highest-numbered first, one at a time, each deleted in
-    // Rancher (its CAPI machine gone) before its machine was removed.
+    // Masters back from 5 to 3: one etcd member at a time (5 → 4 keeps 4
+    // of 5 above quorum 3, 4 → 3 keeps 3 of 4 at quorum 3).
+    let from = next_attempt(&dir);
+    let out = dir.rmm(&["up", "--masters", "3"]).ok();
+    assert!(text(&out.stdout).contains("(3 masters, 2 workers): scaled in"), "{}", text(&out.stdout));
+    check_scaled(&dir, "5+2 → 3+2", 3, 2, 0, from);
+    // Workers (then masters) went highest-numbered first, one at a time,
+    // each deleted in Rancher (its CAPI machine gone) before its machine
+    // was removed.
     let events = dir.events();
     let order: Vec<(String, String)> = events
         .iter()
         .filter(|e| e["kind"] == "StepSucceeded" && ["delete_node", "remove_machine"].contains(&e["data"]["step"].as_str().unwrap()))
         .map(|e| (e["actor"].as_str().unwrap().to_string(), e["data"]["step"].as_str().unwrap().to_string()))
         .collect();
-    let expect: Vec<(String, String)> = ["worker05", "worker04", "worker03"]
+    let expect: Vec<(String, String)> = ["worker05", "worker04", "worker03", "master05", "master04"]
         .iter()
         .flat_map(|w| [(w.to_string(), "delete_node".to_string()), (w.to_string(), "remove_machine".to_string())])
         .collect();
     assert_eq!(order, expect);
     // The same run all along: one RunStarted, a PlanChanged per step.
     assert_eq!(events.iter().filter(|e| e["kind"] == "RunStarted").count(), 1);
-    assert_eq!(events.iter().filter(|e| e["kind"] == "PlanChanged").count(), 3);
+    assert_eq!(events.iter().filter(|e| e["kind"] == "PlanChanged").count(), 4);
+    // master05 left etcd before master04 started to: never two at once.
+    let at = |actor: &str, kind: &str, step: &str| {
+        events.iter().position(|e| e["actor"] == actor && e["kind"] == kind && e["data"]["step"] == step).unwrap()
+    };
+    assert!(at("master05", "StepSucceeded", "remove_machine") < at("master04", "StepStarted", "delete_node"));
     // The same topology again: nothing to do, nothing appended.
     let before = dir.events().len();
-    let out = dir.rmm(&["up", "--masters", "5", "--workers", "2"]).ok();
+    let out = dir.rmm(&["up", "--masters", "3", "--workers", "2"]).ok();
     assert!(text(&out.stdout).contains("Nothing to do"), "{}", text(&out.stdout));
     assert_eq!(dir.events().len(), before);
-    // `down` removes what is there now (rancher, 5 masters, 2 workers), not the removed ones again.
+    // `down` removes what is there now (rancher, 3 masters, 2 workers), not the removed ones again.
     let out = dir.rmm(&["down"]).ok();
-    assert!(text(&out.stdout).contains("Removed 8 machines"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("Removed 6 machines"), "{}", text(&out.stdout));
     assert_eq!(std::fs::read_dir(dir.state().join("world/machines")).map(|d| d.count()).unwrap_or(0), 0);
 }
 
@@ -199,9 +211,15 @@ fn scale_refusals_are_one_line_exit_2_and_change_nothing() {
 /// them is crashed at, resumed, and checked.
 fn scale_matrix(step: usize, var: &str) {
     let (flags, masters, workers) = STEPS[step];
+    scale_matrix_from(&|| before_step(step), flags, masters, workers, var);
+}
+
+/// The crash matrix of the scale `flags` (to `masters` + `workers`) from
+/// the cluster `start` makes.
+fn scale_matrix_from(start: &(dyn Fn() -> TestDir + Sync), flags: &[&str], masters: u32, workers: u32, var: &str) {
     let mut args = vec!["up"];
     args.extend_from_slice(flags);
-    let golden = before_step(step);
+    let golden = start();
     let from = next_attempt(&golden);
     let seq_before = golden.events().len();
     with_env(golden.rmm(&args), QUICK_CONTROLLERS).ok();
@@ -216,7 +234,7 @@ fn scale_matrix(step: usize, var: &str) {
     assert!(points >= 3, "a scale makes appends and effects: {points}");
     drop(golden);
     two_at_a_time((1..=points).collect(), |k| {
-        let dir = before_step(step);
+        let dir = start();
         let what = format!("{masters}+{workers} {var}={k}");
         let crashed = crash_command(&dir, &args, var, k, QUICK_CONTROLLERS);
         if crashed {
@@ -254,4 +272,23 @@ fn scale_crash_matrix_5_2_appends() {
 #[test]
 fn scale_crash_matrix_5_2_effects() {
     scale_matrix(2, "RMM_CRASH_BEFORE_OUTCOME");
+}
+
+/// Masters 5 → 3 (two etcd members leave, one at a time), crashed at every
+/// append and every effect. It starts from a fresh 5+2 (what the scales
+/// before it leave, made in one `up`, to keep the matrix affordable).
+fn five_two() -> TestDir {
+    let dir = TestDir::on(Kind::Rke2);
+    with_env(dir.rmm(&["up", "--masters", "5", "--workers", "2"]), QUICK_CONTROLLERS).ok();
+    dir
+}
+
+#[test]
+fn scale_crash_matrix_masters_5_to_3_appends() {
+    scale_matrix_from(&five_two, &["--masters", "3"], 3, 2, "RMM_CRASH_AFTER_APPEND");
+}
+
+#[test]
+fn scale_crash_matrix_masters_5_to_3_effects() {
+    scale_matrix_from(&five_two, &["--masters", "3"], 3, 2, "RMM_CRASH_BEFORE_OUTCOME");
 }
