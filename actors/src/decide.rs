@@ -296,6 +296,7 @@ mod tests {
     }
 
     /// A little history builder: `given().attempt(1).started(..)…`.
+    #[derive(Clone)]
     struct Given {
         run: Uuid,
         attempt: u32,
@@ -400,6 +401,21 @@ mod tests {
         let g = g.ok("worker01", Step::CheckMachine, Outcome::MachineStartedAgain { state: "stopped".into(), ip: "10.0.0.9".into() }).attempt(3);
         assert_eq!(g.state().actor("worker01").unwrap().ip(), Some("10.0.0.9"));
         assert_eq!(g.next("worker01", NODE_STEPS, true), Next::Run { step: Step::CheckMachine, try_no: 1, delay_ms: 0 });
+    }
+
+    #[test]
+    fn a_server_that_was_restarted_makes_the_attempt_ask_again_whether_the_cluster_is_ready() {
+        let mut g = given();
+        for s in V1_RANCHER_STEPS {
+            g = g.done("rancher", *s, machine());
+        }
+        assert_eq!(g.next("rancher", V1_RANCHER_STEPS, true), Next::Done);
+        // Running as it was: nothing more to ask.
+        let g2 = g.clone().attempt(2).ok("rancher", Step::CheckServer, Outcome::ServerRunning);
+        assert_eq!(g2.next("rancher", V1_RANCHER_STEPS, true), Next::Done);
+        // Down and started again: the cluster's readiness is asked again.
+        let g3 = g.attempt(2).ok("rancher", Step::CheckServer, Outcome::ServerRestarted { state: "exited".into() });
+        assert_eq!(g3.next("rancher", V1_RANCHER_STEPS, true), Next::Run { step: Step::WaitClusterReady, try_no: 1, delay_ms: 0 });
     }
 
     #[test]

@@ -84,6 +84,18 @@ impl ActorState {
                     *step,
                     StepState::Succeeded { outcome: outcome.clone(), started_ms, ended_ms: env.at_ms, tries },
                 );
+                // A server that was down (or made again) and is back: the
+                // cluster it reports was ready before it went; whether it
+                // is ready now is asked again before the attempt can end
+                // (agents reconnect within Rancher's grace; a cluster that
+                // does not come back fails the wait with its reason).
+                if let Outcome::ServerRestarted { .. } = outcome {
+                    for wait in [Step::WaitClusterReady, Step::WaitClusterActive] {
+                        if matches!(self.steps.get(&wait), Some(StepState::Succeeded { .. })) {
+                            self.steps.remove(&wait);
+                        }
+                    }
+                }
             }
             Event::StepFailed { step, try_no, error, retryable } => {
                 let started_ms = match self.steps.get(step) {

@@ -91,6 +91,31 @@ fn a_resume_starts_a_dead_rancher_server_again_records_it_and_completes() {
     assert_eq!(status["rancher"]["server"]["answering"], true, "{status}");
 }
 
+/// A completed cluster whose server went down, then scaled: the scale's
+/// attempt starts the server again and asks again whether the cluster is
+/// ready before it says so (the readiness seen before the server went
+/// says nothing about now).
+#[test]
+fn a_scale_after_the_server_died_starts_it_again_and_asks_again_whether_the_cluster_is_ready() {
+    let dir = TestDir::new();
+    dir.rmm(&["up", "--masters", "1", "--workers", "1"]).ok();
+    kill_container(&dir);
+    dir.rmm(&["up", "--workers", "2"]).ok();
+    let events = dir.events();
+    let attempt = events.iter().filter_map(|e| e["attempt"].as_u64()).max().unwrap();
+    assert_eq!(attempt, 2);
+    let in_scale = |step: &str| {
+        events.iter().any(|e| e["attempt"] == 2 && e["actor"] == "rancher" && e["kind"] == "StepSucceeded" && e["data"]["step"] == step)
+    };
+    assert!(in_scale("check_server") && in_scale("wait_cluster_ready"), "the scale asked Rancher again");
+    let restarted = events.iter().find(|e| e["attempt"] == 2 && e["data"]["step"] == "check_server" && e["kind"] == "StepSucceeded").unwrap();
+    assert_eq!(restarted["data"]["outcome"]["server_restarted"]["state"], "exited", "{restarted}");
+    let ready = events.iter().rposition(|e| e["data"]["step"] == "wait_cluster_ready" && e["kind"] == "StepSucceeded").unwrap();
+    let check = events.iter().rposition(|e| e["data"]["step"] == "check_server" && e["kind"] == "StepSucceeded").unwrap();
+    assert!(check < ready, "readiness asked after the server came back");
+    assert_eq!(dir.status()["run"]["state"], "completed");
+}
+
 #[test]
 fn a_server_that_cannot_bind_its_port_is_waited_for_and_the_resume_completes_once_it_is_free() {
     let dir = TestDir::new();
