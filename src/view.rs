@@ -360,7 +360,8 @@ fn write_outcome(out: &mut Vec<u8>, outcome: &rmm_events::Outcome) {
         | O::MachineStartedAgain { .. }
         | O::MachineMadeAgain { .. }
         | O::HostClaimed { .. }
-        | O::NodeDeleted { .. } => {
+        | O::NodeDeleted { .. }
+        | O::ApiTokensDeleted { .. } => {
             // Through a Value: its keys come out sorted, as serde_json's own event JSON has them.
             let v = serde_json::to_value(outcome).expect("an Outcome is JSON");
             serde_json::to_writer(&mut *out, &v).expect("writing JSON into a Vec never fails")

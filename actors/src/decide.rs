@@ -80,9 +80,9 @@ pub const EXISTING_V1_RANCHER_STEPS: &[Step] = &[
 ];
 
 /// `rmm down` of a run on an existing Rancher: the rancher actor deletes
-/// the cluster in Rancher (and waits until it is gone); the server itself
-/// is never touched. The nodes' machines are removed only after that.
-pub const EXISTING_DOWN_RANCHER_STEPS: &[Step] = &[Step::DeleteCluster];
+/// the cluster in Rancher (and waits until it is gone), then the run's
+/// tokens there; the server itself is never touched. The nodes' machines are removed only after that.
+pub const EXISTING_DOWN_RANCHER_STEPS: &[Step] = &[Step::DeleteCluster, Step::DeleteApiTokens];
 
 /// The steps an actor of `role` runs in a run of this plan: [`steps_for`],
 /// except on an existing Rancher (`plan.rancher_url`).

@@ -142,6 +142,11 @@ pub fn prepare(call: &StepCall<'_>) -> StepResult<String> {
             rancher_url(call)?,
             ctx.plan.timeouts.active_s
         ),
+        Step::DeleteApiTokens => format!(
+            "the run's API tokens and login sessions in Rancher at {} (`rmm run {}`)",
+            rancher_url(call)?,
+            ctx.undo.as_ref().map(|u| u.run).unwrap_or(ctx.run)
+        ),
         Step::DeleteNode => format!(
             "{} of node {} in Rancher, until Rancher has let it go (timeout {}s); then its machine is removed",
             if ctx.plan.distribution.is_v1() { "the CAPI machine" } else { "the v3 node" },
@@ -217,6 +222,7 @@ async fn effect_once(call: &StepCall<'_>) -> StepResult<Outcome> {
     }
     match call.step {
         Step::DeleteCluster => v1::delete_cluster(call).await,
+        Step::DeleteApiTokens => v1::delete_api_tokens(call).await,
         Step::DeleteNode if call.ctx.plan.distribution.is_v1() => v1::delete_node(call).await,
         Step::DeleteNode => delete_node(call).await,
         Step::CreateMachine => create_machine(call).await,
@@ -326,7 +332,9 @@ pub async fn probe(call: &StepCall<'_>) -> StepResult<Option<Outcome>> {
         // Deleting again is harmless (404 counts as deleted), then it waits.
         | Step::DeleteCluster
         // Deleting is idempotent (404 counts as gone) and so is the wait.
-        | Step::DeleteNode => Ok(None),
+        | Step::DeleteNode
+        // Deleting again finds what is left (none, after a done delete).
+        | Step::DeleteApiTokens => Ok(None),
     }
 }
 

@@ -117,6 +117,10 @@ pub enum Step {
     /// machine; rke1: its v3 node) and wait until Rancher has let it go
     /// (finalizers done, 404). Its machine is removed only after that.
     DeleteNode,
+    /// `rmm down` of a run on an existing Rancher, after `DeleteCluster`:
+    /// the run's credentials in that Rancher are deleted (its API tokens,
+    /// its login sessions), so nothing rmm made there outlives the run.
+    DeleteApiTokens,
 }
 
 impl Step {
@@ -173,6 +177,7 @@ impl Step {
             Step::DeleteCluster => "delete_cluster",
             Step::CheckMachine => "check_machine",
             Step::DeleteNode => "delete_node",
+            Step::DeleteApiTokens => "delete_api_tokens",
         }
     }
 }
@@ -243,6 +248,9 @@ pub enum Outcome {
     /// `DeleteNode`: Rancher let the node go (`machine`: the CAPI machine,
     /// or the v3 node id on rke1; empty when Rancher had none left).
     NodeDeleted { machine: String },
+    /// `DeleteApiTokens`: `deleted` tokens of the run (API tokens and
+    /// login sessions) were deleted; none of them is left in Rancher.
+    ApiTokensDeleted { deleted: u32 },
 }
 
 /// How a step's outcome was established.
@@ -407,6 +415,7 @@ fn outcome_summary(outcome: &Outcome) -> String {
         Outcome::HostClaimed { ip, host_key } => format!(": ip {ip}, host key {host_key}"),
         Outcome::NodeDeleted { machine } if machine.is_empty() => ": gone from Rancher".into(),
         Outcome::NodeDeleted { machine } => format!(": {machine} gone from Rancher"),
+        Outcome::ApiTokensDeleted { deleted } => format!(": {deleted} deleted, none of the run's left"),
         Outcome::Ready
         | Outcome::ClusterActive
         | Outcome::AgentStarted

@@ -89,6 +89,8 @@ fn added_later() -> Vec<(u8, &'static str, Event)> {
         (4, "delete_node_started", Event::StepStarted { step: Step::DeleteNode, try_no: 1, detail: "the CAPI machine of node worker05".into() }),
         (4, "node_deleted", ok(Step::DeleteNode, Outcome::NodeDeleted { machine: "custom-0123456789ab".into() })),
         (4, "step_interrupted", Event::StepInterrupted { step: Step::WaitClusterReady, try_no: 1, reason: "stopped by a signal".into() }),
+        (4, "delete_api_tokens_started", Event::StepStarted { step: Step::DeleteApiTokens, try_no: 1, detail: "the run's API tokens and login sessions".into() }),
+        (4, "api_tokens_deleted", ok(Step::DeleteApiTokens, Outcome::ApiTokensDeleted { deleted: 2 })),
     ]
 }
 

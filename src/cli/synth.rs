@@ -256,6 +256,7 @@ impl Gen {
             Step::DeleteCluster => Outcome::ClusterDeleted { management_id: "c-m-1".into() },
             Step::CheckMachine => Outcome::MachineUp { ip: ip.into() },
             Step::DeleteNode => Outcome::NodeDeleted { machine: "custom-1".into() },
+            Step::DeleteApiTokens => Outcome::ApiTokensDeleted { deleted: 2 },
         }
     }
 

@@ -109,6 +109,7 @@ pub fn short_step(step: Step) -> &'static str {
         Step::DeleteCluster => "delete",
         Step::CheckMachine => "machine",
         Step::DeleteNode => "delnode",
+        Step::DeleteApiTokens => "deltokens",
     }
 }
 

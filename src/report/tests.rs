@@ -148,6 +148,7 @@ fn outcome(step: Step) -> Outcome {
         Step::DeleteCluster => Outcome::ClusterDeleted { management_id: "c-m-1".into() },
         Step::CheckMachine => Outcome::MachineUp { ip: "127.0.0.2".into() },
         Step::DeleteNode => Outcome::NodeDeleted { machine: "custom-1".into() },
+        Step::DeleteApiTokens => Outcome::ApiTokensDeleted { deleted: 1 },
     }
 }
 

@@ -293,8 +293,19 @@ fn an_existing_rancher_takes_the_bootstrap_then_the_admin_password_and_down_leav
     // node machines go, the server stays and keeps the other cluster.
     let mgmt = a.status()["rancher"]["cluster_id"].as_str().expect("a management id").to_string();
     assert!(mgmt.starts_with("c-m-"), "{mgmt}");
+    let a_run = a.events()[0]["run"].as_str().unwrap().to_string();
+    let described = |run: &str| {
+        server.data(&token, "/v3/tokens").into_iter().filter(|t| t["description"] == format!("rmm run {run}")).count()
+    };
+    assert_eq!(described(&a_run), 1, "alpha's run holds one API token");
     let down = a.rmm(&["down"]).ok();
     assert!(text(&down.stdout).contains("Deleted cluster alpha in Rancher"), "{}", text(&down.stdout));
+    // The run's credentials in this shared Rancher went with its cluster;
+    // the other run's are untouched.
+    assert_eq!(described(&a_run), 0, "alpha's API token is deleted by its down");
+    let b_run = b.events()[0]["run"].as_str().unwrap().to_string();
+    assert_eq!(described(&b_run), 1, "beta's API token stays");
+    assert!(a.events().iter().any(|e| e["kind"] == "StepSucceeded" && e["data"]["step"] == "delete_api_tokens"));
     assert!(machines(&a).is_empty(), "the node machines are removed: {:?}", machines(&a));
     let (v1, ms) = server.cluster(&token, "alpha");
     assert!(v1.is_none() && ms.is_empty(), "alpha is gone from Rancher: {v1:?} {ms:?}");
@@ -349,6 +360,12 @@ fn a_crashed_run_on_an_existing_rancher_resumes_without_the_password_and_makes_n
     assert_eq!(machines(&d).len(), 3, "no machine removed before the cluster is gone from Rancher");
     d.rmm(&["down"]).ok();
     assert!(server.cluster(&token, "gamma").0.is_none());
+    let left: Vec<Value> = server
+        .data(&token, "/v3/tokens")
+        .into_iter()
+        .filter(|t| t["description"].as_str().is_some_and(|s| s.starts_with("rmm run ")))
+        .collect();
+    assert!(left.is_empty(), "no token of the run is left in Rancher: {left:?}");
     assert!(machines(&d).is_empty());
     assert_eq!(server.get_public("/ping").as_deref(), Some("pong"));
 }

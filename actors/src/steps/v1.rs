@@ -925,3 +925,49 @@ pub async fn wait_machine_running(call: &StepCall<'_>) -> StepResult<Outcome> {
     })
     .await
 }
+
+/// `rmm down` on an existing Rancher, once its cluster is gone: the run's
+/// credentials in that Rancher are deleted, so no admin-scoped token rmm
+/// made outlives the run (an API token made without a TTL never expires
+/// on its own: rancher docs, "API Tokens"). Its API tokens are found by
+/// their description (`rmm run <up run>`, and `rmm run <this down>` for one
+/// a renewal made here), its login sessions by the ids rmm holds. The
+/// others go first and the token rmm calls with last: Rancher lets a
+/// derived (API) token delete itself, never a login session ("Cannot
+/// delete token for current session. Use logout instead": rancher
+/// `pkg/auth/tokens/manager.go` `deleteToken`, refused only when
+/// `currentAuthToken.Name == t.Name && !currentAuthToken.IsDerived`), so a
+/// session rmm calls with (a run that never made its API token) is left to
+/// expire (`auth-user-session-ttl-minutes`, 16 h by default). A 404 counts
+/// as deleted; a try again after a crash that took the caller's token
+/// gets a new one (`effect`'s 401 path) and deletes that too.
+pub async fn delete_api_tokens(call: &StepCall<'_>) -> StepResult<Outcome> {
+    let ctx = call.ctx;
+    let api = rancher_api(call)?;
+    let caller = auth(ctx)?;
+    let id_of = |s: &Secret| s.expose().split(':').next().unwrap_or_default().to_string();
+    let caller_id = id_of(&caller);
+    let mut runs = vec![ctx.run];
+    runs.extend(ctx.undo.as_ref().map(|u| u.run));
+    let descriptions: Vec<String> = runs.iter().map(|r| format!("rmm run {r}")).collect();
+    let sessions: Vec<String> =
+        runs.iter().filter_map(|r| ctx.secrets.get(&format!("{r}/{}", secret::LOGIN_TOKEN))).map(|s| id_of(&s)).collect();
+    let listed = api.list_tokens(&caller).await?;
+    let mut ours: Vec<String> = listed
+        .iter()
+        .filter(|t| descriptions.contains(&t.description) || sessions.contains(&t.id))
+        .map(|t| t.id.clone())
+        .collect();
+    // The caller last: once it is gone, nothing more can be asked.
+    ours.sort_by_key(|id| *id == caller_id);
+    let caller_is_ours = descriptions.iter().any(|d| listed.iter().any(|t| t.id == caller_id && &t.description == d));
+    let mut deleted = 0;
+    for id in &ours {
+        if *id == caller_id && !caller_is_ours {
+            continue; // a login session: left to expire (see above)
+        }
+        api.delete_token(&caller, id).await?;
+        deleted += 1;
+    }
+    Ok(Outcome::ApiTokensDeleted { deleted })
+}
