@@ -114,7 +114,7 @@ pub fn run(args: PlanArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
                 Some(t) if t.driver == "ssh" => {
                     ssh_scale_settings(dir, &ssh, t, r)?;
                 }
-                None if r.plan.driver == "ssh" => {
+                None if r.plan.driver == "ssh" && !ssh.hosts.is_empty() => {
                     check_ssh_hosts(&ssh, &r.plan)?;
                 }
                 _ => {}

@@ -158,7 +158,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     let run = match (&latest, args.resume) {
         (Some(r), false) if scale.is_some() => Some(r.id),
         (Some(r), false) if r.kind == RunKind::Up && r.status == RunStatus::Completed => {
-            if r.plan.driver == "ssh" {
+            if r.plan.driver == "ssh" && !ssh.hosts.is_empty() {
                 // Hosts added or dropped without the counts: not "nothing to do".
                 check_ssh_hosts(&ssh, &r.plan)?;
             }

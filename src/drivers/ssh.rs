@@ -985,6 +985,55 @@ mod tests {
         assert_eq!((w2.address.as_str(), w2.ip.as_str(), w2.sudo), ("node-w2", "10.0.0.22", true));
     }
 
+    fn hosts(toml_text: &str) -> SshConfig {
+        toml::from_str::<SshFile>(toml_text).unwrap().resolve().unwrap()
+    }
+
+    fn names(cfg: &SshConfig) -> Vec<&str> {
+        cfg.hosts.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_scale_merges_the_recorded_hosts_with_the_new_ones_and_refuses_a_moved_one() {
+        let recorded = hosts(
+            "user = \"ubuntu\"\ncommand_timeout_s = 60\n[[hosts]]\nname = \"rancher\"\naddress = \"10.0.0.10\"\n[[hosts]]\nname = \"master01\"\naddress = \"10.0.0.11\"\nsudo = false\n[[hosts]]\nname = \"worker01\"\naddress = \"10.0.0.21\"\n[[hosts]]\nname = \"worker02\"\naddress = \"10.0.0.22\"\n[[hosts]]\nname = \"worker03\"\naddress = \"10.0.0.23\"\n",
+        );
+        // rmm.toml now: worker02 and worker03 gone, worker04 new; master01's
+        // sudo and [ssh]'s timeout changed (not a move: the recorded stay).
+        let file = hosts(
+            "user = \"ubuntu\"\ncommand_timeout_s = 5\n[[hosts]]\nname = \"rancher\"\naddress = \"10.0.0.10\"\n[[hosts]]\nname = \"master01\"\naddress = \"10.0.0.11\"\n[[hosts]]\nname = \"worker01\"\naddress = \"10.0.0.21\"\n[[hosts]]\nname = \"worker04\"\naddress = \"10.0.0.24\"\n",
+        );
+        let planned = strings(&["rancher", "master01", "worker01", "worker04"]);
+        // worker03's removal is recorded already (an earlier scale): dropped.
+        let live = strings(&["rancher", "master01", "worker01", "worker02"]);
+        let merged = merge_for_scale(&recorded, &file, &planned, &live).unwrap();
+        assert_eq!(names(&merged), ["rancher", "master01", "worker01", "worker04", "worker02"]);
+        assert!(!merged.hosts[1].sudo, "a kept host keeps its recorded settings");
+        assert_eq!(merged.command_timeout_s, 60, "[ssh]'s own settings stay the recorded");
+        assert_eq!(merged.hosts[3], file.hosts[3], "a new host is rmm.toml's");
+        assert_eq!(merged.hosts[4], recorded.hosts[3], "a host being removed keeps its recorded settings");
+        // A host removed earlier and back: rmm.toml's, even at another address.
+        let back = hosts("[[hosts]]\nname = \"rancher\"\naddress = \"10.0.0.10\"\nuser = \"ubuntu\"\n[[hosts]]\nname = \"worker03\"\naddress = \"10.0.0.99\"\n");
+        let merged = merge_for_scale(&recorded, &back, &strings(&["rancher", "worker03"]), &strings(&["rancher"])).unwrap();
+        assert_eq!(merged.hosts[1].address, "10.0.0.99");
+        // A kept machine moved (address, port or user): one line naming it and `rmm down`.
+        for (from, to, says) in [
+            ("address = \"10.0.0.21\"", "address = \"10.0.0.31\"", "worker01 address 10.0.0.31 (it was claimed with 10.0.0.21), ip 10.0.0.31 (it was claimed with 10.0.0.21)"),
+            ("name = \"worker01\"\naddress = \"10.0.0.21\"", "name = \"worker01\"\naddress = \"10.0.0.21\"\nport = 2222", "worker01 port 2222 (it was claimed with 22)"),
+            ("name = \"master01\"\naddress = \"10.0.0.11\"", "name = \"master01\"\naddress = \"10.0.0.11\"\nuser = \"root\"", "master01 user root (it was claimed with ubuntu)"),
+        ] {
+            let moved = hosts(
+                &"user = \"ubuntu\"\n[[hosts]]\nname = \"rancher\"\naddress = \"10.0.0.10\"\n[[hosts]]\nname = \"master01\"\naddress = \"10.0.0.11\"\n[[hosts]]\nname = \"worker01\"\naddress = \"10.0.0.21\"\n[[hosts]]\nname = \"worker04\"\naddress = \"10.0.0.24\"\n".replace(from, to),
+            );
+            let e = merge_for_scale(&recorded, &moved, &planned, &live).unwrap_err();
+            assert!(e.contains(says) && e.contains("cannot move a node") && e.contains("`rmm down`") && !e.contains('\n'), "{e}");
+        }
+    }
+
     #[test]
     fn hosts_resolve_with_defaults_and_sudo_for_non_root() {
         let file: SshFile = toml::from_str(
