@@ -22,7 +22,7 @@ use rmm_actors::decide::{next_step, plan_steps, Next, SCALE_DOWN_STEPS};
 use rmm_events::{History, Role, RunKind, RunState, RunStatus, Step, StepState};
 use serde_json::{json, Value};
 
-use crate::cli::up::{scale_target, ConfigFileSource, Given, UpArgs};
+use crate::cli::up::{check_ssh_hosts, scale_target, ssh_scale_settings, ConfigFileSource, Given, UpArgs};
 use crate::engine;
 use crate::error::{Error, Result};
 use crate::state_dir::{fold_latest, StateDir};
@@ -72,6 +72,7 @@ impl Plan {
 pub fn run(args: PlanArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()> {
     let file = config.load()?;
     let given = Given::of(&args.up, &file);
+    let ssh = file.ssh.clone();
     let asked = file.plan(&args.up.overrides())?;
     let history = if dir.exists() {
         let log = dir.open_store_for_reading()?;
@@ -106,7 +107,19 @@ pub fn run(args: PlanArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
         Some(r) if r.kind == RunKind::Up => {
             p.cluster = r.plan.cluster_name.clone();
             p.run = Some(r.id.to_string());
-            if let Some(target) = scale_target(&given, &asked, &r.plan)? {
+            let target = scale_target(&given, &asked, &r.plan)?;
+            // ssh: `up`'s refusals (hosts that are not the plan's machines,
+            // a kept machine moved), without writing the merged settings.
+            match &target {
+                Some(t) if t.driver == "ssh" => {
+                    ssh_scale_settings(dir, &ssh, t, r)?;
+                }
+                None if r.plan.driver == "ssh" && !ssh.hosts.is_empty() => {
+                    check_ssh_hosts(&ssh, &r.plan)?;
+                }
+                _ => {}
+            }
+            if let Some(target) = target {
                 p.action = "scale";
                 let mut after = r.clone();
                 after.plan = target.clone();

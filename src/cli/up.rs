@@ -122,12 +122,12 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     if plan.existing_rancher() && password.is_none() && !args.resume && !dir.events().join("db").exists() {
         return Err(Error::Config(missing_password(&plan)));
     }
-    if plan.driver == "ssh" {
-        // An existing Rancher (rancher_url) needs no rancher host.
-        let machines = if plan.existing_rancher() { plan.node_names() } else { plan.machine_names() };
-        let names: Vec<String> = machines.into_iter().map(|(n, _)| n).collect();
-        crate::drivers::ssh::check_hosts(&ssh.resolve().map_err(Error::Config)?, &names, plan.existing_rancher())
-            .map_err(Error::Config)?;
+    // The hosts match the plan, checked before anything is made where
+    // there is no run yet; with a log, once the plan `up` goes on with is
+    // known (a scale's, below).
+    let fresh = !dir.events().join("db").exists();
+    if plan.driver == "ssh" && fresh && !args.resume {
+        check_ssh_hosts(&ssh, &plan)?;
     }
     // A log deleted beside a live world is not a fresh start: a new log
     // would fail on every machine and bury the evidence.
@@ -161,6 +161,10 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     let run = match (&latest, args.resume) {
         (Some(r), false) if scale.is_some() => Some(r.id),
         (Some(r), false) if r.kind == RunKind::Up && r.status == RunStatus::Completed => {
+            if r.plan.driver == "ssh" && !ssh.hosts.is_empty() {
+                // Hosts added or dropped without the counts: not "nothing to do".
+                check_ssh_hosts(&ssh, &r.plan)?;
+            }
             let mut out = crate::cli::stdout();
             let _ = writeln!(
                 out,
@@ -210,6 +214,16 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         (Some(id), None) => history.runs.iter().find(|r| r.id == id).expect("run in history").plan.clone(),
         (None, None) => plan,
     };
+    // ssh: rmm.toml's hosts are the new plan's machines; a scale goes on
+    // with the recorded hosts merged with rmm.toml's (refused, before
+    // anything is written, when a kept machine moved).
+    let ssh_scale = match (&scale, &latest) {
+        (Some(target), Some(r)) if target.driver == "ssh" => Some(ssh_scale_settings(dir, &ssh, target, r)?),
+        _ => None,
+    };
+    if plan.driver == "ssh" && !args.resume && !fresh && ssh_scale.is_none() {
+        check_ssh_hosts(&ssh, &plan)?;
+    }
     if let (Some(id), true) = (run, plan.existing_rancher()) {
         keep_password(dir, id, password.as_ref(), &plan)?;
     }
@@ -232,6 +246,12 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     if plan.driver == "ssh" && run.is_none() {
         // A new run takes rmm.toml's hosts; a resume keeps its run's.
         crate::drivers::ssh::settings(dir.root(), Some(&ssh), true).map_err(Error::Config)?;
+    }
+    if let Some(merged) = &ssh_scale {
+        // Recorded before the scale's attempt begins: its resume (which
+        // reads only the recorded settings) still reaches the hosts it
+        // removes, which rmm.toml no longer names.
+        crate::drivers::ssh::record_settings(dir.root(), merged).map_err(Error::Config)?;
     }
     let driver = engine::driver_for(&plan, dir, &history)?;
     let before = scale.as_ref().and_then(|_| latest.clone());
@@ -396,15 +416,47 @@ pub fn scale_target(
     if masters != recorded.masters {
         check_masters(recorded.masters, masters).map_err(Error::Config)?;
     }
-    if recorded.driver == "ssh" {
-        // Its hosts are recorded at the run's start (`drivers::ssh::settings`);
-        // a scale would need them merged, which is not built yet.
-        return Err(Error::Config(format!(
-            "driver ssh cannot scale cluster {} yet (its hosts are fixed when the run starts): remove it with `rmm down`, then `rmm up` with the new [[ssh.hosts]]",
-            recorded.cluster_name
-        )));
-    }
     Ok(Some(rmm_events::Plan { masters, workers, ..recorded.clone() }))
+}
+
+/// The machines of `plan` on the ssh driver: masters + workers + the
+/// rancher host, which an existing Rancher (`rancher_url`) does not need.
+fn ssh_machines(plan: &rmm_events::Plan) -> Vec<String> {
+    let machines = if plan.existing_rancher() { plan.node_names() } else { plan.machine_names() };
+    machines.into_iter().map(|(n, _)| n).collect()
+}
+
+/// Refuses (exit 2, one line) rmm.toml's `[[ssh.hosts]]` when they are not
+/// exactly `plan`'s machines; else they, resolved.
+pub(crate) fn check_ssh_hosts(ssh: &crate::drivers::ssh::SshFile, plan: &rmm_events::Plan) -> Result<crate::drivers::ssh::SshConfig> {
+    let cfg = ssh.resolve().map_err(Error::Config)?;
+    crate::drivers::ssh::check_hosts(&cfg, &ssh_machines(plan), plan.existing_rancher()).map_err(Error::Config)?;
+    Ok(cfg)
+}
+
+/// The machines run `r` holds: its create step recorded (a claim made or
+/// in doubt), its removal not.
+pub(crate) fn held_machines(r: &rmm_events::RunState) -> Vec<String> {
+    r.actors
+        .iter()
+        .filter(|(_, a)| a.step(rmm_events::Step::CreateMachine).is_some() && !a.done(rmm_events::Step::RemoveMachine))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The ssh settings a scale of the completed run `r` to `target` goes on
+/// with ([`crate::drivers::ssh::merge_for_scale`]): rmm.toml's hosts must
+/// be `target`'s machines, and a machine the run keeps must not have moved.
+/// Nothing is written.
+pub(crate) fn ssh_scale_settings(
+    dir: &StateDir,
+    ssh: &crate::drivers::ssh::SshFile,
+    target: &rmm_events::Plan,
+    r: &rmm_events::RunState,
+) -> Result<crate::drivers::ssh::SshConfig> {
+    let file = check_ssh_hosts(ssh, target)?;
+    let recorded = crate::drivers::ssh::settings(dir.root(), None, false).map_err(Error::Config)?;
+    crate::drivers::ssh::merge_for_scale(&recorded, &file, &ssh_machines(target), &held_machines(r)).map_err(Error::Config)
 }
 
 /// Masters change only to odd counts, and leave one at a time; rmm never

@@ -191,8 +191,7 @@ pub fn settings(state_dir: &Path, file: Option<&SshFile>, record: bool) -> Resul
     let path = state_dir.join(SETTINGS_FILE);
     if record {
         let cfg = file.cloned().unwrap_or_default().resolve()?;
-        let text = serde_json::to_vec_pretty(&cfg).map_err(|e| e.to_string())?;
-        crate::drivers::local::write_atomic(&path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        record_settings(state_dir, &cfg)?;
         return Ok(cfg);
     }
     match std::fs::read_to_string(&path) {
@@ -200,6 +199,73 @@ pub fn settings(state_dir: &Path, file: Option<&SshFile>, record: bool) -> Resul
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => file.cloned().unwrap_or_default().resolve(),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
+}
+
+/// Records `cfg` as the settings of the state dir's run (atomically: a
+/// crash leaves the old file or the new one).
+pub fn record_settings(state_dir: &Path, cfg: &SshConfig) -> Result<(), String> {
+    let path = state_dir.join(SETTINGS_FILE);
+    let text = serde_json::to_vec_pretty(cfg).map_err(|e| e.to_string())?;
+    crate::drivers::local::write_atomic(&path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The settings a scale of a completed run goes on with (issue 11): the
+/// recorded ones (`recorded`, from the run's first `up` or its last scale)
+/// merged with rmm.toml's (`file`), never replaced by them:
+/// * a machine of the new plan the run holds (`live`: claimed, not
+///   removed) keeps its recorded host; rmm.toml must give it the same
+///   address, ip, port and user (rmm cannot move a node: refused, one line
+///   naming the machine and `rmm down`); its other keys stay the recorded;
+/// * a machine of the new plan the run does not hold (new, or removed by
+///   an earlier scale and now back) is taken from rmm.toml;
+/// * a machine the run holds that the new plan drops keeps its recorded
+///   host until its removal is recorded: the removal (uninstall scripts,
+///   the claim) runs on it, also in a resume after a crash, when rmm.toml
+///   no longer names it;
+/// * a recorded host the run no longer holds is dropped.
+///
+/// `[ssh]`'s own settings (binary, options, known_hosts, timeouts,
+/// rancher_port) stay the recorded ones: the hosts the run holds are
+/// reached as they were.
+pub fn merge_for_scale(recorded: &SshConfig, file: &SshConfig, planned: &[String], live: &[String]) -> Result<SshConfig, String> {
+    let mut hosts = Vec::new();
+    for name in planned {
+        let given = file.hosts.iter().find(|h| &h.name == name);
+        let kept = recorded.hosts.iter().find(|h| &h.name == name).filter(|_| live.contains(name));
+        match (kept, given) {
+            (Some(old), Some(new)) => {
+                let port = |h: &HostConfig| h.port.unwrap_or(22).to_string();
+                let user = |h: &HostConfig| h.user.clone().unwrap_or_else(|| "ssh's default".into());
+                let fields: [(&str, String, String); 4] = [
+                    ("address", new.address.clone(), old.address.clone()),
+                    ("ip", new.ip.clone(), old.ip.clone()),
+                    ("port", port(new), port(old)),
+                    ("user", user(new), user(old)),
+                ];
+                let changed: Vec<String> = fields
+                    .iter()
+                    .filter(|(_, new, old)| new != old)
+                    .map(|(what, new, old)| format!("{what} {new} (it was claimed with {old})"))
+                    .collect();
+                if !changed.is_empty() {
+                    return Err(format!(
+                        "driver ssh: rmm.toml gives {name} {}; rmm cannot move a node: put its [[ssh.hosts]] entry back as it was, or remove the cluster with `rmm down`, then `rmm up` makes it anew",
+                        changed.join(", ")
+                    ));
+                }
+                hosts.push(old.clone());
+            }
+            (Some(old), None) => hosts.push(old.clone()),
+            (None, Some(new)) => hosts.push(new.clone()),
+            (None, None) => return Err(format!("driver ssh: rmm.toml has no [[ssh.hosts]] entry for {name}")),
+        }
+    }
+    for old in &recorded.hosts {
+        if !planned.contains(&old.name) && live.contains(&old.name) {
+            hosts.push(old.clone());
+        }
+    }
+    Ok(SshConfig { hosts, ..recorded.clone() })
 }
 
 /// Checks that `[[ssh.hosts]]` names every machine of the plan: masters +
@@ -917,6 +983,55 @@ mod tests {
         assert_eq!(plan.driver, "ssh");
         let w2 = cfg.hosts.iter().find(|h| h.name == "worker02").unwrap();
         assert_eq!((w2.address.as_str(), w2.ip.as_str(), w2.sudo), ("node-w2", "10.0.0.22", true));
+    }
+
+    fn hosts(toml_text: &str) -> SshConfig {
+        toml::from_str::<SshFile>(toml_text).unwrap().resolve().unwrap()
+    }
+
+    fn names(cfg: &SshConfig) -> Vec<&str> {
+        cfg.hosts.iter().map(|h| h.name.as_str()).collect()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_scale_merges_the_recorded_hosts_with_the_new_ones_and_refuses_a_moved_one() {
+        let recorded = hosts(
+            "user = \"ubuntu\"\ncommand_timeout_s = 60\n[[hosts]]\nname = \"rancher\"\naddress = \"10.0.0.10\"\n[[hosts]]\nname = \"master01\"\naddress = \"10.0.0.11\"\nsudo = false\n[[hosts]]\nname = \"worker01\"\naddress = \"10.0.0.21\"\n[[hosts]]\nname = \"worker02\"\naddress = \"10.0.0.22\"\n[[hosts]]\nname = \"worker03\"\naddress = \"10.0.0.23\"\n",
+        );
+        // rmm.toml now: worker02 and worker03 gone, worker04 new; master01's
+        // sudo and [ssh]'s timeout changed (not a move: the recorded stay).
+        let file = hosts(
+            "user = \"ubuntu\"\ncommand_timeout_s = 5\n[[hosts]]\nname = \"rancher\"\naddress = \"10.0.0.10\"\n[[hosts]]\nname = \"master01\"\naddress = \"10.0.0.11\"\n[[hosts]]\nname = \"worker01\"\naddress = \"10.0.0.21\"\n[[hosts]]\nname = \"worker04\"\naddress = \"10.0.0.24\"\n",
+        );
+        let planned = strings(&["rancher", "master01", "worker01", "worker04"]);
+        // worker03's removal is recorded already (an earlier scale): dropped.
+        let live = strings(&["rancher", "master01", "worker01", "worker02"]);
+        let merged = merge_for_scale(&recorded, &file, &planned, &live).unwrap();
+        assert_eq!(names(&merged), ["rancher", "master01", "worker01", "worker04", "worker02"]);
+        assert!(!merged.hosts[1].sudo, "a kept host keeps its recorded settings");
+        assert_eq!(merged.command_timeout_s, 60, "[ssh]'s own settings stay the recorded");
+        assert_eq!(merged.hosts[3], file.hosts[3], "a new host is rmm.toml's");
+        assert_eq!(merged.hosts[4], recorded.hosts[3], "a host being removed keeps its recorded settings");
+        // A host removed earlier and back: rmm.toml's, even at another address.
+        let back = hosts("[[hosts]]\nname = \"rancher\"\naddress = \"10.0.0.10\"\nuser = \"ubuntu\"\n[[hosts]]\nname = \"worker03\"\naddress = \"10.0.0.99\"\n");
+        let merged = merge_for_scale(&recorded, &back, &strings(&["rancher", "worker03"]), &strings(&["rancher"])).unwrap();
+        assert_eq!(merged.hosts[1].address, "10.0.0.99");
+        // A kept machine moved (address, port or user): one line naming it and `rmm down`.
+        for (from, to, says) in [
+            ("address = \"10.0.0.21\"", "address = \"10.0.0.31\"", "worker01 address 10.0.0.31 (it was claimed with 10.0.0.21), ip 10.0.0.31 (it was claimed with 10.0.0.21)"),
+            ("name = \"worker01\"\naddress = \"10.0.0.21\"", "name = \"worker01\"\naddress = \"10.0.0.21\"\nport = 2222", "worker01 port 2222 (it was claimed with 22)"),
+            ("name = \"master01\"\naddress = \"10.0.0.11\"", "name = \"master01\"\naddress = \"10.0.0.11\"\nuser = \"root\"", "master01 user root (it was claimed with ubuntu)"),
+        ] {
+            let moved = hosts(
+                &"user = \"ubuntu\"\n[[hosts]]\nname = \"rancher\"\naddress = \"10.0.0.10\"\n[[hosts]]\nname = \"master01\"\naddress = \"10.0.0.11\"\n[[hosts]]\nname = \"worker01\"\naddress = \"10.0.0.21\"\n[[hosts]]\nname = \"worker04\"\naddress = \"10.0.0.24\"\n".replace(from, to),
+            );
+            let e = merge_for_scale(&recorded, &moved, &planned, &live).unwrap_err();
+            assert!(e.contains(says) && e.contains("cannot move a node") && e.contains("`rmm down`") && !e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

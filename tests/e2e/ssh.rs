@@ -682,3 +682,101 @@ fn ssh_rke1_on_an_emulated_2_11_registers_each_node_with_no_secret_in_ps() {
     }
     assert_eq!(std::fs::read_dir(t.state().join("ssh/claims")).map(|d| d.count()).unwrap_or(0), 0);
 }
+
+/// How many times `actor` started `step` in the whole log.
+fn started(events: &[Value], actor: &str, step: &str) -> usize {
+    events.iter().filter(|e| e["kind"] == "StepStarted" && e["actor"] == actor && e["data"]["step"] == step).count()
+}
+
+/// Scale on ssh hosts (issue 11). 1 master + 1 worker; worker02's host is
+/// added to rmm.toml and `up --workers 2` claims and registers only it
+/// (nothing else claimed or installed twice); a moved worker01 is refused
+/// first, changing nothing; then worker02's entry is dropped and `up
+/// --workers 1` (crashed right after its attempt began, then resumed, so
+/// the removal runs from the recorded settings, which rmm.toml no longer
+/// has) deletes it in Rancher, runs its uninstall script and drops its
+/// claim. `rmm plan` shows each change first.
+#[test]
+fn ssh_scale_claims_only_the_added_host_and_releases_the_removed_one_after_rancher_let_it_go() {
+    let Some((t, hosts)) = world("the ssh driver's scale", &["rancher", "master01", "worker01", "worker02"], 1, 1, "") else {
+        return;
+    };
+    let toml_path = t.tmp.path().join("rmm.toml");
+    let with_w2 = std::fs::read_to_string(&toml_path).unwrap();
+    let w2_entry = format!("\n[[ssh.hosts]]\nname = \"worker02\"\naddress = \"{}\"\n", hosts.hosts[3].ip);
+    assert!(with_w2.contains(&w2_entry), "{with_w2}");
+    let without_w2 = with_w2.replace(&w2_entry, "");
+    std::fs::write(&toml_path, &without_w2).unwrap();
+    t.up_ok(&[]);
+    let on_host = |name: &str| std::fs::read_to_string(hosts.dir(name).join("home/.rmm/claim")).ok();
+    let held: Vec<Option<String>> = ["rancher", "master01", "worker01"].iter().map(|h| on_host(h)).collect();
+    assert!(held.iter().all(Option::is_some), "{held:?}");
+    let settings = t.state().join("ssh.json");
+
+    // worker01 "moved" (another address) while worker02 is added: refused
+    // by up and by plan, one line naming worker01 and `rmm down`; nothing
+    // recorded, nothing claimed.
+    let w1 = format!("address = \"{}\"", hosts.hosts[2].ip);
+    assert!(with_w2.contains(&w1));
+    std::fs::write(&toml_path, with_w2.replace(&w1, "address = \"127.0.0.254\"")).unwrap();
+    let (events_before, settings_before) = (t.events().len(), std::fs::read(&settings).unwrap());
+    for cmd in [&["up", "--workers", "2"][..], &["plan", "--workers", "2"][..]] {
+        let line = crate::support::single_stderr_line(&t.rmm(cmd).code(2));
+        assert!(line.starts_with("rmm: ") && line.contains("worker01 address 127.0.0.254") && line.contains("cannot move a node") && line.contains("`rmm down`"), "{cmd:?}: {line}");
+    }
+    assert_eq!(t.events().len(), events_before, "a refusal records nothing");
+    assert_eq!(std::fs::read(&settings).unwrap(), settings_before, "the recorded settings untouched");
+    assert_eq!(on_host("worker02"), None);
+
+    // Adding worker02: the plan says so, then up does exactly that.
+    std::fs::write(&toml_path, &with_w2).unwrap();
+    let out = t.rmm(&["plan", "--workers", "2"]).code(2);
+    let said = text(&out.stdout);
+    assert!(said.contains("+ worker02 (worker)") && said.contains("1 to add, 0 to remove"), "{said}");
+    let out = t.rmm(&["up", "--workers", "2"]).ok();
+    assert!(text(&out.stdout).contains("(1 master, 2 workers): scaled in"), "{}", text(&out.stdout));
+    assert_eq!(machines_by_node(&t), ["master01", "worker01", "worker02"], "each node registered once");
+    let events = t.events();
+    for m in ["rancher", "master01", "worker01", "worker02"] {
+        assert_eq!(started(&events, m, "create_machine"), 1, "{m} claimed once");
+    }
+    for m in ["master01", "worker01", "worker02"] {
+        assert_eq!(started(&events, m, "run_agent"), 1, "{m}'s installer ran once");
+    }
+    let now: Vec<Option<String>> = ["rancher", "master01", "worker01"].iter().map(|h| on_host(h)).collect();
+    assert_eq!(now, held, "the kept hosts' claims untouched");
+    assert!(on_host("worker02").is_some_and(|c| c.contains("machine=worker02")));
+    assert!(hosts.dir("worker02").join("etc-systemd-system/rancher-system-agent.service").exists(), "installed on worker02");
+
+    // Removing it: its entry dropped from rmm.toml.
+    std::fs::write(&toml_path, &without_w2).unwrap();
+    let out = t.rmm(&["plan", "--workers", "1"]).code(2);
+    let said = text(&out.stdout);
+    assert!(said.contains("- worker02 (worker)") && said.contains("0 to add, 1 to remove"), "{said}");
+    // A crash right after the scale's attempt began (PlanChanged and
+    // AttemptStarted are its first two appends): the merged settings,
+    // worker02 still in them, were recorded before.
+    assert!(crate::crash::crash_command(&t, &["up", "--workers", "1"], "RMM_CRASH_AFTER_APPEND", 2, &[]));
+    let recorded: Value = serde_json::from_slice(&std::fs::read(&settings).unwrap()).unwrap();
+    let names: Vec<&str> = recorded["hosts"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["rancher", "master01", "worker01", "worker02"], "{recorded}");
+    t.up_ok(&["--resume"]);
+    assert_eq!(machines_by_node(&t), ["master01", "worker01"], "Rancher no longer lists worker02");
+    assert_eq!(on_host("worker02"), None, "worker02's claim on the host is gone");
+    assert!(!t.state().join("ssh/claims/worker02.json").exists(), "and rmm's");
+    assert!(!hosts.dir("worker02").join("etc-systemd-system/rancher-system-agent.service").exists(), "its uninstall script ran");
+    assert!(hosts.dir("worker02").join("host-shell").exists(), "the host itself stays");
+    let events = t.events();
+    let w2: Vec<&str> = events
+        .iter()
+        .filter(|e| e["actor"] == "worker02" && e["kind"] == "StepSucceeded")
+        .map(|e| e["data"]["step"].as_str().unwrap())
+        .filter(|s| ["delete_node", "remove_machine"].contains(s))
+        .collect();
+    assert_eq!(w2, ["delete_node", "remove_machine"], "deleted in Rancher first, then released");
+    let now: Vec<Option<String>> = ["rancher", "master01", "worker01"].iter().map(|h| on_host(h)).collect();
+    assert_eq!(now, held, "the kept hosts untouched");
+    assert_eq!(started(&events, "worker01", "run_agent"), 1);
+    t.rmm(&["down", "--yes"]).ok();
+    assert_eq!(std::fs::read_dir(t.state().join("ssh/claims")).map(|d| d.count()).unwrap_or(0), 0);
+}
