@@ -39,6 +39,11 @@ fn list_shows_every_cluster_brought_up_in_any_dir_and_a_state_dir_deleted_by_han
     // `down` updates it.
     b.rmm(&["down"]).env("XDG_STATE_HOME", xdg.to_str().unwrap()).ok();
     assert_eq!(entry(&list(&a, &xdg), &b)["state"], "down");
+    // A dir deleted after its `down` lost nothing: still `down`, not missing.
+    let b_moved = b.tmp.path().join("moved");
+    std::fs::rename(b.state(), &b_moved).unwrap();
+    assert_eq!(entry(&list(&a, &xdg), &b)["state"], "down");
+    std::fs::rename(&b_moved, b.state()).unwrap();
     // A state dir gone (moved away here, so the test can still clean up).
     let moved = a.tmp.path().join("moved");
     std::fs::rename(a.state(), &moved).unwrap();
