@@ -386,7 +386,18 @@ pub fn parse_failed(e: clap::Error) -> ExitCode {
         let text = if std::io::stderr().is_terminal() { styled.ansi().to_string() } else { styled.to_string() };
         // clap's `error:` becomes `rmm:`, as every other failure starts;
         // its tip and usage lines stay.
-        let text = text.replacen("error:", "rmm:", 1);
+        let mut text = text.replacen("error:", "rmm:", 1);
+        // No command (`rmm`, `rmm --state-dir D`) is a usage error too
+        // (exit 2): the help, under a first line that says what is wrong,
+        // as every other usage error's does. (clap's own missing-command
+        // error would list the hidden commands, `emulator` among them.)
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand) {
+            use clap::CommandFactory;
+            let help = Cli::command().render_help();
+            let help = if std::io::stderr().is_terminal() { help.ansi().to_string() } else { help.to_string() };
+            text = format!("rmm: no command given (the commands are below; `rmm help COMMAND` for one)\n\n{help}");
+        }
         let _ = stderr().write_all(text.as_bytes());
         ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
     } else {

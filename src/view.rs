@@ -158,16 +158,42 @@ pub fn status_text(v: &Value) -> String {
             r["cluster_state"].as_str().unwrap_or("-")
         ));
     }
-    out.push_str(&format!("{:<11} {:<8} {:<9} {:<26} {:<16} {}\n", "NAME", "ROLE", "STATE", "STEP", "IP", "OBSERVED"));
-    for a in v["actors"].as_array().into_iter().flatten() {
+    // Columns as wide as their widest cell (`interrupted` is wider than
+    // `STATE`'s old 9, a long node name than NAME's 11), so rows stay aligned.
+    let rows: Vec<[&str; 6]> = v["actors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            [
+                a["name"].as_str().unwrap_or(""),
+                a["role"].as_str().unwrap_or(""),
+                a["state"].as_str().unwrap_or(""),
+                a["step"].as_str().unwrap_or("-"),
+                a["ip"].as_str().unwrap_or("-"),
+                a["observed"].as_str().unwrap_or(""),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "ROLE", "STATE", "STEP", "IP", "OBSERVED"];
+    let mins = [11, 8, 9, 26, 16, 0];
+    let w: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len(), mins[i]]).max().unwrap_or(0))
+        .collect();
+    for r in std::iter::once(&header).chain(rows.iter()) {
         out.push_str(&format!(
-            "{:<11} {:<8} {:<9} {:<26} {:<16} {}\n",
-            a["name"].as_str().unwrap_or(""),
-            a["role"].as_str().unwrap_or(""),
-            a["state"].as_str().unwrap_or(""),
-            a["step"].as_str().unwrap_or("-"),
-            a["ip"].as_str().unwrap_or("-"),
-            a["observed"].as_str().unwrap_or("")
+            "{:<w0$} {:<w1$} {:<w2$} {:<w3$} {:<w4$} {}\n",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3],
+            w4 = w[4]
         ));
     }
     if let Some(orphans) = v["orphans"].as_array() {

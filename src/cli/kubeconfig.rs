@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rmm_actors::context::secret;
 use rmm_actors::ports::{ca_checksum, CaTrust, SecretStore};
-use rmm_events::{Outcome, RunStatus, Step};
+use rmm_events::{Outcome, RunKind, RunStatus, Step};
 
 use crate::error::{Error, Result};
 use crate::secrets::FileSecrets;
@@ -27,6 +27,17 @@ pub fn run(args: KubeconfigArgs, dir: &StateDir) -> Result<()> {
     let log = dir.open_store_for_reading()?;
     let history = fold_latest(&log, None)?;
     let run = history.latest_up().ok_or_else(|| dir.no_run())?;
+    // After a completed `rmm down` the cluster is gone (and the server
+    // too, unless it was an existing Rancher): say so, as `credentials`
+    // does, rather than ask a server that is not there.
+    if let Some(down) = history.latest().filter(|r| r.kind == RunKind::Down && r.id != run.id) {
+        if down.status == RunStatus::Completed {
+            return Err(Error::Refused(format!(
+                "the cluster of run {} is gone: `rmm down` (run {}) removed it; `rmm up` builds a new one",
+                run.id, down.id
+            )));
+        }
+    }
     if run.status != RunStatus::Completed {
         return Err(Error::Refused(format!(
             "the cluster of run {} is not up yet (the run is {}): `rmm up --resume` first",

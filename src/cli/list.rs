@@ -28,7 +28,9 @@ pub fn run(args: ListArgs) -> Result<()> {
     let rows: Vec<Row> = entries
         .into_iter()
         .map(|e| {
-            let gone = !std::path::Path::new(&e.dir).join("events").exists();
+            // A cluster taken down has no machines left to lose track of:
+            // its dir deleted afterwards is no news, and it stays `down`.
+            let gone = e.state != "down" && !std::path::Path::new(&e.dir).join("events").exists();
             let state = if gone { MISSING.to_string() } else { e.state };
             (e.dir, e.name, e.driver, state, e.url.unwrap_or_default())
         })

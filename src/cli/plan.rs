@@ -54,6 +54,9 @@ struct Plan {
     /// (actor, step, try): intents recorded without an outcome.
     in_doubt: Vec<(String, Step, u32)>,
     missing: Vec<String>,
+    /// Of `missing`: those whose agent ran (Rancher knows the node):
+    /// `up` stops at them rather than make them again.
+    missing_registered: BTreeSet<String>,
     orphans: Vec<String>,
     note: Option<String>,
 }
@@ -200,6 +203,12 @@ fn drift(p: &mut Plan, up: Option<&RunState>, asked: &rmm_events::Plan, dir: &St
         }
     }
     p.missing = made.difference(&listed).cloned().collect();
+    // As `check_machine` decides (rmm_actors::steps): a machine gone after
+    // its agent ran is not made again, and `up` fails there.
+    if let Some(r) = up {
+        p.missing_registered =
+            p.missing.iter().filter(|n| r.actor(n).is_some_and(|a| a.step(Step::RunAgent).is_some())).cloned().collect();
+    }
     p.orphans = listed.difference(&known).cloned().collect();
     Ok(())
 }
@@ -222,7 +231,7 @@ fn to_json(p: &Plan) -> Value {
         "remove": roles(&p.remove),
         "resume": steps(&p.resume),
         "in_doubt": steps(&p.in_doubt),
-        "drift": {"missing": p.missing, "orphans": p.orphans},
+        "drift": {"missing": p.missing, "orphans": p.orphans, "missing_registered": p.missing_registered},
         "note": p.note,
     })
 }
@@ -248,6 +257,11 @@ fn text(p: &Plan) -> String {
     }
     for m in &p.missing {
         out.push_str(&format!("  ! {m}: in the log, but the driver does not list it (missing)\n"));
+        if p.missing_registered.contains(m) {
+            out.push_str(&format!(
+                "    `rmm up` would stop at {m}: Rancher registered it, and rmm does not make it again (that would register the node twice); `rmm down`, then `rmm up`\n"
+            ));
+        }
     }
     for m in &p.orphans {
         out.push_str(&format!("  ! {m}: the driver lists it for this cluster, the log does not know it (orphan)\n"));

@@ -52,6 +52,18 @@ pub fn run(args: StatusArgs, dir: &StateDir, config: &ConfigFileSource) -> Resul
         }
     }
     v["state_dir"] = json!(dir.shown());
+    if run.is_none() {
+        // No log here, but the registry remembers a cluster brought up in
+        // this dir and not taken down: the dir was deleted or moved, and
+        // its machines may still exist (issue 11: not losing track of them).
+        let here = dir.root().display().to_string();
+        let known = crate::registry::dir()
+            .and_then(|reg| crate::registry::read_in(&reg).ok())
+            .and_then(|all| all.into_iter().find(|e| e.dir == here && e.state != "down"));
+        if let Some(e) = known {
+            v["registry"] = json!({"name": e.name, "driver": e.driver, "state": e.state, "url": e.url});
+        }
+    }
     let mut out = crate::cli::stdout();
     if args.json {
         let _ = writeln!(out, "{v}");
@@ -65,8 +77,17 @@ pub fn run(args: StatusArgs, dir: &StateDir, config: &ConfigFileSource) -> Resul
 fn text(v: &Value) -> String {
     let dir = v["state_dir"].as_str().unwrap_or("?");
     if v["run"]["state"] == "none" {
+        let known = &v["registry"];
+        let known = match known["name"].as_str() {
+            Some(name) => format!(
+                "but the cluster registry (`rmm list`) has cluster {name} (driver {}, {}) here: this state dir was deleted or moved, and its machines may still exist (`rmm status --refresh --cluster {name}` lists them, `rmm down --cluster {name}` removes them)\n",
+                known["driver"].as_str().unwrap_or("?"),
+                known["state"].as_str().unwrap_or("?")
+            ),
+            None => String::new(),
+        };
         let Some(orphans) = v["orphans"].as_array() else {
-            return format!("no run in {dir} yet (start one with `rmm up`)\n");
+            return format!("no run in {dir} yet (start one with `rmm up`)\n{known}");
         };
         let cluster = v["cluster"].as_str().unwrap_or("?");
         if orphans.is_empty() {

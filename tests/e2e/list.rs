@@ -39,6 +39,11 @@ fn list_shows_every_cluster_brought_up_in_any_dir_and_a_state_dir_deleted_by_han
     // `down` updates it.
     b.rmm(&["down"]).env("XDG_STATE_HOME", xdg.to_str().unwrap()).ok();
     assert_eq!(entry(&list(&a, &xdg), &b)["state"], "down");
+    // A dir deleted after its `down` lost nothing: still `down`, not missing.
+    let b_moved = b.tmp.path().join("moved");
+    std::fs::rename(b.state(), &b_moved).unwrap();
+    assert_eq!(entry(&list(&a, &xdg), &b)["state"], "down");
+    std::fs::rename(&b_moved, b.state()).unwrap();
     // A state dir gone (moved away here, so the test can still clean up).
     let moved = a.tmp.path().join("moved");
     std::fs::rename(a.state(), &moved).unwrap();
@@ -48,6 +53,10 @@ fn list_shows_every_cluster_brought_up_in_any_dir_and_a_state_dir_deleted_by_han
     let header = text_out.lines().next().unwrap();
     assert!(header.starts_with("DIR") && header.contains("NAME") && header.contains("DRIVER") && header.contains("STATE") && header.contains("URL"), "{text_out}");
     assert!(text_out.lines().any(|l| l.starts_with(&a.state().display().to_string()) && l.contains("state dir missing")), "{text_out}");
+    // `status` there says more than "no run yet": the registry knows a cluster.
+    let status = text(&a.rmm(&["status"]).env("XDG_STATE_HOME", xdg.to_str().unwrap()).ok().stdout);
+    assert!(status.contains("the cluster registry (`rmm list`) has cluster tinysetup") && status.contains("may still exist"), "{status}");
+    assert_eq!(json(&a.rmm(&["status", "--json"]).env("XDG_STATE_HOME", xdg.to_str().unwrap()).ok().stdout)["registry"]["name"], "tinysetup");
     std::fs::rename(&moved, a.state()).unwrap();
     a.rmm(&["down"]).ok();
 }

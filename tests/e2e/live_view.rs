@@ -257,6 +257,14 @@ fn ctrl_c_leaves_no_spinner_and_records_the_stopped_step_as_interrupted() {
     assert!(!log.contains("failed"), "{log}");
     let timeline = crate::support::text(&dir.rmm(&["log", "--timeline"]).env("COLUMNS", "120").ok().stdout);
     assert!(timeline.contains("interrupted"), "{timeline}");
+    // `status` keeps its columns aligned with `interrupted` in them.
+    let status = crate::support::text(&dir.rmm(&["status"]).ok().stdout);
+    let lines: Vec<&str> = status.lines().collect();
+    let header = lines.iter().find(|l| l.starts_with("NAME ")).expect("a header");
+    let step_at = header.find("STEP").unwrap();
+    let row = lines.iter().find(|l| l.starts_with("rancher ")).expect("rancher's row");
+    assert!(row.contains("interrupted"), "{status}");
+    assert_eq!(row.find("wait_"), Some(step_at), "the STEP column stays aligned:\n{status}");
     let html = dir.tmp.path().join("r.html");
     dir.rmm(&["report", "--html", html.to_str().unwrap()]).ok();
     let page = std::fs::read_to_string(&html).unwrap();

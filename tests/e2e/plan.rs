@@ -76,6 +76,14 @@ fn plan_says_what_up_would_make_and_remove_and_up_then_does_exactly_that() {
     let p = plan(&dir, &[], 0);
     assert_eq!(p["drift"]["orphans"], serde_json::json!([]), "{p}");
     std::fs::remove_dir_all(machines.join("worker09")).unwrap();
+    let p = plan(&dir, &["--refresh"], 2);
+    // Rancher registered it: `up` stops there rather than make it again,
+    // and the plan says so instead of promising a plain run.
+    assert_eq!(p["drift"]["missing_registered"], serde_json::json!(["worker03"]), "{p}");
+    let shown = text(&dir.rmm(&["plan", "--refresh", "--workers", "4"]).code(2).stdout);
+    assert!(shown.contains("`rmm up` would stop at worker03") && shown.contains("`rmm down`, then `rmm up`"), "{shown}");
+    let up = dir.rmm(&["up", "--workers", "4"]).code(1);
+    assert!(text(&up.stderr).contains("machine worker03 is gone"), "{}", text(&up.stderr));
     dir.rmm(&["down"]).ok();
 }
 

@@ -12,6 +12,12 @@ fn a_usage_error_starts_with_rmm_keeps_clap_s_tip_and_exits_2() {
     let first = stderr.lines().next().unwrap();
     assert!(first.starts_with("rmm: unexpected argument '--wrokers'"), "{stderr}");
     assert!(stderr.contains("tip:") && stderr.contains("--workers"), "clap's tip stays: {stderr}");
+    // A bare `rmm`: the help, under a first line that says what is wrong.
+    let out = dir.rmm(&[]).code(2);
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with("rmm: no command given"), "{stderr}");
+    assert!(stderr.contains("Commands:") && out.stdout.is_empty(), "{stderr}");
+    assert!(!stderr.contains("emulator") && !stderr.contains("tamper"), "hidden commands stay hidden: {stderr}");
     let out = dir.rmm(&["lgo"]).code(2);
     assert!(text(&out.stderr).starts_with("rmm: unrecognized subcommand 'lgo'"), "{}", text(&out.stderr));
     assert!(!dir.state().exists());
@@ -76,6 +82,10 @@ fn status_names_its_dir_and_filters_that_match_nothing_say_so() {
     assert!(out.stdout.is_empty());
     let line = single_stderr_line(&out);
     assert!(line.starts_with("rmm: no event matches the filter (the log holds "), "{line}");
+    // --follow on a run that has ended: the same line, once it is over.
+    let out = dir.rmm(&["log", "--follow", "--actor", "master09"]).ok();
+    assert!(out.stdout.is_empty());
+    assert!(single_stderr_line(&out).starts_with("rmm: no event matches the filter (the log holds "));
     let out = dir.rmm(&["log", "--timeline", "--kind", "RunFailed"]).ok();
     assert!(single_stderr_line(&out).starts_with("rmm: no event matches the filter"));
     // A filter that matches prints and says nothing more.
@@ -95,6 +105,9 @@ fn credentials_after_down_say_the_server_is_gone() {
     dir.rmm(&["down"]).ok();
     let line = single_stderr_line(&dir.rmm(&["credentials"]).code(3));
     assert!(line.contains("Rancher server") && line.contains("is gone") && line.contains("`rmm down`"), "{line}");
+    // The kubeconfig too: one line that says why, not a refused connection.
+    let line = single_stderr_line(&dir.rmm(&["kubeconfig"]).code(3));
+    assert!(line.contains("cluster of run") && line.contains("is gone") && line.contains("`rmm down`"), "{line}");
 }
 
 #[test]
@@ -119,7 +132,7 @@ fn help_groups_global_options_shows_defaults_and_values_and_hides_the_emulator()
     assert!(entries.len() >= 10);
 
     // Every option that takes a value, in every command, names its default.
-    for cmd in [&["status"][..], &["log"], &["log", "show"], &["report"], &["replay"], &["down"], &["kubeconfig"], &["credentials"]] {
+    for cmd in [&["status"][..], &["plan"], &["list"], &["log"], &["log", "show"], &["report"], &["replay"], &["down"], &["kubeconfig"], &["credentials"]] {
         let mut args = cmd.to_vec();
         args.push("--help");
         let h = text(&dir.rmm(&args).ok().stdout);
@@ -130,7 +143,7 @@ fn help_groups_global_options_shows_defaults_and_values_and_hides_the_emulator()
     }
 
     // Examples for every command.
-    for cmd in ["up", "status", "log", "report", "replay", "down", "credentials", "kubeconfig", "completion"] {
+    for cmd in ["up", "plan", "list", "status", "log", "report", "replay", "down", "credentials", "kubeconfig", "completion"] {
         let h = text(&dir.rmm(&[cmd, "--help"]).ok().stdout);
         assert!(h.contains("Examples:\n  rmm "), "{cmd} has examples");
     }

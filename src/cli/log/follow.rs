@@ -67,6 +67,7 @@ pub fn run(args: &LogArgs, dir: &StateDir) -> Result<()> {
             return Ok(());
         }
         if f.ended {
+            f.say_if_nothing_matched();
             return Ok(());
         }
         let writer_alive = dir.locked_by_other().is_some();
@@ -87,6 +88,7 @@ pub fn run(args: &LogArgs, dir: &StateDir) -> Result<()> {
                 return Ok(());
             }
             if !f.ended && f.target.is_some() {
+                f.say_if_nothing_matched();
                 crate::errln!("rmm: no process is working on the run and it has not ended (crashed?); `rmm up --resume` continues it");
                 return Ok(());
             }
@@ -137,6 +139,14 @@ impl Follower {
             self.ended = true;
         }
         self.printer.print(e, &record.hash)
+    }
+
+    /// The followed run is over and the filter selected none of its
+    /// events: said on stderr, as `rmm log` without `--follow` says it.
+    fn say_if_nothing_matched(&self) {
+        if self.printer.printed == 0 {
+            super::nothing_matched(self.seq);
+        }
     }
 
     fn take_all(&mut self, records: &[Record]) -> Result<bool> {
