@@ -48,7 +48,15 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up(args) => cli::up::run(args, &dir, &config),
         Command::Status(args) => cli::status::run(args, &dir, &config),
-        Command::Plan(args) => cli::plan::run(args, &dir, &config),
+        // `rmm plan` keeps exit 2 for "there are changes" alone, as
+        // `terraform plan -detailed-exitcode` (0 none, 1 error, 2 changes):
+        // its own errors — a change `up` would refuse, a bad rmm.toml, a
+        // state dir that is not ours — exit 1, so a script can tell them
+        // apart. (clap's usage errors stay 2, as for every command.)
+        Command::Plan(args) => cli::plan::run(args, &dir, &config).map_err(|e| match e {
+            error::Error::Config(m) | error::Error::StateDir(m) => error::Error::Other(m),
+            e => e,
+        }),
         Command::Log(args) => cli::log::run(args, &dir),
         Command::Replay(args) => cli::replay::run(args, &dir),
         Command::Report(args) => cli::report::run(args, &dir),
