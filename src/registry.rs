@@ -98,6 +98,26 @@ pub fn note_run(state_dir: &crate::state_dir::StateDir, run: &rmm_events::RunSta
     }
 }
 
+/// The cluster the registry remembers in `state_dir`, unless it was taken
+/// down: read by the commands that find no log there (the dir was deleted
+/// or moved, and its machines may still exist).
+pub fn known_in(state_dir: &crate::state_dir::StateDir) -> Option<Entry> {
+    let here = state_dir.root().display().to_string();
+    read_in(&dir()?).ok()?.into_iter().find(|e| e.dir == here && e.state != "down")
+}
+
+/// `rmm down --cluster NAME` found no machine of the cluster the registry
+/// remembers in `state_dir` (its log gone): nothing of it is left to track.
+pub fn mark_down(state_dir: &crate::state_dir::StateDir, name: &str) {
+    let Some(reg) = dir() else { return };
+    let Some(mut e) = known_in(state_dir).filter(|e| e.name == name) else { return };
+    e.state = "down".into();
+    e.updated = rmm_events::rfc3339_ms(rmm_events::now_ms());
+    if let Err(e) = record_in(&reg, e) {
+        crate::errln!("rmm: warning: the cluster registry was not updated ({e}); `rmm list` may show an older state");
+    }
+}
+
 /// The entry of `state_dir` as its log stands (`None` without a run).
 fn entry_of(state_dir: &crate::state_dir::StateDir) -> Result<Option<Entry>, String> {
     let log = state_dir.open_store_for_reading().map_err(|e| e.to_string())?;

@@ -222,6 +222,11 @@ fn without_log(
     drop(rt);
     if listed.is_empty() {
         crate::outln!("Nothing to remove: the log has no run, and driver {} has no machine of cluster {}.", plan.driver, plan.cluster_name);
+        // A cluster the registry remembers here, its state dir gone:
+        // nothing of it is left, so it no longer shows as missing.
+        if let Some(named) = args.cluster.as_deref() {
+            crate::registry::mark_down(dir, named);
+        }
         return Ok(());
     }
     let names: Vec<String> = listed.iter().map(|m| m.name.clone()).collect();

@@ -56,11 +56,7 @@ pub fn run(args: StatusArgs, dir: &StateDir, config: &ConfigFileSource) -> Resul
         // No log here, but the registry remembers a cluster brought up in
         // this dir and not taken down: the dir was deleted or moved, and
         // its machines may still exist (issue 11: not losing track of them).
-        let here = dir.root().display().to_string();
-        let known = crate::registry::dir()
-            .and_then(|reg| crate::registry::read_in(&reg).ok())
-            .and_then(|all| all.into_iter().find(|e| e.dir == here && e.state != "down"));
-        if let Some(e) = known {
+        if let Some(e) = crate::registry::known_in(dir) {
             v["registry"] = json!({"name": e.name, "driver": e.driver, "state": e.state, "url": e.url});
         }
     }

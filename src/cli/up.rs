@@ -135,6 +135,17 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
         ", or remove what it made (`rmm status --refresh` lists it; `rmm down --cluster {}`) and start again",
         plan.cluster_name
     ))?;
+    // A cluster brought up here whose state dir is gone (deleted or moved):
+    // a new run would make a second cluster and forget the first one's
+    // machines, which may still exist. Refused before anything is made.
+    if !args.resume && !dir.events().join("db").exists() {
+        if let Some(e) = crate::registry::known_in(dir) {
+            return Err(Error::Refused(format!(
+                "the cluster registry (`rmm list`) has cluster {} (driver {}, {}) in {}, but its state is gone (deleted or moved): its machines may still exist; `rmm down --cluster {}` removes them (`rmm status --refresh --cluster {}` lists them), then `rmm up` starts anew",
+                e.name, e.driver, e.state, dir.shown(), e.name, e.name
+            )));
+        }
+    }
     // Nothing to resume where there is no log: refused before anything
     // (the state dir, its lock, a store) is created.
     if args.resume && !dir.events().join("db").exists() {

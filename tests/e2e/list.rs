@@ -57,6 +57,19 @@ fn list_shows_every_cluster_brought_up_in_any_dir_and_a_state_dir_deleted_by_han
     let status = text(&a.rmm(&["status"]).env("XDG_STATE_HOME", xdg.to_str().unwrap()).ok().stdout);
     assert!(status.contains("the cluster registry (`rmm list`) has cluster tinysetup") && status.contains("may still exist"), "{status}");
     assert_eq!(json(&a.rmm(&["status", "--json"]).env("XDG_STATE_HOME", xdg.to_str().unwrap()).ok().stdout)["registry"]["name"], "tinysetup");
+    // A new `up` there would make a second cluster and forget the first
+    // one's machines: refused (exit 3), one line naming `rmm down --cluster`,
+    // nothing made.
+    let refused = a.rmm(&["up", "--masters", "1", "--workers", "1"]).code(3);
+    let line = single_stderr_line(&refused);
+    assert!(line.contains("cluster tinysetup") && line.contains("its machines may still exist") && line.contains("`rmm down --cluster tinysetup`"), "{line}");
+    assert!(!a.state().exists(), "the refused up made the state dir");
+    // `down --cluster` finds none of its machines (the local world went
+    // with its dir): nothing is left to track, and `up` may start anew.
+    let down = a.rmm(&["down", "--cluster", "tinysetup", "--yes"]).ok();
+    assert!(text(&down.stdout).contains("Nothing to remove"), "{}", text(&down.stdout));
+    assert_eq!(entry(&list(&a, &xdg), &a)["state"], "down");
+    assert!(!a.state().exists());
     std::fs::rename(&moved, a.state()).unwrap();
     a.rmm(&["down"]).ok();
 }
