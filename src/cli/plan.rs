@@ -59,6 +59,8 @@ struct Plan {
     missing_registered: BTreeSet<String>,
     orphans: Vec<String>,
     note: Option<String>,
+    /// `--refresh`: the driver was asked (drift is known, not assumed).
+    refreshed: bool,
 }
 
 impl Plan {
@@ -210,6 +212,7 @@ fn drift(p: &mut Plan, up: Option<&RunState>, asked: &rmm_events::Plan, dir: &St
             p.missing.iter().filter(|n| r.actor(n).is_some_and(|a| a.step(Step::RunAgent).is_some())).cloned().collect();
     }
     p.orphans = listed.difference(&known).cloned().collect();
+    p.refreshed = true;
     Ok(())
 }
 
@@ -276,6 +279,8 @@ fn text(p: &Plan) -> String {
             p.missing.len(),
             p.orphans.len()
         ));
+    } else if p.refreshed {
+        out.push_str("No changes. (The driver was asked: no machine missing, no orphan.)\n");
     } else {
         out.push_str("No changes.\n");
     }

@@ -283,7 +283,10 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             .node_names()
             .into_iter()
             .map(|(n, _)| n)
-            .filter(|n| state.actor(n).is_none_or(|a| a.step(rmm_events::Step::CreateMachine).is_none()))
+            // New, or removed by an earlier scale and back now.
+            .filter(|n| {
+                state.actor(n).is_none_or(|a| a.step(rmm_events::Step::CreateMachine).is_none() || a.done(rmm_events::Step::RemoveMachine))
+            })
             .collect();
         let mut what = Vec::new();
         if !adding.is_empty() {
@@ -323,8 +326,15 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
             let r = history.latest().expect("a run");
             let took = r.ended_ms.unwrap_or(r.started_ms) - r.started_ms;
             let mut out = crate::cli::stdout();
+            // A resume says what this attempt took: the run's span counts
+            // the time between its attempts too.
             let took = match before {
                 Some(_) => format!(": scaled in {:.1}s", started.elapsed().as_secs_f64()),
+                None if attempt > 1 => format!(
+                    ": resumed and done in {:.1}s (attempt {attempt}; the run began {:.1}s ago)",
+                    started.elapsed().as_secs_f64(),
+                    took as f64 / 1000.0
+                ),
                 None => format!(" after {:.1}s", took as f64 / 1000.0),
             };
             let _ = writeln!(
@@ -505,10 +515,14 @@ fn failed(actor: &str, step: rmm_events::Step, reason: &str) -> Error {
     if matches!(step, Step::CheckRancherVersion | Step::ChooseKubernetesVersion) && reason.starts_with(refusal) {
         return Error::Config(reason[refusal.len()..].to_string());
     }
-    Error::RunFailed(format!(
-        "run failed: {actor} {}: {reason} (fix the cause, then `rmm up --resume`; `rmm log` has the details)",
-        step.as_str()
-    ))
+    // A reason that names its own way on (`rmm down` …) is not told to
+    // resume as well.
+    let way_on = if reason.contains("rmm down") {
+        "`rmm log` has the details"
+    } else {
+        "fix the cause, then `rmm up --resume`; `rmm log` has the details"
+    };
+    Error::RunFailed(format!("run failed: {actor} {}: {reason} ({way_on})", step.as_str()))
 }
 
 /// Reads the secrets file before anything is recorded (a planted or

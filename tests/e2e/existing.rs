@@ -336,6 +336,7 @@ fn a_crashed_run_on_an_existing_rancher_resumes_without_the_password_and_makes_n
     // The stored password is used; none is needed again.
     let resumed = d.rmm(&["up", "--resume"]).cmd_without_password().ok();
     assert!(text(&resumed.stdout).contains("is active"), "{}", text(&resumed.stdout));
+    assert!(text(&resumed.stdout).contains(": resumed and done in") && text(&resumed.stdout).contains("(attempt 2; the run began"), "{}", text(&resumed.stdout));
     let admin = d.credentials()["password"].as_str().unwrap().to_string();
     let token = server.login(&admin).1.expect("the admin password rmm set works");
     let (c, ms) = server.cluster(&token, "gamma");

@@ -32,6 +32,8 @@ fn plan_says_what_up_would_make_and_remove_and_up_then_does_exactly_that() {
     assert_eq!((p["action"].as_str(), p["changes"].as_bool()), (Some("none"), Some(false)), "{p}");
     let out = dir.rmm(&["plan"]).ok();
     assert!(text(&out.stdout).contains("No changes."), "{}", text(&out.stdout));
+    let out = dir.rmm(&["plan", "--refresh"]).ok();
+    assert!(text(&out.stdout).contains("No changes. (The driver was asked: no machine missing, no orphan.)"), "{}", text(&out.stdout));
     // A scale: the plan's adds are what `up` then makes.
     let p = plan(&dir, &["--workers", "3"], 2);
     assert_eq!(p["action"], "scale");
@@ -86,6 +88,9 @@ fn plan_says_what_up_would_make_and_remove_and_up_then_does_exactly_that() {
     assert!(shown.contains("`rmm up` would stop at worker03") && shown.contains("`rmm down`, then `rmm up`"), "{shown}");
     let up = dir.rmm(&["up", "--workers", "4"]).code(1);
     assert!(text(&up.stderr).contains("machine worker03 is gone"), "{}", text(&up.stderr));
+    // It names one way on (down, then up), not a resume as well.
+    let last = text(&up.stderr).lines().last().unwrap_or_default().to_string();
+    assert!(last.contains("rmm down, then rmm up") && !last.contains("--resume"), "{last}");
     dir.rmm(&["down"]).ok();
 }
 

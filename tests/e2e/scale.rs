@@ -148,14 +148,19 @@ fn scale_3_3_to_3_5_to_3_2_to_5_2_makes_and_removes_exactly_the_nodes_asked() {
         events.iter().position(|e| e["actor"] == actor && e["kind"] == kind && e["data"]["step"] == step).unwrap()
     };
     assert!(at("master05", "StepSucceeded", "remove_machine") < at("master04", "StepStarted", "delete_node"));
+    // A worker removed earlier and asked for again is added again, and
+    // the scale's line says so.
+    let out = dir.rmm(&["up", "--workers", "3"]).ok();
+    assert!(text(&out.stderr).contains("adding worker03"), "{}", text(&out.stderr));
+    assert_eq!(ask_rancher_v1(&dir).machines.len(), 6);
     // The same topology again: nothing to do, nothing appended.
     let before = dir.events().len();
-    let out = dir.rmm(&["up", "--masters", "3", "--workers", "2"]).ok();
+    let out = dir.rmm(&["up", "--masters", "3", "--workers", "3"]).ok();
     assert!(text(&out.stdout).contains("Nothing to do"), "{}", text(&out.stdout));
     assert_eq!(dir.events().len(), before);
-    // `down` removes what is there now (rancher, 3 masters, 2 workers), not the removed ones again.
+    // `down` removes what is there now (rancher, 3 masters, 3 workers), not the removed ones again.
     let out = dir.rmm(&["down"]).ok();
-    assert!(text(&out.stdout).contains("Removed 6 machines"), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("Removed 7 machines"), "{}", text(&out.stdout));
     assert_eq!(std::fs::read_dir(dir.state().join("world/machines")).map(|d| d.count()).unwrap_or(0), 0);
 }
 
