@@ -1130,6 +1130,33 @@ fn an_existing_rancher_has_no_machine_or_server_steps_and_its_down_deletes_the_c
     assert_eq!(plan_steps(Role::Master, false, &plan), crate::decide::V1_NODE_STEPS);
 }
 
+/// `rmm down` on an existing Rancher deletes the `up` run's API tokens and
+/// the login sessions rmm holds, the token it calls with last, and leaves
+/// every other token of the server alone.
+#[tokio::test]
+async fn a_down_on_an_existing_rancher_deletes_the_runs_tokens_the_caller_last_and_nothing_else() {
+    let mut f = v1_fixture();
+    let up_run = f.ctx.run;
+    f.ctx.plan.rancher_url = Some("https://127.0.0.1:8443".into());
+    // The down is a run of its own that undoes `up_run` (its secrets are read under that id).
+    f.ctx.undo = Some(crate::context::Undo { run: up_run, ca_trust: Some(ca_checksum("pem")), management_id: None });
+    f.ctx.run = Uuid::now_v7();
+    let ours = format!("rmm run {up_run}");
+    {
+        let mut w = f.fake.world();
+        for (id, description) in [("token-api", ours.as_str()), ("token-old", ours.as_str()), ("token-login", ""), ("token-user", "the user's own"), ("token-other", "rmm run 0190")] {
+            w.tokens.push((ApiToken { id: id.into(), description: description.into() }, Secret::new(format!("{id}:s"))));
+        }
+    }
+    let st = state(f.ctx.run, &[(Step::PinCa, Outcome::CaPinned { checksum: ca_checksum("pem") })]);
+    let outcome = effect(&call(&f.ctx, "rancher", Role::Rancher, Step::DeleteApiTokens, &st, None)).await.unwrap();
+    assert_eq!(outcome, Outcome::ApiTokensDeleted { deleted: 3 });
+    let w = f.fake.world();
+    let left: Vec<&str> = w.tokens.iter().map(|(t, _)| t.id.as_str()).collect();
+    assert_eq!(left, ["token-user", "token-other"], "{:?}", w.writes);
+    assert_eq!(w.writes.last().map(String::as_str), Some("delete token token-api"), "the caller goes last: {:?}", w.writes);
+}
+
 
 // ---------------------------------------------------------------- CheckMachine
 
