@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::context::RunCtx;
-use crate::decide::{down_waits_for_rancher, grants, plan_steps, removal_grant, SCALE_DOWN_STEPS};
+use crate::decide::{cluster_wait_grant, down_waits_for_rancher, grants, plan_steps, removal_grant, SCALE_DOWN_STEPS};
 use crate::steps::JoinInfo;
 use crate::worker::{Drive, Ending, Join, Stop, StepActor};
 
@@ -122,6 +122,14 @@ impl Coordinator {
                 self.granting.insert(node.clone());
                 if let Some(id) = cause.or(self.last_id()) {
                     self.send_join(&node, id);
+                }
+            }
+            // A scale's wait for the cluster: once the nodes are done (not
+            // recorded either: the gate is the nodes' recorded steps).
+            if cluster_wait_grant(&self.state) && !self.granting.contains("rancher") {
+                self.granting.insert("rancher".into());
+                if let Some(id) = cause.or(self.last_id()) {
+                    self.send_join("rancher", id);
                 }
             }
             grants(&self.state)

@@ -265,6 +265,21 @@ pub fn removal_grant(state: &RunState) -> Option<String> {
     joined.then(|| next.clone())
 }
 
+/// Whether the rancher actor of a scale may start its wait for the
+/// cluster ([`rmm_events::ActorState::cluster_wait_after_nodes`]): every
+/// node of the plan has done all its steps and every node the scale
+/// drops is gone, so Rancher is asked about the cluster as it now is.
+pub fn cluster_wait_grant(state: &RunState) -> bool {
+    let Some(rancher) = state.actor("rancher") else { return false };
+    if !rancher.rescaled {
+        return false;
+    }
+    let nodes_in = state.plan.node_names().iter().all(|(name, role)| {
+        state.actor(name).is_some_and(|a| plan_steps(*role, false, &state.plan).iter().all(|s| a.done(*s)))
+    });
+    nodes_in && state.removals().is_empty()
+}
+
 /// Whether every actor of an `up` run has finished all its steps.
 pub fn up_complete(state: &RunState) -> bool {
     all_done(&state.plan, state, false)

@@ -155,7 +155,14 @@ impl Handler<Drive> for StepActor {
         }
         let has_join = self.join.is_some();
         let needs_join = self.needs_join;
-        let open = |s: Step| !needs_join || s == Step::CreateMachine || has_join;
+        let state = &self.state;
+        // The rancher actor of a scale: its cluster wait once let in.
+        let open = |s: Step| {
+            if state.cluster_wait_after_nodes(s) {
+                return has_join;
+            }
+            !needs_join || s == Step::CreateMachine || has_join
+        };
         let next = next_step(self.order, open, &self.state, self.ctx.attempt, &self.ctx.plan.retry);
         tracing::debug!(actor = %self.name, ?next, "decided");
         match next {

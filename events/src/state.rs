@@ -40,6 +40,11 @@ pub struct ActorState {
     /// `CheckMachine` that found it (started again, its address may have
     /// changed). Kept across attempts, unlike `CheckMachine`'s success.
     pub address: Option<String>,
+    /// The rancher actor of a run whose topology changed (a scale,
+    /// `PlanChanged`): its wait for the cluster to be ready again runs
+    /// only once every node of the new plan is in and every node it drops
+    /// is gone ([`ActorState::cluster_wait_after_nodes`]).
+    pub rescaled: bool,
 }
 
 impl ActorState {
@@ -126,6 +131,28 @@ impl ActorState {
             }
             _ => {}
         }
+    }
+
+    /// The final wait for the cluster (ready on rke2/k3s, active on rke1)
+    /// of a rancher actor whose run changed topology: a cluster Rancher
+    /// called ready before nodes joined or left says nothing about it now
+    /// (the planner reconfigures it: `configuring worker node(s)`,
+    /// `waiting for cluster agent to connect`, reference/rancher-current.md
+    /// §2.8), so its success is forgotten and the wait runs again, after
+    /// the nodes (the coordinator lets it start).
+    fn rescale(&mut self) {
+        for step in [Step::WaitClusterReady, Step::WaitClusterActive] {
+            if matches!(self.steps.get(&step), Some(StepState::Succeeded { .. })) {
+                self.steps.remove(&step);
+            }
+        }
+        self.rescaled = true;
+    }
+
+    /// Whether `step` of this actor waits for the coordinator to let it
+    /// start: the final cluster wait of a rescaled run ([`Self::rescale`]).
+    pub fn cluster_wait_after_nodes(&self, step: Step) -> bool {
+        self.rescaled && matches!(step, Step::WaitClusterReady | Step::WaitClusterActive)
     }
 
     /// A new attempt: the success of a step that holds for one attempt only
@@ -286,6 +313,9 @@ impl RunState {
                         self.actors.remove(&name);
                         self.granted.remove(&name);
                     }
+                }
+                if let Some(rancher) = self.actors.get_mut("rancher") {
+                    rancher.rescale();
                 }
             }
             Event::StepStarted { .. }

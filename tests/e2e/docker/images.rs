@@ -185,6 +185,8 @@ pub fn build(rancher_version: &str) -> TestImages {
         &[
             r#"CMD ["/bin/sh", "/sbin/rmm-init"]"#.into(),
             "ENV PATH=/usr/local/bin:/usr/bin:/bin HOME=/root".into(),
+            // as rancher/systemd-node (reference/rancher-current.md §6 item 2)
+            r#"VOLUME ["/var/lib/kubelet", "/var/lib/rancher"]"#.into(),
         ],
     );
     images

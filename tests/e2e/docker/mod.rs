@@ -496,3 +496,147 @@ fn docker_a_half_made_node_container_is_removed_and_made_again_and_a_stopped_one
     assert_eq!(docker(&["inspect", "-f", "{{.Id}}", &worker]).trim(), stopped, "left alone");
     other.rmm(&["down", "--yes", "--orphans"]).ok();
 }
+
+impl World {
+    /// After a scale step: the engine holds exactly the containers of
+    /// rancher and `nodes` (by rmm's labels), each running and on the
+    /// cluster network (no endpoint of a removed one left); Rancher (the
+    /// emulator, through its /v1 API) lists exactly `nodes`, each Running,
+    /// registered once, from its container's address; `rmm status` and
+    /// `rmm list` say the same.
+    fn check_scaled(&self, what: &str, nodes: &[&str]) {
+        let mut want: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        want.sort();
+        // The driver's world, as the engine lists it by rmm's labels.
+        let filter = format!("label=io.rmm.cluster={}", self.cluster);
+        let ps = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}} {{.Label \"io.rmm.machine\"}} {{.State}}"]);
+        let mut containers: Vec<(String, String, String)> = ps
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[1].to_string(), f[0].to_string(), f[2].to_string())
+            })
+            .collect();
+        containers.sort();
+        let mut expect: Vec<String> = want.clone();
+        expect.push("rancher".into());
+        expect.sort();
+        let machines: Vec<String> = containers.iter().map(|c| c.0.clone()).collect();
+        assert_eq!(machines, expect, "{what}: the containers of the cluster: {ps}");
+        for (machine, name, state) in &containers {
+            assert_eq!(state, "running", "{what}: {machine}");
+            assert_eq!(name, &format!("rmm-{}-{machine}", self.cluster), "{what}");
+        }
+        // The network's endpoints: exactly those containers.
+        let net = docker(&["network", "inspect", "-f", "{{range .Containers}}{{.Name}} {{end}}", &format!("rmm-{}", self.cluster)]);
+        let mut on_net: Vec<&str> = net.split_whitespace().collect();
+        on_net.sort();
+        let mut names: Vec<&str> = containers.iter().map(|c| c.1.as_str()).collect();
+        names.sort();
+        assert_eq!(on_net, names, "{what}: the cluster network's endpoints");
+        assert_eq!(labelled("volume", &self.cluster).len(), 1, "{what}: the rancher data volume only");
+
+        // Rancher, through its /v1 API: exactly these nodes, Running, one
+        // CAPI machine each, registered from the container's address.
+        let answers = self.ask(&["/v1/provisioning.cattle.io.clusters", "/v1/cluster.x-k8s.io.machines/fleet-default"]);
+        let clusters = answers[0]["data"].as_array().unwrap();
+        assert_eq!(clusters.len(), 1, "{what}: one v1 cluster");
+        assert_eq!(clusters[0]["status"]["ready"], true, "{what}: {}", clusters[0]["status"]);
+        let listed = answers[1]["data"].as_array().unwrap();
+        let mut in_rancher: Vec<String> = Vec::new();
+        for m in listed {
+            let node = m["metadata"]["labels"]["rke.cattle.io/node-name"].as_str().unwrap().to_string();
+            assert_eq!(m["status"]["phase"], "Running", "{what}: {m}");
+            assert!(m["metadata"]["deletionTimestamp"].is_null(), "{what}: {node} is being deleted: {m}");
+            let ip = self.ip_of(&format!("rmm-{}-{node}", self.cluster));
+            assert_eq!(m["metadata"]["annotations"]["emulator.rmm.io/registered-from"], ip.as_str(), "{what}: {node}");
+            in_rancher.push(node);
+        }
+        in_rancher.sort();
+        assert_eq!(in_rancher, want, "{what}: the nodes Rancher lists, each once");
+        // The emulator's registration ledger (in its data volume): every
+        // node it ever made was made by one registration.
+        let ledger = tempfile::tempdir().unwrap();
+        docker(&["cp", &format!("rmm-{}-rancher:/var/lib/rancher/emulator/state.json", self.cluster), ledger.path().to_str().unwrap()]);
+        let made = crate::support::registrations_in(ledger.path()).made;
+        for node in &want {
+            assert_eq!(made.get(&format!("{}/{node}", self.cluster)), Some(&1), "{what}: {node} registered once: {made:?}");
+        }
+        for (node, n) in &made {
+            assert_eq!(*n, 1, "{what}: {node} registered {n} times");
+        }
+
+        // `rmm status`: the run completed, exactly these actors, each done
+        // at its container's address, running as the engine sees it; no orphan.
+        let status = self.t.status_refresh();
+        assert_eq!(status["run"]["state"], "completed", "{what}: {status}");
+        assert_eq!(status["orphans"], Value::Array(vec![]), "{what}: orphans: {status}");
+        let mut actors: Vec<String> = Vec::new();
+        for a in status["actors"].as_array().unwrap() {
+            let name = a["name"].as_str().unwrap().to_string();
+            assert_eq!(a["state"], "done", "{what}: {a}");
+            assert_eq!(a["observed"], "running", "{what}: {a}");
+            if name != "rancher" {
+                assert_eq!(a["ip"], self.ip_of(&format!("rmm-{}-{name}", self.cluster)).as_str(), "{what}: {a}");
+            }
+            actors.push(name);
+        }
+        actors.sort();
+        assert_eq!(actors, expect, "{what}: the actors of status");
+        // `rmm list`: this cluster, completed, at the URL status shows
+        // (the server-url, as `credentials` names it).
+        let list = crate::support::json(&self.t.rmm(&["list", "--json"]).ok().stdout);
+        let entry = list.as_array().unwrap().iter().find(|e| e["name"] == self.cluster.as_str()).unwrap_or_else(|| panic!("{what}: {list}")).clone();
+        assert_eq!(entry["state"], "completed", "{what}: {entry}");
+        assert_eq!(entry["driver"], "docker", "{what}: {entry}");
+        assert_eq!(entry["url"], status["rancher"]["url"], "{what}: {entry}");
+        assert_eq!(entry["url"], self.t.credentials()["server_url"], "{what}: {entry}");
+    }
+}
+
+/// Issue 11 on the docker driver: 1+1 → 1+2 → 1+1. The added worker is
+/// a container that registers once from its own address; the removed one
+/// (the highest-numbered worker) is deleted in Rancher first, then its
+/// container goes with its anonymous volumes (the real
+/// `rancher/systemd-node` declares `VOLUME /var/lib/kubelet
+/// /var/lib/rancher`, reference/rancher-current.md §6 item 2; the test
+/// node image does too) and its network endpoint.
+#[test]
+fn docker_scale_adds_a_worker_container_and_removes_it_deleted_in_rancher_first_and_leaves_nothing_of_it() {
+    let Some(w) = World::new("the docker driver's scale") else { return };
+    w.t.rmm(&["up", "--masters", "1", "--workers", "1"]).ok();
+    w.check_scaled("1+1", &["master01", "worker01"]);
+
+    let out = w.t.rmm(&["up", "--workers", "2"]).ok();
+    assert!(text(&out.stdout).contains("(1 master, 2 workers): scaled in"), "{}", text(&out.stdout));
+    w.check_scaled("1+2", &["master01", "worker01", "worker02"]);
+    let worker02 = format!("rmm-{}-worker02", w.cluster);
+    let mounts = docker(&["inspect", "-f", "{{range .Mounts}}{{if eq .Type \"volume\"}}{{.Name}} {{end}}{{end}}", &worker02]);
+    let volumes: Vec<String> = mounts.split_whitespace().map(String::from).collect();
+    assert_eq!(volumes.len(), 2, "the node image's two anonymous volumes: {mounts}");
+    let events_before = w.t.events().len();
+
+    let out = w.t.rmm(&["up", "--workers", "1"]).ok();
+    assert!(text(&out.stdout).contains("(1 master, 1 worker): scaled in"), "{}", text(&out.stdout));
+    w.check_scaled("1+2 → 1+1", &["master01", "worker01"]);
+    let gone = Command::new("docker").args(["inspect", &worker02]).output().unwrap();
+    assert!(!gone.status.success(), "worker02's container is gone");
+    for v in &volumes {
+        let left = Command::new("docker").args(["volume", "inspect", v]).output().unwrap();
+        assert!(!left.status.success(), "worker02's volume {v} left behind");
+    }
+    // In Rancher first, then the container: worker02's steps of this attempt.
+    let events = w.t.events();
+    let steps: Vec<&str> = events[events_before..]
+        .iter()
+        .filter(|e| e["actor"] == "worker02" && e["kind"] == "StepSucceeded")
+        .map(|e| e["data"]["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["delete_node", "remove_machine"]);
+
+    w.t.rmm(&["down", "--yes"]).ok();
+    for kind in ["container", "volume", "network"] {
+        assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "{kind}s left behind by down");
+    }
+}
