@@ -410,3 +410,111 @@ fn down_on_real_machines_asks_first_and_refuses_off_a_terminal_without_yes() {
     assert_ok(&dir.rmm(&["down", "--yes"]).env("DM_DOUBLE_RMM", env!("CARGO_BIN_EXE_rmm")).run());
     assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
 }
+
+/// The double's `ls`: every machine with its state (`Running`, …).
+fn ls(dir: &TestDir) -> Vec<(String, String)> {
+    let out = dm(dir, "docker-machine", &["ls", "--format", "{{.Name}} {{.State}}"]);
+    assert_ok(&out);
+    let mut rows: Vec<(String, String)> = text(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (n, s) = l.split_once(' ').unwrap_or((l, ""));
+            (n.to_string(), s.trim().to_string())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// After a scale step: the double lists exactly rancher and `nodes`, each
+/// Running; Rancher (the emulator, through its /v1 API) exactly `nodes`,
+/// each Running, registered once from its machine's address; `rmm
+/// status` and `rmm list` say the same.
+fn check_scaled(dir: &TestDir, what: &str, nodes: &[&str]) {
+    let mut expect: Vec<String> = nodes.iter().map(|n| n.to_string()).chain(["rancher".to_string()]).collect();
+    expect.sort();
+    let listed = ls(dir);
+    let names: Vec<String> = listed.iter().map(|(n, _)| n.strip_prefix(&format!("{CLUSTER}-")).unwrap_or(n).to_string()).collect();
+    assert_eq!(names, expect, "{what}: the double's machines: {listed:?}");
+    assert!(listed.iter().all(|(_, s)| s == "Running"), "{what}: {listed:?}");
+    let ip = |m: &str| text(&dm(dir, "docker-machine", &["ip", &format!("{CLUSTER}-{m}")]).stdout).trim().to_string();
+
+    let rancher = crate::support::ask_rancher_v1(dir);
+    assert_eq!(rancher.clusters.len(), 1, "{what}: clusters");
+    assert_eq!(rancher.clusters[0]["status"]["ready"], true, "{what}: {}", rancher.clusters[0]["status"]);
+    let mut in_rancher: Vec<String> = Vec::new();
+    for m in &rancher.machines {
+        let node = m["metadata"]["labels"]["rke.cattle.io/node-name"].as_str().unwrap().to_string();
+        assert_eq!(m["status"]["phase"], "Running", "{what}: {m}");
+        assert!(m["status"]["nodeRef"].is_object(), "{what}: {m}");
+        assert!(m["status"]["addresses"].to_string().contains(&format!("\"{}\"", ip(&node))), "{what}: {node} at its machine's address: {m}");
+        in_rancher.push(node);
+    }
+    in_rancher.sort();
+    let mut want: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    assert_eq!(in_rancher, want, "{what}: the nodes Rancher lists, each once");
+    // The emulator's ledger, in its data dir on the rancher machine.
+    let data = store(dir).join(format!("machines/{CLUSTER}-rancher/{CLUSTER}-rancher/rancher"));
+    let made = crate::support::registrations_in(&data).made;
+    for node in &want {
+        assert_eq!(made.get(&format!("{CLUSTER}/{node}")), Some(&1), "{what}: {node} registered once: {made:?}");
+    }
+    assert!(made.values().all(|n| *n == 1), "{what}: {made:?}");
+
+    let status = dir.status_refresh();
+    assert_eq!(status["run"]["state"], "completed", "{what}: {status}");
+    assert_eq!(status["orphans"], serde_json::Value::Array(vec![]), "{what}: orphans: {status}");
+    let mut actors: Vec<String> = Vec::new();
+    for a in status["actors"].as_array().unwrap() {
+        let name = a["name"].as_str().unwrap().to_string();
+        assert_eq!(a["state"], "done", "{what}: {a}");
+        assert_eq!(a["observed"], "running", "{what}: {a}");
+        assert_eq!(a["ip"], ip(&name).as_str(), "{what}: {a}");
+        actors.push(name);
+    }
+    actors.sort();
+    assert_eq!(actors, expect, "{what}: the actors of status");
+    let list = crate::support::json(&dir.rmm(&["list", "--json"]).ok().stdout);
+    let entry = &list.as_array().unwrap().iter().find(|e| e["name"] == CLUSTER).unwrap_or_else(|| panic!("{what}: {list}")).clone();
+    assert_eq!(entry["state"], "completed", "{what}: {entry}");
+    assert_eq!(entry["driver"], "docker-machine", "{what}: {entry}");
+    assert_eq!(entry["url"], status["rancher"]["url"], "{what}: {entry}");
+}
+
+/// Issue 11 on the docker-machine driver: 1+1 → 1+2 → 1+1. The removed
+/// worker is deleted in Rancher first, then `rm`'d: gone from the
+/// double's `ls` and its store, nothing of it left running.
+#[test]
+fn scale_adds_a_machine_and_removes_it_deleted_in_rancher_first() {
+    let dir = TestDir::new();
+    write_config(&dir, "docker-machine", "");
+    let up_with = |args: &[&str]| {
+        let mut all = vec!["up"];
+        all.extend_from_slice(args);
+        dir.rmm(&all).ok()
+    };
+    up_with(&[]);
+    check_scaled(&dir, "1+1", &["master01", "worker01"]);
+    let out = up_with(&["--workers", "2"]);
+    assert!(text(&out.stdout).contains("(1 master, 2 workers): scaled in"), "{}", text(&out.stdout));
+    check_scaled(&dir, "1+2", &["master01", "worker01", "worker02"]);
+    let events_before = dir.events().len();
+    let out = up_with(&["--workers", "1"]);
+    assert!(text(&out.stdout).contains("(1 master, 1 worker): scaled in"), "{}", text(&out.stdout));
+    check_scaled(&dir, "1+2 → 1+1", &["master01", "worker01"]);
+    let gone = store(&dir).join(format!("machines/{CLUSTER}-worker02"));
+    assert!(!gone.exists(), "{} left in the store", gone.display());
+    let left = Command::new("pgrep").args(["-f", &gone.display().to_string()]).output().unwrap();
+    assert!(text(&left.stdout).trim().is_empty(), "worker02's processes left running: {}", text(&left.stdout));
+    let events = dir.events();
+    let steps: Vec<&str> = events[events_before..]
+        .iter()
+        .filter(|e| e["actor"] == "worker02" && e["kind"] == "StepSucceeded")
+        .map(|e| e["data"]["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["delete_node", "remove_machine"]);
+    assert_ok(&dir.rmm(&["down", "--yes"]).run());
+    assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
+}
