@@ -640,3 +640,70 @@ fn docker_scale_adds_a_worker_container_and_removes_it_deleted_in_rancher_first_
         assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "{kind}s left behind by down");
     }
 }
+
+/// Issue 11 on the docker driver, killed: `rmm up --workers 1` on a 1+2
+/// cluster SIGKILLed after a seeded number of the scale-down's events
+/// (from its start through worker02's delete in Rancher and its removal),
+/// then `rmm up --resume` finishes it: exactly rancher, master01 and
+/// worker01 remain, the same containers as before (nothing made again),
+/// worker02 gone from the engine and from Rancher, each node registered once.
+#[test]
+fn docker_scale_down_sigkilled_at_a_seeded_moment_is_finished_by_the_resume_and_nothing_is_made_twice() {
+    for seed in crate::support::seeds("RMM_DOCKER_SCALE_KILL_SEED", &[7]) {
+        use rand::{Rng, SeedableRng};
+        eprintln!("docker scale-down sigkill seed {seed}");
+        let Some(w) = World::new("the docker driver's killed scale-down") else { return };
+        w.t.rmm(&["up", "--masters", "1", "--workers", "2"]).ok();
+        let ids = |w: &World| -> Vec<String> {
+            let filter = format!("label=io.rmm.cluster={}", w.cluster);
+            let mut v: Vec<String> = docker(&["ps", "-aq", "--no-trunc", "--filter", &filter]).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+            v.sort();
+            v
+        };
+        let kept: Vec<String> = ["rancher", "master01", "worker01"]
+            .iter()
+            .map(|m| docker(&["inspect", "-f", "{{.Id}}", &format!("rmm-{}-{m}", w.cluster)]).trim().to_string())
+            .collect();
+        let base = w.t.events().len();
+        // A scale-down of one worker appends about 16 events: the attempt
+        // and plan, the server and machine checks (~8), worker02's delete
+        // in Rancher (its intent, progress, outcome: Rancher takes a while
+        // to let the machine go), its removal (2), the cluster wait (2)
+        // and the end. Killed within the first 12: before it is gone.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let k = rng.gen_range(1..=12);
+        let mut cmd = w.t.rmm(&["up", "--workers", "1"]).cmd;
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let killed = kill_after_events(cmd.spawn().unwrap(), &w.t, base + k);
+        assert!(killed, "seed {seed}: the scale-down ended before its {k}th event: the kill was not mid-run");
+        let at_kill = w.t.events();
+        let last = at_kill.last().map(|e| format!("{} {} {}", e["actor"], e["kind"], e["data"]["step"])).unwrap_or_default();
+        eprintln!("seed {seed}: killed after {} events of the scale-down (asked {k}); the last: {last}", at_kill.len() - base);
+        assert!(!at_kill.iter().skip(base).any(|e| e["kind"] == "RunCompleted"), "seed {seed}: killed mid-run");
+
+        let resumed = w.t.rmm(&["up", "--resume"]).run();
+        assert!(resumed.status.success(), "seed {seed}: {}", text(&resumed.stderr));
+        let what = format!("seed {seed}, killed after event {k} of the scale-down");
+        w.check_scaled(&what, &["master01", "worker01"]);
+        let mut kept_sorted = kept.clone();
+        kept_sorted.sort();
+        assert_eq!(ids(&w), kept_sorted, "{what}: the same containers, none made again");
+        // worker02: deleted in Rancher before its container was removed,
+        // each effect at most once more after the kill.
+        let events = w.t.events();
+        let of = |kind: &str, step: &str| events[base..].iter().filter(|e| e["actor"] == "worker02" && e["kind"] == kind && e["data"]["step"] == step).count();
+        assert_eq!(of("StepSucceeded", "delete_node"), 1, "{what}");
+        assert_eq!(of("StepSucceeded", "remove_machine"), 1, "{what}");
+        assert!(of("StepStarted", "delete_node") <= 2 && of("StepStarted", "remove_machine") <= 2, "{what}");
+        let order: Vec<&str> = events[base..]
+            .iter()
+            .filter(|e| e["actor"] == "worker02" && e["kind"] == "StepSucceeded")
+            .map(|e| e["data"]["step"].as_str().unwrap())
+            .collect();
+        assert_eq!(order, ["delete_node", "remove_machine"], "{what}");
+        w.t.rmm(&["down", "--yes"]).ok();
+        for kind in ["container", "volume", "network"] {
+            assert_eq!(labelled(kind, &w.cluster), Vec::<String>::new(), "{what}: {kind}s left behind");
+        }
+    }
+}
