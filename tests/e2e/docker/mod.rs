@@ -669,7 +669,10 @@ fn docker_scale_down_sigkilled_at_a_seeded_moment_is_finished_by_the_resume_and_
         // and plan, the server and machine checks (~8), worker02's delete
         // in Rancher (its intent, progress, outcome: Rancher takes a while
         // to let the machine go), its removal (2), the cluster wait (2)
-        // and the end. Killed within the first 12: before it is gone.
+        // and the end. Killed at the first poll of the log (a `rmm log`
+        // each) that finds k of them, k ≤ 12: before worker02 is gone
+        // (seen: 10 events in, during the delete; 12, right after the
+        // removal's intent).
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let k = rng.gen_range(1..=12);
         let mut cmd = w.t.rmm(&["up", "--workers", "1"]).cmd;
