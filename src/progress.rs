@@ -134,8 +134,16 @@ pub fn terminal_width() -> usize {
 
 /// What a node that may not go on yet waits for, as the coordinator's
 /// grant rule has it (`rmm_actors::decide::grants`): the node command,
-/// then (RKE1) the masters one at a time, workers after every master.
+/// then (RKE1) the masters one at a time, workers after every master; a
+/// scale's rancher actor, the nodes before its cluster wait.
 fn waiting_for(state: &RunState, name: &str) -> Option<String> {
+    // A scale's rancher actor: its cluster wait starts once the nodes are
+    // in and out (`rmm_actors::decide::cluster_wait_grant`).
+    if state.kind == rmm_events::RunKind::Up && name == "rancher" {
+        let a = state.actor(name)?;
+        let waits = a.rescaled && a.in_flight().is_none() && !a.done(Step::WaitClusterReady) && !a.done(Step::WaitClusterActive);
+        return waits.then(|| "waiting: nodes to join and leave".into());
+    }
     if state.kind != rmm_events::RunKind::Up || name == "rancher" || state.granted.contains(name) {
         return None;
     }

@@ -140,6 +140,14 @@ fn scale_3_3_to_3_5_to_3_2_to_5_2_makes_and_removes_exactly_the_nodes_asked() {
         .flat_map(|w| [(w.to_string(), "delete_node".to_string()), (w.to_string(), "remove_machine".to_string())])
         .collect();
     assert_eq!(order, expect);
+    // Each scale ended with Rancher asked about the cluster again, after
+    // every node step of its attempt (it is reconfigured when nodes join).
+    for attempt in 2..=4u64 {
+        let of: Vec<&Value> = events.iter().filter(|e| e["attempt"] == attempt && e["kind"] == "StepSucceeded").collect();
+        let ready = of.iter().rposition(|e| e["actor"] == "rancher" && e["data"]["step"] == "wait_cluster_ready");
+        let last_node = of.iter().rposition(|e| e["actor"] != "rancher");
+        assert!(ready.is_some() && ready > last_node, "attempt {attempt}: the cluster wait after the nodes: {ready:?} {last_node:?}");
+    }
     // The same run all along: one RunStarted, a PlanChanged per step.
     assert_eq!(events.iter().filter(|e| e["kind"] == "RunStarted").count(), 1);
     assert_eq!(events.iter().filter(|e| e["kind"] == "PlanChanged").count(), 4);
