@@ -509,12 +509,7 @@ fn scale_adds_a_machine_and_removes_it_deleted_in_rancher_first() {
     let left = Command::new("pgrep").args(["-f", &gone.display().to_string()]).output().unwrap();
     assert!(text(&left.stdout).trim().is_empty(), "worker02's processes left running: {}", text(&left.stdout));
     let events = dir.events();
-    let steps: Vec<&str> = events[events_before..]
-        .iter()
-        .filter(|e| e["actor"] == "worker02" && e["kind"] == "StepSucceeded")
-        .map(|e| e["data"]["step"].as_str().unwrap())
-        .collect();
-    assert_eq!(steps, ["delete_node", "remove_machine"]);
+    assert_eq!(crate::support::steps_done(&events[events_before..], "worker02"), ["delete_node", "remove_machine"]);
     assert_ok(&dir.rmm(&["down", "--yes"]).run());
     assert!(machines(&dir).is_empty(), "{:?}", machines(&dir));
 }

@@ -322,6 +322,15 @@ pub fn seeds(var: &str, pinned: &[u64]) -> Vec<u64> {
     pinned.iter().copied().chain(std::iter::once(fresh)).collect()
 }
 
+/// The steps `actor` finished (`StepSucceeded`) among `events`, in order.
+pub fn steps_done<'a>(events: &'a [Value], actor: &str) -> Vec<&'a str> {
+    events
+        .iter()
+        .filter(|e| e["actor"] == actor && e["kind"] == "StepSucceeded")
+        .map(|e| e["data"]["step"].as_str().unwrap())
+        .collect()
+}
+
 /// The one line of stderr a failing command prints (asserted to be one).
 pub fn single_stderr_line(out: &Output) -> String {
     let stderr = text(&out.stderr);

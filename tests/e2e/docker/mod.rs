@@ -628,12 +628,7 @@ fn docker_scale_adds_a_worker_container_and_removes_it_deleted_in_rancher_first_
     }
     // In Rancher first, then the container: worker02's steps of this attempt.
     let events = w.t.events();
-    let steps: Vec<&str> = events[events_before..]
-        .iter()
-        .filter(|e| e["actor"] == "worker02" && e["kind"] == "StepSucceeded")
-        .map(|e| e["data"]["step"].as_str().unwrap())
-        .collect();
-    assert_eq!(steps, ["delete_node", "remove_machine"]);
+    assert_eq!(crate::support::steps_done(&events[events_before..], "worker02"), ["delete_node", "remove_machine"]);
 
     w.t.rmm(&["down", "--yes"]).ok();
     for kind in ["container", "volume", "network"] {
