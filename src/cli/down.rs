@@ -145,10 +145,11 @@ pub fn run(args: DownArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<
         let gone: Vec<&str> = machines.iter().map(|(n, _)| n.as_str()).filter(|n| listed_names.contains(n)).collect();
         if !gone.is_empty() {
             parts.push(format!(
-                "{} {} machine{} ({})",
+                "{} {} machine{} of cluster {} ({})",
                 gone.len(),
                 plan.driver,
                 if gone.len() == 1 { "" } else { "s" },
+                plan.cluster_name,
                 gone.join(", ")
             ));
         }

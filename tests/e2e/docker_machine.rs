@@ -403,7 +403,8 @@ fn down_on_real_machines_asks_first_and_refuses_off_a_terminal_without_yes() {
     );
     assert_eq!(screen.wait(std::time::Duration::from_secs(60)), Some(0), "{}", screen.text());
     let shown = screen.text();
-    assert!(shown.contains("Remove 3 docker-machine machines (master01, rancher, worker01)? [y/N]"), "{shown}");
+    assert!(shown.contains("Remove 3 docker-machine machines of cluster "), "{shown}");
+    assert!(shown.contains(" (master01, rancher, worker01)? [y/N]"), "{shown}");
     assert!(shown.contains("Nothing removed."), "{shown}");
     assert_eq!(machines(&dir), all, "nothing removed");
 
