@@ -344,7 +344,16 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
                 plural(r.plan.masters, "master"),
                 plural(r.plan.workers, "worker"),
             );
-            let _ = writeln!(out, "Rancher: {}", r.rancher_url().unwrap_or("?"));
+            // Where you reach it (the docker driver publishes the server
+            // elsewhere), as `rmm credentials` says; the `server-url` the
+            // nodes use beside it when that differs.
+            let server_url = r.rancher_url().unwrap_or("?");
+            let reach = crate::engine::driver(&r.plan, dir).map(|d| d.api_url(server_url)).unwrap_or_else(|_| server_url.to_string());
+            if reach == server_url {
+                let _ = writeln!(out, "Rancher: {server_url}");
+            } else {
+                let _ = writeln!(out, "Rancher: {reach} (server-url {server_url}: what the nodes use)");
+            }
             let _ = writeln!(out, "User:    admin");
             let _ = writeln!(out, "Password: not shown; run `rmm credentials` to print it.");
             let _ = writeln!(out, "Kubeconfig: `rmm kubeconfig -o kubeconfig.yaml` (written mode 0600).");

@@ -138,6 +138,9 @@ fn docker_up_makes_rancher_and_six_nodes_as_containers_that_register_from_their_
     assert!(url.starts_with("https://127.0.0.1:"), "rmm reaches Rancher through the published port: {url}");
     let status = w.t.status();
     assert_eq!(status["rancher"]["url"], format!("https://{rancher_ip}"), "the server-url is the container's address on the cluster network");
+    // `up` ends naming where you reach it, as `credentials` does, and the
+    // server-url beside it.
+    assert!(out.contains(&format!("Rancher: {url} (server-url https://{rancher_ip}: what the nodes use)")), "{out}");
 
     // The CA rmm pinned is the one the server keeps (read inside its
     // container, as the driver reads it), not merely what it served.
