@@ -263,6 +263,16 @@ async fn live(rx: &mut mpsc::UnboundedReceiver<Record>, actors: Vec<String>, mut
             Event::AttemptInterrupted { reason } => {
                 finish(line, Mark::Interrupted, &e.actor, &total, &format!("interrupted: {reason}"));
             }
+            // The coordinator's line counts the joins it granted, rather
+            // than spin on the last one as if that were still going on.
+            Event::JoinGranted { node } => {
+                line.message = format!(
+                    "joins granted: {} of {} nodes (last: {node})",
+                    state.granted.len(),
+                    state.plan.node_names().len()
+                );
+                line.bar.set_message(paint.running(&line.message));
+            }
             _ => {
                 line.message = e.event.summary();
                 line.bar.set_message(paint.running(&line.message));

@@ -311,6 +311,9 @@ fn an_rke1_master_waiting_for_its_turn_says_whom_it_waits_for() {
     assert!(master02.contains("waiting: master01 to register"), "{master02}");
     let worker = rows.iter().find(|r| r.contains("worker01")).unwrap();
     assert!(worker.contains("waiting: master01 to register"), "a worker waits for the masters: {worker}");
+    // The coordinator counts the joins it granted (master01's so far).
+    let coordinator = rows.iter().find(|r| r.contains("coordinator")).unwrap();
+    assert!(coordinator.contains("joins granted: 1 of 4 nodes (last: master01)"), "{coordinator}");
     assert_eq!(screen.wait(Duration::from_secs(120)), Some(0), "{}", screen.text());
     assert!(marked_row(&screen.rows(), "master03").starts_with('✓'));
 }
