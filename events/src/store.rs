@@ -938,8 +938,12 @@ impl SnapshotDir {
         };
         // Owner-only, like the state dir it copies.
         std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&base).map_err(err)?;
+        // Blocking: another reader's sweep ([`clean_stale_snapshots`])
+        // may hold a shared lock on this new `.owner` for the instant it
+        // probes it; a `try_lock` failed on that (seen in CI, with many
+        // readers at once). Nobody else ever holds it for longer.
         let owner = OpenOptions::new().write(true).create_new(true).open(base.join(".owner")).and_then(|f| {
-            f.try_lock().map_err(std::io::Error::other)?;
+            f.lock().map_err(std::io::Error::other)?;
             Ok(f)
         });
         let owner = match owner {

@@ -212,6 +212,49 @@ fn a_copy_left_by_a_killed_reader_is_removed_by_the_next_reader() {
     drop(owner);
 }
 
+/// Many readers at once in one temp dir: each one's sweep of stale copies
+/// probes the others' `.owner` locks, and a reader that was just making
+/// its own copy must wait that instant out, not fail (seen in CI: "lock
+/// acquisition failed because the operation would block").
+#[test]
+fn many_readers_at_once_in_one_temp_dir_all_read() {
+    let dir = TestDir::new();
+    dir.up_ok(&["--masters", "1", "--workers", "1"]);
+    let tmp = dir.tmp.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let failures = std::sync::Mutex::new(Vec::new());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // What every other reader's sweep does, without pause: probe each
+        // copy's `.owner` with a shared lock and let go.
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+                    if let Ok(f) = std::fs::File::open(e.path().join(".owner")) {
+                        let _ = f.try_lock_shared();
+                    }
+                }
+            }
+        });
+        let readers: Vec<_> = (0..4).map(|_| s.spawn(|| {
+                for _ in 0..25 {
+                    let out = dir.rmm(&["status", "--json"]).env("TMPDIR", tmp.to_str().unwrap()).run();
+                    if !out.status.success() {
+                        failures.lock().unwrap().push(text(&out.stderr));
+                    }
+                }
+            })).collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{} of 100 readers failed: {:?}", failures.len(), failures.first());
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "every reader removed its copy: {left:?}");
+}
+
 /// Crashes a run at append `at`, so its log ends with seq `at`.
 fn crashed_at(at: u32) -> TestDir {
     let dir = TestDir::new();
