@@ -146,6 +146,9 @@ pub struct Attempt {
     pub end: AttemptEnd,
     /// What the attempt's `AttemptStarted` says (who, where, which command).
     pub started_by: String,
+    /// A scale (`PlanChanged`): the counts it went from and to,
+    /// `3+3 → 3+5` (masters+workers).
+    pub scale: Option<String>,
 }
 
 impl Attempt {
@@ -366,6 +369,7 @@ impl Builder {
                     last_seq: e.seq,
                     end: AttemptEnd::Open,
                     started_by: String::new(),
+                    scale: None,
                 });
                 self.run.attempts.len() - 1
             }
@@ -406,7 +410,11 @@ impl Builder {
             // Rancher's progress messages: shown by `rmm log`, not on the timeline.
             Event::Progress { .. } => {}
             // A scale: the plan the run goes on with.
-            Event::PlanChanged { plan } => self.run.plan = Some(plan.clone()),
+            Event::PlanChanged { plan } => {
+                let from = self.run.plan.as_ref().map(|p| format!("{}+{}", p.masters, p.workers)).unwrap_or_else(|| "?".into());
+                self.attempt(e).scale = Some(format!("{from} → {}+{}", plan.masters, plan.workers));
+                self.run.plan = Some(plan.clone());
+            }
             Event::StepStarted { step, try_no, detail } => {
                 // An intent still open here was cut (crash) or is superseded.
                 self.open.remove(&(e.actor.clone(), *step));

@@ -148,6 +148,11 @@ fn scale_3_3_to_3_5_to_3_2_to_5_2_makes_and_removes_exactly_the_nodes_asked() {
         let last_node = of.iter().rposition(|e| e["actor"] != "rancher");
         assert!(ready.is_some() && ready > last_node, "attempt {attempt}: the cluster wait after the nodes: {ready:?} {last_node:?}");
     }
+    // The timeline and the HTML report name each scale's attempt as one.
+    let timeline = text(&dir.rmm(&["log", "--timeline"]).env("COLUMNS", "160").ok().stdout);
+    assert!(timeline.contains("(a scale, masters+workers 3+3 → 3+5, "), "{timeline}");
+    let html = text(&dir.rmm(&["report", "--html", "-"]).ok().stdout);
+    assert!(html.contains("a scale, masters+workers 5+2 → 3+2, "), "the report names the scale");
     // The same run all along: one RunStarted, a PlanChanged per step.
     assert_eq!(events.iter().filter(|e| e["kind"] == "RunStarted").count(), 1);
     assert_eq!(events.iter().filter(|e| e["kind"] == "PlanChanged").count(), 4);
