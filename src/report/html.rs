@@ -261,14 +261,8 @@ fn run_section(out: &mut String, run: &Run) {
         if let AttemptEnd::Failed(why) | AttemptEnd::Interrupted(why) = &att.end {
             let _ = write!(text, ": {why}");
         }
-        match (prev_end, &att.scale) {
-            (Some(p), Some(scale)) => {
-                let _ = write!(text, " · a scale, masters+workers {scale}, {} later", fmt_dur(att.start_ms - p));
-            }
-            (Some(p), None) => {
-                let _ = write!(text, " · resumed {} later", fmt_dur(att.start_ms - p));
-            }
-            _ => {}
+        if let Some(p) = prev_end {
+            let _ = write!(text, " · {}", att.followed(p));
         }
         if !att.started_by.is_empty() {
             let _ = write!(text, " · {}", att.started_by);

@@ -155,6 +155,16 @@ impl Attempt {
     pub fn duration_ms(&self) -> i64 {
         (self.end_ms - self.start_ms).max(0)
     }
+
+    /// How this attempt followed the one that ended at `prev_end_ms`: a
+    /// scale (and its counts) or a resume, and how much later.
+    pub fn followed(&self, prev_end_ms: i64) -> String {
+        let later = super::axis::fmt_dur(self.start_ms - prev_end_ms);
+        match &self.scale {
+            Some(scale) => format!("a scale, masters+workers {scale}, {later} later"),
+            None => format!("resumed {later} later"),
+        }
+    }
 }
 
 /// A point on the coordinator's row.

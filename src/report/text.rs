@@ -438,14 +438,8 @@ fn render_run(out: &mut String, run: &Run, width: usize, pen: &Pen) {
                 }
                 _ => {}
             }
-            match (prev_end, &att.scale) {
-                (Some(p), Some(scale)) => {
-                    let _ = write!(text, " (a scale, masters+workers {scale}, {} later)", fmt_dur(att.start_ms - p));
-                }
-                (Some(p), None) => {
-                    let _ = write!(text, " (resumed {} later)", fmt_dur(att.start_ms - p));
-                }
-                _ => {}
+            if let Some(p) = prev_end {
+                let _ = write!(text, " ({})", att.followed(p));
             }
             for l in wrap(&text, width, 4).into_iter().map(|l| {
             let l = l.replace(" -> ", pen.arrow());
