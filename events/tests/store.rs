@@ -34,7 +34,7 @@ fn appends_get_contiguous_seqs_and_survive_reopening() {
     assert_eq!(log.last_seq(), 5);
     let head = log.head();
     drop(log);
-    let log = SledLog::open(dir.path()).unwrap_or_else(|_| panic!("reopen"));
+    let log = reopen(dir.path());
     assert_eq!((log.last_seq(), log.head()), (5, head));
     let seqs: Vec<u64> = log.scan(1).map(|r| r.unwrap().envelope.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
@@ -141,7 +141,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 #[test]
 fn records_appended_before_a_crash_are_replayed_from_the_write_ahead_file() {
     let (dir, last, head) = crashed_with(6);
-    let log = SledLog::open(dir.path()).unwrap_or_else(|_| panic!("reopen"));
+    let log = reopen(dir.path());
     assert_eq!((log.last_seq(), log.head()), (last, head));
     assert_eq!(log.scan(1).filter(|r| r.is_ok()).count(), 6);
 }
@@ -181,7 +181,7 @@ fn a_torn_last_record_is_dropped_and_the_log_continues_from_the_last_whole_one()
     assert!(len > 0, "records since the last checkpoint are in the write-ahead file");
     // Cut the last frame in half: a crash in the middle of its write.
     std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(len - 20).unwrap();
-    let mut log = SledLog::open(dir.path()).unwrap_or_else(|_| panic!("reopen"));
+    let mut log = reopen(dir.path());
     assert_eq!(log.last_seq(), last - 1);
     assert!(log.scan(1).all(|r| r.is_ok()), "what remains verifies");
     let r = log.append(env(Uuid::now_v7(), Event::RunCompleted)).unwrap();
@@ -247,11 +247,36 @@ fn closed_with(n: usize) -> tempfile::TempDir {
     dir
 }
 
+/// `dir` opened again after its store was dropped, waiting out sled's I/O
+/// threads as [`open_err`] does.
+fn reopen(dir: &std::path::Path) -> SledLog {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledLog::open(dir) {
+            Ok(log) => return log,
+            Err(rmm_events::OpenError::Locked) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("reopen {}: {e:?}", dir.display()),
+        }
+    }
+}
+
+/// The refusal to open `dir`. A store dropped a moment ago may still be
+/// held by one of sled's I/O threads finishing a write (seen once in CI:
+/// `Locked` right after `drop`): waited for, as `StateDir::open_store`
+/// waits, up to a deadline.
 fn open_err(dir: &std::path::Path) -> String {
-    match SledLog::open(dir) {
-        Err(rmm_events::OpenError::Other(e)) => e.to_string(),
-        Err(rmm_events::OpenError::Locked) => panic!("locked"),
-        Ok(log) => panic!("opened, ending at seq {}: must be refused", log.last_seq()),
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledLog::open(dir) {
+            Err(rmm_events::OpenError::Other(e)) => return e.to_string(),
+            Err(rmm_events::OpenError::Locked) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(rmm_events::OpenError::Locked) => panic!("still locked 10 s after the store was dropped"),
+            Ok(log) => panic!("opened, ending at seq {}: must be refused", log.last_seq()),
+        }
     }
 }
 
@@ -323,7 +348,7 @@ fn a_store_from_before_anchors_opens_and_gets_one() {
         tree.insert(1u64.to_be_bytes(), [record.as_slice(), hash.as_slice()].concat()).unwrap();
         db.flush().unwrap();
     }
-    let log = SledLog::open(dir.path()).unwrap_or_else(|e| panic!("a store from before anchors opens: {e:?}"));
+    let log = reopen(dir.path());
     assert_eq!(log.anchored().unwrap(), Some((1, hash)), "and gets an anchor");
 }
 
