@@ -119,13 +119,14 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     // Refused at once where there is no log yet; where there is one, a
     // scale of a completed run takes the password stored by its first
     // `up` (checked below, once the run is known).
-    if plan.existing_rancher() && password.is_none() && !args.resume && !dir.events().join("db").exists() {
+    // No log here yet: read once, before anything is created.
+    let fresh = !dir.events().join("db").exists();
+    if plan.existing_rancher() && password.is_none() && !args.resume && fresh {
         return Err(Error::Config(missing_password(&plan)));
     }
     // The hosts match the plan, checked before anything is made where
     // there is no run yet; with a log, once the plan `up` goes on with is
     // known (a scale's, below).
-    let fresh = !dir.events().join("db").exists();
     if plan.driver == "ssh" && fresh && !args.resume {
         check_ssh_hosts(&ssh, &plan)?;
     }
@@ -138,7 +139,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     // A cluster brought up here whose state dir is gone (deleted or moved):
     // a new run would make a second cluster and forget the first one's
     // machines, which may still exist. Refused before anything is made.
-    if !args.resume && !dir.events().join("db").exists() {
+    if !args.resume && fresh {
         if let Some(e) = crate::registry::known_in(dir) {
             return Err(Error::Refused(format!(
                 "the cluster registry (`rmm list`) has cluster {} (driver {}, {}) in {}, but its state is gone (deleted or moved): its machines may still exist; `rmm down --cluster {}` removes them (`rmm status --refresh --cluster {}` lists them), then `rmm up` starts anew",
@@ -148,7 +149,7 @@ pub fn run(args: UpArgs, dir: &StateDir, config: &ConfigFileSource) -> Result<()
     }
     // Nothing to resume where there is no log: refused before anything
     // (the state dir, its lock, a store) is created.
-    if args.resume && !dir.events().join("db").exists() {
+    if args.resume && fresh {
         // A state dir that is there is checked first, as for any command.
         if dir.root.exists() {
             dir.check_private()?;
