@@ -95,11 +95,7 @@ impl ActorState {
                 // (agents reconnect within Rancher's grace; a cluster that
                 // does not come back fails the wait with its reason).
                 if let Outcome::ServerRestarted { .. } = outcome {
-                    for wait in [Step::WaitClusterReady, Step::WaitClusterActive] {
-                        if matches!(self.steps.get(&wait), Some(StepState::Succeeded { .. })) {
-                            self.steps.remove(&wait);
-                        }
-                    }
+                    self.forget_cluster_wait();
                 }
             }
             Event::StepFailed { step, try_no, error, retryable } => {
@@ -141,12 +137,18 @@ impl ActorState {
     /// §2.8), so its success is forgotten and the wait runs again, after
     /// the nodes (the coordinator lets it start).
     fn rescale(&mut self) {
+        self.forget_cluster_wait();
+        self.rescaled = true;
+    }
+
+    /// The final wait for the cluster (ready, or active on rke1) runs
+    /// again: a success of it, if any, is forgotten.
+    fn forget_cluster_wait(&mut self) {
         for step in [Step::WaitClusterReady, Step::WaitClusterActive] {
             if matches!(self.steps.get(&step), Some(StepState::Succeeded { .. })) {
                 self.steps.remove(&step);
             }
         }
-        self.rescaled = true;
     }
 
     /// Whether `step` of this actor waits for the coordinator to let it
